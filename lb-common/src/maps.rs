@@ -1,0 +1,245 @@
+//! `#[repr(C)]` keys and values of the XDP program's maps, and the map names.
+//!
+//! Addresses are stored as the raw network-order bytes read as native-endian `u32` words (what
+//! the XDP program loads from the packet); ports likewise stay in network order. IPv4 uses word
+//! 0 and zeroes the rest, and a `family` byte keeps IPv4 and IPv6 keys apart.
+
+/// Map names, as the XDP program defines them and userspace opens them.
+pub mod names {
+    pub const CONFIG: &str = "LB_CONFIG";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIPS: &str = "VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const CONNS: &str = "CONNS";
+    pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Globals set at load time (`EbpfLoader::set_global`).
+pub mod globals {
+    /// Maglev table size M shared by all rings (a prime).
+    pub const RING_SIZE: &str = "RING_SIZE";
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Ring slot value meaning "no backend" (an empty ring drops with `drop_no_backend`).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+pub const DEFAULT_MAX_VIPS: u32 = 512;
+pub const DEFAULT_MAX_RINGS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_MAX_CONNS: u32 = 1_000_000;
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Bytes the encapsulation adds: IPv6 header, plus UDP for GUE.
+pub const ENCAP_IP6_LEN: usize = 40;
+pub const ENCAP_GUE_LEN: usize = 48;
+
+/// A connection's 5-tuple (client -> VIP), the connection table's key. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A VIP service: address, port (0 = any port) and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `VipMeta::flags`: encapsulate in IPv6 + UDP (GUE variant 1) instead of plain IPv6.
+pub const VIP_F_GUE: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS`.
+    pub id: u32,
+    /// Which Maglev ring (`RINGS[ring * RING_SIZE ..]`) this VIP uses.
+    pub ring: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `Backend::flags`: the slot holds an installed backend. A connection-table entry pointing at
+/// a slot without it is treated as a miss, so a removed backend never receives traffic.
+pub const BACKEND_F_VALID: u32 = 1;
+
+/// A backend's tunnel endpoint (`BACKENDS[id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Connection-table value: where the flow is pinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub backend: u32,
+    /// The flow hash, kept so an established packet needs no rehash (flow label, GUE port).
+    pub hash: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last refresh; only UDP entries are refreshed.
+    pub atime_ns: u64,
+}
+
+/// Load-balancer wide settings (`LB_CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Outer Ethernet source: the NIC's MAC.
+    pub src_mac: [u8; 6],
+    /// Outer Ethernet destination: the next hop's MAC.
+    pub dst_mac: [u8; 6],
+    /// GUE destination port, network order.
+    pub gue_port: u16,
+    pub _pad: u16,
+    /// Outer IPv6 source: this load balancer's tunnel address.
+    pub src_ip6: [u32; 4],
+    /// Fleet-wide flow hash seed.
+    pub hash_seed: u64,
+    /// UDP flows idle longer than this are re-hashed.
+    pub udp_timeout_ns: u64,
+}
+
+/// A packets/bytes pair, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Bits in the VIP address pre-filter: a non-VIP packet leaves after one array lookup and a bit
+/// test, before any hash-map lookup. False positives only cost the exact VIP lookup.
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+pub const VIP_FILTER_WORDS: usize = (VIP_FILTER_BITS / 64) as usize;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipFilter {
+    pub words: [u64; VIP_FILTER_WORDS],
+}
+
+impl Default for VipFilter {
+    fn default() -> Self {
+        Self { words: [0; VIP_FILTER_WORDS] }
+    }
+}
+
+/// The filter bit of an address (its words as loaded from the packet).
+#[inline(always)]
+pub const fn vip_filter_bit(folded_addr: u32) -> u32 {
+    (folded_addr.wrapping_mul(0x9E37_79B1) >> 16) & (VIP_FILTER_BITS - 1)
+}
+
+#[inline(always)]
+pub const fn fold_v6(a: &[u32; 4]) -> u32 {
+    a[0] ^ a[1] ^ a[2] ^ a[3]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for CounterValue {}
+    unsafe impl aya::Pod for VipFilter {}
+
+    /// An address as the XDP program sees it: family and network-order words.
+    pub fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
+        match addr {
+            IpAddr::V4(a) => (FAMILY_V4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
+            IpAddr::V6(a) => (FAMILY_V6, v6_words(a)),
+        }
+    }
+
+    pub fn v6_words(a: Ipv6Addr) -> [u32; 4] {
+        let o = a.octets();
+        core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    }
+
+    pub fn words_v6(w: &[u32; 4]) -> Ipv6Addr {
+        let mut o = [0u8; 16];
+        for (i, x) in w.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+        }
+        Ipv6Addr::from(o)
+    }
+
+    pub fn words_addr(family: u8, w: &[u32; 4]) -> IpAddr {
+        if family == FAMILY_V4 {
+            IpAddr::V4(Ipv4Addr::from(w[0].to_ne_bytes()))
+        } else {
+            IpAddr::V6(words_v6(w))
+        }
+    }
+
+    impl FlowKey {
+        /// The key of a client -> VIP flow, as the XDP program builds it.
+        pub fn new(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> Self {
+            let (family, src) = addr_words(src);
+            let (_, dst) = addr_words(dst);
+            Self { src, dst, src_port: src_port.to_be(), dst_port: dst_port.to_be(), proto, family, _pad: [0; 2] }
+        }
+    }
+
+    impl VipKey {
+        pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+            let (family, addr) = addr_words(addr);
+            Self { addr, port: port.to_be(), proto, family }
+        }
+
+        pub fn filter_bit(&self) -> u32 {
+            let folded = if self.family == FAMILY_V4 { self.addr[0] } else { fold_v6(&self.addr) };
+            vip_filter_bit(folded)
+        }
+    }
+
+    impl VipFilter {
+        pub fn set(&mut self, bit: u32) {
+            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        pub fn contains(&self, bit: u32) -> bool {
+            self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use user::*;
+
+// Layouts are part of the kernel/userspace contract.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 48);

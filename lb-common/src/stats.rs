@@ -1,0 +1,40 @@
+//! Global per-CPU counters, by cause (`STATS[Counter as u32]`).
+
+macro_rules! counters {
+    ($($variant:ident = $name:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            /// The counter's stable name (CLI, JSON and Prometheus label).
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    PassNonIp = "pass_non_ip",
+    PassNotVip = "pass_not_vip",
+    PassVipOtherService = "pass_vip_other_service",
+    Tx = "tx",
+    TxGue = "tx_gue",
+    LruHit = "lru_hit",
+    LruMissSyn = "lru_miss_syn",
+    LruMissNonSyn = "lru_miss_non_syn",
+    LruMissUdp = "lru_miss_udp",
+    LruStaleBackend = "lru_stale_backend",
+    DropTruncated = "drop_truncated",
+    DropBadIpHeader = "drop_bad_ip_header",
+    DropIpv4Options = "drop_ipv4_options",
+    DropIpv4Fragment = "drop_ipv4_fragment",
+    DropIpv6Fragment = "drop_ipv6_fragment",
+    DropIpv6ExtHeader = "drop_ipv6_ext_header",
+    DropNoBackend = "drop_no_backend",
+    DropEncap = "drop_encap",
+}
+
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

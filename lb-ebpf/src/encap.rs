@@ -1,0 +1,106 @@
+//! Encapsulation: the client's IP packet, byte for byte, behind a new IPv6 header (RFC 2473:
+//! next header 4 for IPv4, 41 for IPv6), or behind IPv6 + UDP for GUE variant 1 (the inner IP
+//! header directly after UDP). Then out of the same NIC with XDP_TX.
+
+use core::ptr::write as store;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, LbConfig, VIP_F_GUE, VipMeta};
+
+use crate::{conntrack::Target, parse::Parsed, stats};
+
+const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const HOP_LIMIT: u8 = 64;
+const NEXT_HEADER_IPIP: u8 = 4;
+const NEXT_HEADER_IPV6: u8 = 41;
+const NEXT_HEADER_UDP: u8 = 17;
+const UDP_HLEN: u16 = 8;
+
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, pkt: &Parsed, vip: &VipMeta, cfg: &LbConfig, target: &Target) -> u32 {
+    let gue = vip.flags & VIP_F_GUE != 0;
+    // Link-layer padding after the IP packet would end up inside the tunnel payload: trim it.
+    let ip_end = pkt.l3_off + pkt.ip_len as usize;
+    let frame_len = pkt.frame_len as usize;
+    if frame_len > ip_end && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - ip_end) as i32)) } != 0 {
+        return stats::drop(Counter::DropEncap);
+    }
+    let grow = if gue { ENCAP_GUE_LEN } else { ENCAP_IP6_LEN };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return stats::drop(Counter::DropEncap);
+    }
+    let ok = match (pkt.l3_off == 18, gue) {
+        (false, false) => write_outer::<14, false>(ctx, pkt, cfg, target),
+        (false, true) => write_outer::<14, true>(ctx, pkt, cfg, target),
+        (true, false) => write_outer::<18, false>(ctx, pkt, cfg, target),
+        (true, true) => write_outer::<18, true>(ctx, pkt, cfg, target),
+    };
+    if !ok {
+        return stats::drop(Counter::DropEncap);
+    }
+    stats::count(if gue { Counter::TxGue } else { Counter::Tx });
+    xdp_action::XDP_TX
+}
+
+/// Writes Ethernet (+ VLAN), IPv6 and, for GUE, UDP in front of the inner packet.
+#[inline(always)]
+fn write_outer<const L3: usize, const GUE: bool>(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    cfg: &LbConfig,
+    target: &Target,
+) -> bool {
+    let data = ctx.data();
+    let udp_len = if GUE { UDP_HLEN as usize } else { 0 };
+    if data + L3 + 40 + udp_len > ctx.data_end() {
+        return false;
+    }
+    // RFC 6438: the flow label carries the flow's hash so routers and backend NICs can spread
+    // tunnelled flows; zero means "no label", so avoid it.
+    let mut label = target.hash & 0x000F_FFFF;
+    if label == 0 {
+        label = 1;
+    }
+    let word0 = (6u32 << 28) | ((pkt.tclass as u32) << 20) | label;
+    let payload_len = pkt.ip_len + if GUE { UDP_HLEN } else { 0 };
+    let next_header = if GUE {
+        NEXT_HEADER_UDP
+    } else if pkt.key.family == FAMILY_V4 {
+        NEXT_HEADER_IPIP
+    } else {
+        NEXT_HEADER_IPV6
+    };
+    unsafe {
+        store(data as *mut [u8; 6], cfg.dst_mac);
+        store((data + 6) as *mut [u8; 6], cfg.src_mac);
+        if L3 == 18 {
+            store((data + 12) as *mut u16, ETH_P_8021Q);
+            store((data + 14) as *mut u16, pkt.vlan_tci);
+        }
+        store((data + L3 - 2) as *mut u16, ETH_P_IPV6);
+        let ip = data + L3;
+        store(ip as *mut u32, word0.to_be());
+        store((ip + 4) as *mut u16, payload_len.to_be());
+        store((ip + 6) as *mut u8, next_header);
+        store((ip + 7) as *mut u8, HOP_LIMIT);
+        store((ip + 8) as *mut [u32; 4], cfg.src_ip6);
+        store((ip + 24) as *mut [u32; 4], target.addr);
+        if GUE {
+            let udp = ip + 40;
+            // Source port from the flow hash (ephemeral range) for RSS on the backend's NIC.
+            let sport = 0xC000u16 | ((target.hash >> 20) as u16 & 0x3FFF);
+            store(udp as *mut u16, sport.to_be());
+            store((udp + 2) as *mut u16, cfg.gue_port);
+            store((udp + 4) as *mut u16, payload_len.to_be());
+            // Zero UDP checksum over IPv6 for a tunnel, as RFC 6935/6936 allow: the inner
+            // packet carries its own transport checksum (see docs/dataplane.md).
+            store((udp + 6) as *mut u16, 0);
+        }
+    }
+    true
+}
