@@ -7,7 +7,11 @@ fn main() -> anyhow::Result<()> {
     // The XDP program compiles lb-common's types and hash in: rebuild when they change.
     println!("cargo:rerun-if-changed={manifest_dir}/../lb-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: &ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: &ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
     .map_err(|e| {

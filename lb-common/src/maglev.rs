@@ -33,11 +33,17 @@ impl std::fmt::Display for MaglevError {
         match self {
             Self::SizeNotPrime(m) => write!(f, "Maglev table size {m} is not a prime"),
             Self::TooManyMembers { members, size } => {
-                write!(f, "{members} backends do not fit a Maglev table of {size} slots (need size > 100 x backends for balance)")
+                write!(
+                    f,
+                    "{members} backends do not fit a Maglev table of {size} slots (need size > 100 x backends for balance)"
+                )
             }
             Self::DuplicateMember(a) => write!(f, "backend {a} is listed twice"),
             Self::WeightOutOfRange { addr, weight } => {
-                write!(f, "backend {addr} has weight {weight}; weights are 0..={MAX_WEIGHT}")
+                write!(
+                    f,
+                    "backend {addr} has weight {weight}; weights are 0..={MAX_WEIGHT}"
+                )
             }
         }
     }
@@ -59,7 +65,7 @@ pub fn is_prime(n: u32) -> bool {
     let n = n as u64;
     let mut d = 2u64;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -94,12 +100,20 @@ impl MaglevTable {
             }
         }
         if let Some(m) = members.iter().find(|m| m.weight > MAX_WEIGHT) {
-            return Err(MaglevError::WeightOutOfRange { addr: m.addr, weight: m.weight });
+            return Err(MaglevError::WeightOutOfRange {
+                addr: m.addr,
+                weight: m.weight,
+            });
         }
-        let active: Vec<usize> = (0..members.len()).filter(|&i| members[i].weight > 0).collect();
+        let active: Vec<usize> = (0..members.len())
+            .filter(|&i| members[i].weight > 0)
+            .collect();
         let turns_total: u64 = active.iter().map(|&i| members[i].weight as u64).sum();
         if turns_total > size as u64 / 2 || active.len() as u64 > size as u64 / 2 {
-            return Err(MaglevError::TooManyMembers { members: members.len(), size });
+            return Err(MaglevError::TooManyMembers {
+                members: members.len(),
+                size,
+            });
         }
         let mut slots = vec![NO_BACKEND; size as usize];
         if active.is_empty() {
@@ -173,7 +187,9 @@ impl MaglevTable {
     /// The slots whose owner (by address) differs between `self` and `other`.
     pub fn changed_slots(&self, other: &MaglevTable) -> usize {
         let owner = |t: &MaglevTable, i: usize| t.members.get(t.slots[i] as usize).map(|m| m.addr);
-        (0..self.slots.len().min(other.slots.len())).filter(|&i| owner(self, i) != owner(other, i)).count()
+        (0..self.slots.len().min(other.slots.len()))
+            .filter(|&i| owner(self, i) != owner(other, i))
+            .count()
     }
 }
 
@@ -186,7 +202,10 @@ mod tests {
 
     fn members(n: u32, weight: u32) -> Vec<MaglevMember> {
         (0..n)
-            .map(|i| MaglevMember { addr: Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, (i >> 16) as u16, i as u16), weight })
+            .map(|i| MaglevMember {
+                addr: Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, (i >> 16) as u16, i as u16),
+                weight,
+            })
             .collect()
     }
 
@@ -205,7 +224,10 @@ mod tests {
             assert_eq!(counts.iter().sum::<u32>(), M, "every slot is filled");
             let (max, min, mean) = spread(&counts);
             println!("balance n={n}: min {min} max {max} mean {mean:.1}");
-            assert!((max - min) as f64 <= 0.01 * mean, "n={n}: max {max} min {min} mean {mean}");
+            assert!(
+                (max - min) as f64 <= 0.01 * mean,
+                "n={n}: max {max} min {min} mean {mean}"
+            );
         }
     }
 
@@ -221,7 +243,11 @@ mod tests {
         for (m, &c) in t.members().iter().zip(&counts) {
             let want = M as f64 * m.weight as f64 / total_w as f64;
             let err = (c as f64 - want).abs() / want;
-            println!("weight {}: {c} slots, want {want:.0} ({:.3}% off)", m.weight, err * 100.0);
+            println!(
+                "weight {}: {c} slots, want {want:.0} ({:.3}% off)",
+                m.weight,
+                err * 100.0
+            );
             assert!(err < 0.01, "weight {} got {c}, want {want}", m.weight);
         }
         // A weight-2 backend gets twice the slots of a weight-1 one.
@@ -236,11 +262,18 @@ mod tests {
             let after = MaglevTable::build(M, SEED, &members(n + 1, 1)).unwrap();
             let moved = before.changed_slots(&after) as f64 / M as f64;
             let ideal = 1.0 / (n + 1) as f64;
-            println!("add 1 to {n}: moved {:.4} of slots, ideal {ideal:.4} ({:.2}x)", moved, moved / ideal);
+            println!(
+                "add 1 to {n}: moved {:.4} of slots, ideal {ideal:.4} ({:.2}x)",
+                moved,
+                moved / ideal
+            );
             assert!(moved >= ideal * 0.98, "moved {moved} < ideal {ideal}");
             // Maglev trades some extra movement for balance; with M = 65537 it stays well
             // under twice the ideal (the paper's figure for M/N of a few hundred).
-            assert!(moved <= ideal * 2.0, "moved {moved} far above ideal {ideal}");
+            assert!(
+                moved <= ideal * 2.0,
+                "moved {moved} far above ideal {ideal}"
+            );
         }
     }
 
@@ -252,10 +285,18 @@ mod tests {
             let gone = all[n as usize / 2].addr;
             let rest: Vec<_> = all.iter().copied().filter(|m| m.addr != gone).collect();
             let after = MaglevTable::build(M, SEED, &rest).unwrap();
-            let owned = before.slots().iter().filter(|&&s| before.members()[s as usize].addr == gone).count();
+            let owned = before
+                .slots()
+                .iter()
+                .filter(|&&s| before.members()[s as usize].addr == gone)
+                .count();
             let moved = before.changed_slots(&after);
             let remainder = (moved - owned) as f64 / M as f64;
-            println!("remove 1 of {n}: its {owned} slots + {} others moved ({:.4} of the table)", moved - owned, remainder);
+            println!(
+                "remove 1 of {n}: its {owned} slots + {} others moved ({:.4} of the table)",
+                moved - owned,
+                remainder
+            );
             assert!(moved >= owned);
             assert!(remainder < 0.01, "remainder {remainder} of the table");
         }
@@ -283,12 +324,24 @@ mod tests {
         assert_eq!(t.slot_counts()[0], 0);
         let empty = MaglevTable::build(M, SEED, &members(3, 0)).unwrap();
         assert!(empty.slots().iter().all(|&s| s == NO_BACKEND));
-        assert_eq!(MaglevTable::build(65536, SEED, &ms), Err(MaglevError::SizeNotPrime(65536)));
+        assert_eq!(
+            MaglevTable::build(65536, SEED, &ms),
+            Err(MaglevError::SizeNotPrime(65536))
+        );
         let mut dup = members(3, 1);
         dup[2].addr = dup[0].addr;
-        assert!(matches!(MaglevTable::build(M, SEED, &dup), Err(MaglevError::DuplicateMember(_))));
+        assert!(matches!(
+            MaglevTable::build(M, SEED, &dup),
+            Err(MaglevError::DuplicateMember(_))
+        ));
         ms[1].weight = MAX_WEIGHT + 1;
-        assert!(matches!(MaglevTable::build(M, SEED, &ms), Err(MaglevError::WeightOutOfRange { .. })));
-        assert!(matches!(MaglevTable::build(7, SEED, &members(5, 1)), Err(MaglevError::TooManyMembers { .. })));
+        assert!(matches!(
+            MaglevTable::build(M, SEED, &ms),
+            Err(MaglevError::WeightOutOfRange { .. })
+        ));
+        assert!(matches!(
+            MaglevTable::build(7, SEED, &members(5, 1)),
+            Err(MaglevError::TooManyMembers { .. })
+        ));
     }
 }

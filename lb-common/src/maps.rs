@@ -144,7 +144,9 @@ pub struct VipFilter {
 
 impl Default for VipFilter {
     fn default() -> Self {
-        Self { words: [0; VIP_FILTER_WORDS] }
+        Self {
+            words: [0; VIP_FILTER_WORDS],
+        }
     }
 }
 
@@ -183,7 +185,9 @@ mod user {
 
     pub fn v6_words(a: Ipv6Addr) -> [u32; 4] {
         let o = a.octets();
-        core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        })
     }
 
     pub fn words_v6(w: &[u32; 4]) -> Ipv6Addr {
@@ -207,18 +211,35 @@ mod user {
         pub fn new(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> Self {
             let (family, src) = addr_words(src);
             let (_, dst) = addr_words(dst);
-            Self { src, dst, src_port: src_port.to_be(), dst_port: dst_port.to_be(), proto, family, _pad: [0; 2] }
+            Self {
+                src,
+                dst,
+                src_port: src_port.to_be(),
+                dst_port: dst_port.to_be(),
+                proto,
+                family,
+                _pad: [0; 2],
+            }
         }
     }
 
     impl VipKey {
         pub fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
             let (family, addr) = addr_words(addr);
-            Self { addr, port: port.to_be(), proto, family }
+            Self {
+                addr,
+                port: port.to_be(),
+                proto,
+                family,
+            }
         }
 
         pub fn filter_bit(&self) -> u32 {
-            let folded = if self.family == FAMILY_V4 { self.addr[0] } else { fold_v6(&self.addr) };
+            let folded = if self.family == FAMILY_V4 {
+                self.addr[0]
+            } else {
+                fold_v6(&self.addr)
+            };
             vip_filter_bit(folded)
         }
     }

@@ -47,7 +47,11 @@ pub fn pick_backend(
             if live {
                 if let Some(b) = maglev::backend(entry.backend) {
                     stats::count(Counter::LruHit);
-                    return Some(Target { id: entry.backend, addr: b.addr, hash: entry.hash });
+                    return Some(Target {
+                        id: entry.backend,
+                        addr: b.addr,
+                        hash: entry.hash,
+                    });
                 }
                 stats::count(Counter::LruStaleBackend);
             }
@@ -64,9 +68,17 @@ pub fn pick_backend(
         Counter::LruMissUdp
     });
     if !rst {
-        let entry = ConnEntry { backend: id, hash, atime_ns: now_ns() };
+        let entry = ConnEntry {
+            backend: id,
+            hash,
+            atime_ns: now_ns(),
+        };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let _ = CONNS.insert(key, &entry, 0);
     }
-    Some(Target { id, addr: b.addr, hash })
+    Some(Target {
+        id,
+        addr: b.addr,
+        hash,
+    })
 }

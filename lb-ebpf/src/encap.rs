@@ -22,12 +22,20 @@ const NEXT_HEADER_UDP: u8 = 17;
 const UDP_HLEN: u16 = 8;
 
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, pkt: &Parsed, vip: &VipMeta, cfg: &LbConfig, target: &Target) -> u32 {
+pub fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    vip: &VipMeta,
+    cfg: &LbConfig,
+    target: &Target,
+) -> u32 {
     let gue = vip.flags & VIP_F_GUE != 0;
     // Link-layer padding after the IP packet would end up inside the tunnel payload: trim it.
     let ip_end = pkt.l3_off + pkt.ip_len as usize;
     let frame_len = pkt.frame_len as usize;
-    if frame_len > ip_end && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - ip_end) as i32)) } != 0 {
+    if frame_len > ip_end
+        && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - ip_end) as i32)) } != 0
+    {
         return stats::drop(Counter::DropEncap);
     }
     let grow = if gue { ENCAP_GUE_LEN } else { ENCAP_IP6_LEN };

@@ -1,6 +1,6 @@
 //! Maglev ring lookup and backend validation.
 
-use lb_common::{Backend, BACKEND_F_VALID, NO_BACKEND, ring_slot};
+use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, ring_slot};
 
 use crate::maps::{BACKENDS, RINGS, ring_size};
 
@@ -16,5 +16,9 @@ pub fn ring_lookup(ring: u32, hash: u32) -> Option<u32> {
 #[inline(always)]
 pub fn backend(id: u32) -> Option<&'static Backend> {
     let b = BACKENDS.get(id)?;
-    if b.flags & BACKEND_F_VALID != 0 { Some(b) } else { None }
+    if b.flags & BACKEND_F_VALID != 0 {
+        Some(b)
+    } else {
+        None
+    }
 }

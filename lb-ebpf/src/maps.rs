@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, ConnEntry, CounterValue, FlowKey, LbConfig, VipFilter, VipKey, VipMeta,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE,
+    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_RINGS,
+    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FlowKey, LbConfig, VipFilter, VipKey, VipMeta,
     stats::COUNTER_COUNT,
 };
 
@@ -48,7 +48,8 @@ pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
 pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
 #[map]
-pub static VIP_STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<CounterValue> =

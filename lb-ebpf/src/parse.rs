@@ -4,9 +4,8 @@
 //! const generics, so each header sits at a constant offset and the checks stay cheap.
 //! Non-VIP traffic leaves as early as possible: after the destination address's filter bit.
 
-
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Counter, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, fold_v6};
+use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, fold_v6};
 
 use crate::{stats, vip};
 

@@ -1,7 +1,8 @@
-//! `lb`: the load balancer's agent and operator CLI.
+//! `lb`: the load balancer's command line.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP anycast TCP load balancer")]
@@ -12,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Attach the load balancer to a NIC and forward the given services until Ctrl-C.
+    Run(lb_userspace::run::RunArgs),
     /// Load the XDP program, let the kernel verify it, and print its map limits.
     Check {
         /// Maglev table size (a prime).
@@ -20,16 +23,22 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     match Cli::parse().command {
+        Command::Run(args) => lb_userspace::run::run(args).await,
         Command::Check { ring_size } => {
-            let limits = lb_userspace::dataplane::DataplaneLimits { ring_size, ..Default::default() };
-            let dp = lb_userspace::dataplane::Dataplane::load(limits)?;
+            let dp = Dataplane::load(DataplaneLimits {
+                ring_size,
+                ..Default::default()
+            })?;
             println!("XDP program verified and loaded: {:?}", dp.limits());
+            Ok(())
         }
     }
-    Ok(())
 }

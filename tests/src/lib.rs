@@ -37,7 +37,10 @@ pub fn backend_addr(i: u32) -> Ipv6Addr {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads XDP programs and needs root (CAP_BPF, CAP_NET_ADMIN); run it as root");
+    assert_eq!(
+        euid, 0,
+        "this test loads XDP programs and needs root (CAP_BPF, CAP_NET_ADMIN); run it as root"
+    );
 }
 
 /// The verdict and output frame of one BPF_PROG_TEST_RUN.
@@ -85,28 +88,63 @@ impl Lb {
     /// Installs backends `ids` (weight each) and fills `ring` with their Maglev table.
     /// Returns the table and the member-index -> backend-id mapping.
     pub fn fill_ring(&mut self, ring: u32, backends: &[(u32, u32)]) -> Installed {
-        let members: Vec<MaglevMember> =
-            backends.iter().map(|&(id, weight)| MaglevMember { addr: backend_addr(id), weight }).collect();
+        let members: Vec<MaglevMember> = backends
+            .iter()
+            .map(|&(id, weight)| MaglevMember {
+                addr: backend_addr(id),
+                weight,
+            })
+            .collect();
         let table = MaglevTable::build(self.ring_size, SEED, &members).unwrap();
         let ids: Vec<u32> = table
             .members()
             .iter()
-            .map(|m| backends.iter().find(|&&(id, _)| backend_addr(id) == m.addr).unwrap().0)
+            .map(|m| {
+                backends
+                    .iter()
+                    .find(|&&(id, _)| backend_addr(id) == m.addr)
+                    .unwrap()
+                    .0
+            })
             .collect();
         for &id in &ids {
             self.dp.set_backend(id, backend_addr(id)).unwrap();
         }
-        let slots: Vec<u32> =
-            table.slots().iter().map(|&s| if s == lb_common::NO_BACKEND { s } else { ids[s as usize] }).collect();
+        let slots: Vec<u32> = table
+            .slots()
+            .iter()
+            .map(|&s| {
+                if s == lb_common::NO_BACKEND {
+                    s
+                } else {
+                    ids[s as usize]
+                }
+            })
+            .collect();
         self.dp.write_ring(ring, &slots).unwrap();
         Installed { slots }
     }
 
     /// Adds a VIP service whose ring holds `backends` as (id, weight).
-    pub fn add_vip(&mut self, addr: IpAddr, port: u16, proto: u8, id: u32, gue: bool, backends: &[(u32, u32)]) -> Installed {
+    pub fn add_vip(
+        &mut self,
+        addr: IpAddr,
+        port: u16,
+        proto: u8,
+        id: u32,
+        gue: bool,
+        backends: &[(u32, u32)],
+    ) -> Installed {
         let installed = self.fill_ring(id, backends);
-        let meta = VipMeta { id, ring: id, flags: if gue { VIP_F_GUE } else { 0 }, _pad: 0 };
-        self.dp.set_vip(VipKey::new(addr, port, proto), meta).unwrap();
+        let meta = VipMeta {
+            id,
+            ring: id,
+            flags: if gue { VIP_F_GUE } else { 0 },
+            _pad: 0,
+        };
+        self.dp
+            .set_vip(VipKey::new(addr, port, proto), meta)
+            .unwrap();
         installed
     }
 
@@ -115,10 +153,17 @@ impl Lb {
         let res = self
             .dp
             .program()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
-        Run { verdict: res.return_value, out }
+        Run {
+            verdict: res.return_value,
+            out,
+        }
     }
 
     pub fn counter(&mut self, c: Counter) -> u64 {
@@ -165,7 +210,14 @@ pub struct Flow {
 
 impl Flow {
     pub fn new(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
-        Self { src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport, dport, vlan: None, tclass: 0 }
+        Self {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport,
+            vlan: None,
+            tclass: 0,
+        }
     }
 
     pub fn key(&self, proto: u8) -> FlowKey {
@@ -177,11 +229,13 @@ impl Flow {
         match (self.src, self.dst, self.vlan) {
             (IpAddr::V4(s), IpAddr::V4(d), None) => eth.ipv4(s.octets(), d.octets(), 57),
             (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => {
-                eth.single_vlan(v.try_into().unwrap()).ipv4(s.octets(), d.octets(), 57)
+                eth.single_vlan(v.try_into().unwrap())
+                    .ipv4(s.octets(), d.octets(), 57)
             }
             (IpAddr::V6(s), IpAddr::V6(d), None) => eth.ipv6(s.octets(), d.octets(), 57),
             (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => {
-                eth.single_vlan(v.try_into().unwrap()).ipv6(s.octets(), d.octets(), 57)
+                eth.single_vlan(v.try_into().unwrap())
+                    .ipv6(s.octets(), d.octets(), 57)
             }
             _ => panic!("mixed address families"),
         }
@@ -203,7 +257,10 @@ impl Flow {
 
     pub fn udp(&self, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        self.builder().udp(self.sport, self.dport).write(&mut v, payload).unwrap();
+        self.builder()
+            .udp(self.sport, self.dport)
+            .write(&mut v, payload)
+            .unwrap();
         self.set_tclass(&mut v);
         v
     }
@@ -225,7 +282,11 @@ impl Flow {
 
 /// Offset of the IP header in an Ethernet frame (one optional VLAN tag).
 pub fn l3_offset(frame: &[u8]) -> usize {
-    if frame[12..14] == [0x81, 0x00] { 18 } else { 14 }
+    if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    }
 }
 
 /// The IP packet inside a client frame, as its own header sizes it (without link padding).
@@ -267,7 +328,10 @@ pub fn fix_ipv4_checksum(ip: &mut [u8]) {
 pub fn check_inner_checksums(ip: &[u8]) -> Result<()> {
     let (l4, proto, pseudo) = if ip[0] >> 4 == 4 {
         let ihl = ((ip[0] & 0x0F) as usize) * 4;
-        ensure!(ones_sum(0, &ip[..ihl]) == 0xFFFF, "bad IPv4 header checksum");
+        ensure!(
+            ones_sum(0, &ip[..ihl]) == 0xFFFF,
+            "bad IPv4 header checksum"
+        );
         let l4 = &ip[ihl..];
         let mut p = ones_sum(0, &ip[12..20]);
         p = ones_sum(p, &[0, ip[9]]);
@@ -280,8 +344,15 @@ pub fn check_inner_checksums(ip: &[u8]) -> Result<()> {
         p = ones_sum(p, &[0, 0, 0, ip[6]]);
         (l4, ip[6], p)
     };
-    ensure!(proto == 6 || proto == 17, "unexpected inner protocol {proto}");
-    ensure!(ones_sum(pseudo, l4) == 0xFFFF, "bad {} checksum", if proto == 6 { "TCP" } else { "UDP" });
+    ensure!(
+        proto == 6 || proto == 17,
+        "unexpected inner protocol {proto}"
+    );
+    ensure!(
+        ones_sum(pseudo, l4) == 0xFFFF,
+        "bad {} checksum",
+        if proto == 6 { "TCP" } else { "UDP" }
+    );
     Ok(())
 }
 
@@ -300,24 +371,46 @@ pub struct Encapsulated {
 /// ethertype IPv6, version 6, payload length equal to the bytes that follow, hop limit 64, the
 /// UDP length for GUE. Field values specific to a flow are checked by the caller.
 pub fn decode(out: &[u8]) -> Result<Encapsulated> {
-    ensure!(out.len() >= 14 + 40, "output of {} bytes is too short for Ethernet + IPv6", out.len());
+    ensure!(
+        out.len() >= 14 + 40,
+        "output of {} bytes is too short for Ethernet + IPv6",
+        out.len()
+    );
     let eth_dst: [u8; 6] = out[0..6].try_into()?;
     let eth_src: [u8; 6] = out[6..12].try_into()?;
     let (vlan, mut rest) = if out[12..14] == [0x81, 0x00] {
         let (v, rest) = SingleVlanHeader::from_slice(&out[14..])?;
-        ensure!(v.ether_type.0 == 0x86DD, "VLAN ethertype {:#x}", v.ether_type.0);
+        ensure!(
+            v.ether_type.0 == 0x86DD,
+            "VLAN ethertype {:#x}",
+            v.ether_type.0
+        );
         (Some(v), rest)
     } else {
-        ensure!(out[12..14] == [0x86, 0xDD], "outer ethertype {:02x?} is not IPv6", &out[12..14]);
+        ensure!(
+            out[12..14] == [0x86, 0xDD],
+            "outer ethertype {:02x?} is not IPv6",
+            &out[12..14]
+        );
         (None, &out[14..])
     };
     let (ip6, after) = Ipv6Header::from_slice(rest)?;
     rest = after;
-    ensure!(ip6.payload_length as usize == rest.len(), "IPv6 payload length {} but {} bytes follow", ip6.payload_length, rest.len());
+    ensure!(
+        ip6.payload_length as usize == rest.len(),
+        "IPv6 payload length {} but {} bytes follow",
+        ip6.payload_length,
+        rest.len()
+    );
     ensure!(ip6.hop_limit == 64, "hop limit {}", ip6.hop_limit);
     let udp = if ip6.next_header.0 == 17 {
         let (u, after) = UdpHeader::from_slice(rest)?;
-        ensure!(u.length as usize == rest.len(), "UDP length {} but {} bytes", u.length, rest.len());
+        ensure!(
+            u.length as usize == rest.len(),
+            "UDP length {} but {} bytes",
+            u.length,
+            rest.len()
+        );
         rest = after;
         Some(u)
     } else {
@@ -330,9 +423,21 @@ pub fn decode(out: &[u8]) -> Result<Encapsulated> {
         _ => bail!("inner packet is not IP"),
     };
     if udp.is_none() {
-        ensure!(ip6.next_header.0 == expect_nh, "next header {} for an IPv{} inner packet", ip6.next_header.0, inner[0] >> 4);
+        ensure!(
+            ip6.next_header.0 == expect_nh,
+            "next header {} for an IPv{} inner packet",
+            ip6.next_header.0,
+            inner[0] >> 4
+        );
     }
-    Ok(Encapsulated { eth_dst, eth_src, vlan, ip6, udp, inner })
+    Ok(Encapsulated {
+        eth_dst,
+        eth_src,
+        vlan,
+        ip6,
+        udp,
+        inner,
+    })
 }
 
 impl Encapsulated {
@@ -342,9 +447,19 @@ impl Encapsulated {
 }
 
 /// Full check of an encapsulated output against the input frame and what the flow should get.
-pub fn check_encap(input: &[u8], out: &[u8], backend: Ipv6Addr, key: &FlowKey, gue: bool) -> Result<Encapsulated> {
+pub fn check_encap(
+    input: &[u8],
+    out: &[u8],
+    backend: Ipv6Addr,
+    key: &FlowKey,
+    gue: bool,
+) -> Result<Encapsulated> {
     let e = decode(out)?;
-    ensure!(e.eth_dst == NEXT_HOP_MAC, "Ethernet destination {:02x?}", e.eth_dst);
+    ensure!(
+        e.eth_dst == NEXT_HOP_MAC,
+        "Ethernet destination {:02x?}",
+        e.eth_dst
+    );
     ensure!(e.eth_src == NIC_MAC, "Ethernet source {:02x?}", e.eth_src);
     let l3 = l3_offset(input);
     match (l3, &e.vlan) {
@@ -357,29 +472,74 @@ pub fn check_encap(input: &[u8], out: &[u8], backend: Ipv6Addr, key: &FlowKey, g
         ),
         _ => bail!("VLAN tag presence changed"),
     }
-    ensure!(Ipv6Addr::from(e.ip6.source) == lb_tunnel_addr(), "outer source {:?}", e.ip6.source);
-    ensure!(e.backend() == backend, "outer destination {} but the flow belongs to {backend}", e.backend());
+    ensure!(
+        Ipv6Addr::from(e.ip6.source) == lb_tunnel_addr(),
+        "outer source {:?}",
+        e.ip6.source
+    );
+    ensure!(
+        e.backend() == backend,
+        "outer destination {} but the flow belongs to {backend}",
+        e.backend()
+    );
     let inner = ip_packet(input);
-    ensure!(e.inner == inner, "inner packet differs from the input's IP packet");
+    ensure!(
+        e.inner == inner,
+        "inner packet differs from the input's IP packet"
+    );
     check_inner_checksums(&e.inner)?;
-    let tclass = if inner[0] >> 4 == 4 { inner[1] } else { (inner[0] << 4) | (inner[1] >> 4) };
-    ensure!(e.ip6.traffic_class == tclass, "traffic class {:#x}, inner has {tclass:#x}", e.ip6.traffic_class);
+    let tclass = if inner[0] >> 4 == 4 {
+        inner[1]
+    } else {
+        (inner[0] << 4) | (inner[1] >> 4)
+    };
+    ensure!(
+        e.ip6.traffic_class == tclass,
+        "traffic class {:#x}, inner has {tclass:#x}",
+        e.ip6.traffic_class
+    );
     let hash = lb_common::flow_hash(key, SEED);
     let label = (hash & 0xF_FFFF).max(1);
-    ensure!(e.ip6.flow_label.value() == label, "flow label {:#x}, want {label:#x}", e.ip6.flow_label.value());
+    ensure!(
+        e.ip6.flow_label.value() == label,
+        "flow label {:#x}, want {label:#x}",
+        e.ip6.flow_label.value()
+    );
     match (&e.udp, gue) {
         (Some(u), true) => {
-            ensure!(u.destination_port == GUE_PORT, "GUE port {}", u.destination_port);
-            ensure!(u.source_port == 0xC000 | ((hash >> 20) as u16 & 0x3FFF), "GUE source port {}", u.source_port);
-            ensure!(u.checksum == 0, "GUE UDP checksum {:#x}, want 0", u.checksum);
+            ensure!(
+                u.destination_port == GUE_PORT,
+                "GUE port {}",
+                u.destination_port
+            );
+            ensure!(
+                u.source_port == 0xC000 | ((hash >> 20) as u16 & 0x3FFF),
+                "GUE source port {}",
+                u.source_port
+            );
+            ensure!(
+                u.checksum == 0,
+                "GUE UDP checksum {:#x}, want 0",
+                u.checksum
+            );
         }
         (None, false) => {}
-        _ => bail!("GUE expected: {gue}, UDP header present: {}", e.udp.is_some()),
+        _ => bail!(
+            "GUE expected: {gue}, UDP header present: {}",
+            e.udp.is_some()
+        ),
     }
     Ok(e)
 }
 
 /// Verdict counters: exactly one of these rises per packet.
 pub fn is_verdict_counter(c: Counter) -> bool {
-    !matches!(c, Counter::LruHit | Counter::LruMissSyn | Counter::LruMissNonSyn | Counter::LruMissUdp | Counter::LruStaleBackend)
+    !matches!(
+        c,
+        Counter::LruHit
+            | Counter::LruMissSyn
+            | Counter::LruMissNonSyn
+            | Counter::LruMissUdp
+            | Counter::LruStaleBackend
+    )
 }

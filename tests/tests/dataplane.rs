@@ -33,7 +33,14 @@ fn ipv4_tcp_is_encapsulated_in_ipv6_exactly() {
     let run = lb.run(&frame);
     assert_eq!(run.verdict, XDP_TX);
     let key = flow.key(PROTO_TCP);
-    let e = check_encap(&frame, &run.out, backend_addr(v4.backend_for(&key)), &key, false).unwrap();
+    let e = check_encap(
+        &frame,
+        &run.out,
+        backend_addr(v4.backend_for(&key)),
+        &key,
+        false,
+    )
+    .unwrap();
     assert_eq!(e.ip6.next_header.0, 4, "IPv4 inside IPv6 is next header 4");
     assert_eq!(e.ip6.traffic_class, 0xB8);
     assert_eq!(run.out.len(), frame.len() + 40);
@@ -64,8 +71,18 @@ fn ipv6_tcp_is_encapsulated_in_ipv6_exactly() {
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX);
         let key = flow.key(PROTO_TCP);
-        let e = check_encap(&frame, &run.out, backend_addr(v6.backend_for(&key)), &key, false).unwrap();
-        assert_eq!(e.ip6.next_header.0, 41, "IPv6 inside IPv6 is next header 41");
+        let e = check_encap(
+            &frame,
+            &run.out,
+            backend_addr(v6.backend_for(&key)),
+            &key,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            e.ip6.next_header.0, 41,
+            "IPv6 inside IPv6 is next header 41"
+        );
         assert_eq!(e.ip6.traffic_class, 0x28);
     }
     assert_eq!(lb.counter(Counter::Tx), 3);
@@ -86,11 +103,21 @@ fn gue_adds_udp_with_flow_source_port_and_zero_checksum() {
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX);
         let key = flow.key(PROTO_TCP);
-        let e = check_encap(&frame, &run.out, backend_addr(table.backend_for(&key)), &key, true).unwrap();
+        let e = check_encap(
+            &frame,
+            &run.out,
+            backend_addr(table.backend_for(&key)),
+            &key,
+            true,
+        )
+        .unwrap();
         assert_eq!(e.ip6.next_header.0, 17);
         assert_eq!(run.out.len(), frame.len() + 48);
         // GUE variant 1: the inner IP header directly after UDP.
-        assert_eq!(run.out[14 + 48] >> 4, if flow.src.is_ipv4() { 4 } else { 6 });
+        assert_eq!(
+            run.out[14 + 48] >> 4,
+            if flow.src.is_ipv4() { 4 } else { 6 }
+        );
     }
     assert_eq!(lb.counter(Counter::TxGue), 2);
     assert_eq!(lb.counter(Counter::Tx), 0);
@@ -109,7 +136,14 @@ fn vlan_tagged_frames_keep_their_tag() {
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX);
         let key = flow.key(PROTO_TCP);
-        let e = check_encap(&frame, &run.out, backend_addr(table.backend_for(&key)), &key, false).unwrap();
+        let e = check_encap(
+            &frame,
+            &run.out,
+            backend_addr(table.backend_for(&key)),
+            &key,
+            false,
+        )
+        .unwrap();
         assert_eq!(e.vlan.unwrap().vlan_id.value(), 0x123);
     }
     assert_eq!(lb.counter(Counter::Tx), 2);
@@ -125,7 +159,14 @@ fn link_padding_is_trimmed_and_the_inner_packet_kept() {
     let run = lb.run(&frame);
     assert_eq!(run.verdict, XDP_TX);
     let key = flow.key(PROTO_TCP);
-    check_encap(&frame, &run.out, backend_addr(v4.backend_for(&key)), &key, false).unwrap();
+    check_encap(
+        &frame,
+        &run.out,
+        backend_addr(v4.backend_for(&key)),
+        &key,
+        false,
+    )
+    .unwrap();
     assert_eq!(run.out.len(), 54 + 40);
 }
 
@@ -140,13 +181,27 @@ fn port_zero_vip_matches_any_port_and_exact_port_wins() {
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX, "port {port}");
         let key = flow.key(PROTO_TCP);
-        check_encap(&frame, &run.out, backend_addr(any.backend_for(&key)), &key, false).unwrap();
+        check_encap(
+            &frame,
+            &run.out,
+            backend_addr(any.backend_for(&key)),
+            &key,
+            false,
+        )
+        .unwrap();
     }
     let flow = Flow::new("198.51.100.30", 4000, VIP4, 8443);
     let frame = flow.tcp(Tcp::Syn, &[]);
     let run = lb.run(&frame);
     let key = flow.key(PROTO_TCP);
-    check_encap(&frame, &run.out, backend_addr(exact.backend_for(&key)), &key, false).unwrap();
+    check_encap(
+        &frame,
+        &run.out,
+        backend_addr(exact.backend_for(&key)),
+        &key,
+        false,
+    )
+    .unwrap();
     assert_eq!(exact.backend_for(&key), 2);
     // UDP to the same address is another service: none exists, so the kernel gets it.
     let udp = Flow::new("198.51.100.30", 4000, VIP4, 53).udp(b"q");
@@ -176,13 +231,23 @@ fn same_flow_same_backend_and_even_spread() {
     for (b, n) in &per_backend {
         let share = *n as f64 / FLOWS as f64;
         println!("backend {b}: {n} flows ({:.2}%)", share * 100.0);
-        assert!((share - 1.0 / 3.0).abs() < 0.05 / 3.0, "backend {b} got {share} of the flows");
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.05 / 3.0,
+            "backend {b} got {share} of the flows"
+        );
     }
     // The same flow again: the same backend, every time.
     let flow = Flow::new("198.51.100.99", 5555, VIP4, 80);
-    let first = decode(&lb.run(&flow.tcp(Tcp::Syn, &[])).out).unwrap().backend();
+    let first = decode(&lb.run(&flow.tcp(Tcp::Syn, &[])).out)
+        .unwrap()
+        .backend();
     for _ in 0..20 {
-        assert_eq!(decode(&lb.run(&flow.tcp(Tcp::Ack, b"y")).out).unwrap().backend(), first);
+        assert_eq!(
+            decode(&lb.run(&flow.tcp(Tcp::Ack, b"y")).out)
+                .unwrap()
+                .backend(),
+            first
+        );
     }
 }
 
@@ -194,7 +259,12 @@ fn weights_shift_the_spread() {
     let mut per: HashMap<std::net::Ipv6Addr, u32> = HashMap::new();
     const FLOWS: u32 = 20_000;
     for _ in 0..FLOWS {
-        let flow = Flow::new(&format!("203.0.113.{}", rng.random_range(1..255)), rng.random_range(1024..65535), VIP4, 80);
+        let flow = Flow::new(
+            &format!("203.0.113.{}", rng.random_range(1..255)),
+            rng.random_range(1024..65535),
+            VIP4,
+            80,
+        );
         let run = lb.run(&flow.tcp(Tcp::Syn, &[]));
         let got = decode(&run.out).unwrap().backend();
         assert_eq!(got, backend_addr(t.backend_for(&flow.key(PROTO_TCP))));
@@ -202,8 +272,15 @@ fn weights_shift_the_spread() {
     }
     for (id, want) in [(1, 0.25), (2, 0.25), (3, 0.5)] {
         let share = per[&backend_addr(id)] as f64 / FLOWS as f64;
-        println!("backend {id} (weight {}): {:.2}%", if id == 3 { 2 } else { 1 }, share * 100.0);
-        assert!((share - want).abs() < want * 0.05, "backend {id}: {share}, want {want}");
+        println!(
+            "backend {id} (weight {}): {:.2}%",
+            if id == 3 { 2 } else { 1 },
+            share * 100.0
+        );
+        assert!(
+            (share - want).abs() < want * 0.05,
+            "backend {id}: {share}, want {want}"
+        );
     }
 }
 
@@ -223,7 +300,11 @@ fn connection_table_pins_flows_across_table_changes() {
     assert_eq!(entry.hash, lb_common::flow_hash(&key, SEED));
 
     // Replace the table with backends that exclude the original one.
-    let others: Vec<(u32, u32)> = [1, 2, 3, 4].iter().filter(|&&b| b != original).map(|&b| (b, 1)).collect();
+    let others: Vec<(u32, u32)> = [1, 2, 3, 4]
+        .iter()
+        .filter(|&&b| b != original)
+        .map(|&b| (b, 1))
+        .collect();
     let new = lb.fill_ring(0, &others);
     assert_ne!(new.backend_for(&key), original);
 
@@ -239,21 +320,40 @@ fn connection_table_pins_flows_across_table_changes() {
     let stranger = Flow::new("198.51.100.41", 41001, VIP4, 80);
     let skey = stranger.key(PROTO_TCP);
     let run = lb.run(&stranger.tcp(Tcp::Ack, b"mid-flow"));
-    assert_eq!(decode(&run.out).unwrap().backend(), backend_addr(new.backend_for(&skey)));
+    assert_eq!(
+        decode(&run.out).unwrap().backend(),
+        backend_addr(new.backend_for(&skey))
+    );
     assert_eq!(lb.counter(Counter::LruMissNonSyn), 1);
-    assert_eq!(lb.dp.conn(&skey).unwrap().unwrap().backend, new.backend_for(&skey));
+    assert_eq!(
+        lb.dp.conn(&skey).unwrap().unwrap().backend,
+        new.backend_for(&skey)
+    );
 
     // An RST with no entry follows the table and creates nothing.
     let rst = Flow::new("198.51.100.42", 41002, VIP4, 80);
     let rkey = rst.key(PROTO_TCP);
     let run = lb.run(&rst.tcp(Tcp::Rst, &[]));
-    assert_eq!(decode(&run.out).unwrap().backend(), backend_addr(new.backend_for(&rkey)));
-    assert_eq!(lb.dp.conn(&rkey).unwrap(), None, "an RST never creates an entry");
+    assert_eq!(
+        decode(&run.out).unwrap().backend(),
+        backend_addr(new.backend_for(&rkey))
+    );
+    assert_eq!(
+        lb.dp.conn(&rkey).unwrap(),
+        None,
+        "an RST never creates an entry"
+    );
 
     // A new SYN of the pinned flow consults the table again and re-pins it.
     let run = lb.run(&flow.tcp(Tcp::Syn, &[]));
-    assert_eq!(decode(&run.out).unwrap().backend(), backend_addr(new.backend_for(&key)));
-    assert_eq!(lb.dp.conn(&key).unwrap().unwrap().backend, new.backend_for(&key));
+    assert_eq!(
+        decode(&run.out).unwrap().backend(),
+        backend_addr(new.backend_for(&key))
+    );
+    assert_eq!(
+        lb.dp.conn(&key).unwrap().unwrap().backend,
+        new.backend_for(&key)
+    );
     assert_eq!(lb.counter(Counter::LruMissSyn), 2);
 }
 
@@ -264,14 +364,28 @@ fn entries_of_removed_backends_fall_back_to_the_table() {
     let key = flow.key(PROTO_TCP);
     let original = v4.backend_for(&key);
     lb.run(&flow.tcp(Tcp::Syn, &[]));
-    let others: Vec<(u32, u32)> = [1, 2, 3].iter().filter(|&&b| b != original).map(|&b| (b, 1)).collect();
+    let others: Vec<(u32, u32)> = [1, 2, 3]
+        .iter()
+        .filter(|&&b| b != original)
+        .map(|&b| (b, 1))
+        .collect();
     let new = lb.fill_ring(0, &others);
     lb.dp.clear_backend(original).unwrap();
     let frame = flow.tcp(Tcp::Ack, b"z");
     let run = lb.run(&frame);
-    check_encap(&frame, &run.out, backend_addr(new.backend_for(&key)), &key, false).unwrap();
+    check_encap(
+        &frame,
+        &run.out,
+        backend_addr(new.backend_for(&key)),
+        &key,
+        false,
+    )
+    .unwrap();
     assert_eq!(lb.counter(Counter::LruStaleBackend), 1);
-    assert_eq!(lb.dp.conn(&key).unwrap().unwrap().backend, new.backend_for(&key));
+    assert_eq!(
+        lb.dp.conn(&key).unwrap().unwrap().backend,
+        new.backend_for(&key)
+    );
 }
 
 #[test]
@@ -287,7 +401,11 @@ fn udp_flows_are_pinned_until_idle() {
     assert_eq!(lb.counter(Counter::LruMissUdp), 1);
     assert_eq!(lb.dp.conn(&key).unwrap().unwrap().backend, original);
 
-    let others: Vec<(u32, u32)> = [1, 2, 3, 4].iter().filter(|&&b| b != original).map(|&b| (b, 1)).collect();
+    let others: Vec<(u32, u32)> = [1, 2, 3, 4]
+        .iter()
+        .filter(|&&b| b != original)
+        .map(|&b| (b, 1))
+        .collect();
     let new = lb.fill_ring(0, &others);
     // Within the idle timeout: still pinned.
     let run = lb.run(&frame);
@@ -297,7 +415,14 @@ fn udp_flows_are_pinned_until_idle() {
     lb.set_udp_timeout_ns(1_000_000);
     std::thread::sleep(std::time::Duration::from_millis(30));
     let run = lb.run(&frame);
-    check_encap(&frame, &run.out, backend_addr(new.backend_for(&key)), &key, false).unwrap();
+    check_encap(
+        &frame,
+        &run.out,
+        backend_addr(new.backend_for(&key)),
+        &key,
+        false,
+    )
+    .unwrap();
     assert_eq!(lb.counter(Counter::LruMissUdp), 2);
 }
 
@@ -388,6 +513,13 @@ fn default_ring_size_65537() {
         let frame = flow.tcp(Tcp::Syn, &[]);
         let run = lb.run(&frame);
         let key = flow.key(PROTO_TCP);
-        check_encap(&frame, &run.out, backend_addr(t.backend_for(&key)), &key, false).unwrap();
+        check_encap(
+            &frame,
+            &run.out,
+            backend_addr(t.backend_for(&key)),
+            &key,
+            false,
+        )
+        .unwrap();
     }
 }

@@ -31,11 +31,20 @@ fn run_counted(lb: &mut Lb, frame: &[u8]) -> (Run, Counter) {
         .zip(&after)
         .filter(|((c, b), (_, a))| is_verdict_counter(*c) && a.packets != b.packets)
         .map(|((c, b), (_, a))| {
-            assert_eq!(a.packets, b.packets + 1, "{} rose by more than one", c.name());
+            assert_eq!(
+                a.packets,
+                b.packets + 1,
+                "{} rose by more than one",
+                c.name()
+            );
             *c
         })
         .collect();
-    assert_eq!(risen.len(), 1, "exactly one verdict counter must rise, got {risen:?}");
+    assert_eq!(
+        risen.len(),
+        1,
+        "exactly one verdict counter must rise, got {risen:?}"
+    );
     (run, risen[0])
 }
 
@@ -45,10 +54,22 @@ fn valid_frames() -> Vec<(&'static str, Vec<u8>)> {
     let mut vlan6 = Flow::new("2001:db8:c11e::1", 1000, VIP6, 80);
     vlan6.vlan = Some(42);
     vec![
-        ("tcp4", Flow::new("198.51.100.1", 1000, VIP4, 80).tcp(Tcp::Syn, b"hello")),
-        ("tcp6-gue", Flow::new("2001:db8:c11e::1", 1000, VIP6, 80).tcp(Tcp::Ack, b"hello")),
-        ("udp4", Flow::new("198.51.100.1", 1000, VIP4, 53).udp(b"hello")),
-        ("udp6", Flow::new("2001:db8:c11e::1", 1000, VIP6, 53).udp(b"hello")),
+        (
+            "tcp4",
+            Flow::new("198.51.100.1", 1000, VIP4, 80).tcp(Tcp::Syn, b"hello"),
+        ),
+        (
+            "tcp6-gue",
+            Flow::new("2001:db8:c11e::1", 1000, VIP6, 80).tcp(Tcp::Ack, b"hello"),
+        ),
+        (
+            "udp4",
+            Flow::new("198.51.100.1", 1000, VIP4, 53).udp(b"hello"),
+        ),
+        (
+            "udp6",
+            Flow::new("2001:db8:c11e::1", 1000, VIP6, 53).udp(b"hello"),
+        ),
         ("vlan-tcp4", vlan4.tcp(Tcp::Syn, b"hello")),
         ("vlan-tcp6", vlan6.tcp(Tcp::Syn, b"hello")),
     ]
@@ -65,10 +86,20 @@ fn every_truncation_is_refused() {
         for len in 14..frame.len() {
             let cut = &frame[..len];
             let (run, c) = run_counted(&mut lb, cut);
-            assert_ne!(run.verdict, XDP_TX, "{name} cut to {len} bytes was transmitted");
+            assert_ne!(
+                run.verdict, XDP_TX,
+                "{name} cut to {len} bytes was transmitted"
+            );
             if run.verdict == XDP_PASS {
-                assert_eq!(run.out, cut, "{name}/{len}: a passed frame must be untouched");
-                assert_eq!(c, Counter::PassNonIp, "{name}/{len}: only a cut VLAN/ethertype passes");
+                assert_eq!(
+                    run.out, cut,
+                    "{name}/{len}: a passed frame must be untouched"
+                );
+                assert_eq!(
+                    c,
+                    Counter::PassNonIp,
+                    "{name}/{len}: only a cut VLAN/ethertype passes"
+                );
             } else {
                 assert_eq!(run.verdict, XDP_DROP);
                 assert_eq!(c, Counter::DropTruncated, "{name}/{len}");
@@ -131,7 +162,11 @@ fn with_ext(kind: u8) -> Vec<u8> {
     let mut f = Flow::new("2001:db8:c11e::2", 2000, VIP6, 80).tcp(Tcp::Ack, b"abcdefgh");
     let inner_nh = f[14 + 6];
     f[14 + 6] = kind;
-    let ext = if kind == 44 { [inner_nh, 0, 0, 1, 0, 0, 0, 7] } else { [inner_nh, 0, 1, 4, 0, 0, 0, 0] };
+    let ext = if kind == 44 {
+        [inner_nh, 0, 0, 1, 0, 0, 0, 7]
+    } else {
+        [inner_nh, 0, 1, 4, 0, 0, 0, 0]
+    };
     f.splice(54..54, ext);
     let plen = u16::from_be_bytes([f[18], f[19]]) + 8;
     f[18..20].copy_from_slice(&plen.to_be_bytes());
@@ -145,7 +180,11 @@ fn ipv6_fragments_and_extension_headers() {
     assert_eq!((run.verdict, c), (XDP_DROP, Counter::DropIpv6Fragment));
     for kind in [0u8, 43, 60] {
         let (run, c) = run_counted(&mut lb, &with_ext(kind));
-        assert_eq!((run.verdict, c), (XDP_DROP, Counter::DropIpv6ExtHeader), "next header {kind}");
+        assert_eq!(
+            (run.verdict, c),
+            (XDP_DROP, Counter::DropIpv6ExtHeader),
+            "next header {kind}"
+        );
     }
     let mut f = Flow::new("2001:db8:c11e::2", 2000, VIP6, 80).tcp(Tcp::Ack, b"a");
     f[14] = 0x45; // version 4 in an IPv6 ethertype
@@ -157,11 +196,21 @@ fn ipv6_fragments_and_extension_headers() {
 fn unknown_ethertypes_pass_untouched() {
     let mut lb = lb();
     let base = tcp4(b"abc");
-    for et in [[0x88u8, 0xCC], [0x88, 0xA8], [0x08, 0x06], [0x00, 0x2E], [0xFF, 0xFF]] {
+    for et in [
+        [0x88u8, 0xCC],
+        [0x88, 0xA8],
+        [0x08, 0x06],
+        [0x00, 0x2E],
+        [0xFF, 0xFF],
+    ] {
         let mut f = base.clone();
         f[12..14].copy_from_slice(&et);
         let (run, c) = run_counted(&mut lb, &f);
-        assert_eq!((run.verdict, c), (XDP_PASS, Counter::PassNonIp), "ethertype {et:02x?}");
+        assert_eq!(
+            (run.verdict, c),
+            (XDP_PASS, Counter::PassNonIp),
+            "ethertype {et:02x?}"
+        );
         assert_eq!(run.out, f);
     }
 }
@@ -189,9 +238,14 @@ fn random_corruption_never_transmits_garbage() {
         match run.verdict {
             XDP_TX => {
                 transmitted += 1;
-                let e = decode(&run.out).unwrap_or_else(|e| panic!("case {i}: transmitted garbage: {e}"));
+                let e = decode(&run.out)
+                    .unwrap_or_else(|e| panic!("case {i}: transmitted garbage: {e}"));
                 assert_eq!(e.inner, ip_packet(&f), "case {i}: inner packet differs");
-                let vip: IpAddr = if e.inner[0] >> 4 == 4 { VIP4.parse().unwrap() } else { VIP6.parse().unwrap() };
+                let vip: IpAddr = if e.inner[0] >> 4 == 4 {
+                    VIP4.parse().unwrap()
+                } else {
+                    VIP6.parse().unwrap()
+                };
                 let dst: IpAddr = if e.inner[0] >> 4 == 4 {
                     IpAddr::from(<[u8; 4]>::try_from(&e.inner[16..20]).unwrap())
                 } else {

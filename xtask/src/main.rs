@@ -1,1 +1,136 @@
-fn main() {}
+//! `cargo xtask <command>`: setup, build, run and test the load balancer.
+//!
+//! Every command except `setup` first checks the prerequisites and installs what is missing,
+//! so a fresh Debian machine needs nothing but `cargo xtask test` (as root).
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run and test the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install prerequisites: Debian packages, the nightly's rust-src, bpf-linker (idempotent).
+    Setup,
+    /// Build the XDP object and the userspace binaries.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `lb` with the given arguments (as root), e.g. `cargo xtask run -- run --iface eth1 ...`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(true),
+        Cmd::Build { release } => {
+            setup::run(false)?;
+            build(release)
+        }
+        Cmd::Run { release, args } => {
+            setup::run(false)?;
+            build(release)?;
+            let bin = format!("target/{}/lb", if release { "release" } else { "debug" });
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {bin}"))?;
+            if !status.success() {
+                bail!("lb exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::run(false)?;
+            setup::require_root("the test suite loads XDP programs")?;
+            step("running the test suite (host unit tests + XDP packet tests)");
+            test(&args)
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one summary line over all test
+/// binaries ("N passed, N failed"), so the last line tells the whole suite's result.
+fn test(extra: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["test", "--no-fail-fast"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() || failed > 0 {
+        bail!("the test suite failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    step("building the XDP object (nightly, bpfel-unknown-none) and the userspace binaries");
+    let mut args = vec!["build", "--package", "lb-userspace"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+pub fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

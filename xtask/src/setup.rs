@@ -1,0 +1,150 @@
+//! Prerequisites, checked and installed idempotently.
+//!
+//! - Debian packages: LLVM 22 (bpf-linker links against it) and the network tools tests use.
+//! - The nightly toolchain's rust-src (the eBPF crate is built with -Z build-std=core).
+//! - bpf-linker 0.13, built against Debian's LLVM 22.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::step;
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "bpftool", "tcpdump"];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn quiet(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            quiet(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn has_rust_src() -> bool {
+    quiet(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")))
+}
+
+fn has_nightly() -> bool {
+    quiet(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some()
+}
+
+fn has_bpf_linker() -> bool {
+    quiet(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+}
+
+pub fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{why}: run as root (CAP_BPF and CAP_NET_ADMIN are needed)");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Checks every prerequisite and installs what is missing. With `verbose`, reports each one.
+pub fn run(verbose: bool) -> Result<()> {
+    let packages = missing_packages();
+    let nightly = has_nightly();
+    let rust_src = nightly && has_rust_src();
+    let linker = has_bpf_linker();
+    if packages.is_empty() && rust_src && linker {
+        if verbose {
+            step("all prerequisites are installed:");
+            eprintln!("    Debian packages: {}", APT_PACKAGES.join(" "));
+            eprintln!("    nightly toolchain with rust-src");
+            eprintln!("    bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
+        }
+        return Ok(());
+    }
+    let debian = std::path::Path::new("/etc/debian_version").exists();
+    let root = unsafe { libc_geteuid() } == 0;
+    if !debian || !root {
+        let mut todo = Vec::new();
+        if !packages.is_empty() {
+            todo.push(format!(
+                "packages: {} (LLVM 22 development files and network tools)",
+                packages.join(" ")
+            ));
+        }
+        if !rust_src {
+            todo.push("`rustup toolchain install nightly --component rust-src`".into());
+        }
+        if !linker {
+            todo.push(format!(
+                "`LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22`"
+            ));
+        }
+        bail!(
+            "prerequisites are missing and automatic setup needs {} — install by hand:\n  - {}",
+            if !debian { "Debian (apt)" } else { "root" },
+            todo.join("\n  - ")
+        );
+    }
+    if !packages.is_empty() {
+        step(&format!(
+            "installing Debian packages: {}",
+            packages.join(" ")
+        ));
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !nightly {
+        bail!(
+            "the nightly toolchain is missing: `rustup toolchain install nightly --component rust-src`"
+        );
+    }
+    if !rust_src {
+        step("adding rust-src to the nightly toolchain (the eBPF crate builds core from source)");
+        sh(Command::new("rustup").args(["+nightly", "component", "add", "rust-src"]))?;
+    }
+    if !linker {
+        step(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        ));
+        // bpf-linker finds LLVM through llvm-config on PATH, which on Debian may be another
+        // LLVM version: point it (and llvm-sys) at LLVM 22 explicitly.
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX))?;
+    }
+    step("prerequisites installed");
+    Ok(())
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
