@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_RINGS,
@@ -10,8 +10,8 @@ use lb_common::{
     stats::COUNTER_COUNT,
 };
 
-/// Each CPU keeps its own LRU list (the hash table stays shared): no cross-CPU lock on the
-/// LRU on insert, and a flow is still found whichever CPU receives it after an RSS change.
+/// Bench variant flag: a separate LRU list per CPU over the shared table.
+#[cfg(feature = "conns-no-common-lru")]
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Maglev table size M, set by the loader; `volatile` read so it is not constant-folded.
@@ -40,9 +40,25 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_RINGS * DEFAULT_RING_SIZE, 0);
 
+/// The connection table: one LRU hash shared by all CPUs, so a flow is found whichever CPU
+/// receives it (RSS changes, flows installed by the agent). `cargo xtask bench` compares it with
+/// per-CPU LRU lists and per-CPU tables; see docs/dataplane.md for the figures.
+#[cfg(not(any(feature = "conns-no-common-lru", feature = "conns-percpu-lru")))]
 #[map]
-pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Bench variant: the shared table with a separate LRU list per CPU.
+#[cfg(feature = "conns-no-common-lru")]
+#[map]
+pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+
+/// Bench variant: a private table per CPU (Katran's layout).
+#[cfg(feature = "conns-percpu-lru")]
+#[map]
+pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
+    aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
 #[map]
 pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

@@ -93,6 +93,11 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 impl Dataplane {
     /// Loads and verifies the XDP program with these limits (it is not attached).
     pub fn load(limits: DataplaneLimits) -> Result<Self> {
+        Self::load_object(crate::EBPF_OBJECT, limits)
+    }
+
+    /// Like `load`, from another build of the object (the bench compares variants).
+    pub fn load_object(object: &[u8], limits: DataplaneLimits) -> Result<Self> {
         limits.validate()?;
         let ring_entries = limits.ring_size * limits.max_rings;
         let mut ebpf = EbpfLoader::new()
@@ -104,7 +109,7 @@ impl Dataplane {
             .map_max_entries(names::BACKENDS, limits.max_backends)
             .map_max_entries(names::BACKEND_STATS, limits.max_backends)
             .map_max_entries(names::CONNS, limits.max_conns)
-            .load(crate::EBPF_OBJECT)
+            .load(object)
             .context("loading the XDP object")?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)

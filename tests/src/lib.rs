@@ -58,15 +58,21 @@ pub struct Lb {
 
 impl Lb {
     pub fn new(ring_size: u32) -> Self {
+        Self::with_object(lb_userspace::EBPF_OBJECT, ring_size, 200_000)
+            .expect("loading the XDP program")
+    }
+
+    /// A load balancer from a given build of the XDP object.
+    pub fn with_object(object: &[u8], ring_size: u32, max_conns: u32) -> Result<Self> {
         require_root();
         let limits = DataplaneLimits {
             ring_size,
             max_vips: 16,
             max_rings: 8,
             max_backends: 256,
-            max_conns: 200_000,
+            max_conns,
         };
-        let mut dp = Dataplane::load(limits).expect("loading the XDP program");
+        let mut dp = Dataplane::load_object(object, limits)?;
         let cfg = LbConfig {
             src_mac: NIC_MAC,
             dst_mac: NEXT_HOP_MAC,
@@ -76,8 +82,8 @@ impl Lb {
             hash_seed: SEED,
             udp_timeout_ns: 30_000_000_000,
         };
-        dp.set_config(&cfg).unwrap();
-        Self { dp, ring_size, cfg }
+        dp.set_config(&cfg)?;
+        Ok(Self { dp, ring_size, cfg })
     }
 
     pub fn set_udp_timeout_ns(&mut self, ns: u64) {

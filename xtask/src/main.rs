@@ -33,6 +33,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root). Today: the connection-table layouts under concurrent inserts and hits.
+    Bench {
+        /// New flows per CPU in each scenario.
+        #[arg(long, default_value_t = 100_000)]
+        flows: u32,
+    },
     /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -61,6 +67,11 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench { flows } => {
+            setup::run(false)?;
+            setup::require_root("the benchmarks load XDP programs")?;
+            bench(flows)
+        }
         Cmd::Test { args } => {
             setup::run(false)?;
             setup::require_root("the test suite loads XDP programs")?;
@@ -88,7 +99,9 @@ fn test(extra: &[String]) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
                 let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
                 let n: u64 = n.parse().unwrap_or(0);
                 match what {
                     "passed" => passed += n,
@@ -108,6 +121,81 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// Connection-table layouts compared by the bench: (label, lb-ebpf feature).
+const CONN_VARIANTS: &[(&str, &str)] = &[
+    ("shared (default)", ""),
+    ("shared, per-CPU LRU lists", "conns-no-common-lru"),
+    ("per-CPU tables", "conns-percpu-lru"),
+];
+
+fn bench(flows: u32) -> Result<()> {
+    let mut specs = Vec::new();
+    for (label, feature) in CONN_VARIANTS {
+        step(&format!(
+            "building the XDP object: connection table {label}"
+        ));
+        let dir = format!(
+            "target/bpf-variants/{}",
+            if feature.is_empty() {
+                "default"
+            } else {
+                feature
+            }
+        );
+        // The same flags aya-build uses for the embedded object.
+        let status = Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "--quiet",
+                "--package",
+                "lb-ebpf",
+                "--bins",
+                "--release",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                &dir,
+            ])
+            .args(["--features", feature])
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            )
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .status()
+            .context("building an XDP object variant")?;
+        if !status.success() {
+            bail!("building the {label} variant failed");
+        }
+        specs.push(format!("{label}={dir}/bpfel-unknown-none/release/lb-xdp"));
+    }
+    step(
+        "running: 2 threads pinned to CPU 0 and 1, BPF_PROG_TEST_RUN, kernel-measured ns per packet",
+    );
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "tests",
+        "--bin",
+        "lb-bench",
+        "--",
+    ];
+    let flows = flows.to_string();
+    args.push(&flows);
+    args.extend(specs.iter().map(String::as_str));
+    cargo(&args)
 }
 
 fn build(release: bool) -> Result<()> {
