@@ -168,6 +168,16 @@ impl MaglevTable {
         &self.slots
     }
 
+    /// The slots with each member index replaced by `ids[index]` (the dataplane's backend id
+    /// of that member); empty slots stay `NO_BACKEND`. This is what a ring map holds.
+    pub fn slots_as_ids(&self, ids: &[u32]) -> Vec<u32> {
+        assert_eq!(ids.len(), self.members.len(), "one id per member");
+        self.slots
+            .iter()
+            .map(|&s| if s == NO_BACKEND { s } else { ids[s as usize] })
+            .collect()
+    }
+
     /// The member owning `slot`, if any.
     pub fn member_at(&self, slot: u32) -> Option<&MaglevMember> {
         self.members.get(*self.slots.get(slot as usize)? as usize)

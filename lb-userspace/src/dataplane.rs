@@ -6,7 +6,7 @@
 //! set only once its entries exist.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -364,9 +364,4 @@ impl Dataplane {
             HashMap::try_from(self.map(names::CONNS)?)?;
         Ok(conns.keys().filter(|k| k.is_ok()).count())
     }
-}
-
-/// The address family of an IP address, for messages.
-pub fn family_name(addr: &IpAddr) -> &'static str {
-    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use lb_common::{
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, VIP_F_GUE, VipKey, VipMeta,
+    PROTO_TCP, PROTO_UDP, VIP_F_GUE, VipKey, VipMeta,
     maglev::{MAX_WEIGHT, MaglevMember, MaglevTable},
 };
 
@@ -116,17 +116,7 @@ pub fn install(dp: &mut Dataplane, services: &[ServiceSpec], seed: u64) -> Resul
             };
             member_ids.push(id);
         }
-        let slots: Vec<u32> = table
-            .slots()
-            .iter()
-            .map(|&s| {
-                if s == NO_BACKEND {
-                    s
-                } else {
-                    member_ids[s as usize]
-                }
-            })
-            .collect();
+        let slots = table.slots_as_ids(&member_ids);
         dp.write_ring(i as u32, &slots)?;
         let meta = VipMeta {
             id: i as u32,

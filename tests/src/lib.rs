@@ -116,17 +116,7 @@ impl Lb {
         for &id in &ids {
             self.dp.set_backend(id, backend_addr(id)).unwrap();
         }
-        let slots: Vec<u32> = table
-            .slots()
-            .iter()
-            .map(|&s| {
-                if s == lb_common::NO_BACKEND {
-                    s
-                } else {
-                    ids[s as usize]
-                }
-            })
-            .collect();
+        let slots = table.slots_as_ids(&ids);
         self.dp.write_ring(ring, &slots).unwrap();
         Installed { slots }
     }
