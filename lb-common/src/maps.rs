@@ -15,6 +15,22 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const IFACES: &str = "IFACES";
+
+    /// The maps that hold state worth keeping across an agent restart or upgrade; the agent
+    /// pins them in bpffs and a new agent's program reuses them.
+    pub const PINNED: &[&str] = &[
+        CONFIG,
+        VIP_FILTER,
+        VIPS,
+        BACKENDS,
+        RINGS,
+        CONNS,
+        STATS,
+        VIP_STATS,
+        BACKEND_STATS,
+        IFACES,
+    ];
 }
 
 /// Globals set at load time (`EbpfLoader::set_global`).
@@ -37,7 +53,15 @@ pub const DEFAULT_MAX_RINGS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAX_CONNS: u32 = 1_000_000;
 pub const DEFAULT_GUE_PORT: u16 = 6080;
+pub const DEFAULT_MAX_IFACES: u32 = 64;
 pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 30_000_000_000;
+/// An established TCP flow idle this long is forgotten (its next packet is re-hashed).
+pub const DEFAULT_TCP_IDLE_TIMEOUT_NS: u64 = 900_000_000_000;
+/// After the client's FIN or RST, the entry lives this long without packets.
+pub const DEFAULT_TCP_CLOSING_TIMEOUT_NS: u64 = 30_000_000_000;
+/// A connection entry's `atime_ns` is rewritten at most this often, so busy flows do not write
+/// their shared entry on every packet.
+pub const ATIME_GRANULARITY_NS: u64 = 1_000_000_000;
 
 /// Bytes the encapsulation adds: IPv6 header, plus UDP for GUE.
 pub const ENCAP_IP6_LEN: usize = 40;
@@ -83,15 +107,27 @@ pub struct VipMeta {
 /// `Backend::flags`: the slot holds an installed backend. A connection-table entry pointing at
 /// a slot without it is treated as a miss, so a removed backend never receives traffic.
 pub const BACKEND_F_VALID: u32 = 1;
+/// `Backend::flags`: draining (no ring slots; existing flows keep it). Informational for the
+/// XDP program, which only follows ring slots and connection entries.
+pub const BACKEND_F_DRAINING: u32 = 2;
 
-/// A backend's tunnel endpoint (`BACKENDS[id]`).
+/// One backend of one VIP (`BACKENDS[id]`): the tunnel endpoint and, for the agent that adopts
+/// the maps after a restart, which VIP it serves and with what weight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u32; 4],
     pub flags: u32,
-    pub _pad: u32,
+    /// Bumped every time the id is given to a new backend: a connection entry from the id's
+    /// previous owner no longer matches and falls back to Maglev.
+    pub generation: u32,
+    /// `VipMeta::id` of the VIP this backend serves.
+    pub vip: u32,
+    pub weight: u32,
 }
+
+/// `ConnEntry::flags`: the client sent FIN or RST; the short closing timeout applies.
+pub const CONN_F_CLOSING: u32 = 1;
 
 /// Connection-table value: where the flow is pinned.
 #[repr(C)]
@@ -100,27 +136,42 @@ pub struct ConnEntry {
     pub backend: u32,
     /// The flow hash, kept so an established packet needs no rehash (flow label, GUE port).
     pub hash: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last refresh; only UDP entries are refreshed.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) of the last refresh, at most
+    /// `ATIME_GRANULARITY_NS` stale.
     pub atime_ns: u64,
+    /// `Backend::generation` when the entry was made.
+    pub generation: u32,
+    pub flags: u32,
 }
 
 /// Load-balancer wide settings (`LB_CONFIG[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbConfig {
-    /// Outer Ethernet source: the NIC's MAC.
-    pub src_mac: [u8; 6],
-    /// Outer Ethernet destination: the next hop's MAC.
-    pub dst_mac: [u8; 6],
-    /// GUE destination port, network order.
-    pub gue_port: u16,
-    pub _pad: u16,
     /// Outer IPv6 source: this load balancer's tunnel address.
     pub src_ip6: [u32; 4],
     /// Fleet-wide flow hash seed.
     pub hash_seed: u64,
     /// UDP flows idle longer than this are re-hashed.
     pub udp_timeout_ns: u64,
+    /// Established TCP flows idle longer than this are re-hashed.
+    pub tcp_idle_timeout_ns: u64,
+    /// TCP flows idle this long after the client's FIN or RST are re-hashed.
+    pub tcp_closing_timeout_ns: u64,
+    /// GUE destination port, network order.
+    pub gue_port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Per-NIC link layer (`IFACES[ifindex]`): encapsulated packets leave by the NIC they came in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Outer Ethernet source: the NIC's MAC.
+    pub src_mac: [u8; 6],
+    /// Outer Ethernet destination: the next hop towards the backends.
+    pub dst_mac: [u8; 6],
+    pub _pad: u32,
 }
 
 /// A packets/bytes pair, per CPU.
@@ -174,6 +225,7 @@ mod user {
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for VipFilter {}
+    unsafe impl aya::Pod for IfaceConfig {}
 
     /// An address as the XDP program sees it: family and network-order words.
     pub fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
@@ -261,6 +313,7 @@ pub use user::*;
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
-const _: () = assert!(core::mem::size_of::<Backend>() == 24);
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<LbConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);

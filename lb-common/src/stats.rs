@@ -27,6 +27,7 @@ counters! {
     LruMissNonSyn = "lru_miss_non_syn",
     LruMissUdp = "lru_miss_udp",
     LruStaleBackend = "lru_stale_backend",
+    LruExpired = "lru_expired",
     DropTruncated = "drop_truncated",
     DropBadIpHeader = "drop_bad_ip_header",
     DropIpv4Options = "drop_ipv4_options",
@@ -35,6 +36,7 @@ counters! {
     DropIpv6ExtHeader = "drop_ipv6_ext_header",
     DropNoBackend = "drop_no_backend",
     DropEncap = "drop_encap",
+    DropNoIface = "drop_no_iface",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -1,16 +1,22 @@
 //! The connection table: pins a flow to the backend its first packet was sent to, so later
-//! Maglev table changes do not move established connections.
+//! Maglev table changes (a backend added, drained or weighted) do not move established
+//! connections.
 //!
 //! SYN: always through Maglev, (re)creating the entry. RST: the entry if any, else Maglev,
 //! never creating one. Anything else: the entry if any, else Maglev and a new entry (a
-//! mid-flow packet that arrives after a route shift gets pinned too). UDP entries expire after
-//! `udp_timeout_ns` without packets; TCP entries live until the LRU evicts them.
+//! mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
+//! its idle timeout: UDP, established TCP, or TCP after the client's FIN/RST (closing). An
+//! entry whose backend id was removed or handed to another backend (generation) is stale.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{ConnEntry, Counter, FlowKey, LbConfig, VipMeta, flow_hash};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_log_ebpf::warn;
+use lb_common::{
+    ATIME_GRANULARITY_NS, CONN_F_CLOSING, ConnEntry, Counter, FlowKey, LbConfig, VipMeta, flow_hash,
+};
 
 use crate::{maglev, maps::CONNS, stats};
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
@@ -26,7 +32,19 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
+fn idle_timeout(entry: &ConnEntry, is_tcp: bool, cfg: &LbConfig) -> u64 {
+    if !is_tcp {
+        cfg.udp_timeout_ns
+    } else if entry.flags & CONN_F_CLOSING != 0 {
+        cfg.tcp_closing_timeout_ns
+    } else {
+        cfg.tcp_idle_timeout_ns
+    }
+}
+
+#[inline(always)]
 pub fn pick_backend(
+    ctx: &XdpContext,
     key: &FlowKey,
     is_tcp: bool,
     tcp_flags: u8,
@@ -35,31 +53,45 @@ pub fn pick_backend(
 ) -> Option<Target> {
     let syn = is_tcp && tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
     let rst = is_tcp && tcp_flags & TCP_RST != 0;
+    let closing = is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let now = now_ns();
     if !syn {
         if let Some(entry) = CONNS.get_ptr_mut(key) {
             let entry = unsafe { &mut *entry };
-            let live = is_tcp || {
-                let now = now_ns();
-                let live = now.wrapping_sub(entry.atime_ns) <= cfg.udp_timeout_ns;
-                entry.atime_ns = now;
-                live
-            };
-            if live {
-                if let Some(b) = maglev::backend(entry.backend) {
-                    stats::count(Counter::LruHit);
-                    return Some(Target {
-                        id: entry.backend,
-                        addr: b.addr,
-                        hash: entry.hash,
-                    });
+            let idle = now.wrapping_sub(entry.atime_ns);
+            if idle <= idle_timeout(entry, is_tcp, cfg) {
+                match maglev::backend(entry.backend) {
+                    Some(b) if b.generation == entry.generation => {
+                        stats::count(Counter::LruHit);
+                        if closing && entry.flags & CONN_F_CLOSING == 0 {
+                            entry.flags |= CONN_F_CLOSING;
+                            entry.atime_ns = now;
+                        } else if idle > ATIME_GRANULARITY_NS {
+                            entry.atime_ns = now;
+                        }
+                        return Some(Target {
+                            id: entry.backend,
+                            addr: b.addr,
+                            hash: entry.hash,
+                        });
+                    }
+                    _ => stats::count(Counter::LruStaleBackend),
                 }
-                stats::count(Counter::LruStaleBackend);
+            } else {
+                stats::count(Counter::LruExpired);
             }
         }
     }
     let hash = flow_hash(key, cfg.hash_seed);
     let id = maglev::ring_lookup(vip.ring, hash)?;
-    let b = maglev::backend(id)?;
+    let Some(b) = maglev::backend(id) else {
+        // The agent installs a backend before any slot points at it; this is a bug alarm.
+        warn!(
+            ctx,
+            "ring {} points at backend id {}, which is not installed", vip.ring, id
+        );
+        return None;
+    };
     stats::count(if syn {
         Counter::LruMissSyn
     } else if is_tcp {
@@ -71,7 +103,9 @@ pub fn pick_backend(
         let entry = ConnEntry {
             backend: id,
             hash,
-            atime_ns: now_ns(),
+            atime_ns: now,
+            generation: b.generation,
+            flags: if closing { CONN_F_CLOSING } else { 0 },
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let _ = CONNS.insert(key, &entry, 0);

@@ -9,7 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, LbConfig, VIP_F_GUE, VipMeta};
+use lb_common::{
+    Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta,
+};
 
 use crate::{conntrack::Target, parse::Parsed, stats};
 
@@ -27,6 +29,7 @@ pub fn encapsulate(
     pkt: &Parsed,
     vip: &VipMeta,
     cfg: &LbConfig,
+    iface: &IfaceConfig,
     target: &Target,
 ) -> u32 {
     let gue = vip.flags & VIP_F_GUE != 0;
@@ -43,10 +46,10 @@ pub fn encapsulate(
         return stats::drop(Counter::DropEncap);
     }
     let ok = match (pkt.l3_off == 18, gue) {
-        (false, false) => write_outer::<14, false>(ctx, pkt, cfg, target),
-        (false, true) => write_outer::<14, true>(ctx, pkt, cfg, target),
-        (true, false) => write_outer::<18, false>(ctx, pkt, cfg, target),
-        (true, true) => write_outer::<18, true>(ctx, pkt, cfg, target),
+        (false, false) => write_outer::<14, false>(ctx, pkt, cfg, iface, target),
+        (false, true) => write_outer::<14, true>(ctx, pkt, cfg, iface, target),
+        (true, false) => write_outer::<18, false>(ctx, pkt, cfg, iface, target),
+        (true, true) => write_outer::<18, true>(ctx, pkt, cfg, iface, target),
     };
     if !ok {
         return stats::drop(Counter::DropEncap);
@@ -61,6 +64,7 @@ fn write_outer<const L3: usize, const GUE: bool>(
     ctx: &XdpContext,
     pkt: &Parsed,
     cfg: &LbConfig,
+    iface: &IfaceConfig,
     target: &Target,
 ) -> bool {
     let data = ctx.data();
@@ -84,8 +88,8 @@ fn write_outer<const L3: usize, const GUE: bool>(
         NEXT_HEADER_IPV6
     };
     unsafe {
-        store(data as *mut [u8; 6], cfg.dst_mac);
-        store((data + 6) as *mut [u8; 6], cfg.src_mac);
+        store(data as *mut [u8; 6], iface.dst_mac);
+        store((data + 6) as *mut [u8; 6], iface.src_mac);
         if L3 == 18 {
             store((data + 12) as *mut u16, ETH_P_8021Q);
             store((data + 14) as *mut u16, pkt.vlan_tci);

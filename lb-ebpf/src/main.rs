@@ -37,14 +37,19 @@ fn forward(ctx: &XdpContext, pkt: &Parsed) -> u32 {
     let Some(cfg) = maps::config() else {
         return stats::drop(Counter::DropEncap);
     };
+    // The agent configures every NIC it attaches to; anything else is a misconfiguration.
+    let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
+        return stats::drop(Counter::DropNoIface);
+    };
     let is_tcp = pkt.key.proto == PROTO_TCP;
-    let Some(target) = conntrack::pick_backend(&pkt.key, is_tcp, pkt.tcp_flags, vip, cfg) else {
+    let Some(target) = conntrack::pick_backend(ctx, &pkt.key, is_tcp, pkt.tcp_flags, vip, cfg)
+    else {
         return stats::drop(Counter::DropNoBackend);
     };
     let len = pkt.frame_len as u64;
     stats::add_vip(vip.id, len);
     stats::add_backend(target.id, len);
-    encap::encapsulate(ctx, pkt, vip, cfg, &target)
+    encap::encapsulate(ctx, pkt, vip, cfg, iface, &target)
 }
 
 #[cfg(not(test))]

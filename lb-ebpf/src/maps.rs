@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_RINGS,
-    DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FlowKey, LbConfig, VipFilter, VipKey, VipMeta,
-    stats::COUNTER_COUNT,
+    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
+    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FlowKey, IfaceConfig, LbConfig,
+    VipFilter, VipKey, VipMeta, stats::COUNTER_COUNT,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -25,6 +25,10 @@ pub fn ring_size() -> u32 {
 
 #[map]
 pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Link layer per ingress NIC (ifindex), so one program can serve several NICs.
+#[map]
+pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(DEFAULT_MAX_IFACES, 0);
 
 #[map]
 pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
@@ -74,4 +78,9 @@ pub static BACKEND_STATS: PerCpuArray<CounterValue> =
 #[inline(always)]
 pub fn config() -> Option<&'static LbConfig> {
     LB_CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
+    unsafe { IFACES.get(&ifindex) }
 }

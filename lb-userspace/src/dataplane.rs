@@ -6,17 +6,21 @@
 //! set only once its entries exist.
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::Xdp,
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
-    BACKEND_F_VALID, Backend, ConnEntry, Counter, CounterValue, FlowKey, LbConfig, VipFilter,
-    VipKey, VipMeta, globals, names, v6_words,
+    Backend, ConnEntry, Counter, CounterValue, FlowKey, IfaceConfig, LbConfig, VipFilter, VipKey,
+    VipMeta, globals, names,
 };
 
 /// Map sizes and the Maglev table size, fixed when the program is loaded.
@@ -81,14 +85,83 @@ fn sum(values: &aya::maps::PerCpuValues<CounterValue>) -> CounterValue {
         })
 }
 
+/// The size every map must have for these limits: `(name, key size, value size, entries)`.
+/// Checked against pinned maps before a new agent adopts them.
+fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, usize, u32)> {
+    use std::mem::size_of;
+    vec![
+        (names::CONFIG, 4, size_of::<LbConfig>(), 1),
+        (names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
+        // Services plus one address marker per VIP address.
+        (
+            names::VIPS,
+            size_of::<VipKey>(),
+            size_of::<VipMeta>(),
+            limits.max_vips * 2,
+        ),
+        (
+            names::BACKENDS,
+            4,
+            size_of::<Backend>(),
+            limits.max_backends,
+        ),
+        (names::RINGS, 4, 4, limits.ring_size * limits.max_rings),
+        (
+            names::CONNS,
+            size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+            limits.max_conns,
+        ),
+        (
+            names::STATS,
+            4,
+            size_of::<CounterValue>(),
+            lb_common::stats::COUNTER_COUNT,
+        ),
+        (
+            names::VIP_STATS,
+            4,
+            size_of::<CounterValue>(),
+            limits.max_vips,
+        ),
+        (
+            names::BACKEND_STATS,
+            4,
+            size_of::<CounterValue>(),
+            limits.max_backends,
+        ),
+        (
+            names::IFACES,
+            4,
+            size_of::<IfaceConfig>(),
+            lb_common::DEFAULT_MAX_IFACES,
+        ),
+    ]
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     limits: DataplaneLimits,
+    /// Where maps and links are pinned (None: nothing pinned, the tests' throwaway dataplanes).
+    pin_dir: Option<PathBuf>,
+    /// Whether the maps were adopted from a previous agent rather than created empty.
+    adopted: bool,
     /// VIP addresses and how many services use each (for the marker entries and the filter).
     addresses: BTreeMap<(u8, [u32; 4]), u32>,
 }
 
 pub const PROGRAM_NAME: &str = "lb_xdp";
+
+/// How a NIC ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    Driver,
+    /// Driver mode failed; the kernel's generic (skb) XDP runs the program, much slower.
+    Generic,
+    /// A previous agent's link, now running this agent's program (swapped atomically).
+    Adopted,
+}
 
 impl Dataplane {
     /// Loads and verifies the XDP program with these limits (it is not attached).
@@ -98,30 +171,120 @@ impl Dataplane {
 
     /// Like `load`, from another build of the object (the bench compares variants).
     pub fn load_object(object: &[u8], limits: DataplaneLimits) -> Result<Self> {
+        Self::load_inner(object, limits, None)
+    }
+
+    /// Loads the program with its maps pinned under `pin_dir`. Maps a previous agent pinned
+    /// there are reused as they are, state and all, after checking that their layout matches
+    /// this build and these limits.
+    pub fn load_pinned(limits: DataplaneLimits, pin_dir: &Path) -> Result<Self> {
+        Self::load_inner(crate::EBPF_OBJECT, limits, Some(pin_dir))
+    }
+
+    fn load_inner(object: &[u8], limits: DataplaneLimits, pin_dir: Option<&Path>) -> Result<Self> {
         limits.validate()?;
-        let ring_entries = limits.ring_size * limits.max_rings;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::RING_SIZE, &limits.ring_size, true)
-            .map_max_entries(names::RINGS, ring_entries)
-            // Services plus one address marker per VIP address.
-            .map_max_entries(names::VIPS, limits.max_vips * 2)
-            .map_max_entries(names::VIP_STATS, limits.max_vips)
-            .map_max_entries(names::BACKENDS, limits.max_backends)
-            .map_max_entries(names::BACKEND_STATS, limits.max_backends)
-            .map_max_entries(names::CONNS, limits.max_conns)
-            .load(object)
-            .context("loading the XDP object")?;
+        let mut adopted = false;
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+            adopted = check_pinned_layout(dir, &limits)?;
+        }
+        let layout = map_layout(&limits);
+        let pin_paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => names::PINNED.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.override_global(globals::RING_SIZE, &limits.ring_size, true);
+        for (name, _, _, entries) in &layout {
+            loader.map_max_entries(name, *entries);
+        }
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).context("loading the XDP object")?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the object"))?
             .try_into()?;
         prog.load()
             .context("the verifier rejected the XDP program")?;
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             limits,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            adopted,
             addresses: BTreeMap::new(),
-        })
+        };
+        if adopted {
+            for (key, _) in dp.read_vips()? {
+                *dp.addresses.entry((key.family, key.addr)).or_default() += 1;
+            }
+        }
+        Ok(dp)
+    }
+
+    /// True when the maps (and their state) came from a previous agent.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    fn link_pin(&self, iface: &str) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| link_pin_path(d, iface))
+    }
+
+    /// Attaches the program to `iface`. A link a previous agent pinned for this NIC is kept and
+    /// atomically switched to this program, so forwarding never stops; otherwise a new link is
+    /// made (driver mode, falling back to generic) and pinned.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<Attachment> {
+        let pin = self.link_pin(iface);
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let link = PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .context("the pinned link is not an XDP link")?;
+            self.program_mut()
+                .attach_to_link(link)
+                .with_context(|| format!("switching {iface}'s XDP link to the new program"))?;
+            return Ok(Attachment::Adopted);
+        }
+        let (id, how) = match self.program_mut().attach(iface, mode) {
+            Ok(id) => (
+                id,
+                if mode == XdpMode::Skb {
+                    Attachment::Generic
+                } else {
+                    Attachment::Driver
+                },
+            ),
+            Err(e) if mode == XdpMode::Driver => {
+                tracing::warn!(
+                    "driver-mode XDP failed on {iface} ({e}); falling back to generic mode, which is much slower"
+                );
+                let id = self
+                    .program_mut()
+                    .attach(iface, XdpMode::Skb)
+                    .with_context(|| format!("attaching to {iface}"))?;
+                (id, Attachment::Generic)
+            }
+            Err(e) => return Err(e).with_context(|| format!("attaching to {iface}")),
+        };
+        if let Some(pin) = pin {
+            let link = self.program_mut().take_link(id)?;
+            let link = FdLink::try_from(link).context(
+                "the kernel attached XDP without a bpf_link (needs Linux 5.9+ to pin it)",
+            )?;
+            let pinned = link
+                .pin(&pin)
+                .with_context(|| format!("pinning the link at {}", pin.display()))?;
+            // The pin keeps the program attached after this agent exits.
+            drop(pinned);
+        }
+        Ok(how)
     }
 
     pub fn limits(&self) -> DataplaneLimits {
@@ -164,26 +327,77 @@ impl Dataplane {
             .context("writing LB_CONFIG")
     }
 
-    /// Installs (or updates) backend `id`'s tunnel address.
-    pub fn set_backend(&mut self, id: u32, addr: Ipv6Addr) -> Result<()> {
+    /// The link layer of the NIC with this ifindex.
+    pub fn set_iface(&mut self, ifindex: u32, iface: IfaceConfig) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map(names::IFACES)?)?;
+        map.insert(ifindex, iface, 0)
+            .with_context(|| format!("writing IFACES[{ifindex}]"))
+    }
+
+    pub fn ifaces(&mut self) -> Result<Vec<(u32, IfaceConfig)>> {
+        let map: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map(names::IFACES)?)?;
+        Ok(map.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map(names::IFACES)?)?;
+        map.remove(&ifindex)
+            .with_context(|| format!("removing IFACES[{ifindex}]"))
+    }
+
+    pub fn config(&mut self) -> Result<LbConfig> {
+        Ok(self.array::<LbConfig>(names::CONFIG)?.get(&0, 0)?)
+    }
+
+    /// Installs (or updates) backend `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         self.check_backend_id(id)?;
-        let b = Backend {
-            addr: v6_words(addr),
-            flags: BACKEND_F_VALID,
-            _pad: 0,
-        };
-        self.array(names::BACKENDS)?
-            .set(id, b, 0)
+        self.array::<Backend>(names::BACKENDS)?
+            .set(id, backend, 0)
             .with_context(|| format!("writing backend {id}"))
+    }
+
+    /// Every installed backend, by id.
+    pub fn read_backends(&mut self) -> Result<Vec<(u32, Backend)>> {
+        let n = self.limits.max_backends;
+        let map = self.array::<Backend>(names::BACKENDS)?;
+        let mut out = Vec::new();
+        for id in 0..n {
+            let b = map.get(&id, 0)?;
+            if b.flags & lb_common::BACKEND_F_VALID != 0 {
+                out.push((id, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The generation a backend id last had (kept when it is cleared, so reuse bumps it).
+    pub fn backend_generation(&mut self, id: u32) -> Result<u32> {
+        self.check_backend_id(id)?;
+        Ok(self
+            .array::<Backend>(names::BACKENDS)?
+            .get(&id, 0)?
+            .generation)
     }
 
     /// Uninstalls backend `id`: connection entries pointing at it fall back to Maglev.
     /// Call only once no ring slot points at it.
     pub fn clear_backend(&mut self, id: u32) -> Result<()> {
         self.check_backend_id(id)?;
-        self.array(names::BACKENDS)?
-            .set(id, Backend::default(), 0)
-            .context("clearing backend")
+        let mut map = self.array::<Backend>(names::BACKENDS)?;
+        let generation = map.get(&id, 0)?.generation;
+        map.set(
+            id,
+            Backend {
+                generation,
+                ..Default::default()
+            },
+            0,
+        )
+        .context("clearing backend")
     }
 
     fn check_backend_id(&self, id: u32) -> Result<()> {
@@ -282,6 +496,17 @@ impl Dataplane {
         self.write_filter()
     }
 
+    /// Every VIP service (without the address markers).
+    pub fn read_vips(&mut self) -> Result<Vec<(VipKey, VipMeta)>> {
+        let vips: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(names::VIPS)?)?;
+        Ok(vips
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, _)| k.proto != 0)
+            .collect())
+    }
+
     pub fn remove_vip(&mut self, vip: VipKey) -> Result<()> {
         let addr = (vip.family, vip.addr);
         let last_service = self.addresses.get(&addr) == Some(&1);
@@ -347,6 +572,23 @@ impl Dataplane {
             .get(&id, 0)?))
     }
 
+    /// Zeroes a VIP's counters (its id is being given to a new VIP).
+    pub fn reset_vip_counter(&mut self, id: u32) -> Result<()> {
+        self.reset_per_cpu(names::VIP_STATS, id)
+    }
+
+    pub fn reset_backend_counter(&mut self, id: u32) -> Result<()> {
+        self.reset_per_cpu(names::BACKEND_STATS, id)
+    }
+
+    fn reset_per_cpu(&mut self, name: &str, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![CounterValue::default(); cpus])?;
+        self.per_cpu::<CounterValue>(name)?
+            .set(index, zeros, 0)
+            .with_context(|| format!("zeroing {name}[{index}]"))
+    }
+
     /// The connection-table entry of a flow, if any.
     pub fn conn(&mut self, key: &FlowKey) -> Result<Option<ConnEntry>> {
         let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
@@ -363,5 +605,149 @@ impl Dataplane {
         let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
             HashMap::try_from(self.map(names::CONNS)?)?;
         Ok(conns.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Live flows per (backend id, generation), walking the connection table.
+    pub fn flow_counts(&mut self) -> Result<FlowCounts> {
+        let cfg = self.config()?;
+        let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
+            HashMap::try_from(self.map(names::CONNS)?)?;
+        Ok(count_flows(&conns, &cfg))
+    }
+}
+
+/// Live connection-table entries per (backend id, generation), and the entries walked.
+#[derive(Clone, Debug, Default)]
+pub struct FlowCounts {
+    pub live: std::collections::HashMap<(u32, u32), u64>,
+    pub entries: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Counts entries the XDP program would still follow: same idle timeouts, same clock
+/// (CLOCK_MONOTONIC, which `bpf_ktime_get_coarse_ns` reads at tick granularity).
+fn count_flows<T: std::borrow::Borrow<MapData>>(
+    conns: &HashMap<T, FlowKey, ConnEntry>,
+    cfg: &LbConfig,
+) -> FlowCounts {
+    let now = monotonic_ns();
+    let mut counts = FlowCounts::default();
+    for (key, entry) in conns.iter().filter_map(|r| r.ok()) {
+        counts.entries += 1;
+        let timeout = if key.proto != lb_common::PROTO_TCP {
+            cfg.udp_timeout_ns
+        } else if entry.flags & lb_common::CONN_F_CLOSING != 0 {
+            cfg.tcp_closing_timeout_ns
+        } else {
+            cfg.tcp_idle_timeout_ns
+        };
+        // The coarse clock may trail CLOCK_MONOTONIC by a tick: saturate rather than wrap.
+        if now.saturating_sub(entry.atime_ns) <= timeout {
+            *counts
+                .live
+                .entry((entry.backend, entry.generation))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Walks a pinned connection table from its own file descriptor, so a long walk does not hold
+/// up the agent's writes to the other maps.
+pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
+    let conns = MapData::from_pin(pin_dir.join(names::CONNS))
+        .context("opening the pinned connection table")?;
+    let cfg_map =
+        MapData::from_pin(pin_dir.join(names::CONFIG)).context("opening the pinned config map")?;
+    let cfg_map: Array<MapData, LbConfig> = Array::try_from(aya::maps::Map::Array(cfg_map))?;
+    let cfg = cfg_map.get(&0, 0)?;
+    let conns: HashMap<MapData, FlowKey, ConnEntry> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(conns))?;
+    Ok(count_flows(&conns, &cfg))
+}
+
+pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{iface}"))
+}
+
+/// Checks maps pinned by a previous agent against this build's layout and these limits.
+/// Returns whether there was anything to adopt.
+fn check_pinned_layout(dir: &Path, limits: &DataplaneLimits) -> Result<bool> {
+    let mut found = 0;
+    for (name, key, value, entries) in map_layout(limits) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found += 1;
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let have = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if have != (key, value, entries) {
+            bail!(
+                "the pinned map {} has key/value size {}/{} and {} entries, but this agent needs \
+                 {}/{} and {} (the map layout or a limit such as the ring size changed); \
+                 run `lb detach` first, which stops forwarding and drops connection state",
+                path.display(),
+                have.0,
+                have.1,
+                have.2,
+                key,
+                value,
+                entries
+            );
+        }
+    }
+    if found != 0 && found != names::PINNED.len() {
+        bail!(
+            "{} holds {found} of the {} maps: a partial pin set; run `lb detach` to clear it",
+            dir.display(),
+            names::PINNED.len()
+        );
+    }
+    Ok(found != 0)
+}
+
+/// Detaches the NICs pinned under `pin_dir` and removes every pin: forwarding stops and the
+/// maps are freed once no program holds them.
+pub fn detach_pinned(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pin_dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::remove_file(entry.path())
+            .with_context(|| format!("removing {}", entry.path().display()))?;
+        removed.push(name);
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    removed.sort();
+    Ok(removed)
+}
+
+/// Removes one NIC's pinned link (detaching it once no agent holds it).
+pub fn unpin_link(pin_dir: &Path, iface: &str) -> Result<bool> {
+    let path = link_pin_path(pin_dir, iface);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }

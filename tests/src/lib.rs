@@ -9,7 +9,8 @@ use anyhow::{Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{Ipv6Header, PacketBuilder, SingleVlanHeader, UdpHeader};
 use lb_common::{
-    Counter, CounterValue, FlowKey, LbConfig, VIP_F_GUE, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend, Counter, CounterValue, FlowKey, IfaceConfig, LbConfig, VIP_F_GUE,
+    VipKey, VipMeta,
     maglev::{MaglevMember, MaglevTable},
     v6_words,
 };
@@ -74,21 +75,50 @@ impl Lb {
         };
         let mut dp = Dataplane::load_object(object, limits)?;
         let cfg = LbConfig {
-            src_mac: NIC_MAC,
-            dst_mac: NEXT_HOP_MAC,
-            gue_port: GUE_PORT.to_be(),
-            _pad: 0,
             src_ip6: v6_words(lb_tunnel_addr()),
             hash_seed: SEED,
-            udp_timeout_ns: 30_000_000_000,
+            udp_timeout_ns: lb_common::DEFAULT_UDP_TIMEOUT_NS,
+            tcp_idle_timeout_ns: lb_common::DEFAULT_TCP_IDLE_TIMEOUT_NS,
+            tcp_closing_timeout_ns: lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS,
+            gue_port: GUE_PORT.to_be(),
+            _pad: [0; 3],
         };
         dp.set_config(&cfg)?;
+        // BPF_PROG_TEST_RUN delivers on the loopback device of the caller's namespace.
+        dp.set_iface(
+            lb_userspace::neighbour::ifindex("lo")?,
+            IfaceConfig {
+                src_mac: NIC_MAC,
+                dst_mac: NEXT_HOP_MAC,
+                _pad: 0,
+            },
+        )?;
         Ok(Self { dp, ring_size, cfg })
     }
 
-    pub fn set_udp_timeout_ns(&mut self, ns: u64) {
-        self.cfg.udp_timeout_ns = ns;
+    pub fn set_config(&mut self, f: impl FnOnce(&mut LbConfig)) {
+        f(&mut self.cfg);
         self.dp.set_config(&self.cfg).unwrap();
+    }
+
+    pub fn set_udp_timeout_ns(&mut self, ns: u64) {
+        self.set_config(|c| c.udp_timeout_ns = ns);
+    }
+
+    /// Installs backend `id` at `backend_addr(id)` with generation 1 (serving VIP 0).
+    pub fn install_backend(&mut self, id: u32) {
+        self.install_backend_generation(id, 1);
+    }
+
+    pub fn install_backend_generation(&mut self, id: u32, generation: u32) {
+        let b = Backend {
+            addr: v6_words(backend_addr(id)),
+            flags: BACKEND_F_VALID,
+            generation,
+            vip: 0,
+            weight: 1,
+        };
+        self.dp.set_backend(id, &b).unwrap();
     }
 
     /// Installs backends `ids` (weight each) and fills `ring` with their Maglev table.
@@ -114,7 +144,7 @@ impl Lb {
             })
             .collect();
         for &id in &ids {
-            self.dp.set_backend(id, backend_addr(id)).unwrap();
+            self.install_backend(id);
         }
         let slots = table.slots_as_ids(&ids);
         self.dp.write_ring(ring, &slots).unwrap();

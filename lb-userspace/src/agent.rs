@@ -1,0 +1,863 @@
+//! `lb agent`: one per load balancer. A few tasks that talk through typed messages:
+//!
+//! - the dataplane task (this module's `Agent`) owns the maps, the desired state and the
+//!   reconciler, and is the only writer;
+//! - the control API serves the unix socket and sends it `Command`s;
+//! - the metrics endpoint (optional) asks it for counters;
+//! - the signal task turns SIGHUP into a reload and SIGTERM/SIGINT into a clean exit that
+//!   leaves the pinned dataplane forwarding;
+//! - the neighbour task follows the next hop's MAC for NICs configured with a gateway;
+//! - the log task forwards the XDP program's aya-log records into tracing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::programs::XdpMode;
+use lb_common::{IfaceConfig, LbConfig, v6_words};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::api::{
+    BackendInfo, ChangeReply, ChangeRequest, CounterInfo, InterfaceStatus, ReloadReply, Stats,
+    Status, VipInfo,
+};
+use crate::config::{AttachMode, Config, format_mac, parse_mac};
+use crate::dataplane::{Attachment, Dataplane, FlowCounts};
+use crate::http::{self, Request, Response};
+use crate::reconcile::Reconciler;
+use crate::state::{Change, DesiredState, Vip};
+use crate::{metrics, neighbour};
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The TOML config file (see examples/lb.toml).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Only validate the config file and print what it declares; touch nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Messages to the dataplane task.
+pub enum Command {
+    Change(Change, Reply<ChangeReply>),
+    Reload(Reply<ReloadReply>),
+    Status(Reply<Status>),
+    Vips(Reply<Vec<VipInfo>>),
+    /// Backends (of one VIP, or all), without flow counts, plus (id, generation) per entry.
+    Backends(Option<Vip>, Reply<Vec<(BackendInfo, u32)>>),
+    Stats(Reply<Stats>),
+    SetNextHop {
+        iface: String,
+        mac: [u8; 6],
+    },
+}
+
+struct Iface {
+    name: String,
+    ifindex: u32,
+    attachment: Option<Attachment>,
+    src_mac: [u8; 6],
+    next_hop: Option<[u8; 6]>,
+}
+
+struct Agent {
+    dp: Dataplane,
+    reconciler: Reconciler,
+    desired: DesiredState,
+    config: Config,
+    config_path: PathBuf,
+    started: Instant,
+    ifaces: Vec<Iface>,
+}
+
+fn lb_config(cfg: &Config) -> LbConfig {
+    let d = &cfg.dataplane;
+    let s = 1_000_000_000u64;
+    LbConfig {
+        src_ip6: v6_words(d.tunnel_source),
+        hash_seed: d.seed,
+        udp_timeout_ns: d.udp_idle_timeout_secs * s,
+        tcp_idle_timeout_ns: d.tcp_idle_timeout_secs * s,
+        tcp_closing_timeout_ns: d.tcp_closing_timeout_secs * s,
+        gue_port: d.gue_port.to_be(),
+        _pad: [0; 3],
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure `/sys/fs/bpf` is a bpffs (mounting it if needed) and that `pin_dir` is on one.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let is_bpffs = |p: &Path| -> bool {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs fills the struct for a NUL-terminated path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    };
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !is_bpffs(root) {
+        info!("mounting bpffs on /sys/fs/bpf");
+        let (src, target, fstype, opts) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
+        // SAFETY: constant NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+        }
+    }
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe) {
+        bail!(
+            "agent.pin_dir {} is not on a bpffs (mount one, or use a directory under /sys/fs/bpf)",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails if an agent already answers on `socket`; removes a stale socket file.
+async fn claim_socket(socket: &Path) -> Result<()> {
+    if UnixStream::connect(socket).await.is_ok() {
+        bail!(
+            "an agent is already running on {} (one agent per pin directory and socket)",
+            socket.display()
+        );
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => info!("removed the stale socket {}", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    Ok(())
+}
+
+fn bind_api(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Root-only from the first moment: no window with a wider mode.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(socket);
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn print_check(cfg: &Config, path: &Path) {
+    let state = cfg.desired_state().expect("validated");
+    println!(
+        "{}: valid. {} interface(s), {} VIP(s), {} backend(s); ring size {}, tunnel source {}.",
+        path.display(),
+        cfg.interfaces.len(),
+        state.vips.len(),
+        state.backend_count(),
+        cfg.dataplane.ring_size,
+        cfg.dataplane.tunnel_source
+    );
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    if args.check {
+        print_check(&config, &args.config);
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the agent loads XDP programs and needs root");
+    }
+    let pin_dir = config.agent.pin_dir.clone();
+    ensure_bpffs(&pin_dir)?;
+    claim_socket(&config.agent.api_socket).await?;
+
+    let mut dp = Dataplane::load_pinned(config.limits(), &pin_dir)?;
+    start_log_bridge(&mut dp);
+    let mut reconciler = if dp.adopted() {
+        let r = Reconciler::adopt(&mut dp, config.dataplane.seed)?;
+        info!(
+            pin_dir = %pin_dir.display(),
+            vips = r.vips().len(),
+            "adopted the pinned dataplane of a previous agent"
+        );
+        r
+    } else {
+        let l = config.limits();
+        Reconciler::new(
+            l.ring_size,
+            config.dataplane.seed,
+            l.max_vips.min(l.max_rings),
+            l.max_backends,
+        )
+    };
+    dp.set_config(&lb_config(&config))?;
+
+    let mut ifaces = Vec::new();
+    for i in &config.interfaces {
+        let ifindex = neighbour::ifindex(&i.name)?;
+        let src_mac = neighbour::iface_mac(&i.name)?;
+        let next_hop = match (&i.next_hop_mac, i.gateway) {
+            (Some(mac), _) => Some(parse_mac(mac)?),
+            (None, Some(gw)) => {
+                let mac = tokio::task::block_in_place(|| neighbour::resolve(gw, &i.name, 15))?;
+                if mac.is_none() {
+                    warn!(iface = i.name, %gw, "the gateway's MAC is not resolved yet; VIP packets on this NIC are dropped (drop_no_iface) until it is");
+                }
+                mac
+            }
+            (None, None) => unreachable!("validated"),
+        };
+        if let Some(dst_mac) = next_hop {
+            dp.set_iface(
+                ifindex,
+                IfaceConfig {
+                    src_mac,
+                    dst_mac,
+                    _pad: 0,
+                },
+            )?;
+        }
+        ifaces.push(Iface {
+            name: i.name.clone(),
+            ifindex,
+            attachment: None,
+            src_mac,
+            next_hop,
+        });
+    }
+    for (ifindex, _) in dp.ifaces()? {
+        if !ifaces.iter().any(|i| i.ifindex == ifindex) {
+            dp.remove_iface(ifindex)?;
+        }
+    }
+    let desired = config.desired_state()?;
+    let report = reconciler.apply(&mut dp, &desired)?;
+    info!(?report, "dataplane state written");
+    // Attach (or take over the pinned links) only once the maps hold the state.
+    for (iface, cfg) in ifaces.iter_mut().zip(&config.interfaces) {
+        let mode = match cfg.mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        };
+        let how = dp.attach(&iface.name, mode)?;
+        info!(iface = iface.name, attachment = ?how, "XDP program attached");
+        iface.attachment = Some(how);
+    }
+    // NICs a previous agent attached that the config no longer names.
+    if let Ok(entries) = std::fs::read_dir(&pin_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(nic) = name.strip_prefix("link_")
+                && !config.interfaces.iter().any(|i| i.name == nic)
+            {
+                crate::dataplane::unpin_link(&pin_dir, nic)?;
+                info!(iface = nic, "detached: no longer in the config");
+            }
+        }
+    }
+
+    let listener = bind_api(&config.agent.api_socket)?;
+    let (tx, mut rx) = mpsc::channel::<Command>(64);
+    tokio::spawn(serve_api(listener, tx.clone(), pin_dir.clone()));
+    if let Some(addr) = config.agent.metrics {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(serve_metrics(l, tx.clone(), pin_dir.clone()));
+    }
+    let gateways: Vec<(String, std::net::IpAddr)> = config
+        .interfaces
+        .iter()
+        .filter_map(|i| i.gateway.map(|g| (i.name.clone(), g)))
+        .collect();
+    if !gateways.is_empty() {
+        let every = Duration::from_secs(config.agent.neighbour_refresh_secs.max(1));
+        tokio::spawn(follow_gateways(gateways, every, tx.clone()));
+    }
+    let socket = config.agent.api_socket.clone();
+    let mut agent = Agent {
+        dp,
+        reconciler,
+        desired,
+        config,
+        config_path: args.config.clone(),
+        started: Instant::now(),
+        ifaces,
+    };
+    info!(socket = %socket.display(), "agent ready");
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(cmd) = rx.recv() => agent.handle(cmd),
+            _ = hup.recv() => {
+                match agent.reload() {
+                    Ok(r) => info!(changes = r.changes.len(), report = ?r.report, "reloaded {}", agent.config_path.display()),
+                    Err(e) => error!("reload refused, nothing changed: {e:#}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!(
+        "agent stopped; the XDP program keeps forwarding from {} (`lb detach` stops it)",
+        pin_dir.display()
+    );
+    Ok(())
+}
+
+fn start_log_bridge(dp: &mut Dataplane) {
+    match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the logger owns its ring-buffer fd for as long as AsyncFd holds it.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                let mut fd = match registered {
+                    Ok(fd) => fd,
+                    Err(e) => return warn!("XDP log bridge: {e}"),
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!("XDP program logs are not bridged: {e}"),
+    }
+}
+
+impl Agent {
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Change(change, reply) => {
+                let r = self.change(&change);
+                if let Err(e) = &r {
+                    warn!("refused: {change}: {e:#}");
+                } else {
+                    info!("applied: {change}");
+                }
+                let _ = reply.send(r);
+            }
+            Command::Reload(reply) => {
+                let r = self.reload();
+                match &r {
+                    Ok(r) => info!(
+                        changes = r.changes.len(),
+                        "reloaded {}",
+                        self.config_path.display()
+                    ),
+                    Err(e) => error!("reload refused, nothing changed: {e:#}"),
+                }
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Vips(reply) => {
+                let _ = reply.send(self.vips());
+            }
+            Command::Backends(vip, reply) => {
+                let _ = reply.send(self.backends(vip));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::SetNextHop { iface, mac } => {
+                if let Err(e) = self.set_next_hop(&iface, mac) {
+                    error!(iface, "updating the next hop: {e:#}");
+                }
+            }
+        }
+    }
+
+    fn change(&mut self, change: &Change) -> Result<ChangeReply> {
+        let mut next = self.desired.clone();
+        next.apply(change, &self.config.capacity())?;
+        let report = self.reconciler.apply(&mut self.dp, &next)?;
+        self.desired = next;
+        Ok(ChangeReply {
+            change: change.to_string(),
+            report,
+            table_version: self.reconciler.version,
+        })
+    }
+
+    fn reload(&mut self) -> Result<ReloadReply> {
+        let new = Config::load(&self.config_path)?;
+        if let Some(what) = self.config.restart_only_difference(&new) {
+            bail!("{what} changed; that needs an agent restart (and, for map sizes, `lb detach`)");
+        }
+        let desired = new.desired_state()?;
+        let changes: Vec<String> = self
+            .desired
+            .changes_to(&desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // Next hops first (a resolution failure must not leave half a reload behind).
+        let mut hops = Vec::new();
+        for (iface, cfg) in self.ifaces.iter().zip(&new.interfaces) {
+            let mac = match (&cfg.next_hop_mac, cfg.gateway) {
+                (Some(m), _) => Some(parse_mac(m)?),
+                (None, Some(gw)) => neighbour::lookup(gw, &iface.name)?.or(iface.next_hop),
+                _ => None,
+            };
+            hops.push(mac);
+        }
+        let report = self.reconciler.apply(&mut self.dp, &desired)?;
+        self.dp.set_config(&lb_config(&new))?;
+        for (iface, mac) in self.ifaces.iter_mut().zip(hops) {
+            if let Some(dst_mac) = mac
+                && iface.next_hop != Some(dst_mac)
+            {
+                self.dp.set_iface(
+                    iface.ifindex,
+                    IfaceConfig {
+                        src_mac: iface.src_mac,
+                        dst_mac,
+                        _pad: 0,
+                    },
+                )?;
+                iface.next_hop = Some(dst_mac);
+            }
+        }
+        for c in &changes {
+            info!("reload: {c}");
+        }
+        self.desired = desired;
+        self.config = new;
+        Ok(ReloadReply {
+            changes,
+            report,
+            table_version: self.reconciler.version,
+        })
+    }
+
+    fn set_next_hop(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let iface = self
+            .ifaces
+            .iter_mut()
+            .find(|i| i.name == name)
+            .ok_or_else(|| anyhow!("no interface {name}"))?;
+        if iface.next_hop == Some(mac) {
+            return Ok(());
+        }
+        self.dp.set_iface(
+            iface.ifindex,
+            IfaceConfig {
+                src_mac: iface.src_mac,
+                dst_mac: mac,
+                _pad: 0,
+            },
+        )?;
+        info!(iface = name, mac = format_mac(&mac), "next hop MAC updated");
+        iface.next_hop = Some(mac);
+        Ok(())
+    }
+
+    fn status(&mut self) -> Result<Status> {
+        let drift = self
+            .config
+            .desired_state()?
+            .changes_to(&self.desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self.config_path.display().to_string(),
+            pin_dir: self.config.agent.pin_dir.display().to_string(),
+            adopted: self.dp.adopted(),
+            interfaces: self
+                .ifaces
+                .iter()
+                .map(|i| InterfaceStatus {
+                    name: i.name.clone(),
+                    ifindex: i.ifindex,
+                    attachment: i
+                        .attachment
+                        .map_or("none".into(), |a| format!("{a:?}").to_lowercase()),
+                    next_hop_mac: i.next_hop.map_or("unresolved".into(), |m| format_mac(&m)),
+                })
+                .collect(),
+            tunnel_source: self.config.dataplane.tunnel_source.to_string(),
+            ring_size: self.config.dataplane.ring_size,
+            table_version: self.reconciler.version,
+            vips: self.desired.vips.len(),
+            backends: self.desired.backend_count(),
+            max_flows: self.config.dataplane.max_flows,
+            drift,
+            metrics: self.config.agent.metrics.map(|m| m.to_string()),
+        })
+    }
+
+    fn vips(&mut self) -> Result<Vec<VipInfo>> {
+        let mut out = Vec::new();
+        let installed: Vec<(Vip, u32, bool, usize, usize)> = self
+            .reconciler
+            .vips()
+            .iter()
+            .map(|(vip, v)| {
+                let draining = v
+                    .backends
+                    .values()
+                    .filter(|b| b.spec.state == crate::state::BackendState::Draining)
+                    .count();
+                (*vip, v.id, v.gue, v.backends.len() - draining, draining)
+            })
+            .collect();
+        for (vip, id, gue, active, draining) in installed {
+            let c = self.dp.vip_counter(id)?;
+            out.push(VipInfo {
+                vip,
+                id,
+                gue,
+                active,
+                draining,
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    fn backends(&mut self, only: Option<Vip>) -> Result<Vec<(BackendInfo, u32)>> {
+        if let Some(v) = only
+            && !self.desired.vips.contains_key(&v)
+        {
+            bail!("no VIP {v} (see `lb vip list`)");
+        }
+        let mut rows = Vec::new();
+        for (vip, v) in self.reconciler.vips() {
+            if only.is_some_and(|o| o != *vip) {
+                continue;
+            }
+            let slots = v.slot_counts();
+            for (addr, b) in &v.backends {
+                rows.push((*vip, *addr, *b, slots.get(&b.id).copied().unwrap_or(0)));
+            }
+        }
+        let mut out = Vec::new();
+        for (vip, addr, b, slots) in rows {
+            let c = self.dp.backend_counter(b.id)?;
+            out.push((
+                BackendInfo {
+                    vip,
+                    backend: addr.to_string(),
+                    id: b.id,
+                    weight: b.spec.weight,
+                    state: b.spec.state,
+                    slots,
+                    flows: 0,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+                b.generation,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn stats(&mut self) -> Result<Stats> {
+        let time_ns = monotonic_ns();
+        let counters = self
+            .dp
+            .counters()?
+            .into_iter()
+            .map(|(c, v)| CounterInfo {
+                name: c.name().into(),
+                packets: v.packets,
+                bytes: v.bytes,
+            })
+            .collect();
+        let vips = self
+            .vips()?
+            .into_iter()
+            .map(|v| {
+                (
+                    v.vip,
+                    CounterInfo {
+                        name: "vip".into(),
+                        packets: v.packets,
+                        bytes: v.bytes,
+                    },
+                )
+            })
+            .collect();
+        let backends = self
+            .backends(None)?
+            .into_iter()
+            .map(|(b, _)| {
+                (
+                    b.vip,
+                    b.backend,
+                    CounterInfo {
+                        name: "backend".into(),
+                        packets: b.packets,
+                        bytes: b.bytes,
+                    },
+                )
+            })
+            .collect();
+        Ok(Stats {
+            time_ns,
+            table_version: self.reconciler.version,
+            counters,
+            vips,
+            backends,
+        })
+    }
+}
+
+async fn ask<T>(tx: &mpsc::Sender<Command>, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply))
+        .await
+        .map_err(|_| anyhow!("the agent is shutting down"))?;
+    rx.await
+        .map_err(|_| anyhow!("the agent is shutting down"))?
+}
+
+/// Backends with their live flow counts (the walk runs off the dataplane task).
+async fn backends_with_flows(
+    tx: &mpsc::Sender<Command>,
+    vip: Option<Vip>,
+    pin_dir: &Path,
+) -> Result<Vec<BackendInfo>> {
+    let rows = ask(tx, |r| Command::Backends(vip, r)).await?;
+    let dir = pin_dir.to_path_buf();
+    let counts: FlowCounts =
+        tokio::task::spawn_blocking(move || crate::dataplane::flow_counts_pinned(&dir)).await??;
+    Ok(rows
+        .into_iter()
+        .map(|(mut b, generation)| {
+            b.flows = counts.live.get(&(b.id, generation)).copied().unwrap_or(0);
+            b
+        })
+        .collect())
+}
+
+async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Command>, pin_dir: PathBuf) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let pin_dir = pin_dir.clone();
+        tokio::spawn(async move {
+            // The socket is mode 0600 already; the peer's uid is checked as well.
+            let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+            let resp = match http::read_request(&mut stream).await {
+                Err(http::HttpError(status, msg)) => Response::error(status, msg),
+                Ok(_) if !root => Response::error(403, "the control API is root-only"),
+                Ok(req) => route(&req, &tx, &pin_dir).await,
+            };
+            let _ = http::write_response(&mut stream, &resp).await;
+        });
+    }
+}
+
+fn error_status(e: &anyhow::Error) -> u16 {
+    let m = e.to_string();
+    if m.starts_with("no VIP") || m.contains("has no backend") {
+        404
+    } else if m.contains("already") {
+        409
+    } else {
+        400
+    }
+}
+
+async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Response {
+    let reply = |r: Result<Response>| match r {
+        Ok(resp) => resp,
+        Err(e) => Response::error(error_status(&e), format!("{e:#}")),
+    };
+    let path: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), path.as_slice()) {
+        ("GET", ["v1", "status"]) => reply(
+            ask(tx, Command::Status)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
+        ("GET", ["v1", "vips"]) => reply(
+            ask(tx, Command::Vips)
+                .await
+                .map(|v| Response::json(200, &v)),
+        ),
+        ("GET", ["v1", "backends"]) => {
+            let vip = match req.query.iter().find(|(k, _)| k == "vip") {
+                Some((_, v)) => match v.parse::<Vip>() {
+                    Ok(v) => Some(v),
+                    Err(e) => return Response::error(400, format!("{e:#}")),
+                },
+                None => None,
+            };
+            if let Some((k, _)) = req.query.iter().find(|(k, _)| k != "vip") {
+                return Response::error(400, format!("unknown query parameter `{k}`"));
+            }
+            reply(
+                backends_with_flows(tx, vip, pin_dir)
+                    .await
+                    .map(|b| Response::json(200, &b)),
+            )
+        }
+        ("GET", ["v1", "stats"]) => reply(
+            ask(tx, Command::Stats)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
+        ("POST", ["v1", "reload"]) => reply(
+            ask(tx, Command::Reload)
+                .await
+                .map(|r| Response::json(200, &r)),
+        ),
+        ("POST", ["v1", object @ ("vip" | "backend"), verb]) => {
+            let body: ChangeRequest = match serde_json::from_slice(&req.body) {
+                Ok(b) => b,
+                Err(e) => return Response::error(400, format!("request body: {e}")),
+            };
+            let change = match body.to_change(object, verb) {
+                Ok(c) => c,
+                Err(e) => {
+                    let status = if e.to_string().starts_with("unknown operation") {
+                        404
+                    } else {
+                        400
+                    };
+                    return Response::error(status, format!("{e:#}"));
+                }
+            };
+            reply(
+                ask(tx, |r| Command::Change(change, r))
+                    .await
+                    .map(|c| Response::json(200, &c)),
+            )
+        }
+        (_, ["v1", "status" | "vips" | "backends" | "stats" | "reload"])
+        | (_, ["v1", "vip" | "backend", _]) => Response::error(
+            405,
+            format!("{} is not allowed on {}", req.method, req.path),
+        ),
+        _ => Response::error(404, format!("no such endpoint {}", req.path)),
+    }
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    tx: mpsc::Sender<Command>,
+    pin_dir: PathBuf,
+) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let pin_dir = pin_dir.clone();
+        tokio::spawn(async move {
+            let resp = match http::read_request(&mut stream).await {
+                Err(http::HttpError(s, m)) => Response::error(s, m),
+                Ok(req) if req.method == "GET" && req.path == "/metrics" => {
+                    let stats = ask(&tx, Command::Stats).await;
+                    let backends = backends_with_flows(&tx, None, &pin_dir).await;
+                    match (stats, backends) {
+                        (Ok(s), Ok(b)) => Response::text(
+                            200,
+                            "text/plain; version=0.0.4",
+                            metrics::render(&s, &b),
+                        ),
+                        (Err(e), _) | (_, Err(e)) => Response::error(500, format!("{e:#}")),
+                    }
+                }
+                Ok(req) => Response::error(
+                    404,
+                    format!("only GET /metrics here, not {} {}", req.method, req.path),
+                ),
+            };
+            let _ = http::write_response(&mut stream, &resp).await;
+        });
+    }
+}
+
+async fn follow_gateways(
+    gateways: Vec<(String, std::net::IpAddr)>,
+    every: Duration,
+    tx: mpsc::Sender<Command>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for (iface, gw) in &gateways {
+            let (iface2, gw2) = (iface.clone(), *gw);
+            let found = tokio::task::spawn_blocking(move || neighbour::lookup(gw2, &iface2)).await;
+            match found {
+                Ok(Ok(Some(mac))) => {
+                    if tx
+                        .send(Command::SetNextHop {
+                            iface: iface.clone(),
+                            mac,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    warn!(iface, %gw, "the gateway's MAC is not in the neighbour table; asking the kernel to resolve it");
+                    neighbour::provoke(*gw);
+                }
+                Ok(Err(e)) => warn!(iface, "neighbour lookup: {e:#}"),
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The control API's messages, shared by the agent (server) and the CLI (client). HTTP + JSON
+//! over the agent's unix socket:
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | /v1/status | | `Status` |
+//! | GET | /v1/vips | | `[VipInfo]` |
+//! | GET | /v1/backends[?vip=V] | | `[BackendInfo]` (with live flow counts) |
+//! | GET | /v1/stats | | `Stats` |
+//! | POST | /v1/vip/add, /v1/vip/remove | `ChangeRequest` | `ChangeReply` |
+//! | POST | /v1/backend/{add,remove,drain,undrain,weight} | `ChangeRequest` | `ChangeReply` |
+//! | POST | /v1/reload | | `ReloadReply` |
+//!
+//! Errors answer 4xx/5xx with `{"error": "..."}` naming the problem.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::ApplyReport;
+use crate::state::{BackendState, Change, Vip, check_weight, parse_backend};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRequest {
+    pub vip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gue: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BackendState>,
+}
+
+impl ChangeRequest {
+    /// The change an `POST /v1/{object}/{verb}` with this body asks for.
+    pub fn to_change(&self, object: &str, verb: &str) -> anyhow::Result<Change> {
+        use anyhow::{anyhow, bail};
+        let vip: Vip = self.vip.parse()?;
+        let backend = || {
+            self.backend
+                .as_deref()
+                .ok_or_else(|| anyhow!("`backend` is missing"))
+                .and_then(parse_backend)
+        };
+        let weight = || self.weight.ok_or_else(|| anyhow!("`weight` is missing"));
+        let no = |field: &str, present: bool| {
+            if present {
+                Err(anyhow!("`{field}` does not apply to {object} {verb}"))
+            } else {
+                Ok(())
+            }
+        };
+        Ok(match (object, verb) {
+            ("vip", "add") => {
+                no("backend", self.backend.is_some())?;
+                no("weight", self.weight.is_some())?;
+                no("state", self.state.is_some())?;
+                Change::AddVip {
+                    vip,
+                    gue: self.gue.unwrap_or(false),
+                }
+            }
+            ("vip", "remove") => {
+                no("backend", self.backend.is_some())?;
+                no("weight", self.weight.is_some())?;
+                no("gue", self.gue.is_some())?;
+                no("state", self.state.is_some())?;
+                Change::RemoveVip { vip }
+            }
+            ("backend", verb) => {
+                no("gue", self.gue.is_some())?;
+                let backend = backend()?;
+                match verb {
+                    "add" => {
+                        let weight = self.weight.unwrap_or(100);
+                        check_weight(weight)?;
+                        Change::AddBackend {
+                            vip,
+                            backend,
+                            weight,
+                            state: self.state.unwrap_or_default(),
+                        }
+                    }
+                    "weight" => {
+                        no("state", self.state.is_some())?;
+                        let weight = weight()?;
+                        check_weight(weight)?;
+                        Change::SetWeight {
+                            vip,
+                            backend,
+                            weight,
+                        }
+                    }
+                    "remove" | "drain" | "undrain" => {
+                        no("weight", self.weight.is_some())?;
+                        no("state", self.state.is_some())?;
+                        match verb {
+                            "remove" => Change::RemoveBackend { vip, backend },
+                            "drain" => Change::SetState {
+                                vip,
+                                backend,
+                                state: BackendState::Draining,
+                            },
+                            _ => Change::SetState {
+                                vip,
+                                backend,
+                                state: BackendState::Active,
+                            },
+                        }
+                    }
+                    _ => bail!("unknown operation backend {verb}"),
+                }
+            }
+            _ => bail!("unknown operation {object} {verb}"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangeReply {
+    pub change: String,
+    pub report: ApplyReport,
+    pub table_version: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub changes: Vec<String>,
+    pub report: ApplyReport,
+    pub table_version: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub attachment: String,
+    pub next_hop_mac: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config: String,
+    pub pin_dir: String,
+    pub adopted: bool,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub tunnel_source: String,
+    pub ring_size: u32,
+    pub table_version: u64,
+    pub vips: usize,
+    pub backends: usize,
+    pub max_flows: u32,
+    /// Runtime changes the config file does not have (a reload or restart reverts them).
+    pub drift: Vec<String>,
+    pub metrics: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipInfo {
+    pub vip: Vip,
+    pub id: u32,
+    pub gue: bool,
+    pub active: usize,
+    pub draining: usize,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub vip: Vip,
+    pub backend: String,
+    pub id: u32,
+    pub weight: u32,
+    pub state: BackendState,
+    /// Maglev slots: its share of new flows.
+    pub slots: u32,
+    /// Live connection-table entries pinned to it.
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CounterInfo {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// CLOCK_MONOTONIC nanoseconds when the counters were read (for rates).
+    pub time_ns: u64,
+    pub table_version: u64,
+    pub counters: Vec<CounterInfo>,
+    pub vips: Vec<(Vip, CounterInfo)>,
+    pub backends: Vec<(Vip, String, CounterInfo)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}

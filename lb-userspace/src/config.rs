@@ -1,0 +1,417 @@
+//! The agent's TOML config file: where it attaches, how it tunnels, and the VIPs with their
+//! backends. `examples/lb.toml` documents every field. Loading validates everything, so a bad
+//! file is refused as a whole with the reason (and, on reload, nothing changes).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+
+use crate::dataplane::DataplaneLimits;
+use crate::state::{BackendState, Capacity, Change, DesiredState, Vip, check_weight};
+
+pub const DEFAULT_API_SOCKET: &str = "/run/lb/lb.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentConfig,
+    pub dataplane: DataplaneConfig,
+    #[serde(rename = "interface", default)]
+    pub interfaces: Vec<InterfaceConfig>,
+    #[serde(rename = "vip", default)]
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The control API's unix socket (root only).
+    pub api_socket: PathBuf,
+    /// bpffs directory for the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Prometheus `/metrics` listen address; absent = no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// Seconds between next-hop MAC lookups for interfaces configured with `gateway`.
+    pub neighbour_refresh_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            api_socket: DEFAULT_API_SOCKET.into(),
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            metrics: None,
+            neighbour_refresh_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// This load balancer's IPv6 address: the outer source of every tunnelled packet.
+    pub tunnel_source: Ipv6Addr,
+    /// Fleet-wide flow hash seed; every load balancer of the fleet must use the same one.
+    pub seed: u64,
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    #[serde(default = "default_max_vips")]
+    pub max_vips: u32,
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout_secs: u64,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    #[serde(default = "default_tcp_closing")]
+    pub tcp_closing_timeout_secs: u64,
+}
+
+fn default_ring_size() -> u32 {
+    lb_common::DEFAULT_RING_SIZE
+}
+fn default_max_vips() -> u32 {
+    lb_common::DEFAULT_MAX_RINGS
+}
+fn default_max_backends() -> u32 {
+    lb_common::DEFAULT_MAX_BACKENDS
+}
+fn default_max_flows() -> u32 {
+    lb_common::DEFAULT_MAX_CONNS
+}
+fn default_gue_port() -> u16 {
+    lb_common::DEFAULT_GUE_PORT
+}
+fn default_udp_idle() -> u64 {
+    lb_common::DEFAULT_UDP_TIMEOUT_NS / 1_000_000_000
+}
+fn default_tcp_idle() -> u64 {
+    lb_common::DEFAULT_TCP_IDLE_TIMEOUT_NS / 1_000_000_000
+}
+fn default_tcp_closing() -> u64 {
+    lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS / 1_000_000_000
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP, falling back to generic with a warning.
+    #[default]
+    Driver,
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: AttachMode,
+    /// The next hop's MAC; or leave it out and give `gateway`.
+    pub next_hop_mac: Option<String>,
+    /// The next hop's IP address, resolved to a MAC from the kernel's neighbour table.
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: String,
+    #[serde(default)]
+    pub gue: bool,
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub state: BackendState,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    ensure!(
+        parts.len() == 6 && parts.iter().all(|p| p.len() == 2),
+        "`{s}` is not a MAC address (aa:bb:cc:dd:ee:ff)"
+    );
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16)
+            .with_context(|| format!("`{s}` is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn limits(&self) -> DataplaneLimits {
+        let d = &self.dataplane;
+        DataplaneLimits {
+            ring_size: d.ring_size,
+            max_vips: d.max_vips,
+            max_rings: d.max_vips,
+            max_backends: d.max_backends,
+            max_conns: d.max_flows,
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            vips: self.dataplane.max_vips,
+            backends: self.dataplane.max_backends,
+            backends_per_vip: self.dataplane.ring_size - 1,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let d = &self.dataplane;
+        self.limits().validate()?;
+        ensure!(
+            !d.tunnel_source.is_unspecified() && !d.tunnel_source.is_multicast(),
+            "dataplane.tunnel_source {} cannot be a tunnel source",
+            d.tunnel_source
+        );
+        ensure!(d.gue_port != 0, "dataplane.gue_port must not be 0");
+        for (what, v) in [
+            ("udp_idle_timeout_secs", d.udp_idle_timeout_secs),
+            ("tcp_idle_timeout_secs", d.tcp_idle_timeout_secs),
+            ("tcp_closing_timeout_secs", d.tcp_closing_timeout_secs),
+        ] {
+            ensure!(
+                (1..=7 * 86_400).contains(&v),
+                "dataplane.{what} = {v}: use 1 second to 7 days"
+            );
+        }
+        ensure!(
+            !self.interfaces.is_empty(),
+            "no [[interface]]: the agent needs at least one NIC to attach to"
+        );
+        ensure!(
+            self.interfaces.len() as u32 <= lb_common::DEFAULT_MAX_IFACES,
+            "at most {} interfaces",
+            lb_common::DEFAULT_MAX_IFACES
+        );
+        let mut names = BTreeSet::new();
+        for i in &self.interfaces {
+            ensure!(
+                !i.name.is_empty() && i.name.len() < 16 && !i.name.contains('/'),
+                "interface name `{}` is not a valid Linux interface name",
+                i.name
+            );
+            ensure!(
+                names.insert(&i.name),
+                "interface {} is listed twice",
+                i.name
+            );
+            match (&i.next_hop_mac, &i.gateway) {
+                (Some(mac), None) => {
+                    parse_mac(mac).with_context(|| format!("interface {}", i.name))?;
+                }
+                (None, Some(_)) => {}
+                _ => bail!(
+                    "interface {}: give exactly one of next_hop_mac and gateway",
+                    i.name
+                ),
+            }
+        }
+        self.desired_state()?;
+        Ok(())
+    }
+
+    /// The VIPs and backends of this file as a desired state, checked change by change.
+    pub fn desired_state(&self) -> Result<DesiredState> {
+        let cap = self.capacity();
+        let mut state = DesiredState::default();
+        for v in &self.vips {
+            let proto = v
+                .protocol
+                .parse()
+                .with_context(|| format!("VIP {}:{}", v.address, v.port))?;
+            let vip = Vip {
+                addr: v.address,
+                port: v.port,
+                proto,
+            };
+            state
+                .apply(&Change::AddVip { vip, gue: v.gue }, &cap)
+                .context("[[vip]]")?;
+            for b in &v.backends {
+                let backend = crate::state::parse_backend(&b.address)
+                    .with_context(|| format!("VIP {vip}"))?;
+                check_weight(b.weight).with_context(|| format!("VIP {vip} backend {backend}"))?;
+                state
+                    .apply(
+                        &Change::AddBackend {
+                            vip,
+                            backend,
+                            weight: b.weight,
+                            state: b.state,
+                        },
+                        &cap,
+                    )
+                    .context("[[vip.backend]]")?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// What a reload cannot change in a running agent (the maps are sized and the NICs
+    /// attached at start): returns the first such difference.
+    pub fn restart_only_difference(&self, new: &Config) -> Option<String> {
+        let (a, b) = (&self.dataplane, &new.dataplane);
+        let checks = [
+            ("dataplane.ring_size", a.ring_size != b.ring_size),
+            ("dataplane.max_vips", a.max_vips != b.max_vips),
+            ("dataplane.max_backends", a.max_backends != b.max_backends),
+            ("dataplane.max_flows", a.max_flows != b.max_flows),
+            ("dataplane.seed", a.seed != b.seed),
+            (
+                "agent.api_socket",
+                self.agent.api_socket != new.agent.api_socket,
+            ),
+            ("agent.pin_dir", self.agent.pin_dir != new.agent.pin_dir),
+            ("agent.metrics", self.agent.metrics != new.agent.metrics),
+            (
+                "the [[interface]] names or modes",
+                self.interfaces
+                    .iter()
+                    .map(|i| (&i.name, i.mode))
+                    .ne(new.interfaces.iter().map(|i| (&i.name, i.mode))),
+            ),
+        ];
+        checks
+            .iter()
+            .find(|(_, differs)| *differs)
+            .map(|(what, _)| what.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const EXAMPLE: &str = include_str!("../../examples/lb.toml");
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let cfg = Config::parse(EXAMPLE).unwrap();
+        let state = cfg.desired_state().unwrap();
+        assert_eq!(state.vips.len(), 2);
+        assert_eq!(cfg.interfaces[0].name, "eth1");
+    }
+
+    #[test]
+    fn refuses_bad_configs_with_the_reason() {
+        let base = r#"
+[dataplane]
+tunnel_source = "2001:db8:1b::1"
+seed = 7
+[[interface]]
+name = "eth1"
+next_hop_mac = "02:00:00:00:00:01"
+[[vip]]
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "2001:db8:be::1"
+"#;
+        Config::parse(base).unwrap();
+        for (edit, why) in [
+            (("seed = 7", "seed = -1"), "invalid value"),
+            (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
+            (
+                ("seed = 7", "seed = 7\ncolour = 1"),
+                "unknown field `colour`",
+            ),
+            (("2001:db8:1b::1", "192.0.2.1"), "invalid IPv6 address"),
+            (("02:00:00:00:00:01", "02:00:00:00:01"), "not a MAC address"),
+            (
+                ("next_hop_mac = \"02:00:00:00:00:01\"", ""),
+                "exactly one of next_hop_mac and gateway",
+            ),
+            (
+                ("protocol = \"tcp\"", "protocol = \"icmp\""),
+                "use tcp or udp",
+            ),
+            (
+                ("address = \"2001:db8:be::1\"", "address = \"192.0.2.5\""),
+                "not an IPv6",
+            ),
+            (
+                (
+                    "address = \"2001:db8:be::1\"",
+                    "address = \"2001:db8:be::1\"\nweight = 0",
+                ),
+                "outside 1..=1000",
+            ),
+            (
+                (
+                    "address = \"2001:db8:be::1\"",
+                    "address = \"2001:db8:be::1\"\n[[vip.backend]]\naddress = \"2001:db8:be::1\"",
+                ),
+                "already has backend",
+            ),
+            (
+                (
+                    "address = \"2001:db8:be::1\"",
+                    "address = \"2001:db8:be::1\"\n[[vip]]\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"",
+                ),
+                "already exists",
+            ),
+            (
+                ("name = \"eth1\"", "name = \"eth1/x\""),
+                "not a valid Linux interface",
+            ),
+            (("[dataplane]", "[dataplan]"), "unknown field `dataplan`"),
+            (
+                ("seed = 7", "seed = 7\ntcp_idle_timeout_secs = 0"),
+                "use 1 second",
+            ),
+        ] {
+            let text = base.replacen(edit.0, edit.1, 1);
+            assert_ne!(text, base, "edit {edit:?} did not apply");
+            let e = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(e.contains(why), "{edit:?}: `{e}` should say `{why}`");
+        }
+    }
+}

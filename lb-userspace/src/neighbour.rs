@@ -1,0 +1,113 @@
+//! NIC facts from the kernel: ifindex, MAC, and the next hop's MAC from the neighbour table.
+//! Everything here works in the caller's network namespace (no /sys/class/net, which shows the
+//! namespace sysfs was mounted in).
+
+use std::net::{IpAddr, UdpSocket};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::parse_mac;
+
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface `{name}` in this network namespace");
+    }
+    Ok(i)
+}
+
+pub fn iface_mac(name: &str) -> Result<[u8; 6]> {
+    let sock = UdpSocket::bind("0.0.0.0:0").context("socket for SIOCGIFHWADDR")?;
+    // SAFETY: ifreq is plain data; the ioctl fills ifr_hwaddr for the named interface.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        bail!("interface name `{name}` is too long");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket fd and a properly initialised ifreq.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the MAC address of {name}"));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
+}
+
+/// The MAC the kernel's neighbour table holds for `gateway` on `iface`, if resolved.
+pub fn lookup(gateway: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
+    let out = Command::new("ip")
+        .args([
+            "-j",
+            "neigh",
+            "show",
+            "to",
+            &gateway.to_string(),
+            "dev",
+            iface,
+        ])
+        .output()
+        .context("running `ip neigh` (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip neigh show` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let entries: Vec<serde_json::Value> = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&out.stdout).context("parsing `ip -j neigh` output")?
+    };
+    for e in entries {
+        let states: Vec<&str> = e["state"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        if states.iter().any(|s| *s == "FAILED" || *s == "INCOMPLETE") {
+            continue;
+        }
+        if let Some(mac) = e["lladdr"].as_str() {
+            return Ok(Some(parse_mac(mac)?));
+        }
+    }
+    Ok(None)
+}
+
+/// Makes the kernel resolve `gateway`: one empty datagram to its discard port (9).
+pub fn provoke(gateway: IpAddr) {
+    let bind = if gateway.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    if let Ok(s) = UdpSocket::bind(bind) {
+        let _ = s.send_to(&[], (gateway, 9));
+    }
+}
+
+/// Resolves `gateway`, provoking resolution and waiting up to `tries` x 200 ms.
+pub fn resolve(gateway: IpAddr, iface: &str, tries: u32) -> Result<Option<[u8; 6]>> {
+    for i in 0..tries.max(1) {
+        if let Some(mac) = lookup(gateway, iface)? {
+            return Ok(Some(mac));
+        }
+        if i == 0 {
+            provoke(gateway);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    lookup(gateway, iface)
+}

@@ -1,0 +1,645 @@
+//! The desired state: which VIPs exist and which backends serve them, with weights and drain
+//! state. Operators change it one `Change` at a time (CLI, API) or all at once (config file);
+//! either way it is validated here, and a refused change leaves it untouched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use anyhow::{Result, anyhow, bail, ensure};
+use lb_common::{PROTO_TCP, PROTO_UDP, VipKey, maglev::MAX_WEIGHT};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_TCP => Some(Proto::Tcp),
+            PROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Proto {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => bail!("protocol `{s}`: use tcp or udp"),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A VIP service: address, port (0 = every port) and protocol. Written `192.0.2.10:80/tcp`,
+/// `[2001:db8::10]:443/tcp`, `192.0.2.10:*/udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl Vip {
+    pub fn key(&self) -> VipKey {
+        VipKey::new(self.addr, self.port, self.proto.number())
+    }
+
+    pub fn from_key(key: &VipKey) -> Option<Self> {
+        Some(Self {
+            addr: lb_common::words_addr(key.family, &key.addr),
+            port: u16::from_be(key.port),
+            proto: Proto::from_number(key.proto)?,
+        })
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let port = if self.port == 0 {
+            "*".to_string()
+        } else {
+            self.port.to_string()
+        };
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{port}/{}", self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{port}/{}", self.proto),
+        }
+    }
+}
+
+impl FromStr for Vip {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (sock, proto) = s.rsplit_once('/').ok_or_else(|| {
+            anyhow!("VIP `{s}`: expected ADDR:PORT/tcp or /udp, e.g. 192.0.2.10:80/tcp")
+        })?;
+        let proto: Proto = proto.parse().map_err(|e| anyhow!("VIP `{s}`: {e}"))?;
+        let sock = sock.replace(":*", ":0");
+        let sock: SocketAddr = sock.parse().map_err(|_| {
+            anyhow!(
+                "VIP `{s}`: `{sock}` is not ADDR:PORT (IPv6 as [ADDR]:PORT; port * or 0 = every port)"
+            )
+        })?;
+        let addr = sock.ip();
+        ensure!(
+            !addr.is_unspecified() && !addr.is_multicast(),
+            "VIP `{s}`: {addr} cannot be a VIP address"
+        );
+        Ok(Self {
+            addr,
+            port: sock.port(),
+            proto,
+        })
+    }
+}
+
+impl Serialize for Vip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Vip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: anyhow::Error| serde::de::Error::custom(e))
+    }
+}
+
+/// A backend's tunnel endpoint, checked for use as an outer IPv6 destination.
+pub fn parse_backend(s: &str) -> Result<Ipv6Addr> {
+    let addr: Ipv6Addr = s.parse().map_err(|_| {
+        anyhow!("backend `{s}` is not an IPv6 address (backends are reached through IPv6 tunnels)")
+    })?;
+    ensure!(
+        !addr.is_unspecified() && !addr.is_multicast() && !addr.is_loopback(),
+        "backend {addr} cannot be a tunnel endpoint"
+    );
+    Ok(addr)
+}
+
+pub fn check_weight(weight: u32) -> Result<()> {
+    ensure!(
+        (1..=MAX_WEIGHT).contains(&weight),
+        "weight {weight} is outside 1..={MAX_WEIGHT} (drain a backend to stop new flows to it)"
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// In the Maglev table: takes new flows.
+    #[default]
+    Active,
+    /// Out of the Maglev table: no new flows; pinned flows continue until they end.
+    Draining,
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipSpec {
+    pub gue: bool,
+    pub backends: BTreeMap<Ipv6Addr, BackendSpec>,
+}
+
+/// Capacity the dataplane was loaded with; the state never asks for more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub vips: u32,
+    pub backends: u32,
+    /// Backends per VIP: fewer than the Maglev table has slots.
+    pub backends_per_vip: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub vips: BTreeMap<Vip, VipSpec>,
+}
+
+/// One operator change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    AddVip {
+        vip: Vip,
+        gue: bool,
+    },
+    RemoveVip {
+        vip: Vip,
+    },
+    AddBackend {
+        vip: Vip,
+        backend: Ipv6Addr,
+        weight: u32,
+        state: BackendState,
+    },
+    RemoveBackend {
+        vip: Vip,
+        backend: Ipv6Addr,
+    },
+    SetState {
+        vip: Vip,
+        backend: Ipv6Addr,
+        state: BackendState,
+    },
+    SetWeight {
+        vip: Vip,
+        backend: Ipv6Addr,
+        weight: u32,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Change::AddVip { vip, gue } => {
+                write!(f, "add VIP {vip}{}", if *gue { " (GUE)" } else { "" })
+            }
+            Change::RemoveVip { vip } => write!(f, "remove VIP {vip}"),
+            Change::AddBackend {
+                vip,
+                backend,
+                weight,
+                state,
+            } => write!(
+                f,
+                "add backend {backend} to {vip} (weight {weight}, {state})"
+            ),
+            Change::RemoveBackend { vip, backend } => {
+                write!(f, "remove backend {backend} from {vip}")
+            }
+            Change::SetState {
+                vip,
+                backend,
+                state,
+            } => write!(f, "set backend {backend} of {vip} {state}"),
+            Change::SetWeight {
+                vip,
+                backend,
+                weight,
+            } => write!(f, "set backend {backend} of {vip} to weight {weight}"),
+        }
+    }
+}
+
+impl DesiredState {
+    fn vip_mut(&mut self, vip: &Vip) -> Result<&mut VipSpec> {
+        self.vips
+            .get_mut(vip)
+            .ok_or_else(|| anyhow!("no VIP {vip} (see `lb vip list`)"))
+    }
+
+    fn backend_mut(&mut self, vip: &Vip, backend: &Ipv6Addr) -> Result<&mut BackendSpec> {
+        self.vip_mut(vip)?
+            .backends
+            .get_mut(backend)
+            .ok_or_else(|| anyhow!("VIP {vip} has no backend {backend} (see `lb backend list`)"))
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.vips.values().map(|v| v.backends.len()).sum()
+    }
+
+    /// Applies one change, or refuses it with the reason and changes nothing.
+    pub fn apply(&mut self, change: &Change, cap: &Capacity) -> Result<()> {
+        match change {
+            Change::AddVip { vip, gue } => {
+                ensure!(!self.vips.contains_key(vip), "VIP {vip} already exists");
+                ensure!(
+                    (self.vips.len() as u32) < cap.vips,
+                    "cannot add VIP {vip}: all {} VIP slots are in use (dataplane.max_vips)",
+                    cap.vips
+                );
+                self.vips.insert(
+                    *vip,
+                    VipSpec {
+                        gue: *gue,
+                        backends: BTreeMap::new(),
+                    },
+                );
+            }
+            Change::RemoveVip { vip } => {
+                self.vips
+                    .remove(vip)
+                    .ok_or_else(|| anyhow!("no VIP {vip} (see `lb vip list`)"))?;
+            }
+            Change::AddBackend {
+                vip,
+                backend,
+                weight,
+                state,
+            } => {
+                check_weight(*weight)?;
+                let total = self.backend_count() as u32;
+                let spec = self.vip_mut(vip)?;
+                ensure!(
+                    !spec.backends.contains_key(backend),
+                    "VIP {vip} already has backend {backend}"
+                );
+                ensure!(
+                    (spec.backends.len() as u32) < cap.backends_per_vip,
+                    "VIP {vip} has {} backends, the most its Maglev table takes",
+                    spec.backends.len()
+                );
+                ensure!(
+                    total < cap.backends,
+                    "cannot add backend {backend}: all {} backend slots are in use (dataplane.max_backends)",
+                    cap.backends
+                );
+                spec.backends.insert(
+                    *backend,
+                    BackendSpec {
+                        weight: *weight,
+                        state: *state,
+                    },
+                );
+            }
+            Change::RemoveBackend { vip, backend } => {
+                self.backend_mut(vip, backend)?;
+                self.vip_mut(vip)?.backends.remove(backend);
+            }
+            Change::SetState {
+                vip,
+                backend,
+                state,
+            } => self.backend_mut(vip, backend)?.state = *state,
+            Change::SetWeight {
+                vip,
+                backend,
+                weight,
+            } => {
+                check_weight(*weight)?;
+                self.backend_mut(vip, backend)?.weight = *weight;
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes that turn `self` into `to`, in an order `apply` accepts: removals first
+    /// (they free capacity), then additions and updates.
+    pub fn changes_to(&self, to: &DesiredState) -> Vec<Change> {
+        let mut removals = Vec::new();
+        let mut rest = Vec::new();
+        for (vip, spec) in &self.vips {
+            match to.vips.get(vip) {
+                None => removals.push(Change::RemoveVip { vip: *vip }),
+                Some(new) if new.gue != spec.gue => {
+                    // The encapsulation of a live VIP does not change in place: re-create it.
+                    removals.push(Change::RemoveVip { vip: *vip });
+                }
+                Some(new) => {
+                    for b in spec.backends.keys() {
+                        if !new.backends.contains_key(b) {
+                            removals.push(Change::RemoveBackend {
+                                vip: *vip,
+                                backend: *b,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for (vip, new) in &to.vips {
+            let old = self.vips.get(vip).filter(|o| o.gue == new.gue);
+            if old.is_none() {
+                rest.push(Change::AddVip {
+                    vip: *vip,
+                    gue: new.gue,
+                });
+            }
+            for (b, spec) in &new.backends {
+                match old.and_then(|o| o.backends.get(b)) {
+                    None => rest.push(Change::AddBackend {
+                        vip: *vip,
+                        backend: *b,
+                        weight: spec.weight,
+                        state: spec.state,
+                    }),
+                    Some(cur) => {
+                        if cur.weight != spec.weight {
+                            rest.push(Change::SetWeight {
+                                vip: *vip,
+                                backend: *b,
+                                weight: spec.weight,
+                            });
+                        }
+                        if cur.state != spec.state {
+                            rest.push(Change::SetState {
+                                vip: *vip,
+                                backend: *b,
+                                state: spec.state,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        removals.extend(rest);
+        removals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Capacity = Capacity {
+        vips: 2,
+        backends: 3,
+        backends_per_vip: 100,
+    };
+
+    fn vip(s: &str) -> Vip {
+        s.parse().unwrap()
+    }
+
+    fn b(i: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, i)
+    }
+
+    #[test]
+    fn vip_text_round_trips() {
+        for s in [
+            "192.0.2.10:80/tcp",
+            "[2001:db8::10]:443/tcp",
+            "192.0.2.10:*/udp",
+        ] {
+            assert_eq!(vip(s).to_string(), s);
+        }
+        assert_eq!(vip("192.0.2.10:0/udp").port, 0);
+    }
+
+    #[test]
+    fn refuses_malformed_vips_and_backends() {
+        for (bad, why) in [
+            ("192.0.2.10:80", "expected ADDR:PORT/tcp"),
+            ("192.0.2.10:80/sctp", "use tcp or udp"),
+            ("192.0.2.300:80/tcp", "is not ADDR:PORT"),
+            ("2001:db8::1:80/tcp", "is not ADDR:PORT"),
+            ("0.0.0.0:80/tcp", "cannot be a VIP"),
+            ("192.0.2.10:70000/tcp", "is not ADDR:PORT"),
+        ] {
+            let e = bad.parse::<Vip>().unwrap_err().to_string();
+            assert!(e.contains(why), "`{bad}`: `{e}` should say `{why}`");
+        }
+        assert!(
+            parse_backend("192.0.2.1")
+                .unwrap_err()
+                .to_string()
+                .contains("not an IPv6")
+        );
+        assert!(
+            parse_backend("::")
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be a tunnel")
+        );
+    }
+
+    #[test]
+    fn refused_changes_leave_the_state_unchanged() {
+        let mut s = DesiredState::default();
+        let v = vip("192.0.2.10:80/tcp");
+        s.apply(&Change::AddVip { vip: v, gue: false }, &CAP)
+            .unwrap();
+        let add = |backend, weight| Change::AddBackend {
+            vip: v,
+            backend,
+            weight,
+            state: BackendState::Active,
+        };
+        s.apply(&add(b(1), 1), &CAP).unwrap();
+        let before = s.clone();
+        for (change, why) in [
+            (Change::AddVip { vip: v, gue: true }, "already exists"),
+            (add(b(1), 5), "already has backend"),
+            (add(b(2), 0), "outside 1..=1000"),
+            (add(b(2), 1001), "outside 1..=1000"),
+            (
+                Change::RemoveVip {
+                    vip: vip("192.0.2.11:80/tcp"),
+                },
+                "no VIP 192.0.2.11:80/tcp",
+            ),
+            (
+                Change::RemoveBackend {
+                    vip: v,
+                    backend: b(9),
+                },
+                "has no backend",
+            ),
+            (
+                Change::SetWeight {
+                    vip: v,
+                    backend: b(1),
+                    weight: 0,
+                },
+                "outside",
+            ),
+            (
+                Change::SetState {
+                    vip: vip("198.51.100.1:80/tcp"),
+                    backend: b(1),
+                    state: BackendState::Draining,
+                },
+                "no VIP",
+            ),
+        ] {
+            let e = s.apply(&change, &CAP).unwrap_err().to_string();
+            assert!(e.contains(why), "{change}: `{e}` should say `{why}`");
+            assert_eq!(s, before, "{change} was refused but changed the state");
+        }
+        // Capacity: 2 VIPs, 3 backends in all.
+        s.apply(&add(b(2), 1), &CAP).unwrap();
+        s.apply(&add(b(3), 1), &CAP).unwrap();
+        let e = s.apply(&add(b(4), 1), &CAP).unwrap_err().to_string();
+        assert!(e.contains("backend slots are in use"), "{e}");
+        s.apply(
+            &Change::AddVip {
+                vip: vip("192.0.2.11:80/tcp"),
+                gue: false,
+            },
+            &CAP,
+        )
+        .unwrap();
+        let e = s
+            .apply(
+                &Change::AddVip {
+                    vip: vip("192.0.2.12:80/tcp"),
+                    gue: false,
+                },
+                &CAP,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VIP slots are in use"), "{e}");
+    }
+
+    #[test]
+    fn changes_to_turns_one_state_into_another() {
+        let cap = Capacity {
+            vips: 10,
+            backends: 100,
+            backends_per_vip: 100,
+        };
+        let mut a = DesiredState::default();
+        let mut c = DesiredState::default();
+        let (v1, v2, v3) = (
+            vip("192.0.2.1:80/tcp"),
+            vip("192.0.2.2:80/tcp"),
+            vip("192.0.2.3:53/udp"),
+        );
+        for (s, changes) in [
+            (
+                &mut a,
+                vec![
+                    Change::AddVip {
+                        vip: v1,
+                        gue: false,
+                    },
+                    Change::AddVip {
+                        vip: v2,
+                        gue: false,
+                    },
+                ],
+            ),
+            (
+                &mut c,
+                vec![
+                    Change::AddVip {
+                        vip: v1,
+                        gue: false,
+                    },
+                    Change::AddVip { vip: v2, gue: true },
+                    Change::AddVip {
+                        vip: v3,
+                        gue: false,
+                    },
+                ],
+            ),
+        ] {
+            for ch in changes {
+                s.apply(&ch, &cap).unwrap();
+            }
+        }
+        for (i, w, st) in [(1, 1, BackendState::Active), (2, 3, BackendState::Active)] {
+            a.apply(
+                &Change::AddBackend {
+                    vip: v1,
+                    backend: b(i),
+                    weight: w,
+                    state: st,
+                },
+                &cap,
+            )
+            .unwrap();
+        }
+        for (i, w, st) in [(2, 5, BackendState::Draining), (3, 1, BackendState::Active)] {
+            c.apply(
+                &Change::AddBackend {
+                    vip: v1,
+                    backend: b(i),
+                    weight: w,
+                    state: st,
+                },
+                &cap,
+            )
+            .unwrap();
+        }
+        let changes = a.changes_to(&c);
+        let mut x = a.clone();
+        for ch in &changes {
+            x.apply(ch, &cap).unwrap();
+        }
+        assert_eq!(x, c, "changes: {changes:?}");
+        assert!(c.changes_to(&c).is_empty());
+        // Removals come first (they free capacity); v2 is re-created for its new encapsulation.
+        let is_removal =
+            |c: &Change| matches!(c, Change::RemoveVip { .. } | Change::RemoveBackend { .. });
+        let removals = changes.iter().take_while(|c| is_removal(c)).count();
+        assert_eq!(removals, 2, "{changes:?}");
+        assert!(changes.contains(&Change::RemoveVip { vip: v2 }));
+        assert!(!changes[removals..].iter().any(is_removal));
+    }
+}
