@@ -14,3 +14,21 @@ pub mod state;
 
 /// The compiled XDP object (built by build.rs through aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// `xdp_pass`, for the receiving end of veth pairs in labs and tests.
+pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-pass"));
+
+/// Loads `xdp_pass` and attaches it to `iface` (in the calling thread's network namespace).
+/// Detached when the returned handle is dropped.
+pub fn attach_pass(iface: &str) -> anyhow::Result<aya::Ebpf> {
+    use anyhow::Context;
+    let mut ebpf = aya::Ebpf::load(PASS_OBJECT)?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut("xdp_pass")
+        .context("xdp_pass missing")?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(iface, aya::programs::XdpMode::Driver)
+        .with_context(|| format!("attaching xdp_pass to {iface}"))?;
+    Ok(ebpf)
+}

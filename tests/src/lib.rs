@@ -16,6 +16,8 @@ use lb_common::{
 };
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
+pub mod netns;
+
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
@@ -232,9 +234,18 @@ pub struct Flow {
     pub dport: u16,
     pub vlan: Option<u16>,
     pub tclass: u8,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl Flow {
+    /// The same flow framed between other MACs (real links in namespaces).
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
     pub fn new(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
         Self {
             src: src.parse().unwrap(),
@@ -243,6 +254,8 @@ impl Flow {
             dport,
             vlan: None,
             tclass: 0,
+            src_mac: CLIENT_MAC,
+            dst_mac: NIC_MAC,
         }
     }
 
@@ -251,7 +264,7 @@ impl Flow {
     }
 
     fn builder(&self) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-        let eth = PacketBuilder::ethernet2(CLIENT_MAC, NIC_MAC);
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
         match (self.src, self.dst, self.vlan) {
             (IpAddr::V4(s), IpAddr::V4(d), None) => eth.ipv4(s.octets(), d.octets(), 57),
             (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => {

@@ -1,0 +1,495 @@
+//! Real-network test support: namespaces, veth pairs, an `lb agent` process, packet sockets.
+//!
+//! Everything is named per test and removed by name (namespaces) or PID (agents) on drop.
+//! Only documentation addresses are used. The agent is started with only its *network*
+//! namespace switched (not `ip netns exec`, which also switches the mount namespace and would
+//! hide the agent's bpffs pins from its successor).
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Self> {
+        // A leftover of an interrupted run with the same name goes first.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        sh("ip", &["netns", "add", name])?;
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    pub fn file(&self) -> Result<File> {
+        File::open(format!("/run/netns/{}", self.name)).context("opening the netns")
+    }
+
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        let out = self.ip(&["-j", "link", "show", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no address")?)
+    }
+
+    /// The id of the XDP program attached to `iface`, if any.
+    pub fn xdp_prog_id(&self, iface: &str) -> Result<Option<u64>> {
+        let out = self.ip(&["-j", "link", "show", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0]["xdp"]["prog"]["id"].as_u64())
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it makes stay in it).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file = self.file()?;
+        std::thread::spawn(move || {
+            enter(&file).expect("setns");
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Moves the calling thread into the namespace behind `file`.
+pub fn enter(file: &File) -> std::io::Result<()> {
+    // SAFETY: setns on a valid namespace fd affects only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The `lb` binary built next to this test.
+pub fn lb_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("lb");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo xtask test` (it builds lb)",
+        bin.display()
+    );
+    bin
+}
+
+/// Client namespace `c0` <-> load-balancer namespace `l0`.
+///
+/// Client: 198.51.100.1/24, 2001:db8:1b::fe/64, routes 192.0.2.0/24 via the LB. LB: 198.51.100.2,
+/// 2001:db8:1b::1 (its tunnel source). The LB's next hop towards the backends is the client's
+/// NIC, so encapsulated packets come back to the client namespace, where tests capture them.
+pub struct Topology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub client_mac: [u8; 6],
+    pub lb_mac: [u8; 6],
+    /// Keeps `xdp_pass` on `c0` (veth hands XDP_TX frames only to an XDP-enabled peer).
+    _pass: aya::Ebpf,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Result<Self> {
+        crate::require_root();
+        let client = Netns::new(&format!("lbt-{tag}-c"))?;
+        let lb = Netns::new(&format!("lbt-{tag}-lb"))?;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "c0",
+                "netns",
+                &client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "l0",
+                "netns",
+                &lb.name,
+            ],
+        )?;
+        client.ip(&["addr", "add", "198.51.100.1/24", "dev", "c0"])?;
+        client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1b::fe/64",
+            "dev",
+            "c0",
+            "nodad",
+        ])?;
+        client.ip(&["link", "set", "c0", "up"])?;
+        client.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.2"])?;
+        lb.ip(&["addr", "add", "198.51.100.2/24", "dev", "l0"])?;
+        lb.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1b::1/64",
+            "dev",
+            "l0",
+            "nodad",
+        ])?;
+        lb.ip(&["link", "set", "l0", "up"])?;
+        let pass = client.run(|| lb_userspace::attach_pass("c0").map_err(|e| e.to_string()))?;
+        let pass = pass.map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            client_mac: client.mac("c0")?,
+            lb_mac: lb.mac("l0")?,
+            client,
+            lb,
+            _pass: pass,
+        })
+    }
+
+    /// A packet socket on the client's `c0`: sends raw frames, receives what comes back.
+    pub fn wire(&self) -> Result<Wire> {
+        self.client
+            .run(|| Wire::open("c0").map_err(|e| e.to_string()))?
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// An AF_PACKET socket bound to one interface.
+pub struct Wire {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl Wire {
+    pub fn open(iface: &str) -> Result<Self> {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket creation; the fd is owned right away.
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ifindex = lb_userspace::neighbour::ifindex(iface)? as i32;
+        // SAFETY: a zeroed sockaddr_ll with family, protocol and ifindex set.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "binding the packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let buf: libc::c_int = 8 << 20;
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &buf as *const _ as *const libc::c_void,
+                4,
+            );
+        }
+        Ok(Self { fd, ifindex })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> Result<()> {
+        // SAFETY: sends from a valid buffer on a valid socket.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        ensure!(
+            n == frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// Frames received until `timeout` passes without one, or `max` frames.
+    pub fn recv_until_quiet(&self, timeout: Duration, max: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while out.len() < max {
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+            if r <= 0 {
+                break;
+            }
+            // SAFETY: receives into our buffer; MSG_DONTWAIT after poll said readable.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    &mut sll as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if n <= 0 {
+                continue;
+            }
+            // Only what arrived on our interface (not our own transmissions).
+            if sll.sll_ifindex == self.ifindex && sll.sll_pkttype != libc::PACKET_OUTGOING {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+        out
+    }
+
+    /// Encapsulated frames (outer IPv6 carrying IPv4, IPv6 or UDP) among `frames`.
+    pub fn tunnelled(frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        frames
+            .into_iter()
+            .filter(|f| f.len() > 54 && f[12..14] == [0x86, 0xdd] && matches!(f[20], 4 | 41 | 17))
+            .filter(|f| crate::decode(f).is_ok())
+            .collect()
+    }
+}
+
+/// A running `lb agent`, stopped (SIGTERM, then SIGKILL) on drop. Its pins are removed by
+/// `AgentPins` so a restart test can keep them across agents.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Config and pin locations of one test's agents; `lb detach` on drop.
+pub struct AgentFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl AgentFiles {
+    pub fn new(tag: &str, config_body: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("lbt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("lb.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt-{tag}-{}", std::process::id()));
+        let config = dir.join("lb.toml");
+        let files = Self {
+            dir,
+            config,
+            socket,
+            pin_dir,
+        };
+        files.write_config(config_body)?;
+        Ok(files)
+    }
+
+    /// Writes the config: `[agent]` pointing at this test's socket and pins, then `body`.
+    pub fn write_config(&self, body: &str) -> Result<()> {
+        let text = format!(
+            "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\n{body}",
+            self.socket.display(),
+            self.pin_dir.display()
+        );
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
+    pub fn start(&self, ns: &Netns, n: u32) -> Result<Agent> {
+        let log = self.dir.join(format!("agent-{n}.log"));
+        let ns_file = ns.file()?;
+        let mut cmd = Command::new(lb_bin());
+        cmd.args(["agent", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(File::create(&log)?)
+            .stderr(File::create(&log)?.try_clone()?);
+        let raw = ns_file.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; only the child's network namespace changes.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting lb agent")?;
+        let mut agent = Agent {
+            child,
+            socket: self.socket.clone(),
+            log,
+        };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+}
+
+impl Drop for AgentFiles {
+    fn drop(&mut self) {
+        let _ = Command::new(lb_bin())
+            .args(["detach", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Agent {
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait()? {
+                bail!("the agent exited ({st}):\n{}", self.log_text());
+            }
+            if lb(&self.socket, &["status"]).status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the agent did not become ready in 20 s:\n{}",
+            self.log_text()
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signals our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM and wait (up to 10 s) for a clean exit.
+    pub fn stop(mut self) -> Result<String> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait()? {
+                ensure!(
+                    st.success(),
+                    "the agent exited with {st}:\n{}",
+                    self.log_text()
+                );
+                return Ok(self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the agent did not stop within 10 s")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `lb --socket SOCKET ARGS...`.
+pub fn lb(socket: &Path, args: &[&str]) -> Output {
+    Command::new(lb_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running lb")
+}
+
+/// Runs lb and returns stdout, failing with stderr if it failed.
+pub fn lb_ok(socket: &Path, args: &[&str]) -> String {
+    let out = lb(socket, args);
+    assert!(
+        out.status.success(),
+        "lb {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs lb, expects failure, returns stderr.
+pub fn lb_err(socket: &Path, args: &[&str]) -> String {
+    let out = lb(socket, args);
+    assert!(
+        !out.status.success(),
+        "lb {} should have failed but printed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn lb_json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&lb_ok(socket, &a)).expect("lb --json prints JSON")
+}
+
+pub fn ipaddr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
