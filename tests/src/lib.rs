@@ -582,3 +582,55 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             | Counter::LruStaleBackend
     )
 }
+
+/// BPF_PROG_TEST_RUN on a program fd, callable from any thread (while another thread owns the
+/// `Dataplane` and writes its maps). Returns (verdict, output frame).
+pub fn test_run_fd(prog_fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    // The test-run member of `union bpf_attr`, zero-padded to the size the kernel accepts.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: the attr points at live buffers whose sizes it states.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
+}

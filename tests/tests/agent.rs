@@ -465,3 +465,411 @@ fn an_agent_restart_loses_no_packets() {
     assert_eq!(topo.lb.xdp_prog_id("l0").unwrap(), None, "detached");
     assert!(!files.pin_dir.exists());
 }
+
+/// A raw HTTP exchange on the control socket: (status, body).
+fn raw_http(socket: &std::path::Path, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
+    let topo = Topology::new("bad").unwrap();
+    let mac = lb_userspace::config::format_mac(&topo.client_mac);
+    let good_config = config(&format!("next_hop_mac = \"{mac}\""), "");
+    let files = AgentFiles::new("bad", &good_config).unwrap();
+    let _agent = files.start(&topo.lb, 1).unwrap();
+    let s = &files.socket;
+    let snapshot = || {
+        (
+            lb_json(s, &["vip", "list"]),
+            backends(s, VIP_SVC),
+            table_version(s),
+        )
+    };
+    let before = snapshot();
+
+    for (args, why) in [
+        (vec!["vip", "add", "192.0.2.300:80/tcp"], "is not ADDR:PORT"),
+        (
+            vec!["vip", "add", "192.0.2.10:80"],
+            "expected ADDR:PORT/tcp",
+        ),
+        (vec!["vip", "add", VIP_SVC], "already exists"),
+        (
+            vec!["vip", "remove", "192.0.2.99:80/tcp"],
+            "no VIP 192.0.2.99:80/tcp",
+        ),
+        (
+            vec!["backend", "add", VIP_SVC, "192.0.2.1"],
+            "not an IPv6 address",
+        ),
+        (
+            vec!["backend", "add", VIP_SVC, "2001:db8:be::1"],
+            "already has backend 2001:db8:be::1",
+        ),
+        (
+            vec!["backend", "add", "192.0.2.99:80/tcp", "2001:db8:be::1"],
+            "no VIP",
+        ),
+        (
+            vec!["backend", "add", VIP_SVC, "2001:db8:be::9", "--weight", "0"],
+            "outside 1..=1000",
+        ),
+        (
+            vec!["backend", "weight", VIP_SVC, "2001:db8:be::1", "1001"],
+            "outside 1..=1000",
+        ),
+        (
+            vec!["backend", "weight", VIP_SVC, "2001:db8:be::1", "-3"],
+            "unexpected argument",
+        ),
+        (
+            vec!["backend", "drain", VIP_SVC, "2001:db8:be::9"],
+            "has no backend 2001:db8:be::9",
+        ),
+        (
+            vec!["backend", "remove", VIP_SVC, "::"],
+            "cannot be a tunnel endpoint",
+        ),
+        (vec!["backend", "list", "192.0.2.99:80/tcp"], "no VIP"),
+        (vec!["stats", "--interval", "0"], "use 0.1 to 3600"),
+        (vec!["vip", "frobnicate"], "unrecognized subcommand"),
+    ] {
+        let e = lb_err(s, &args);
+        assert!(
+            e.contains(why),
+            "lb {}: `{e}` should say `{why}`",
+            args.join(" ")
+        );
+    }
+    assert_eq!(snapshot(), before, "refused CLI requests changed the state");
+
+    // The API itself, without the CLI's own checks.
+    let vip = format!("\"vip\":\"{VIP_SVC}\"");
+    for (req, status, why) in [
+        (post("/v1/vip/add", "{not json"), 400, "request body"),
+        (
+            post("/v1/vip/add", &format!("{{{vip},\"colour\":1}}")),
+            400,
+            "unknown field `colour`",
+        ),
+        (post("/v1/vip/add", "{}"), 400, "missing field `vip`"),
+        (
+            post("/v1/backend/add", &format!("{{{vip}}}")),
+            400,
+            "`backend` is missing",
+        ),
+        (
+            post(
+                "/v1/backend/weight",
+                &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
+            ),
+            400,
+            "`weight` is missing",
+        ),
+        (
+            post(
+                "/v1/backend/drain",
+                &format!("{{{vip},\"backend\":\"2001:db8:be::1\",\"weight\":5}}"),
+            ),
+            400,
+            "does not apply",
+        ),
+        (
+            post(
+                "/v1/backend/add",
+                &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
+            ),
+            409,
+            "already has backend",
+        ),
+        (
+            post(
+                "/v1/backend/explode",
+                &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
+            ),
+            404,
+            "unknown operation",
+        ),
+        (
+            post("/v1/vip/remove", "{\"vip\":\"192.0.2.99:1/tcp\"}"),
+            404,
+            "no VIP",
+        ),
+        (
+            b"GET /v1/nothing HTTP/1.1\r\n\r\n".to_vec(),
+            404,
+            "no such endpoint",
+        ),
+        (
+            b"DELETE /v1/vips HTTP/1.1\r\n\r\n".to_vec(),
+            405,
+            "not allowed",
+        ),
+        (
+            b"GET /v1/backends?vip=nonsense HTTP/1.1\r\n\r\n".to_vec(),
+            400,
+            "expected ADDR:PORT",
+        ),
+        (
+            b"GET /v1/backends?colour=1 HTTP/1.1\r\n\r\n".to_vec(),
+            400,
+            "unknown query parameter",
+        ),
+        (b"HELLO\r\n\r\n".to_vec(), 400, "malformed request line"),
+        (
+            b"POST /v1/vip/add HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            413,
+            "too large",
+        ),
+        (
+            b"POST /v1/vip/add HTTP/1.1\r\nContent-Length: 50\r\n\r\n{}".to_vec(),
+            400,
+            "shorter than Content-Length",
+        ),
+    ] {
+        let (got, body) = raw_http(s, &req);
+        let first = String::from_utf8_lossy(&req)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(got, status, "{first}: {body}");
+        let err: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{first}: body {body} is not JSON"));
+        let msg = err["error"].as_str().unwrap();
+        assert!(msg.contains(why), "{first}: `{msg}` should say `{why}`");
+    }
+    assert_eq!(snapshot(), before, "refused API requests changed the state");
+
+    // Only root may use the API: the socket is 0600 and the peer's uid is checked.
+    let mode = std::fs::metadata(s)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(lb_bin())
+        .arg("--socket")
+        .arg(s)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("root-only"), "{e}");
+
+    // A broken config file: the reload is refused and nothing changes.
+    for (bad, why) in [
+        ("this is [not toml".to_string(), "TOML parse error"),
+        (
+            good_config.replace("2001:db8:be::3", "2001:db8:be::2"),
+            "already has backend 2001:db8:be::2",
+        ),
+        (
+            good_config.replace("ring_size = 4099", "ring_size = 4093"),
+            "dataplane.ring_size changed; that needs an agent restart",
+        ),
+    ] {
+        files.write_config(&bad).unwrap();
+        let e = lb_err(s, &["reload"]);
+        assert!(e.contains(why), "`{e}` should say `{why}`");
+        assert_eq!(snapshot(), before, "a refused reload changed the state");
+    }
+    files.write_config(&good_config).unwrap();
+    assert!(lb_ok(s, &["reload"]).contains("no changes"));
+    assert_eq!(snapshot(), before);
+
+    // A second agent on the same socket, and an invalid config at start, are refused.
+    let out = std::process::Command::new(lb_bin())
+        .args(["agent", "--config"])
+        .arg(&files.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    let bad = files.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[dataplane]\ntunnel_source = \"192.0.2.1\"\nseed = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(lb_bin())
+        .args(["agent", "--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid IPv6 address"));
+    let out = std::process::Command::new(lb_bin())
+        .args(["agent", "--check", "--config"])
+        .arg(&files.config)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("valid. 1 interface(s), 2 VIP(s), 4 backend(s)")
+    );
+}
+
+/// GET /metrics from inside the load balancer's namespace.
+fn metrics(topo: &Topology) -> String {
+    topo.lb
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9450").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
+}
+
+#[test]
+fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
+    let topo = Topology::new("hup").unwrap();
+    let mac = lb_userspace::config::format_mac(&topo.client_mac);
+    let files = AgentFiles::new("hup", &config(&format!("next_hop_mac = \"{mac}\""), "")).unwrap();
+    // Metrics on.
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    std::fs::write(
+        &files.config,
+        text.replacen(
+            "[dataplane]",
+            "metrics = \"127.0.0.1:9450\"\n[dataplane]",
+            1,
+        ),
+    )
+    .unwrap();
+    let agent = files.start(&topo.lb, 1).unwrap();
+    let s = &files.socket;
+    let lab = Lab {
+        wire: topo.wire().unwrap(),
+        topo,
+    };
+
+    let syns: Vec<Vec<u8>> = (0..10)
+        .map(|i| lab.flow(21000 + i).tcp(Tcp::Syn, &[]))
+        .collect();
+    let got = lab.exchange(&syns);
+    let m = metrics(&lab.topo);
+    assert!(
+        m.starts_with("HTTP/1.1 200") && m.contains("text/plain; version=0.0.4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("lb_vip_packets_total{vip=\"192.0.2.10:80/tcp\"} 10\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("lb_vip_bytes_total{vip=\"192.0.2.10:80/tcp\"} 540\n"),
+        "{m}"
+    );
+    let to_b1 = got.iter().filter(|b| **b == be(1)).count();
+    assert!(m.contains(&format!("lb_backend_packets_total{{vip=\"192.0.2.10:80/tcp\",backend=\"2001:db8:be::1\"}} {to_b1}\n")), "{m}");
+    assert!(
+        m.contains("lb_conntrack_lookups_total{result=\"miss_syn\"} 10\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("lb_drops_total{reason=\"no_backend\"} 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("lb_tx_total{encap=\"ipip6\"} 10\n"), "{m}");
+    assert!(m.contains("lb_table_version 1\n"), "{m}");
+
+    // SIGHUP with one more backend and a new weight: applied as a difference.
+    let body = config(&format!("next_hop_mac = \"{mac}\""), "")
+        .replacen(
+            "  address = \"2001:db8:be::3\"",
+            "  address = \"2001:db8:be::3\"\n  weight = 200\n  [[vip.backend]]\n  address = \"2001:db8:be::4\"",
+            1,
+        )
+        .replacen("[dataplane]", "metrics = \"127.0.0.1:9450\"\n[dataplane]", 1);
+    files.write_config(&body).unwrap();
+    agent.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !backends(s, VIP_SVC).contains_key("2001:db8:be::4") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP reload not applied:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = backends(s, VIP_SVC);
+    assert_eq!(list["2001:db8:be::3"]["weight"], 200);
+    assert_eq!(table_version(s), 2, "one reload, one table version");
+    let log = agent.log_text();
+    assert!(
+        log.contains(
+            "reload: add backend 2001:db8:be::4 to 192.0.2.10:80/tcp (weight 100, active)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("reload: set backend 2001:db8:be::3 of 192.0.2.10:80/tcp to weight 200"),
+        "{log}"
+    );
+    // The existing flows were not moved by the reload: their ACKs keep their backends.
+    let acks: Vec<Vec<u8>> = (0..10)
+        .map(|i| lab.flow(21000 + i).tcp(Tcp::Ack, &[]))
+        .collect();
+    assert_eq!(lab.exchange(&acks), got);
+    // A reload with nothing new writes nothing.
+    let r = lb_json(s, &["reload"]);
+    assert_eq!(r["report"]["slot_writes"], 0);
+    assert_eq!(r["table_version"], 2);
+
+    // The XDP program's log alarm reaches the agent's log: break the ring behind its back.
+    let rings = aya::maps::MapData::from_pin(files.pin_dir.join("RINGS")).unwrap();
+    let mut rings: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(rings)).unwrap();
+    for slot in 0..RING {
+        rings.set(slot, 63, 0).unwrap();
+    }
+    lab.wire.send(&lab.flow(22000).tcp(Tcp::Syn, &[])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent
+        .log_text()
+        .contains("ring 0 points at backend id 63, which is not installed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no XDP log line in the agent's log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics(&lab.topo);
+    assert!(
+        m.contains("lb_drops_total{reason=\"no_backend\"} 1\n"),
+        "{m}"
+    );
+}

@@ -26,7 +26,8 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run `lb` with the given arguments (as root), e.g. `cargo xtask run -- run --iface eth1 ...`.
+    /// Build, then run `lb` with the given arguments (as root), e.g.
+    /// `cargo xtask run -- agent --config /etc/lb/lb.toml`.
     Run {
         #[arg(long)]
         release: bool,
@@ -86,6 +87,15 @@ fn main() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The agent tests run the `lb` binary itself; cargo test alone does not build it.
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
+    if extra.iter().any(|a| a == "--release") {
+        build.arg("--release");
+    }
+    if !build.status().context("building lb")?.success() {
+        bail!("building lb failed");
+    }
     let mut child = Command::new(cargo)
         .args(["test", "--no-fail-fast"])
         .args(extra)
