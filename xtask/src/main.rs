@@ -3,6 +3,7 @@
 //! Every command except `setup` first checks the prerequisites and installs what is missing,
 //! so a fresh Debian machine needs nothing but `cargo xtask test` (as root).
 
+mod lab;
 mod setup;
 
 use std::process::Command;
@@ -40,6 +41,11 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         flows: u32,
     },
+    /// A one-load-balancer lab in namespaces with the agent running (`down` removes it).
+    Lab {
+        #[arg(value_parser = ["up", "down"], default_value = "up")]
+        action: String,
+    },
     /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -67,6 +73,16 @@ fn main() -> Result<()> {
                 bail!("lb exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Lab { action } => {
+            setup::run(false)?;
+            setup::require_root("the lab creates namespaces and loads XDP programs")?;
+            if action == "up" {
+                build(false)?;
+                lab::up("target/debug/lb")
+            } else {
+                lab::down("target/debug/lb")
+            }
         }
         Cmd::Bench { flows } => {
             setup::run(false)?;

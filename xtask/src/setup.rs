@@ -10,8 +10,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::step;
 
-/// Debian packages the build and the tests need.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "bpftool", "tcpdump"];
+/// Debian packages the build and the tests need. util-linux: nsenter (lab) and setpriv (tests);
+/// iproute2: ip (the agent's neighbour lookup, the lab, the tests).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "util-linux",
+    "ethtool",
+    "bpftool",
+    "tcpdump",
+];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
