@@ -25,7 +25,7 @@ use crate::api::{
     Status, VipInfo,
 };
 use crate::config::{AttachMode, Config, format_mac, parse_mac};
-use crate::dataplane::{Attachment, Dataplane, FlowCounts};
+use crate::dataplane::{Attachment, Dataplane, FlowCounts, monotonic_ns};
 use crate::http::{self, Request, Response};
 use crate::reconcile::Reconciler;
 use crate::state::{Change, DesiredState, Vip};
@@ -88,16 +88,6 @@ fn lb_config(cfg: &Config) -> LbConfig {
         gue_port: d.gue_port.to_be(),
         _pad: [0; 3],
     }
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -298,7 +288,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
         info!(%addr, "serving Prometheus metrics on /metrics");
-        tokio::spawn(serve_metrics(l, tx.clone(), pin_dir.clone()));
+        tokio::spawn(serve_metrics(l, tx.clone()));
     }
     let gateways: Vec<(String, std::net::IpAddr)> = config
         .interfaces
@@ -791,23 +781,22 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
     }
 }
 
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    tx: mpsc::Sender<Command>,
-    pin_dir: PathBuf,
-) {
+async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::Sender<Command>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let tx = tx.clone();
-        let pin_dir = pin_dir.clone();
         tokio::spawn(async move {
             let resp = match http::read_request(&mut stream).await {
                 Err(http::HttpError(s, m)) => Response::error(s, m),
                 Ok(req) if req.method == "GET" && req.path == "/metrics" => {
                     let stats = ask(&tx, Command::Stats).await;
-                    let backends = backends_with_flows(&tx, None, &pin_dir).await;
+                    // No flow counts here: walking the connection table on every scrape costs
+                    // too much; `lb backend list` has them.
+                    let backends = ask(&tx, |r| Command::Backends(None, r))
+                        .await
+                        .map(|rows| rows.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
                     match (stats, backends) {
                         (Ok(s), Ok(b)) => Response::text(
                             200,

@@ -623,7 +623,8 @@ pub struct FlowCounts {
     pub entries: u64,
 }
 
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `ConnEntry::atime_ns` and of `Stats::time_ns`.
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
