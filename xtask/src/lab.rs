@@ -34,7 +34,7 @@ fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
-pub fn up(lb_bin: &str) -> Result<()> {
+pub fn up(lb_bin: &str, config: &str) -> Result<()> {
     if netns_exists(CLIENT) || netns_exists(LB) {
         bail!("the lab is already up (`cargo xtask lab down` removes it)");
     }
@@ -88,7 +88,7 @@ pub fn up(lb_bin: &str) -> Result<()> {
     // the host (and to a restarted agent).
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{LB}"))
-        .args([lb_bin, "agent", "--config", "examples/lab.toml"])
+        .args([lb_bin, "agent", "--config", config])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

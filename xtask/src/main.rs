@@ -77,11 +77,18 @@ fn main() -> Result<()> {
         Cmd::Lab { action } => {
             setup::run(false)?;
             setup::require_root("the lab creates namespaces and loads XDP programs")?;
+            // Absolute paths, so the lab works from any directory of the checkout.
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace");
+            let lb = root.join("target/debug/lb");
+            let lb = lb.to_str().context("non-UTF-8 checkout path")?;
             if action == "up" {
                 build(false)?;
-                lab::up("target/debug/lb")
+                let config = root.join("examples/lab.toml");
+                lab::up(lb, config.to_str().context("non-UTF-8 checkout path")?)
             } else {
-                lab::down("target/debug/lb")
+                lab::down(lb)
             }
         }
         Cmd::Bench { flows } => {
