@@ -163,6 +163,21 @@ pub struct LbConfig {
     pub _pad: [u16; 3],
 }
 
+impl LbConfig {
+    /// How long a connection entry may idle before it is ignored: UDP, established TCP, or
+    /// TCP after the client's FIN/RST. The XDP program and the agent's flow counts share it.
+    #[inline(always)]
+    pub fn idle_timeout_ns(&self, is_tcp: bool, entry_flags: u32) -> u64 {
+        if !is_tcp {
+            self.udp_timeout_ns
+        } else if entry_flags & CONN_F_CLOSING != 0 {
+            self.tcp_closing_timeout_ns
+        } else {
+            self.tcp_idle_timeout_ns
+        }
+    }
+}
+
 /// Per-NIC link layer (`IFACES[ifindex]`): encapsulated packets leave by the NIC they came in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

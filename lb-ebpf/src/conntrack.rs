@@ -32,17 +32,6 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn idle_timeout(entry: &ConnEntry, is_tcp: bool, cfg: &LbConfig) -> u64 {
-    if !is_tcp {
-        cfg.udp_timeout_ns
-    } else if entry.flags & CONN_F_CLOSING != 0 {
-        cfg.tcp_closing_timeout_ns
-    } else {
-        cfg.tcp_idle_timeout_ns
-    }
-}
-
-#[inline(always)]
 pub fn pick_backend(
     ctx: &XdpContext,
     key: &FlowKey,
@@ -59,7 +48,7 @@ pub fn pick_backend(
         if let Some(entry) = CONNS.get_ptr_mut(key) {
             let entry = unsafe { &mut *entry };
             let idle = now.wrapping_sub(entry.atime_ns);
-            if idle <= idle_timeout(entry, is_tcp, cfg) {
+            if idle <= cfg.idle_timeout_ns(is_tcp, entry.flags) {
                 match maglev::backend(entry.backend) {
                     Some(b) if b.generation == entry.generation => {
                         stats::count(Counter::LruHit);

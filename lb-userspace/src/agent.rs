@@ -66,6 +66,23 @@ struct Iface {
     next_hop: Option<[u8; 6]>,
 }
 
+impl Iface {
+    /// Points the NIC's encapsulated packets at `mac`; true if that changed anything.
+    fn set_next_hop(&mut self, dp: &mut Dataplane, mac: [u8; 6]) -> Result<bool> {
+        if self.next_hop == Some(mac) {
+            return Ok(false);
+        }
+        let entry = IfaceConfig {
+            src_mac: self.src_mac,
+            dst_mac: mac,
+            _pad: 0,
+        };
+        dp.set_iface(self.ifindex, entry)?;
+        self.next_hop = Some(mac);
+        Ok(true)
+    }
+}
+
 struct Agent {
     dp: Dataplane,
     reconciler: Reconciler,
@@ -231,23 +248,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             }
             (None, None) => unreachable!("validated"),
         };
-        if let Some(dst_mac) = next_hop {
-            dp.set_iface(
-                ifindex,
-                IfaceConfig {
-                    src_mac,
-                    dst_mac,
-                    _pad: 0,
-                },
-            )?;
-        }
-        ifaces.push(Iface {
+        let mut iface = Iface {
             name: i.name.clone(),
             ifindex,
             attachment: None,
             src_mac,
-            next_hop,
-        });
+            next_hop: None,
+        };
+        if let Some(mac) = next_hop {
+            iface.set_next_hop(&mut dp, mac)?;
+        }
+        ifaces.push(iface);
     }
     for (ifindex, _) in dp.ifaces()? {
         if !ifaces.iter().any(|i| i.ifindex == ifindex) {
@@ -443,18 +454,8 @@ impl Agent {
         let report = self.reconciler.apply(&mut self.dp, &desired)?;
         self.dp.set_config(&lb_config(&new))?;
         for (iface, mac) in self.ifaces.iter_mut().zip(hops) {
-            if let Some(dst_mac) = mac
-                && iface.next_hop != Some(dst_mac)
-            {
-                self.dp.set_iface(
-                    iface.ifindex,
-                    IfaceConfig {
-                        src_mac: iface.src_mac,
-                        dst_mac,
-                        _pad: 0,
-                    },
-                )?;
-                iface.next_hop = Some(dst_mac);
+            if let Some(mac) = mac {
+                iface.set_next_hop(&mut self.dp, mac)?;
             }
         }
         for c in &changes {
@@ -475,19 +476,9 @@ impl Agent {
             .iter_mut()
             .find(|i| i.name == name)
             .ok_or_else(|| anyhow!("no interface {name}"))?;
-        if iface.next_hop == Some(mac) {
-            return Ok(());
+        if iface.set_next_hop(&mut self.dp, mac)? {
+            info!(iface = name, mac = format_mac(&mac), "next hop MAC updated");
         }
-        self.dp.set_iface(
-            iface.ifindex,
-            IfaceConfig {
-                src_mac: iface.src_mac,
-                dst_mac: mac,
-                _pad: 0,
-            },
-        )?;
-        info!(iface = name, mac = format_mac(&mac), "next hop MAC updated");
-        iface.next_hop = Some(mac);
         Ok(())
     }
 
@@ -560,10 +551,8 @@ impl Agent {
     }
 
     fn backends(&mut self, only: Option<Vip>) -> Result<Vec<(BackendInfo, u32)>> {
-        if let Some(v) = only
-            && !self.desired.vips.contains_key(&v)
-        {
-            bail!("no VIP {v} (see `lb vip list`)");
+        if let Some(v) = only {
+            self.desired.vip(&v)?;
         }
         let mut rows = Vec::new();
         for (vip, v) in self.reconciler.vips() {
@@ -696,13 +685,10 @@ async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Command>, pin_dir: P
 }
 
 fn error_status(e: &anyhow::Error) -> u16 {
-    let m = e.to_string();
-    if m.starts_with("no VIP") || m.contains("has no backend") {
-        404
-    } else if m.contains("already") {
-        409
-    } else {
-        400
+    match e.downcast_ref::<crate::state::Refused>().map(|r| r.kind) {
+        Some(crate::state::Refusal::NotFound) => 404,
+        Some(crate::state::Refusal::Conflict) => 409,
+        None => 400,
     }
 }
 
@@ -757,14 +743,7 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
             };
             let change = match body.to_change(object, verb) {
                 Ok(c) => c,
-                Err(e) => {
-                    let status = if e.to_string().starts_with("unknown operation") {
-                        404
-                    } else {
-                        400
-                    };
-                    return Response::error(status, format!("{e:#}"));
-                }
+                Err(e) => return Response::error(error_status(&e), format!("{e:#}")),
             };
             reply(
                 ask(tx, |r| Command::Change(change, r))

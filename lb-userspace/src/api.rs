@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::ApplyReport;
-use crate::state::{BackendState, Change, Vip, check_weight, parse_backend};
+use crate::state::{BackendState, Change, Vip, check_weight, not_found, parse_backend};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ pub struct ChangeRequest {
 impl ChangeRequest {
     /// The change an `POST /v1/{object}/{verb}` with this body asks for.
     pub fn to_change(&self, object: &str, verb: &str) -> anyhow::Result<Change> {
-        use anyhow::{anyhow, bail};
+        use anyhow::anyhow;
         let vip: Vip = self.vip.parse()?;
         let backend = || {
             self.backend
@@ -109,10 +109,10 @@ impl ChangeRequest {
                             },
                         }
                     }
-                    _ => bail!("unknown operation backend {verb}"),
+                    _ => return Err(not_found(format!("unknown operation backend {verb}"))),
                 }
             }
-            _ => bail!("unknown operation {object} {verb}"),
+            _ => return Err(not_found(format!("unknown operation {object} {verb}"))),
         })
     }
 }

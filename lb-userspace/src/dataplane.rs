@@ -229,10 +229,6 @@ impl Dataplane {
         self.adopted
     }
 
-    pub fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
-    }
-
     fn link_pin(&self, iface: &str) -> Option<PathBuf> {
         self.pin_dir.as_ref().map(|d| link_pin_path(d, iface))
     }
@@ -599,28 +595,12 @@ impl Dataplane {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Number of connection-table entries (walks the table).
-    pub fn conn_count(&mut self) -> Result<usize> {
-        let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
-            HashMap::try_from(self.map(names::CONNS)?)?;
-        Ok(conns.keys().filter(|k| k.is_ok()).count())
-    }
-
-    /// Live flows per (backend id, generation), walking the connection table.
-    pub fn flow_counts(&mut self) -> Result<FlowCounts> {
-        let cfg = self.config()?;
-        let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
-            HashMap::try_from(self.map(names::CONNS)?)?;
-        Ok(count_flows(&conns, &cfg))
-    }
 }
 
-/// Live connection-table entries per (backend id, generation), and the entries walked.
+/// Live connection-table entries per (backend id, generation).
 #[derive(Clone, Debug, Default)]
 pub struct FlowCounts {
     pub live: std::collections::HashMap<(u32, u32), u64>,
-    pub entries: u64,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `ConnEntry::atime_ns` and of `Stats::time_ns`.
@@ -636,21 +616,11 @@ pub fn monotonic_ns() -> u64 {
 
 /// Counts entries the XDP program would still follow: same idle timeouts, same clock
 /// (CLOCK_MONOTONIC, which `bpf_ktime_get_coarse_ns` reads at tick granularity).
-fn count_flows<T: std::borrow::Borrow<MapData>>(
-    conns: &HashMap<T, FlowKey, ConnEntry>,
-    cfg: &LbConfig,
-) -> FlowCounts {
+fn count_flows(conns: &HashMap<MapData, FlowKey, ConnEntry>, cfg: &LbConfig) -> FlowCounts {
     let now = monotonic_ns();
     let mut counts = FlowCounts::default();
     for (key, entry) in conns.iter().filter_map(|r| r.ok()) {
-        counts.entries += 1;
-        let timeout = if key.proto != lb_common::PROTO_TCP {
-            cfg.udp_timeout_ns
-        } else if entry.flags & lb_common::CONN_F_CLOSING != 0 {
-            cfg.tcp_closing_timeout_ns
-        } else {
-            cfg.tcp_idle_timeout_ns
-        };
+        let timeout = cfg.idle_timeout_ns(key.proto == lb_common::PROTO_TCP, entry.flags);
         // The coarse clock may trail CLOCK_MONOTONIC by a tick: saturate rather than wrap.
         if now.saturating_sub(entry.atime_ns) <= timeout {
             *counts

@@ -2,176 +2,143 @@
 
 use std::fmt::Write;
 
-use crate::api::{BackendInfo, Stats};
+use crate::api::{BackendInfo, CounterInfo, Stats};
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// One metric family: HELP, TYPE, then a sample per (label set, value).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// The dataplane counters whose name starts with `prefix`, labelled by the rest of the name.
+fn by_prefix<'a>(
+    counters: &'a [CounterInfo],
+    prefix: &'a str,
+    label: &'a str,
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    counters.iter().filter_map(move |c| {
+        let rest = c.name.strip_prefix(prefix)?;
+        Some((format!("{label}=\"{rest}\""), c.packets))
+    })
 }
 
 pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     let mut o = String::new();
+    let vip = |v: &crate::state::Vip| format!("vip=\"{}\"", escape(&v.to_string()));
+    let backend = |v: &crate::state::Vip, b: &str| format!("{},backend=\"{b}\"", vip(v));
     family(
         &mut o,
         "lb_vip_packets_total",
         "counter",
         "Packets forwarded per VIP.",
+        stats.vips.iter().map(|(v, c)| (vip(v), c.packets)),
     );
-    for (vip, c) in &stats.vips {
-        let _ = writeln!(
-            o,
-            "lb_vip_packets_total{{vip=\"{}\"}} {}",
-            escape(&vip.to_string()),
-            c.packets
-        );
-    }
     family(
         &mut o,
         "lb_vip_bytes_total",
         "counter",
         "Bytes (client frames) forwarded per VIP.",
+        stats.vips.iter().map(|(v, c)| (vip(v), c.bytes)),
     );
-    for (vip, c) in &stats.vips {
-        let _ = writeln!(
-            o,
-            "lb_vip_bytes_total{{vip=\"{}\"}} {}",
-            escape(&vip.to_string()),
-            c.bytes
-        );
-    }
     family(
         &mut o,
         "lb_backend_packets_total",
         "counter",
         "Packets tunnelled per backend.",
+        stats
+            .backends
+            .iter()
+            .map(|(v, b, c)| (backend(v, b), c.packets)),
     );
-    for (vip, b, c) in &stats.backends {
-        let _ = writeln!(
-            o,
-            "lb_backend_packets_total{{vip=\"{}\",backend=\"{b}\"}} {}",
-            escape(&vip.to_string()),
-            c.packets
-        );
-    }
     family(
         &mut o,
         "lb_backend_bytes_total",
         "counter",
         "Bytes tunnelled per backend (client frames).",
+        stats
+            .backends
+            .iter()
+            .map(|(v, b, c)| (backend(v, b), c.bytes)),
     );
-    for (vip, b, c) in &stats.backends {
-        let _ = writeln!(
-            o,
-            "lb_backend_bytes_total{{vip=\"{}\",backend=\"{b}\"}} {}",
-            escape(&vip.to_string()),
-            c.bytes
-        );
-    }
     family(
         &mut o,
         "lb_backend_weight",
         "gauge",
         "Configured weight per backend.",
+        backends.iter().map(|b| {
+            (
+                format!("{},state=\"{}\"", backend(&b.vip, &b.backend), b.state),
+                b.weight as u64,
+            )
+        }),
     );
-    for b in backends {
-        let _ = writeln!(
-            o,
-            "lb_backend_weight{{vip=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
-            escape(&b.vip.to_string()),
-            b.backend,
-            b.state,
-            b.weight
-        );
-    }
     family(
         &mut o,
         "lb_backend_slots",
         "gauge",
         "Maglev slots per backend (its share of new flows).",
+        backends
+            .iter()
+            .map(|b| (backend(&b.vip, &b.backend), b.slots as u64)),
     );
-    for b in backends {
-        let _ = writeln!(
-            o,
-            "lb_backend_slots{{vip=\"{}\",backend=\"{}\"}} {}",
-            escape(&b.vip.to_string()),
-            b.backend,
-            b.slots
-        );
-    }
     family(
         &mut o,
         "lb_drops_total",
         "counter",
         "Packets dropped, by reason.",
+        by_prefix(&stats.counters, "drop_", "reason"),
     );
-    for c in stats
-        .counters
-        .iter()
-        .filter(|c| c.name.starts_with("drop_"))
-    {
-        let _ = writeln!(
-            o,
-            "lb_drops_total{{reason=\"{}\"}} {}",
-            &c.name[5..],
-            c.packets
-        );
-    }
     family(
         &mut o,
         "lb_passed_total",
         "counter",
         "Packets handed to the kernel, by reason.",
+        by_prefix(&stats.counters, "pass_", "reason"),
     );
-    for c in stats
-        .counters
-        .iter()
-        .filter(|c| c.name.starts_with("pass_"))
-    {
-        let _ = writeln!(
-            o,
-            "lb_passed_total{{reason=\"{}\"}} {}",
-            &c.name[5..],
-            c.packets
-        );
-    }
     family(
         &mut o,
         "lb_tx_total",
         "counter",
         "Packets encapsulated and transmitted, by encapsulation.",
+        stats.counters.iter().filter_map(|c| {
+            let encap = match c.name.as_str() {
+                "tx" => "ipip6",
+                "tx_gue" => "gue",
+                _ => return None,
+            };
+            Some((format!("encap=\"{encap}\""), c.packets))
+        }),
     );
-    for c in stats
-        .counters
-        .iter()
-        .filter(|c| c.name == "tx" || c.name == "tx_gue")
-    {
-        let encap = if c.name == "tx" { "ipip6" } else { "gue" };
-        let _ = writeln!(o, "lb_tx_total{{encap=\"{encap}\"}} {}", c.packets);
-    }
     family(
         &mut o,
         "lb_conntrack_lookups_total",
         "counter",
         "Connection-table lookups, by result (hit, miss_syn, miss_non_syn, miss_udp, stale_backend, expired).",
+        by_prefix(&stats.counters, "lru_", "result"),
     );
-    for c in stats.counters.iter().filter(|c| c.name.starts_with("lru_")) {
-        let _ = writeln!(
-            o,
-            "lb_conntrack_lookups_total{{result=\"{}\"}} {}",
-            &c.name[4..],
-            c.packets
-        );
-    }
     family(
         &mut o,
         "lb_table_version",
         "gauge",
         "Bumped by every change the agent wrote to the dataplane.",
+        [(String::new(), stats.table_version)],
     );
-    let _ = writeln!(o, "lb_table_version {}", stats.table_version);
     o
 }

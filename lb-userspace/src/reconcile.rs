@@ -279,17 +279,7 @@ impl Reconciler {
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         // Capacity and Maglev tables first: a refusal writes nothing.
-        let new_vips = desired
-            .vips
-            .keys()
-            .filter(|v| !self.vips.contains_key(v) || self.vips[v].gue != desired.vips[v].gue)
-            .count();
-        let leaving_vips = self
-            .vips
-            .iter()
-            .filter(|(v, i)| desired.vips.get(v).is_none_or(|d| d.gue != i.gue))
-            .count();
-        if self.vips.len() - leaving_vips + new_vips > self.max_vips as usize {
+        if desired.vips.len() > self.max_vips as usize {
             bail!(
                 "the desired state has more VIPs than the {} the dataplane holds",
                 self.max_vips
@@ -340,6 +330,8 @@ impl Reconciler {
                     .iter()
                     .next()
                     .ok_or_else(|| anyhow!("no free VIP id"))?;
+                // The ring keeps what it held, so only differing slots get written; the VIP
+                // entry still waits until all of them are right.
                 let slots = self.free_rings.remove(&id).expect("just found");
                 maps.reset_vip_counter(id)?;
                 self.vips.insert(
@@ -348,13 +340,10 @@ impl Reconciler {
                         id,
                         gue: spec.gue,
                         backends: BTreeMap::new(),
-                        slots: None,
+                        slots,
                         members: None,
                     },
                 );
-                // Keep what the ring holds so only differing slots get written, but the
-                // VIP entry still waits until all of them are right.
-                self.vips.get_mut(vip).unwrap().slots = slots;
                 report.vips_added += 1;
             }
             // 2. Backends: install new ones, update changed ones.

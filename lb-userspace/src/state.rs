@@ -263,18 +263,63 @@ impl fmt::Display for Change {
     }
 }
 
+/// A refusal that names a missing or an already existing object; the control API answers it
+/// with 404 or 409 (any other refusal is a 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    Conflict,
+}
+
+#[derive(Debug)]
+pub struct Refused {
+    pub kind: Refusal,
+    pub message: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+pub fn not_found(message: String) -> anyhow::Error {
+    Refused {
+        kind: Refusal::NotFound,
+        message,
+    }
+    .into()
+}
+
+fn conflict(message: String) -> anyhow::Error {
+    Refused {
+        kind: Refusal::Conflict,
+        message,
+    }
+    .into()
+}
+
 impl DesiredState {
-    fn vip_mut(&mut self, vip: &Vip) -> Result<&mut VipSpec> {
+    /// A VIP of this state, or the refusal to use for an unknown one.
+    pub fn vip(&self, vip: &Vip) -> Result<&VipSpec> {
         self.vips
-            .get_mut(vip)
-            .ok_or_else(|| anyhow!("no VIP {vip} (see `lb vip list`)"))
+            .get(vip)
+            .ok_or_else(|| not_found(format!("no VIP {vip} (see `lb vip list`)")))
+    }
+
+    fn vip_mut(&mut self, vip: &Vip) -> Result<&mut VipSpec> {
+        self.vip(vip)?;
+        Ok(self.vips.get_mut(vip).expect("checked"))
     }
 
     fn backend_mut(&mut self, vip: &Vip, backend: &Ipv6Addr) -> Result<&mut BackendSpec> {
-        self.vip_mut(vip)?
-            .backends
-            .get_mut(backend)
-            .ok_or_else(|| anyhow!("VIP {vip} has no backend {backend} (see `lb backend list`)"))
+        self.vip_mut(vip)?.backends.get_mut(backend).ok_or_else(|| {
+            not_found(format!(
+                "VIP {vip} has no backend {backend} (see `lb backend list`)"
+            ))
+        })
     }
 
     pub fn backend_count(&self) -> usize {
@@ -285,7 +330,9 @@ impl DesiredState {
     pub fn apply(&mut self, change: &Change, cap: &Capacity) -> Result<()> {
         match change {
             Change::AddVip { vip, gue } => {
-                ensure!(!self.vips.contains_key(vip), "VIP {vip} already exists");
+                if self.vips.contains_key(vip) {
+                    return Err(conflict(format!("VIP {vip} already exists")));
+                }
                 ensure!(
                     (self.vips.len() as u32) < cap.vips,
                     "cannot add VIP {vip}: all {} VIP slots are in use (dataplane.max_vips)",
@@ -300,9 +347,8 @@ impl DesiredState {
                 );
             }
             Change::RemoveVip { vip } => {
-                self.vips
-                    .remove(vip)
-                    .ok_or_else(|| anyhow!("no VIP {vip} (see `lb vip list`)"))?;
+                self.vip(vip)?;
+                self.vips.remove(vip);
             }
             Change::AddBackend {
                 vip,
@@ -313,10 +359,9 @@ impl DesiredState {
                 check_weight(*weight)?;
                 let total = self.backend_count() as u32;
                 let spec = self.vip_mut(vip)?;
-                ensure!(
-                    !spec.backends.contains_key(backend),
-                    "VIP {vip} already has backend {backend}"
-                );
+                if spec.backends.contains_key(backend) {
+                    return Err(conflict(format!("VIP {vip} already has backend {backend}")));
+                }
                 ensure!(
                     (spec.backends.len() as u32) < cap.backends_per_vip,
                     "VIP {vip} has {} backends, the most its Maglev table takes",

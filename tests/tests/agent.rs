@@ -130,6 +130,19 @@ fn backends(socket: &std::path::Path, vip: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// A dataplane counter's packets in an `lb stats --json` report.
+fn counter(stats: &Value, name: &str) -> u64 {
+    let counters = stats["now"]["counters"].as_array().unwrap();
+    let c = counters.iter().find(|c| c["name"] == name).unwrap();
+    c["packets"].as_u64().unwrap()
+}
+
+/// The agent config with the client's NIC as the static next hop.
+fn static_next_hop_config(topo: &Topology) -> String {
+    let mac = lb_userspace::config::format_mac(&topo.client_mac);
+    config(&format!("next_hop_mac = \"{mac}\""), "")
+}
+
 fn table_version(socket: &std::path::Path) -> u64 {
     lb_json(socket, &["status"])["table_version"]
         .as_u64()
@@ -318,16 +331,7 @@ fn the_cli_drives_a_running_agent() {
     );
     assert_eq!(text.matches("COUNTER").count(), 2, "{text}");
     let j = lb_json(s, &["stats", "--interval", "0.2"]);
-    let counter = |name: &str| {
-        j["now"]["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["packets"]
-            .as_u64()
-            .unwrap()
-    };
+    let counter = |name: &str| counter(&j, name);
     // SYNs, ACKs, new SYNs, FINs, weighted SYNs; the GUE SYN (the one after removal passed).
     assert_eq!(counter("tx"), 120 + 120 + 60 + fin_count + 40);
     assert_eq!(counter("tx_gue"), 1);
@@ -358,8 +362,7 @@ fn the_cli_drives_a_running_agent() {
 #[test]
 fn an_agent_restart_loses_no_packets() {
     let topo = Topology::new("rst").unwrap();
-    let mac = lb_userspace::config::format_mac(&topo.client_mac);
-    let files = AgentFiles::new("rst", &config(&format!("next_hop_mac = \"{mac}\""), "")).unwrap();
+    let files = AgentFiles::new("rst", &static_next_hop_config(&topo)).unwrap();
     let first = files.start(&topo.lb, 1).unwrap();
     let prog_before = topo.lb.xdp_prog_id("l0").unwrap().expect("XDP attached");
     let wire = Arc::new(topo.wire().unwrap());
@@ -426,16 +429,7 @@ fn an_agent_restart_loses_no_packets() {
     let prog_after = topo.lb.xdp_prog_id("l0").unwrap().unwrap();
     assert_ne!(prog_before, prog_after, "the new agent's program runs now");
     let stats = lb_json(&files.socket, &["stats", "--interval", "0.1"]);
-    let counter = |name: &str| {
-        stats["now"]["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["packets"]
-            .as_u64()
-            .unwrap()
-    };
+    let counter = |name: &str| counter(&stats, name);
     assert_eq!(
         counter("lru_miss_udp"),
         8,
@@ -498,8 +492,7 @@ fn post(path: &str, body: &str) -> Vec<u8> {
 #[test]
 fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
     let topo = Topology::new("bad").unwrap();
-    let mac = lb_userspace::config::format_mac(&topo.client_mac);
-    let good_config = config(&format!("next_hop_mac = \"{mac}\""), "");
+    let good_config = static_next_hop_config(&topo);
     let files = AgentFiles::new("bad", &good_config).unwrap();
     let _agent = files.start(&topo.lb, 1).unwrap();
     let s = &files.socket;
@@ -754,19 +747,15 @@ fn metrics(topo: &Topology) -> String {
 #[test]
 fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
     let topo = Topology::new("hup").unwrap();
-    let mac = lb_userspace::config::format_mac(&topo.client_mac);
-    let files = AgentFiles::new("hup", &config(&format!("next_hop_mac = \"{mac}\""), "")).unwrap();
-    // Metrics on.
-    let text = std::fs::read_to_string(&files.config).unwrap();
-    std::fs::write(
-        &files.config,
-        text.replacen(
+    // Metrics on (an [agent] key, written just before [dataplane]).
+    let with_metrics = |body: String| {
+        body.replacen(
             "[dataplane]",
             "metrics = \"127.0.0.1:9450\"\n[dataplane]",
             1,
-        ),
-    )
-    .unwrap();
+        )
+    };
+    let files = AgentFiles::new("hup", &with_metrics(static_next_hop_config(&topo))).unwrap();
     let agent = files.start(&topo.lb, 1).unwrap();
     let s = &files.socket;
     let lab = Lab {
@@ -805,13 +794,11 @@ fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
     assert!(m.contains("lb_table_version 1\n"), "{m}");
 
     // SIGHUP with one more backend and a new weight: applied as a difference.
-    let body = config(&format!("next_hop_mac = \"{mac}\""), "")
-        .replacen(
-            "  address = \"2001:db8:be::3\"",
-            "  address = \"2001:db8:be::3\"\n  weight = 200\n  [[vip.backend]]\n  address = \"2001:db8:be::4\"",
-            1,
-        )
-        .replacen("[dataplane]", "metrics = \"127.0.0.1:9450\"\n[dataplane]", 1);
+    let body = with_metrics(static_next_hop_config(&lab.topo).replacen(
+        "  address = \"2001:db8:be::3\"",
+        "  address = \"2001:db8:be::3\"\n  weight = 200\n  [[vip.backend]]\n  address = \"2001:db8:be::4\"",
+        1,
+    ));
     files.write_config(&body).unwrap();
     agent.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
