@@ -5,6 +5,7 @@
 //! table construction. Both sides therefore agree on layouts and on which backend a flow maps to.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+pub mod decap;
 pub mod hash;
 pub mod maps;
 pub mod stats;

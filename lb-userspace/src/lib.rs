@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod decap;
 pub mod http;
 pub mod metrics;
 pub mod neighbour;
@@ -14,6 +15,9 @@ pub mod state;
 
 /// The compiled XDP object (built by build.rs through aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// `lb_decap`, the backends' XDP decapsulation program (`lb decap`).
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 
 /// `xdp_pass`, for the receiving end of veth pairs in labs and tests.
 pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-pass"));

@@ -62,6 +62,9 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// On a backend: attach the XDP decapsulation program to a NIC (it stays attached, pinned,
+    /// after `lb` exits), or show its counters (--stats), or remove it (--detach).
+    Decap(lb_userspace::decap::DecapArgs),
     /// Load the XDP program, let the kernel verify it, and print its map limits.
     Check {
         /// Maglev table size (a prime).
@@ -121,6 +124,7 @@ async fn main() -> Result<()> {
         } => cli::stats(&client, args.json, watch, interval, count).await,
         Command::Reload => cli::reload(&client, args.json).await,
         Command::Detach { config, pin_dir } => detach(config, pin_dir, args.socket).await,
+        Command::Decap(a) => lb_userspace::decap::run(a, args.json),
         Command::Check { ring_size } => {
             let dp = Dataplane::load(DataplaneLimits {
                 ring_size,

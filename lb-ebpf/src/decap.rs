@@ -1,0 +1,225 @@
+//! `lb_decap`: the backend's XDP decapsulation program: parse -> decide -> rewrite.
+//!
+//! The load balancer sends each client packet, byte for byte, behind an IPv6 header addressed to
+//! the backend's tunnel address (next header 4 or 41, RFC 2473), or behind IPv6 + UDP to the GUE
+//! port (GUE variant 1: the inner IP header right after UDP). This program removes that outer
+//! header in place and returns XDP_PASS, so the kernel receives the client's own packet as if it
+//! had arrived directly, and the reply goes straight to the client (direct server return).
+//! Everything else passes untouched. No loops over packet data, no logging.
+#![no_std]
+#![no_main]
+
+use core::ptr::write as store;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    CounterValue,
+    decap::{DECAP_COUNTER_COUNT, DECAP_MAX_ADDRS, DecapConfig, DecapCounter},
+};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const UDP_HLEN: usize = 8;
+const GUE_HLEN: usize = IPV6_HLEN + UDP_HLEN;
+const NEXT_HEADER_IPIP: u8 = 4;
+const NEXT_HEADER_IPV6: u8 = 41;
+const NEXT_HEADER_UDP: u8 = 17;
+
+/// The backend's own tunnel addresses (key: address words as loaded from the packet).
+#[map]
+static DECAP_ADDRS: HashMap<[u32; 4], u32> = HashMap::with_max_entries(DECAP_MAX_ADDRS, 0);
+
+#[map]
+static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static DECAP_STATS: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(DECAP_COUNTER_COUNT, 0);
+
+/// The inner IP version the outer header announces.
+#[derive(Clone, Copy)]
+enum Inner {
+    V4,
+    V6,
+    /// GUE variant 1 does not say: the inner version nibble decides.
+    Either,
+}
+
+/// A verdict and the counter it moves.
+type Outcome = (u32, DecapCounter);
+
+const NOT_TUNNEL: Outcome = (XDP_PASS, DecapCounter::PassNotTunnel);
+const MALFORMED: Outcome = (XDP_DROP, DecapCounter::DropMalformed);
+
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    // Bytes as received (outer headers included), for the counters.
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (verdict, counter) = decap(&ctx);
+    if let Some(c) = DECAP_STATS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: plain adds, no atomics.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+    verdict
+}
+
+/// Reads a `T` at `addr`; the caller has checked `addr + size_of::<T>() <= data_end`.
+/// A plain load, as in the load balancer's parser: the JITs handle misaligned packet loads.
+#[inline(always)]
+unsafe fn load<T: Copy>(addr: usize) -> T {
+    unsafe { core::ptr::read(addr as *const T) }
+}
+
+/// Parse the link layer: Ethernet, optionally one 802.1Q tag, carrying IPv6.
+#[inline(always)]
+fn decap(ctx: &XdpContext) -> Outcome {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN > end {
+        return NOT_TUNNEL;
+    }
+    let ethertype: u16 = unsafe { load(data + 12) };
+    if ethertype == ETH_P_8021Q {
+        if data + ETH_HLEN + VLAN_HLEN > end {
+            return NOT_TUNNEL;
+        }
+        let inner: u16 = unsafe { load(data + 16) };
+        if inner != ETH_P_IPV6 {
+            return NOT_TUNNEL;
+        }
+        return outer::<{ ETH_HLEN + VLAN_HLEN }>(ctx, data, end);
+    }
+    if ethertype != ETH_P_IPV6 {
+        return NOT_TUNNEL;
+    }
+    outer::<ETH_HLEN>(ctx, data, end)
+}
+
+/// Parse and decide on the outer IPv6 header at `L2`: a tunnel packet for one of our addresses?
+#[inline(always)]
+fn outer<const L2: usize>(ctx: &XdpContext, data: usize, end: usize) -> Outcome {
+    let ip = data + L2;
+    // Too short for IPv6 (or for UDP below): not ours to judge; the kernel drops it itself.
+    if ip + IPV6_HLEN > end {
+        return NOT_TUNNEL;
+    }
+    let next_header: u8 = unsafe { load(ip + 6) };
+    let inner = match next_header {
+        NEXT_HEADER_IPIP => Inner::V4,
+        NEXT_HEADER_IPV6 => Inner::V6,
+        NEXT_HEADER_UDP => {
+            if ip + GUE_HLEN > end {
+                return NOT_TUNNEL;
+            }
+            let dport: u16 = unsafe { load(ip + IPV6_HLEN + 2) };
+            let gue_port = DECAP_CONFIG.get(0).map_or(0, |c| c.gue_port);
+            if gue_port == 0 || dport != gue_port {
+                return NOT_TUNNEL;
+            }
+            Inner::Either
+        }
+        // Extension headers (e.g. RFC 2473's tunnel encapsulation limit), fragments, anything
+        // else: the load balancer never sends them, so they are not tunnel packets for us.
+        _ => return NOT_TUNNEL,
+    };
+    // Other addresses' tunnel packets are the kernel's business (it may route them on).
+    let dst: [u32; 4] = unsafe { load(ip + 24) };
+    if unsafe { DECAP_ADDRS.get(&dst) }.is_none() {
+        return (XDP_PASS, DecapCounter::PassOtherAddress);
+    }
+    let payload_len = u16::from_be(unsafe { load(ip + 4) }) as usize;
+    match inner {
+        Inner::Either => strip::<L2, GUE_HLEN>(ctx, data, end, payload_len, inner),
+        _ => strip::<L2, IPV6_HLEN>(ctx, data, end, payload_len, inner),
+    }
+}
+
+/// Checks the inner header that follows `OUTER` bytes of tunnel headers, then rewrites the
+/// frame: the link-layer header moves forward over the tunnel headers and the head follows it.
+/// The inner packet itself is not touched.
+#[inline(always)]
+fn strip<const L2: usize, const OUTER: usize>(
+    ctx: &XdpContext,
+    data: usize,
+    end: usize,
+    payload_len: usize,
+    expect: Inner,
+) -> Outcome {
+    let inner = data + L2 + OUTER;
+    if inner + 1 > end {
+        return MALFORMED;
+    }
+    let first: u8 = unsafe { load(inner) };
+    let gue = OUTER == GUE_HLEN;
+    let (ethertype, min_len, counter) = match (first >> 4, expect) {
+        (4, Inner::V4 | Inner::Either) if first & 0x0F >= 5 => (
+            ETH_P_IP,
+            IPV4_HLEN,
+            if gue {
+                DecapCounter::DecapGueV4
+            } else {
+                DecapCounter::DecapIpip
+            },
+        ),
+        (6, Inner::V6 | Inner::Either) => (
+            ETH_P_IPV6,
+            IPV6_HLEN,
+            if gue {
+                DecapCounter::DecapGueV6
+            } else {
+                DecapCounter::DecapIp6ip6
+            },
+        ),
+        // Wrong version for the next header, IHL < 5, or a GUE variant 0 header.
+        _ => return MALFORMED,
+    };
+    // A whole minimal inner header, inside the outer payload, inside the frame. Lengths inside
+    // the inner packet are the kernel's to check, as for any packet it receives.
+    if payload_len < OUTER - IPV6_HLEN + min_len || data + L2 + IPV6_HLEN + payload_len > end {
+        return MALFORMED;
+    }
+
+    // Rewrite. Explicit bound for the verifier (implied by the checks above): the new link-layer
+    // header is written at `data + OUTER`.
+    let new = data + OUTER;
+    if new + L2 > end {
+        return MALFORMED;
+    }
+    unsafe {
+        // The regions do not overlap (OUTER >= 40 > L2), so read-then-write is a plain copy.
+        let macs: [u32; 3] = load(data);
+        store(new as *mut [u32; 3], macs);
+        if L2 == ETH_HLEN + VLAN_HLEN {
+            // TPID and TCI stay: the inner packet arrives on the same VLAN.
+            let tag: u32 = load(data + 12);
+            store((new + 12) as *mut u32, tag);
+        }
+        store((new + L2 - 2) as *mut u16, ethertype);
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER as i32) } != 0 {
+        // The copy above already overwrote the outer header: the frame cannot go on.
+        return (XDP_DROP, DecapCounter::DropError);
+    }
+    (XDP_PASS, counter)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach this; it is never linked in.
+    unsafe { core::hint::unreachable_unchecked() }
+}
