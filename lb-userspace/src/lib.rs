@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bird;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
