@@ -7,6 +7,7 @@
 
 pub mod decap;
 pub mod hash;
+pub mod healthcheck;
 pub mod maps;
 pub mod stats;
 

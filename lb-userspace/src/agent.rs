@@ -7,8 +7,12 @@
 //! - the signal task turns SIGHUP into a reload and SIGTERM/SIGINT into a clean exit that
 //!   leaves the pinned dataplane forwarding;
 //! - the neighbour task follows the next hop's MAC for NICs configured with a gateway;
-//! - the log task forwards the XDP program's aya-log records into tracing.
+//! - the log task forwards the XDP program's aya-log records into tracing;
+//! - the health task checks every backend through the tunnel and reports transitions;
+//! - the BGP task keeps BIRD announcing exactly the VIPs this node can serve.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,19 +21,20 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::programs::XdpMode;
 use lb_common::{IfaceConfig, LbConfig, v6_words};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{
-    BackendInfo, ChangeReply, ChangeRequest, CounterInfo, InterfaceStatus, ReloadReply, Stats,
-    Status, VipInfo,
+    BackendInfo, BgpStatus, ChangeReply, ChangeRequest, CounterInfo, InterfaceStatus, NodeReply,
+    ReloadReply, Stats, Status, VipInfo,
 };
 use crate::config::{AttachMode, Config, format_mac, parse_mac};
 use crate::dataplane::{Attachment, Dataplane, FlowCounts, monotonic_ns};
+use crate::health::{CheckSpec, Health, Transition};
 use crate::http::{self, Request, Response};
-use crate::reconcile::Reconciler;
-use crate::state::{Change, DesiredState, Vip};
-use crate::{metrics, neighbour};
+use crate::reconcile::{ApplyReport, Reconciler};
+use crate::state::{BackendState, Change, DesiredState, Vip};
+use crate::{bird, health, metrics, neighbour};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -56,6 +61,22 @@ pub enum Command {
         iface: String,
         mac: [u8; 6],
     },
+    /// A backend's check changed state.
+    Health(Transition),
+    /// `lb node drain` (true) / `undrain` (false): withdraw or announce every VIP.
+    NodeDrain(bool, Reply<NodeReply>),
+    /// What BIRD answered to the last announcement.
+    BgpResult {
+        announced: BTreeSet<IpAddr>,
+        result: std::result::Result<String, String>,
+    },
+}
+
+/// A backend's last known check result.
+#[derive(Clone, Debug, Default)]
+struct BackendHealth {
+    health: Health,
+    detail: String,
 }
 
 struct Iface {
@@ -91,6 +112,14 @@ struct Agent {
     config_path: PathBuf,
     started: Instant,
     ifaces: Vec<Iface>,
+    health: BTreeMap<(Vip, Ipv6Addr), BackendHealth>,
+    checks: watch::Sender<Vec<CheckSpec>>,
+    /// `lb node drain`: every VIP withdrawn, the tables untouched.
+    node_drained: bool,
+    /// Why the dataplane cannot forward, if it cannot (a NIC vanished, a map write failed).
+    dataplane_fault: Option<String>,
+    announce: watch::Sender<BTreeSet<IpAddr>>,
+    bgp: BgpStatus,
 }
 
 fn lb_config(cfg: &Config) -> LbConfig {
@@ -266,6 +295,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
     }
     let desired = config.desired_state()?;
+    // Until checks say otherwise backends count as healthy (a restart must not empty tables).
     let report = reconciler.apply(&mut dp, &desired)?;
     info!(?report, "dataplane state written");
     // Attach (or take over the pinned links) only once the maps hold the state.
@@ -311,6 +341,30 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::spawn(follow_gateways(gateways, every, tx.clone()));
     }
     let socket = config.agent.api_socket.clone();
+    let (checks, checks_rx) = watch::channel(Vec::new());
+    let health_ebpf = health::load_encap(
+        &config
+            .interfaces
+            .iter()
+            .map(|i| i.name.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let tunnel = health::Tunnel {
+        source: config.dataplane.tunnel_source,
+        gue_port: config.dataplane.gue_port,
+        iface: config.interfaces[0].name.clone(),
+    };
+    tokio::spawn(health::run(health_ebpf, tunnel, checks_rx, tx.clone()));
+    let (announce, announce_rx) = watch::channel(BTreeSet::new());
+    let bird = config
+        .bgp
+        .as_ref()
+        .map(|b| bird::Bird::new(b.bird_socket.clone(), b.routes_file.clone()));
+    if let Some(bird) = bird.clone() {
+        // bird.conf includes the routes file: make sure it exists (empty) before BIRD reads it.
+        bird::write_initial_routes(bird.routes_file())?;
+        tokio::spawn(drive_bird(bird, announce_rx, tx.clone()));
+    }
     let mut agent = Agent {
         dp,
         reconciler,
@@ -319,14 +373,23 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         config_path: args.config.clone(),
         started: Instant::now(),
         ifaces,
+        health: BTreeMap::new(),
+        checks,
+        node_drained: false,
+        dataplane_fault: None,
+        announce,
+        bgp: BgpStatus::default(),
     };
+    agent.publish();
     info!(socket = %socket.display(), "agent ready");
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             Some(cmd) = rx.recv() => agent.handle(cmd),
+            _ = watchdog.tick() => agent.watchdog(),
             _ = hup.recv() => {
                 match agent.reload() {
                     Ok(r) => info!(changes = r.changes.len(), report = ?r.report, "reloaded {}", agent.config_path.display()),
@@ -338,6 +401,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&socket);
+    // A stopping agent can no longer follow health or operators: withdraw its VIPs. The pinned
+    // dataplane keeps forwarding the flows routers still send while the withdrawal spreads.
+    if let Some(bird) = bird {
+        match bird.announce(&BTreeSet::new()).await {
+            Ok(_) => info!("VIPs withdrawn from BIRD"),
+            Err(e) => error!("withdrawing the VIPs from BIRD: {e:#}"),
+        }
+    }
     info!(
         "agent stopped; the XDP program keeps forwarding from {} (`lb detach` stops it)",
         pin_dir.display()
@@ -414,14 +485,197 @@ impl Agent {
                     error!(iface, "updating the next hop: {e:#}");
                 }
             }
+            Command::Health(t) => self.health_transition(t),
+            Command::NodeDrain(drain, reply) => {
+                if drain != self.node_drained {
+                    info!(
+                        "node {}",
+                        if drain {
+                            "drained: withdrawing every VIP"
+                        } else {
+                            "undrained"
+                        }
+                    );
+                }
+                self.node_drained = drain;
+                self.publish();
+                let _ = reply.send(Ok(NodeReply {
+                    drained: drain,
+                    announcing: self
+                        .announcements()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                }));
+            }
+            Command::BgpResult { announced, result } => {
+                match &result {
+                    Ok(_) => {
+                        if self.bgp.error.is_some() || self.bgp.announced.len() != announced.len() {
+                            info!(vips = ?announced, "BIRD announces");
+                        }
+                    }
+                    Err(e) => error!("BIRD: {e}"),
+                }
+                self.bgp.announced = announced.iter().map(ToString::to_string).collect();
+                self.bgp.error = result.err();
+            }
+        }
+    }
+
+    /// The state written to the maps: the operators' state with down backends drained.
+    fn effective(&self, desired: &DesiredState) -> DesiredState {
+        let mut out = desired.clone();
+        for (vip, spec) in out.vips.iter_mut() {
+            for (addr, b) in spec.backends.iter_mut() {
+                if self
+                    .health
+                    .get(&(*vip, *addr))
+                    .is_some_and(|h| h.health == Health::Down)
+                {
+                    b.state = BackendState::Draining;
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `next` (with health applied) to the maps; on success it becomes the desired state.
+    fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
+        let effective = self.effective(&next);
+        match self.reconciler.apply(&mut self.dp, &effective) {
+            Ok(report) => {
+                self.desired = next;
+                if self.dataplane_fault.take().is_some() {
+                    info!("dataplane writes succeed again");
+                }
+                self.publish();
+                Ok(report)
+            }
+            Err(e) => {
+                // The reconciler writes nothing when it cannot build a table; a failed map
+                // write, though, means the dataplane may not match what we announce.
+                if e.downcast_ref::<crate::state::Refused>().is_none() {
+                    self.dataplane_fault = Some(format!("map write failed: {e:#}"));
+                    self.publish();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn health_transition(&mut self, t: Transition) {
+        let key = (t.vip, t.backend);
+        let before = self.health.get(&key).map(|h| h.health).unwrap_or_default();
+        if before != t.health {
+            let log = if t.health == Health::Down {
+                "backend down: out of the table"
+            } else {
+                "backend healthy"
+            };
+            if t.health == Health::Down {
+                warn!(vip = %t.vip, backend = %t.backend, detail = t.detail, "{log}");
+            } else {
+                info!(vip = %t.vip, backend = %t.backend, "{log}");
+            }
+        }
+        self.health.insert(
+            key,
+            BackendHealth {
+                health: t.health,
+                detail: t.detail,
+            },
+        );
+        let desired = self.desired.clone();
+        if let Err(e) = self.install(desired) {
+            error!("applying a health change: {e:#}");
+        }
+    }
+
+    /// Tells the health task which checks to run and the BGP task what to announce.
+    fn publish(&mut self) {
+        let mut specs = Vec::new();
+        for (vip, spec) in &self.desired.vips {
+            let cfg = self.config.health_for(vip);
+            for addr in spec.backends.keys() {
+                if let Some(c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                    specs.push(c);
+                }
+            }
+        }
+        // Forget the health of backends no longer checked (removed, or checks turned off).
+        self.health
+            .retain(|k, _| specs.iter().any(|s| (s.vip, s.backend) == *k));
+        self.checks.send_if_modified(|cur| {
+            let changed = *cur != specs;
+            if changed {
+                *cur = specs;
+            }
+            changed
+        });
+        let want = self.announcements();
+        self.announce.send_if_modified(|cur| {
+            let changed = *cur != want;
+            if changed {
+                *cur = want;
+            }
+            changed
+        });
+    }
+
+    /// VIP addresses to announce: those with a service that has an active backend not known
+    /// to be down, unless the node is drained or its dataplane is broken.
+    fn announcements(&self) -> BTreeSet<IpAddr> {
+        if self.node_drained || self.dataplane_fault.is_some() {
+            return BTreeSet::new();
+        }
+        self.desired
+            .vips
+            .iter()
+            .filter(|(vip, spec)| {
+                spec.backends.iter().any(|(addr, b)| {
+                    b.state == BackendState::Active
+                        && self
+                            .health
+                            .get(&(**vip, *addr))
+                            .is_none_or(|h| h.health != Health::Down)
+                })
+            })
+            .map(|(vip, _)| vip.addr)
+            .collect()
+    }
+
+    /// Every second: is each NIC still there, with the index we attached to?
+    fn watchdog(&mut self) {
+        let mut fault = None;
+        for i in &self.ifaces {
+            match neighbour::ifindex(&i.name) {
+                Ok(idx) if idx == i.ifindex => {}
+                Ok(_) => fault = Some(format!("{} was replaced (new ifindex)", i.name)),
+                Err(_) => fault = Some(format!("{} is gone", i.name)),
+            }
+            if fault.is_none() && !neighbour::is_up(&i.name) {
+                fault = Some(format!("{} is down", i.name));
+            }
+        }
+        let nic_fault = self
+            .dataplane_fault
+            .as_ref()
+            .is_none_or(|f| !f.starts_with("map write"));
+        if nic_fault && fault != self.dataplane_fault {
+            match &fault {
+                Some(f) => error!("dataplane cannot forward: {f}; withdrawing every VIP"),
+                None => info!("dataplane NICs are back"),
+            }
+            self.dataplane_fault = fault;
+            self.publish();
         }
     }
 
     fn change(&mut self, change: &Change) -> Result<ChangeReply> {
         let mut next = self.desired.clone();
         next.apply(change, &self.config.capacity())?;
-        let report = self.reconciler.apply(&mut self.dp, &next)?;
-        self.desired = next;
+        let report = self.install(next)?;
         Ok(ChangeReply {
             change: change.to_string(),
             report,
@@ -451,7 +705,14 @@ impl Agent {
             };
             hops.push(mac);
         }
-        let report = self.reconciler.apply(&mut self.dp, &desired)?;
+        let old = std::mem::replace(&mut self.config, new.clone());
+        let report = match self.install(desired) {
+            Ok(r) => r,
+            Err(e) => {
+                self.config = old;
+                return Err(e);
+            }
+        };
         self.dp.set_config(&lb_config(&new))?;
         for (iface, mac) in self.ifaces.iter_mut().zip(hops) {
             if let Some(mac) = mac {
@@ -461,8 +722,8 @@ impl Agent {
         for c in &changes {
             info!("reload: {c}");
         }
-        self.desired = desired;
-        self.config = new;
+        // New check settings take effect now.
+        self.publish();
         Ok(ReloadReply {
             changes,
             report,
@@ -517,6 +778,14 @@ impl Agent {
             max_flows: self.config.dataplane.max_flows,
             drift,
             metrics: self.config.agent.metrics.map(|m| m.to_string()),
+            node_drained: self.node_drained,
+            dataplane_fault: self.dataplane_fault.clone(),
+            announcing: self
+                .announcements()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            bgp: self.config.bgp.as_ref().map(|_| self.bgp.clone()),
         })
     }
 
@@ -564,9 +833,37 @@ impl Agent {
                 rows.push((*vip, *addr, *b, slots.get(&b.id).copied().unwrap_or(0)));
             }
         }
+        let checked: BTreeSet<(Vip, Ipv6Addr)> = self
+            .checks
+            .borrow()
+            .iter()
+            .map(|c| (c.vip, c.backend))
+            .collect();
         let mut out = Vec::new();
-        for (vip, addr, b, slots) in rows {
+        for (vip, addr, mut b, slots) in rows {
             let c = self.dp.backend_counter(b.id)?;
+            // The operator's state; health shows separately (a down backend is drained in
+            // the maps but not in `desired`).
+            if let Some(d) = self
+                .desired
+                .vips
+                .get(&vip)
+                .and_then(|v| v.backends.get(&addr))
+            {
+                b.spec.state = d.state;
+            }
+            let (health, health_detail) = match self.health.get(&(vip, addr)) {
+                Some(h) => (
+                    h.health.to_string(),
+                    if h.health == Health::Down {
+                        h.detail.clone()
+                    } else {
+                        String::new()
+                    },
+                ),
+                None if checked.contains(&(vip, addr)) => ("unknown".into(), String::new()),
+                None => ("unchecked".into(), String::new()),
+            };
             out.push((
                 BackendInfo {
                     vip,
@@ -576,6 +873,8 @@ impl Agent {
                     state: b.spec.state,
                     slots,
                     flows: 0,
+                    health,
+                    health_detail,
                     packets: c.packets,
                     bytes: c.bytes,
                 },
@@ -736,6 +1035,14 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
                 .await
                 .map(|r| Response::json(200, &r)),
         ),
+        ("POST", ["v1", "node", verb @ ("drain" | "undrain")]) => {
+            let drain = *verb == "drain";
+            reply(
+                ask(tx, |r| Command::NodeDrain(drain, r))
+                    .await
+                    .map(|r| Response::json(200, &r)),
+            )
+        }
         ("POST", ["v1", object @ ("vip" | "backend"), verb]) => {
             let body: ChangeRequest = match serde_json::from_slice(&req.body) {
                 Ok(b) => b,
@@ -752,7 +1059,8 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
             )
         }
         (_, ["v1", "status" | "vips" | "backends" | "stats" | "reload"])
-        | (_, ["v1", "vip" | "backend", _]) => Response::error(
+        | (_, ["v1", "vip" | "backend", _])
+        | (_, ["v1", "node", "drain" | "undrain"]) => Response::error(
             405,
             format!("{} is not allowed on {}", req.method, req.path),
         ),
@@ -792,6 +1100,41 @@ async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::Sender<Comma
             };
             let _ = http::write_response(&mut stream, &resp).await;
         });
+    }
+}
+
+/// Keeps BIRD announcing what the dataplane task wants, retrying every few seconds on failure
+/// (BIRD restarted, socket not there yet), and re-asserting now and then.
+async fn drive_bird(
+    bird: bird::Bird,
+    mut want: watch::Receiver<BTreeSet<IpAddr>>,
+    tx: mpsc::Sender<Command>,
+) {
+    const RETRY: Duration = Duration::from_secs(2);
+    const REASSERT: Duration = Duration::from_secs(30);
+    loop {
+        let vips = want.borrow_and_update().clone();
+        let result = bird
+            .announce(&vips)
+            .await
+            .map(|r| format!("{r:?}"))
+            .map_err(|e| format!("{e:#}"));
+        let failed = result.is_err();
+        if tx
+            .send(Command::BgpResult {
+                announced: vips,
+                result,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let wait = if failed { RETRY } else { REASSERT };
+        tokio::select! {
+            changed = want.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

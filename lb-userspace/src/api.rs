@@ -10,6 +10,7 @@
 //! | POST | /v1/vip/add, /v1/vip/remove | `ChangeRequest` | `ChangeReply` |
 //! | POST | /v1/backend/{add,remove,drain,undrain,weight} | `ChangeRequest` | `ChangeReply` |
 //! | POST | /v1/reload | | `ReloadReply` |
+//! | POST | /v1/node/drain, /v1/node/undrain | | `NodeReply` |
 //!
 //! Errors answer 4xx/5xx with `{"error": "..."}` naming the problem.
 
@@ -157,6 +158,29 @@ pub struct Status {
     /// Runtime changes the config file does not have (a reload or restart reverts them).
     pub drift: Vec<String>,
     pub metrics: Option<String>,
+    /// `lb node drain` is in effect: every VIP withdrawn.
+    pub node_drained: bool,
+    /// Why the dataplane cannot forward (every VIP withdrawn), if so.
+    pub dataplane_fault: Option<String>,
+    /// VIP addresses this node should announce now.
+    pub announcing: Vec<String>,
+    /// BIRD, when the agent drives it.
+    pub bgp: Option<BgpStatus>,
+}
+
+/// The BGP task's last exchange with BIRD.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// What BIRD was last told to announce.
+    pub announced: Vec<String>,
+    /// BIRD's error, if the last attempt failed (retried).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeReply {
+    pub drained: bool,
+    pub announcing: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -181,6 +205,11 @@ pub struct BackendInfo {
     pub slots: u32,
     /// Live connection-table entries pinned to it.
     pub flows: u64,
+    /// Its health check: up, down, unknown (not checked yet) or unchecked.
+    pub health: String,
+    /// The last check's result, when it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_detail: String,
     pub packets: u64,
     pub bytes: u64,
 }

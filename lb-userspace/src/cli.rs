@@ -290,6 +290,11 @@ pub async fn backend(client: &Client, cmd: BackendCmd, json: bool) -> Result<()>
                         b.vip.to_string(),
                         b.backend.clone(),
                         b.state.to_string(),
+                        if b.health_detail.is_empty() {
+                            b.health.clone()
+                        } else {
+                            format!("{} ({})", b.health, b.health_detail)
+                        },
                         b.weight.to_string(),
                         b.slots.to_string(),
                         b.flows.to_string(),
@@ -302,13 +307,19 @@ pub async fn backend(client: &Client, cmd: BackendCmd, json: bool) -> Result<()>
                 "{}",
                 table(
                     &[
-                        "VIP", "BACKEND", "STATE", "WEIGHT", "SLOTS", "FLOWS", "PACKETS", "BYTES"
+                        "VIP", "BACKEND", "STATE", "HEALTH", "WEIGHT", "SLOTS", "FLOWS", "PACKETS",
+                        "BYTES"
                     ],
                     &rows
                 )
             );
             if list.iter().any(|b| b.state == BackendState::Draining) {
                 println!("(a draining backend is safe to remove once its FLOWS reach 0)");
+            }
+            if list.iter().any(|b| b.health == "down") {
+                println!(
+                    "(a down backend takes no new flows; it rejoins after `rise` good checks)"
+                );
             }
             return Ok(());
         }
@@ -362,6 +373,33 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         "{}",
         table(&["INTERFACE", "IFINDEX", "XDP", "NEXT HOP"], &rows)
     );
+    println!();
+    println!(
+        "node         {}",
+        match (&s.dataplane_fault, s.node_drained) {
+            (Some(f), _) => format!("NOT FORWARDING: {f}; every VIP withdrawn"),
+            (None, true) => "drained (`lb node undrain` announces again)".into(),
+            (None, false) => "serving".into(),
+        }
+    );
+    let announcing = if s.announcing.is_empty() {
+        "nothing".to_string()
+    } else {
+        s.announcing.join(", ")
+    };
+    match &s.bgp {
+        None => println!(
+            "bgp          not driven (no [bgp] in the config); would announce {announcing}"
+        ),
+        Some(b) => {
+            println!("bgp          announcing {announcing}");
+            if let Some(e) = &b.error {
+                println!("             BIRD refused or is unreachable (retrying): {e}");
+            } else if b.announced != s.announcing {
+                println!("             BIRD last told: {}", b.announced.join(", "));
+            }
+        }
+    }
     if !s.drift.is_empty() {
         println!("\nruntime changes not in the config file (a reload or restart reverts them):");
         for d in &s.drift {
@@ -474,6 +512,35 @@ pub async fn stats(
             print!("{}", render_stats(&prev, &now));
         }
         prev = now;
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum NodeCmd {
+    /// Withdraw every VIP from BGP; the tables and existing flows stay as they are.
+    Drain,
+    /// Announce the VIPs again (those with a healthy backend).
+    Undrain,
+}
+
+pub async fn node(client: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
+    let verb = match cmd {
+        NodeCmd::Drain => "drain",
+        NodeCmd::Undrain => "undrain",
+    };
+    let r: crate::api::NodeReply = client
+        .call("POST", &format!("/v1/node/{verb}"), None)
+        .await?;
+    if json {
+        return print_json(&r);
+    }
+    if r.drained {
+        println!("node drained: every VIP is withdrawn; existing flows keep their backends");
+    } else if r.announcing.is_empty() {
+        println!("node undrained; nothing to announce (no VIP has a healthy backend)");
+    } else {
+        println!("node undrained; announcing {}", r.announcing.join(", "));
     }
     Ok(())
 }

@@ -25,6 +25,143 @@ pub struct Config {
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
+    /// Health-check defaults for every VIP (a VIP's own `[vip.health]` overrides fields).
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Announce VIPs through BIRD; absent = the agent does not touch BGP.
+    pub bgp: Option<BgpConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    /// BIRD's control socket.
+    pub bird_socket: PathBuf,
+    /// The file bird.conf includes; the agent owns it and writes the VIP routes there.
+    pub routes_file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection to the VIP's port completes.
+    #[default]
+    Tcp,
+    /// `GET http_path` over that connection answers `http_status`.
+    Http,
+}
+
+/// Health-check settings; defaults are GLB's: every 2 s, 1 s timeout, 3 to rise or fall.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub kind: CheckKind,
+    /// The port to check; default the VIP's. VIPs on every port (0) or UDP are only checked
+    /// when this is set.
+    pub port: Option<u16>,
+    pub http_path: String,
+    pub http_status: u16,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kind: CheckKind::Tcp,
+            port: None,
+            http_path: "/".into(),
+            http_status: 200,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 3,
+            fall: 3,
+        }
+    }
+}
+
+/// A VIP's `[vip.health]`: each field given replaces the `[health]` default.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthOverride {
+    pub enabled: Option<bool>,
+    pub kind: Option<CheckKind>,
+    pub port: Option<u16>,
+    pub http_path: Option<String>,
+    pub http_status: Option<u16>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+impl HealthConfig {
+    fn with(&self, o: &HealthOverride) -> HealthConfig {
+        HealthConfig {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            kind: o.kind.unwrap_or(self.kind),
+            port: o.port.or(self.port),
+            http_path: o
+                .http_path
+                .clone()
+                .unwrap_or_else(|| self.http_path.clone()),
+            http_status: o.http_status.unwrap_or(self.http_status),
+            interval_ms: o.interval_ms.unwrap_or(self.interval_ms),
+            timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
+            rise: o.rise.unwrap_or(self.rise),
+            fall: o.fall.unwrap_or(self.fall),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            (100..=3_600_000).contains(&self.interval_ms),
+            "interval_ms = {}: use 100 ms to 1 hour",
+            self.interval_ms
+        );
+        ensure!(
+            self.timeout_ms >= 10 && self.timeout_ms <= self.interval_ms,
+            "timeout_ms = {}: use 10 ms up to interval_ms ({})",
+            self.timeout_ms,
+            self.interval_ms
+        );
+        ensure!(
+            (1..=100).contains(&self.rise) && (1..=100).contains(&self.fall),
+            "rise and fall must be 1 to 100"
+        );
+        ensure!(self.port != Some(0), "port 0 cannot be checked");
+        ensure!(
+            self.http_path.starts_with('/')
+                && self.http_path.len() <= 1024
+                && self.http_path.bytes().all(|b| b.is_ascii_graphic()),
+            "http_path `{}` must start with / and hold no spaces or control characters",
+            self.http_path.escape_default()
+        );
+        ensure!(
+            (100..=599).contains(&self.http_status),
+            "http_status {} is not an HTTP status",
+            self.http_status
+        );
+        Ok(())
+    }
+
+    /// The port this VIP's backends are checked on, if it is checked at all.
+    pub fn port_for(&self, vip: &Vip) -> Option<u16> {
+        if !self.enabled {
+            return None;
+        }
+        match (self.port, vip.proto, vip.port) {
+            (Some(p), _, _) => Some(p),
+            (None, crate::state::Proto::Tcp, p) if p != 0 => Some(p),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -133,6 +270,8 @@ pub struct VipConfig {
     pub gue: bool,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub health: HealthOverride,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -253,8 +392,34 @@ impl Config {
                 ),
             }
         }
+        self.health.validate().context("[health]")?;
+        for v in &self.vips {
+            self.health
+                .with(&v.health)
+                .validate()
+                .with_context(|| format!("VIP {}:{} [vip.health]", v.address, v.port))?;
+        }
+        if let Some(b) = &self.bgp {
+            ensure!(
+                b.routes_file.is_absolute() && b.bird_socket.is_absolute(),
+                "[bgp] bird_socket and routes_file must be absolute paths"
+            );
+        }
         self.desired_state()?;
         Ok(())
+    }
+
+    /// The health-check settings of `vip`: its own `[vip.health]` over `[health]`; VIPs added
+    /// at run time (not in the file) get `[health]`.
+    pub fn health_for(&self, vip: &Vip) -> HealthConfig {
+        self.vips
+            .iter()
+            .find(|v| {
+                v.address == vip.addr
+                    && v.port == vip.port
+                    && v.protocol.parse().ok() == Some(vip.proto)
+            })
+            .map_or_else(|| self.health.clone(), |v| self.health.with(&v.health))
     }
 
     /// The VIPs and backends of this file as a desired state, checked change by change.
@@ -310,6 +475,7 @@ impl Config {
             ),
             ("agent.pin_dir", self.agent.pin_dir != new.agent.pin_dir),
             ("agent.metrics", self.agent.metrics != new.agent.metrics),
+            ("[bgp]", self.bgp != new.bgp),
             (
                 "the [[interface]] names or modes",
                 self.interfaces
@@ -337,6 +503,29 @@ mod tests {
         let state = cfg.desired_state().unwrap();
         assert_eq!(state.vips.len(), 2);
         assert_eq!(cfg.interfaces[0].name, "eth1");
+        // The first VIP's [vip.health] overrides kind and path; the rest comes from [health].
+        let web = cfg.health_for(&"192.0.2.10:80/tcp".parse().unwrap());
+        assert_eq!(
+            (web.kind, web.http_path.as_str()),
+            (CheckKind::Http, "/healthz")
+        );
+        assert_eq!(
+            (web.interval_ms, web.timeout_ms, web.rise, web.fall),
+            (2000, 1000, 3, 3)
+        );
+        let other = cfg.health_for(&"[2001:db8:5::10]:443/tcp".parse().unwrap());
+        assert_eq!(other.kind, CheckKind::Tcp);
+        assert_eq!(
+            other.port_for(&"[2001:db8:5::10]:443/tcp".parse().unwrap()),
+            Some(443)
+        );
+        // A VIP added at run time gets [health]; UDP and every-port VIPs need a port.
+        assert_eq!(
+            cfg.health_for(&"192.0.2.99:53/udp".parse().unwrap())
+                .port_for(&"192.0.2.99:53/udp".parse().unwrap()),
+            None
+        );
+        assert!(cfg.bgp.is_some());
     }
 
     #[test]
@@ -406,6 +595,36 @@ address = "2001:db8:be::1"
             (
                 ("seed = 7", "seed = 7\ntcp_idle_timeout_secs = 0"),
                 "use 1 second",
+            ),
+            (
+                ("[dataplane]", "[health]\ninterval_ms = 50\n[dataplane]"),
+                "use 100 ms",
+            ),
+            (
+                ("[dataplane]", "[health]\ntimeout_ms = 3000\n[dataplane]"),
+                "up to interval_ms",
+            ),
+            (
+                ("[dataplane]", "[health]\nkind = \"icmp\"\n[dataplane]"),
+                "unknown variant `icmp`",
+            ),
+            (
+                ("[dataplane]", "[health]\nrise = 0\n[dataplane]"),
+                "rise and fall",
+            ),
+            (
+                (
+                    "protocol = \"tcp\"",
+                    "protocol = \"tcp\"\n[vip.health]\nhttp_path = \"/a b\"",
+                ),
+                "[vip.health]",
+            ),
+            (
+                (
+                    "[dataplane]",
+                    "[bgp]\nbird_socket = \"bird.ctl\"\nroutes_file = \"/etc/v.conf\"\n[dataplane]",
+                ),
+                "absolute paths",
             ),
         ] {
             let text = base.replacen(edit.0, edit.1, 1);

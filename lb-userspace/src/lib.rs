@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod decap;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod neighbour;
@@ -16,6 +17,9 @@ pub mod state;
 
 /// The compiled XDP object (built by build.rs through aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// `lb_hc_encap`, the TC egress program that tunnels health checks to their backend.
+pub static HC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-hc"));
 
 /// `lb_decap`, the backends' XDP decapsulation program (`lb decap`).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
@@ -36,4 +40,24 @@ pub fn attach_pass(iface: &str) -> anyhow::Result<aya::Ebpf> {
     prog.attach(iface, aya::programs::XdpMode::Driver)
         .with_context(|| format!("attaching xdp_pass to {iface}"))?;
     Ok(ebpf)
+}
+
+/// Attaches `xdp_pass` to `iface` and pins the link at `pin`, so it stays attached after this
+/// process exits (labs built by a command that returns); removing the pin detaches it.
+pub fn attach_pass_pinned(iface: &str, pin: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut ebpf = aya::Ebpf::load(PASS_OBJECT)?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut("xdp_pass")
+        .context("xdp_pass missing")?
+        .try_into()?;
+    prog.load()?;
+    let id = prog
+        .attach(iface, aya::programs::XdpMode::Driver)
+        .with_context(|| format!("attaching xdp_pass to {iface}"))?;
+    let link = aya::programs::links::FdLink::try_from(prog.take_link(id)?)
+        .context("xdp_pass was not attached as a bpf_link")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the xdp_pass link at {}", pin.display()))?;
+    Ok(())
 }

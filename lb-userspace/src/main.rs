@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Drain or undrain the whole node: withdraw or announce its VIPs through BGP.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
     /// Make the agent re-read its config file and apply the difference (same as SIGHUP).
     Reload,
     /// Detach the XDP program and remove its pinned maps: forwarding stops and all connection
@@ -123,6 +126,7 @@ async fn main() -> Result<()> {
             count,
         } => cli::stats(&client, args.json, watch, interval, count).await,
         Command::Reload => cli::reload(&client, args.json).await,
+        Command::Node(cmd) => cli::node(&client, cmd, args.json).await,
         Command::Detach { config, pin_dir } => detach(config, pin_dir, args.socket).await,
         Command::Decap(a) => lb_userspace::decap::run(a, args.json),
         Command::Check { ring_size } => {

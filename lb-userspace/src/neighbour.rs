@@ -19,9 +19,10 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(i)
 }
 
-pub fn iface_mac(name: &str) -> Result<[u8; 6]> {
-    let sock = UdpSocket::bind("0.0.0.0:0").context("socket for SIOCGIFHWADDR")?;
-    // SAFETY: ifreq is plain data; the ioctl fills ifr_hwaddr for the named interface.
+/// An `ioctl` on `name` with a zeroed `ifreq`; returns the request as the kernel filled it.
+fn ifreq_ioctl(name: &str, request: libc::c_ulong, what: &str) -> Result<libc::ifreq> {
+    let sock = UdpSocket::bind("0.0.0.0:0").context("socket for an interface ioctl")?;
+    // SAFETY: ifreq is plain data.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
@@ -32,11 +33,16 @@ pub fn iface_mac(name: &str) -> Result<[u8; 6]> {
     }
     use std::os::fd::AsRawFd;
     // SAFETY: a valid socket fd and a properly initialised ifreq.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading the MAC address of {name}"));
+            .with_context(|| format!("reading the {what} of {name}"));
     }
+    Ok(req)
+}
+
+pub fn iface_mac(name: &str) -> Result<[u8; 6]> {
+    let req = ifreq_ioctl(name, libc::SIOCGIFHWADDR, "MAC address")?;
     // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
@@ -44,6 +50,15 @@ pub fn iface_mac(name: &str) -> Result<[u8; 6]> {
         *m = *b as u8;
     }
     Ok(mac)
+}
+
+/// Whether `name` is administratively up with its carrier (IFF_UP and IFF_RUNNING).
+pub fn is_up(name: &str) -> bool {
+    ifreq_ioctl(name, libc::SIOCGIFFLAGS, "flags").is_ok_and(|req| {
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+        flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0
+    })
 }
 
 /// The MAC the kernel's neighbour table holds for `gateway` on `iface`, if resolved.

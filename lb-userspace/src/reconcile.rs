@@ -23,7 +23,7 @@ use lb_common::{
 };
 
 use crate::dataplane::Dataplane;
-use crate::state::{BackendSpec, BackendState, DesiredState, Vip, VipSpec};
+use crate::state::{BackendSpec, BackendState, DesiredState, Vip, VipSpec, conflict};
 
 /// The map writes the reconciler needs; `Dataplane` implements it, tests record it.
 pub trait MapWriter {
@@ -280,17 +280,17 @@ impl Reconciler {
         let mut report = ApplyReport::default();
         // Capacity and Maglev tables first: a refusal writes nothing.
         if desired.vips.len() > self.max_vips as usize {
-            bail!(
+            return Err(conflict(format!(
                 "the desired state has more VIPs than the {} the dataplane holds",
                 self.max_vips
-            );
+            )));
         }
         let desired_backends = desired.backend_count();
         if desired_backends > self.max_backends as usize {
-            bail!(
+            return Err(conflict(format!(
                 "the desired state has {desired_backends} backends; the dataplane holds {}",
                 self.max_backends
-            );
+            )));
         }
         let mut tables: BTreeMap<Vip, (Vec<MaglevMember>, MaglevTable)> = BTreeMap::new();
         for (vip, spec) in &desired.vips {
@@ -300,7 +300,7 @@ impl Reconciler {
             });
             if !unchanged {
                 let table = MaglevTable::build(self.ring_size, self.seed, &m)
-                    .map_err(|e| anyhow!("VIP {vip}: {e}"))?;
+                    .map_err(|e| conflict(format!("VIP {vip}: {e}")))?;
                 tables.insert(*vip, (m, table));
             }
         }

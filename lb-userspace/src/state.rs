@@ -293,7 +293,7 @@ pub fn not_found(message: String) -> anyhow::Error {
     .into()
 }
 
-fn conflict(message: String) -> anyhow::Error {
+pub fn conflict(message: String) -> anyhow::Error {
     Refused {
         kind: Refusal::Conflict,
         message,

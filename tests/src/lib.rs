@@ -16,6 +16,8 @@ use lb_common::{
 };
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
+pub mod capture;
+pub mod lab;
 pub mod netns;
 
 pub const XDP_DROP: u32 = 1;

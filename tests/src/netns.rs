@@ -334,9 +334,16 @@ impl AgentFiles {
     }
 
     /// Writes the config: `[agent]` pointing at this test's socket and pins, then `body`.
+    /// Health checks are off unless `body` has a `[health]` table: these tests' backends are
+    /// addresses that capture their packets, not servers (the lab tests check health).
     pub fn write_config(&self, body: &str) -> Result<()> {
+        let health = if body.contains("[health]") {
+            ""
+        } else {
+            "\n[health]\nenabled = false\n"
+        };
         let text = format!(
-            "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\n{body}",
+            "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\n{body}{health}",
             self.socket.display(),
             self.pin_dir.display()
         );

@@ -3,7 +3,6 @@
 //! Every command except `setup` first checks the prerequisites and installs what is missing,
 //! so a fresh Debian machine needs nothing but `cargo xtask test` (as root).
 
-mod lab;
 mod setup;
 
 use std::process::Command;
@@ -41,10 +40,11 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         flows: u32,
     },
-    /// A one-load-balancer lab in namespaces with the agent running (`down` removes it).
+    /// The anycast lab in namespaces: client, BGP router with ECMP, 2 load balancers, 3
+    /// backends. `up` (the default) builds it and shows a live view.
     Lab {
-        #[arg(value_parser = ["up", "down"], default_value = "up")]
-        action: String,
+        #[command(subcommand)]
+        action: Option<LabCmd>,
     },
     /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
     Test {
@@ -52,6 +52,30 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build and start the lab, then show the live view.
+    Up {
+        /// Seconds of live view (0: none).
+        #[arg(long, default_value_t = 20)]
+        view: u64,
+    },
+    /// Live view of the running lab: requests per backend, per load balancer, health.
+    View {
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+    },
+    /// Withdraw one load balancer's routes (`lb node drain`), or restore them.
+    Shift {
+        /// lb1 or lb2.
+        lb: String,
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Stop every process the lab started and remove its namespaces and pins.
+    Down,
 }
 
 fn main() -> Result<()> {
@@ -77,19 +101,35 @@ fn main() -> Result<()> {
         Cmd::Lab { action } => {
             setup::run(false)?;
             setup::require_root("the lab creates namespaces and loads XDP programs")?;
+            let args: Vec<String> = match action.unwrap_or(LabCmd::Up { view: 20 }) {
+                LabCmd::Up { view } => {
+                    build(false)?;
+                    vec!["up".into(), "--view".into(), view.to_string()]
+                }
+                LabCmd::View { secs } => vec!["view".into(), "--secs".into(), secs.to_string()],
+                LabCmd::Shift { lb, restore } => {
+                    let mut a = vec!["shift".into(), lb];
+                    if restore {
+                        a.push("--restore".into());
+                    }
+                    a
+                }
+                LabCmd::Down => vec!["down".into()],
+            };
             // Absolute paths, so the lab works from any directory of the checkout.
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask lives in the workspace");
-            let lb = root.join("target/debug/lb");
-            let lb = lb.to_str().context("non-UTF-8 checkout path")?;
-            if action == "up" {
+            let bin =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb-lab");
+            if !bin.exists() {
                 build(false)?;
-                let config = root.join("examples/lab.toml");
-                lab::up(lb, config.to_str().context("non-UTF-8 checkout path")?)
-            } else {
-                lab::down(lb)
             }
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("the lab command failed ({status})");
+            }
+            Ok(())
         }
         Cmd::Bench { flows } => {
             setup::run(false)?;
@@ -113,6 +153,7 @@ fn test(extra: &[String]) -> Result<()> {
     // The agent tests run the `lb` binary itself; cargo test alone does not build it.
     let mut build = Command::new(&cargo);
     build.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
+    build.args(["--package", "tests", "--bin", "lb-echo"]);
     if extra.iter().any(|a| a == "--release") {
         build.arg("--release");
     }
@@ -233,7 +274,15 @@ fn bench(flows: u32) -> Result<()> {
 
 fn build(release: bool) -> Result<()> {
     step("building the XDP object (nightly, bpfel-unknown-none) and the userspace binaries");
-    let mut args = vec!["build", "--package", "lb-userspace"];
+    // lb (agent, CLI, decap) and lb-echo (the lab's echo service).
+    let mut args = vec![
+        "build",
+        "--package",
+        "lb-userspace",
+        "--package",
+        "tests",
+        "--bins",
+    ];
     if release {
         args.push("--release");
     }

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use crate::step;
 
 /// Debian packages the build and the tests need. util-linux: nsenter (lab) and setpriv (tests);
-/// iproute2: ip (the agent's neighbour lookup, the lab, the tests).
+/// iproute2: ip (the agent's neighbour lookup, the lab, the tests); bird2 and nginx-light: the
+/// lab's BGP speakers and HTTP backends; curl: for people trying the lab.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -19,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "tcpdump",
+    "bird2",
+    "nginx-light",
+    "curl",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,51 @@
+//! Health checks through the tunnel. The agent's check sockets carry a firewall mark naming
+//! one backend; a TC egress program on the load balancer's NIC encapsulates their packets to
+//! that backend exactly as the XDP program encapsulates client packets. A check therefore
+//! tests the backend's decapsulation, its VIP on `lo` and its direct return path, not just
+//! that something listens on its unicast address.
+
+/// Map names in the `lb-hc` object.
+pub mod names {
+    pub const HC_TARGETS: &str = "HC_TARGETS";
+    pub const HC_STATS: &str = "HC_STATS";
+}
+
+/// Marks `HC_MARK_BASE | index` (index < 2^16) belong to health checks. Other marks pass the
+/// TC program untouched.
+pub const HC_MARK_BASE: u32 = 0x4c42_0000;
+pub const HC_MARK_MASK: u32 = 0xffff_0000;
+pub const MAX_HC_TARGETS: u32 = 1 << 16;
+
+/// `HcTarget::flags`: encapsulate in IPv6 + UDP (GUE variant 1), as for a GUE VIP.
+pub const HC_F_GUE: u16 = 1;
+
+/// Where a marked check packet goes: the outer IPv6 header's addresses, per check.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HcTarget {
+    /// The load balancer's tunnel source (words as on the wire).
+    pub src_ip6: [u32; 4],
+    /// The backend's address.
+    pub dst_ip6: [u32; 4],
+    /// GUE destination port, network order (used with `HC_F_GUE`).
+    pub gue_port: u16,
+    pub flags: u16,
+    pub _pad: u32,
+}
+
+/// `HC_STATS` indices (per-CPU packet counts).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HcCounter {
+    /// Check packets encapsulated.
+    Encapsulated = 0,
+    /// Check packets with a check mark but no target: dropped, never sent unencapsulated.
+    DropNoTarget = 1,
+    /// The kernel refused to grow or rewrite the packet.
+    DropEncap = 2,
+}
+
+pub const HC_COUNTER_COUNT: u32 = 3;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HcTarget {}

@@ -1,0 +1,136 @@
+//! `lb_hc_encap`: TC egress on the load balancer's NIC. Packets of the agent's health-check
+//! sockets (marked `HC_MARK_BASE | index`) are encapsulated to the backend `HC_TARGETS[mark]`
+//! names, in the same IPv6 (or IPv6 + UDP for GUE) header the XDP program writes for client
+//! packets. So a check connection to the VIP travels the tunnel like real traffic, and the
+//! backend's reply comes back directly, as for a client. Every other packet passes untouched.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    macros::{classifier, map},
+    maps::{HashMap, PerCpuArray},
+    programs::TcContext,
+};
+use lb_common::healthcheck::{
+    HC_COUNTER_COUNT, HC_F_GUE, HC_MARK_BASE, HC_MARK_MASK, HcCounter, HcTarget, MAX_HC_TARGETS,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const HOP_LIMIT: u8 = 64;
+
+#[map]
+static HC_TARGETS: HashMap<u32, HcTarget> = HashMap::with_max_entries(MAX_HC_TARGETS, 0);
+
+#[map]
+static HC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HC_COUNTER_COUNT, 0);
+
+/// The outer IPv6 header, as on the wire.
+#[repr(C)]
+struct Ipv6Header {
+    word0: u32,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+#[repr(C)]
+struct UdpHeader {
+    src_port: u16,
+    dst_port: u16,
+    len: u16,
+    csum: u16,
+}
+
+#[inline(always)]
+fn count(c: HcCounter) {
+    if let Some(v) = HC_STATS.get_ptr_mut(c as u32) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[classifier]
+pub fn lb_hc_encap(ctx: TcContext) -> i32 {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & HC_MARK_MASK != HC_MARK_BASE {
+        return TC_ACT_OK as i32;
+    }
+    // A check packet must never leave unencapsulated: the router would send it to the VIP
+    // through any load balancer and the check would pass for the wrong backend.
+    let Some(target) = (unsafe { HC_TARGETS.get(&mark) }) else {
+        count(HcCounter::DropNoTarget);
+        return TC_ACT_SHOT as i32;
+    };
+    match encapsulate(&ctx, target) {
+        Ok(()) => {
+            count(HcCounter::Encapsulated);
+            TC_ACT_OK as i32
+        }
+        Err(()) => {
+            count(HcCounter::DropEncap);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
+    let next_header = match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
+        ETH_P_IP => 4,
+        ETH_P_IPV6 => 41,
+        _ => return Err(()),
+    };
+    let inner_len = (ctx.len() as usize).checked_sub(ETH_HLEN).ok_or(())? as u16;
+    let gue = t.flags & HC_F_GUE != 0;
+    let (grow, flags) = if gue {
+        (
+            48,
+            BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        )
+    } else {
+        (40, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6)
+    };
+    ctx.adjust_room(grow, BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| ())?;
+    let payload_len = inner_len + if gue { 8 } else { 0 };
+    let ip = Ipv6Header {
+        word0: (6u32 << 28).to_be(),
+        payload_len: payload_len.to_be(),
+        next_header: if gue { 17 } else { next_header },
+        hop_limit: HOP_LIMIT,
+        src: t.src_ip6,
+        dst: t.dst_ip6,
+    };
+    ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
+    if gue {
+        let udp = UdpHeader {
+            src_port: (0xC000u16 | (mark_port(ctx) & 0x3FFF)).to_be(),
+            dst_port: t.gue_port,
+            len: payload_len.to_be(),
+            // Zero UDP checksum for a tunnel over IPv6 (RFC 6935), as the XDP program does.
+            csum: 0,
+        };
+        ctx.store(ETH_HLEN + 40, &udp, 0).map_err(|_| ())?;
+    }
+    ctx.store(12, &ETH_P_IPV6.to_be(), 0).map_err(|_| ())
+}
+
+/// A per-packet varying source port is pointless for a handful of check packets; the mark's
+/// index keeps each check on one RSS queue.
+#[inline(always)]
+fn mark_port(ctx: &TcContext) -> u16 {
+    (unsafe { (*ctx.skb.skb).mark } & 0xFFFF) as u16
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    unsafe { core::hint::unreachable_unchecked() }
+}

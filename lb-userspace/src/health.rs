@@ -1,0 +1,415 @@
+//! Health checks through the tunnel.
+//!
+//! Each (VIP, backend) gets a check: a TCP connection to the VIP's port, optionally with an
+//! HTTP GET, made by the agent's own kernel stack. The socket carries a mark that names the
+//! backend; the `lb_hc_encap` TC egress program (lb-ebpf/src/healthcheck.rs) encapsulates its
+//! packets to that backend like client packets, and the backend answers directly. A passing
+//! check therefore proves the backend's decapsulation, VIP on `lo`, service and return path.
+//!
+//! The health task owns the TC program and its map. It runs one small loop per check and
+//! tells the dataplane task about transitions only (`Command::Health`); the dataplane task
+//! takes a down backend out of the Maglev table like a drained one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use aya::Ebpf;
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::{SchedClassifier, TcAttachType};
+use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcTarget, MAX_HC_TARGETS, names};
+use lb_common::v6_words;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{CheckKind, HealthConfig};
+use crate::state::Vip;
+
+/// What one check does, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub vip: Vip,
+    pub backend: Ipv6Addr,
+    pub gue: bool,
+    pub port: u16,
+    pub kind: CheckKind,
+    pub http_path: String,
+    pub http_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl CheckSpec {
+    /// The check of `backend` under `vip`, if `cfg` checks this VIP at all.
+    pub fn new(vip: Vip, backend: Ipv6Addr, gue: bool, cfg: &HealthConfig) -> Option<Self> {
+        Some(CheckSpec {
+            vip,
+            backend,
+            gue,
+            port: cfg.port_for(&vip)?,
+            kind: cfg.kind,
+            http_path: cfg.http_path.clone(),
+            http_status: cfg.http_status,
+            interval: Duration::from_millis(cfg.interval_ms),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            rise: cfg.rise,
+            fall: cfg.fall,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.kind {
+            CheckKind::Tcp => format!("tcp:{}", self.port),
+            CheckKind::Http => format!(
+                "http:{}{} = {}",
+                self.port, self.http_path, self.http_status
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet (counts as up: a restarted agent must not empty its tables).
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        })
+    }
+}
+
+/// A check's transition, sent to the dataplane task.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub vip: Vip,
+    pub backend: Ipv6Addr,
+    pub health: Health,
+    /// The last result: "ok" or why it failed.
+    pub detail: String,
+}
+
+/// Rise/fall bookkeeping of one check. The first result decides at once (nothing is known
+/// before it); after that, `rise` successes or `fall` failures in a row flip the state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hysteresis {
+    pub health: Health,
+    streak: u32,
+}
+
+impl Hysteresis {
+    /// Feeds one result; returns the new state if it changed.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Health> {
+        let next = match (self.health, ok) {
+            (Health::Unknown, true) => Health::Up,
+            (Health::Unknown, false) => Health::Down,
+            (Health::Up, true) | (Health::Down, false) => {
+                self.streak = 0;
+                return None;
+            }
+            (Health::Up, false) | (Health::Down, true) => {
+                self.streak += 1;
+                let need = if ok { rise } else { fall };
+                if self.streak < need {
+                    return None;
+                }
+                if ok { Health::Up } else { Health::Down }
+            }
+        };
+        self.streak = 0;
+        self.health = next;
+        Some(next)
+    }
+}
+
+/// Loads `lb_hc_encap` and attaches it to the egress of each NIC (TCX links, owned by the
+/// returned object: they go away with the agent, and so do the checks).
+pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(crate::HC_OBJECT).context("loading the health-check program")?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut("lb_hc_encap")
+        .context("lb_hc_encap missing from the object")?
+        .try_into()?;
+    prog.load().context("verifying lb_hc_encap")?;
+    for iface in ifaces {
+        prog.attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching the health-check encapsulation to {iface}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// The tunnel parameters every check shares.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    pub source: Ipv6Addr,
+    /// GUE destination port (host order).
+    pub gue_port: u16,
+    /// The NIC check sockets are bound to, so they can only leave where the TC program runs.
+    pub iface: String,
+}
+
+struct Running {
+    spec: CheckSpec,
+    index: u32,
+    task: JoinHandle<()>,
+}
+
+/// The health task: keeps one loop per wanted check, each with its own mark and map entry.
+pub async fn run(
+    mut ebpf: Ebpf,
+    tunnel: Tunnel,
+    mut wanted: watch::Receiver<Vec<CheckSpec>>,
+    tx: mpsc::Sender<crate::agent::Command>,
+) {
+    let mut targets: BpfHashMap<_, u32, HcTarget> =
+        match ebpf.take_map(names::HC_TARGETS).map(BpfHashMap::try_from) {
+            Some(Ok(m)) => m,
+            _ => return warn!("health checks disabled: {} map missing", names::HC_TARGETS),
+        };
+    let mut running: BTreeMap<(Vip, Ipv6Addr), Running> = BTreeMap::new();
+    let mut free: Vec<u32> = (0..MAX_HC_TARGETS).rev().collect();
+    loop {
+        let specs = wanted.borrow_and_update().clone();
+        let keep: BTreeSet<(Vip, Ipv6Addr)> = specs.iter().map(|s| (s.vip, s.backend)).collect();
+        // Stop checks no longer wanted, or whose settings changed.
+        let stale: Vec<_> = running
+            .iter()
+            .filter(|(k, r)| !keep.contains(k) || !specs.contains(&r.spec))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            let r = running.remove(&k).expect("listed above");
+            r.task.abort();
+            let _ = targets.remove(&(HC_MARK_BASE | r.index));
+            free.push(r.index);
+        }
+        for spec in specs {
+            let key = (spec.vip, spec.backend);
+            if running.contains_key(&key) {
+                continue;
+            }
+            let Some(index) = free.pop() else {
+                warn!(
+                    "more than {MAX_HC_TARGETS} checks; {} is not checked",
+                    spec.backend
+                );
+                continue;
+            };
+            let mark = HC_MARK_BASE | index;
+            let target = HcTarget {
+                src_ip6: v6_words(tunnel.source),
+                dst_ip6: v6_words(spec.backend),
+                gue_port: tunnel.gue_port.to_be(),
+                flags: if spec.gue { HC_F_GUE } else { 0 },
+                _pad: 0,
+            };
+            if let Err(e) = targets.insert(mark, target, 0) {
+                warn!(backend = %spec.backend, "health-check target not installed: {e}");
+                free.push(index);
+                continue;
+            }
+            info!(vip = %spec.vip, backend = %spec.backend, check = spec.describe(), "checking");
+            let task = tokio::spawn(check_loop(
+                spec.clone(),
+                mark,
+                tunnel.iface.clone(),
+                tx.clone(),
+            ));
+            running.insert(key, Running { spec, index, task });
+        }
+        if wanted.changed().await.is_err() {
+            break;
+        }
+    }
+    for r in running.values() {
+        r.task.abort();
+    }
+}
+
+async fn check_loop(
+    spec: CheckSpec,
+    mark: u32,
+    iface: String,
+    tx: mpsc::Sender<crate::agent::Command>,
+) {
+    let mut state = Hysteresis::default();
+    let mut tick = tokio::time::interval(spec.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = match tokio::time::timeout(spec.timeout, probe(&spec, mark, &iface)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("no answer within {} ms", spec.timeout.as_millis())),
+        };
+        let detail = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if let Some(health) = state.record(result.is_ok(), spec.rise, spec.fall) {
+            let t = Transition {
+                vip: spec.vip,
+                backend: spec.backend,
+                health,
+                detail,
+            };
+            if tx.send(crate::agent::Command::Health(t)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One check: connect to the VIP through the tunnel to this backend, then (HTTP) ask.
+async fn probe(spec: &CheckSpec, mark: u32, iface: &str) -> Result<()> {
+    let addr = SocketAddr::new(spec.vip.addr, spec.port);
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    set_sockopt(socket.as_raw_fd(), libc::SO_MARK, &mark.to_ne_bytes())?;
+    set_sockopt(socket.as_raw_fd(), libc::SO_BINDTODEVICE, iface.as_bytes())?;
+    // Close with a reset: a check leaves no TIME_WAIT behind on either side. (Linger 0 never
+    // blocks the closing thread.)
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is plain data; viewed as its bytes for setsockopt.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&linger as *const libc::linger).cast::<u8>(),
+            std::mem::size_of::<libc::linger>(),
+        )
+    };
+    set_sockopt(socket.as_raw_fd(), libc::SO_LINGER, bytes)?;
+    let mut stream = socket.connect(addr).await.context("connect")?;
+    if spec.kind == CheckKind::Tcp {
+        return Ok(());
+    }
+    let host = match spec.vip.addr {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lb-health\r\nConnection: close\r\n\r\n",
+        spec.http_path
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .context("sending the request")?;
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    while got < buf.len() && !buf[..got].contains(&b'\n') {
+        let n = stream
+            .read(&mut buf[got..])
+            .await
+            .context("reading the answer")?;
+        ensure!(n > 0, "connection closed before a status line");
+        got += n;
+    }
+    let status = parse_status(&buf[..got])?;
+    if status != spec.http_status {
+        bail!("HTTP status {status}, expected {}", spec.http_status);
+    }
+    // Read to the server's close (bounded by the timeout around the probe): closing first
+    // would leave the server's last segments to a socket that is gone, and the kernel's
+    // unmarked resets to them would leave untunnelled.
+    let mut rest = 0usize;
+    while rest < 1 << 20 {
+        let n = stream.read(&mut buf).await.context("reading the answer")?;
+        if n == 0 {
+            break;
+        }
+        rest += n;
+    }
+    Ok(())
+}
+
+/// The status code of an HTTP/1.x status line.
+pub fn parse_status(head: &[u8]) -> Result<u16> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = std::str::from_utf8(line).context("the status line is not text")?;
+    let mut parts = line.split_ascii_whitespace();
+    let version = parts.next().unwrap_or_default();
+    ensure!(
+        version.starts_with("HTTP/1."),
+        "not an HTTP/1 answer: {:?}",
+        line.trim()
+    );
+    parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (100..=599).contains(c))
+        .ok_or_else(|| anyhow!("bad status line {:?}", line.trim()))
+}
+
+fn set_sockopt(fd: i32, opt: libc::c_int, value: &[u8]) -> Result<()> {
+    // SAFETY: `value` is valid for its length; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_result_decides_then_rise_and_fall_count() {
+        let mut h = Hysteresis::default();
+        assert_eq!(h.record(true, 3, 3), Some(Health::Up));
+        assert_eq!(h.record(false, 3, 3), None);
+        assert_eq!(h.record(false, 3, 3), None);
+        // A success in between restarts the count.
+        assert_eq!(h.record(true, 3, 3), None);
+        assert_eq!(h.record(false, 3, 3), None);
+        assert_eq!(h.record(false, 3, 3), None);
+        assert_eq!(h.record(false, 3, 3), Some(Health::Down));
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), Some(Health::Up));
+        let mut h = Hysteresis::default();
+        assert_eq!(h.record(false, 3, 3), Some(Health::Down));
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\nServer: x").unwrap(), 200);
+        assert_eq!(parse_status(b"HTTP/1.0 503 Busy\r\n").unwrap(), 503);
+        for bad in [
+            &b"SSH-2.0-x\r\n"[..],
+            b"HTTP/1.1 abc\r\n",
+            b"HTTP/1.1 99 x\r\n",
+            b"",
+        ] {
+            assert!(parse_status(bad).is_err(), "{bad:?}");
+        }
+    }
+}

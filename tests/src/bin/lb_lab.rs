@@ -1,0 +1,323 @@
+//! `lb-lab`, run by `cargo xtask lab`: the anycast lab (tests/src/lab.rs builds it) for people.
+//! `up` builds it and shows a live view; `view` shows it again; `shift` withdraws or restores
+//! one load balancer's routes; `down` removes everything it started.
+//!
+//! usage: lb-lab up [--view SECS] | view [--secs SECS] | shift lb1|lb2 [--restore] | down
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tests::lab::{self, HealthTiming, Lab, LabOptions};
+
+const PREFIX: &str = "lblab";
+const RUN_DIR: &str = "/run/lb-lab";
+const PIN_ROOT: &str = "/sys/fs/bpf/lb-lab";
+
+fn options(root: &Path) -> LabOptions {
+    LabOptions {
+        prefix: PREFIX.into(),
+        run_dir: RUN_DIR.into(),
+        pin_root: PIN_ROOT.into(),
+        lb_bin: root.join("target/debug/lb"),
+        echo_bin: root.join("target/debug/lb-echo"),
+        lbs: 2,
+        backends: 3,
+        health: HealthTiming::default(),
+    }
+}
+
+/// The running lab, not torn down when this process exits.
+fn running(root: &Path) -> Result<Lab> {
+    let opts = options(root);
+    if !Lab::exists(&opts) {
+        bail!("the lab is not up (`cargo xtask lab` starts it)");
+    }
+    Ok(Lab { opts, owned: false })
+}
+
+fn up(root: &Path, view_secs: u64) -> Result<()> {
+    let started = Instant::now();
+    let mut lab = Lab::up(options(root), &mut |step| println!("[lab] {step}"))?;
+    lab.owned = false;
+    println!("[lab] up in {:.1} s\n", started.elapsed().as_secs_f64());
+    describe(&lab);
+    view(&lab, view_secs)
+}
+
+fn view_running(root: &Path, secs: u64) -> Result<()> {
+    view(&running(root)?, secs)
+}
+
+fn down(root: &Path) -> Result<()> {
+    let lab = Lab {
+        opts: options(root),
+        owned: false,
+    };
+    let c = lab.down();
+    println!(
+        "[lab] stopped {} processes, removed {} namespaces, the pins under {PIN_ROOT} and {RUN_DIR}",
+        c.processes, c.namespaces
+    );
+    if !c.leftovers.is_empty() {
+        bail!("could not remove: {}", c.leftovers.join("; "));
+    }
+    Ok(())
+}
+
+/// Withdraws (`lb node drain`) or restores one load balancer's routes, then shows the router.
+fn shift(root: &Path, lb_name: &str, restore: bool) -> Result<()> {
+    let lab = running(root)?;
+    let i: usize = lb_name
+        .strip_prefix("lb")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=lab.opts.lbs).contains(n))
+        .with_context(|| format!("no load balancer `{lb_name}`: use lb1 or lb2"))?;
+    let verb = if restore { "undrain" } else { "drain" };
+    let out = lab.lb(i, &["node", verb]);
+    if !out.status.success() {
+        bail!(
+            "lb node {verb}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    print!("[lab] lb{i}: {}", String::from_utf8_lossy(&out.stdout));
+    let want = if restore {
+        lab.opts.lbs
+    } else {
+        lab.opts.lbs - 1
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        let n = lab.router_paths(IpAddr::V4(lab::VIP4))?.len();
+        if n == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "[lab] router after {:.1} s:",
+        started.elapsed().as_secs_f64()
+    );
+    for vip in [IpAddr::V4(lab::VIP4), IpAddr::V6(lab::VIP6)] {
+        let hops: Vec<String> = lab
+            .router_paths(vip)?
+            .into_iter()
+            .map(|h| format!("lb{} ({h})", lab.lb_of_hop(h).unwrap_or(0)))
+            .collect();
+        let hops = if hops.is_empty() {
+            "nothing".to_string()
+        } else {
+            hops.join(", ")
+        };
+        println!("    {vip} via {hops}");
+    }
+    Ok(())
+}
+
+fn describe(lab: &Lab) {
+    let o = &lab.opts;
+    println!(
+        "  client    {}-client   {} / {}",
+        o.prefix,
+        lab::CLIENT4,
+        lab::CLIENT6
+    );
+    println!(
+        "  router    {}-router   BIRD, ECMP over the load balancers (L4 hash)",
+        o.prefix
+    );
+    for i in 1..=o.lbs {
+        println!(
+            "  lb{i}       {}-lb{i}      {} / {}  agent socket {}",
+            o.prefix,
+            lab::lb_link4(i).1,
+            lab::lb_link6(i).1,
+            lab.socket(i).display()
+        );
+    }
+    for j in 1..=o.backends {
+        println!(
+            "  b{j}        {}-b{j}       tunnel address {}",
+            o.prefix,
+            lab::backend_link6(j).1
+        );
+    }
+    println!(
+        "  VIPs      {}:{{80,7777}}  [{}]:{{80,7777}}   (80: nginx, 7777: echo)",
+        lab::VIP4,
+        lab::VIP6
+    );
+    println!(
+        "\n  try:  LB_SOCKET={} target/debug/lb backend list",
+        lab.socket(1).display()
+    );
+    println!(
+        "        ip netns exec {}-client curl -s http://{}/",
+        o.prefix,
+        lab::VIP4
+    );
+    println!("        cargo xtask lab shift lb1    (and --restore), cargo xtask lab down\n");
+}
+
+/// Sends HTTP requests from the client for `secs` seconds and prints, every 2 s, requests per
+/// backend, packets per load balancer, the router's paths and health.
+fn view(lab: &Lab, secs: u64) -> Result<()> {
+    if secs == 0 {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::channel::<Result<String, String>>();
+    let ns = lab.ns("client");
+    let until = Instant::now() + Duration::from_secs(secs);
+    let load = std::thread::spawn(move || {
+        lab::in_ns(&ns, move || {
+            let vips = [
+                SocketAddr::new(IpAddr::V4(lab::VIP4), lab::HTTP_PORT),
+                SocketAddr::new(IpAddr::V6(lab::VIP6), lab::HTTP_PORT),
+            ];
+            let mut n = 0usize;
+            while Instant::now() < until {
+                let r = lab::http_get(vips[n % 2], Duration::from_secs(1))
+                    .map_err(|e| format!("{e:#}"));
+                if tx.send(r).is_err() {
+                    return;
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
+    let mut per_backend: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failed = 0u64;
+    let mut last_error = String::new();
+    let started = Instant::now();
+    while Instant::now() < until {
+        std::thread::sleep(
+            Duration::from_secs(2).min(until.saturating_duration_since(Instant::now())),
+        );
+        for r in rx.try_iter() {
+            match r {
+                Ok(b) => *per_backend.entry(b).or_default() += 1,
+                Err(e) => {
+                    failed += 1;
+                    last_error = e;
+                }
+            }
+        }
+        print_view(lab, started.elapsed(), &per_backend, failed, &last_error);
+    }
+    let _ = load.join();
+    println!(
+        "[lab] still running: `cargo xtask lab view` watches again, `cargo xtask lab down` removes it"
+    );
+    Ok(())
+}
+
+fn print_view(
+    lab: &Lab,
+    t: Duration,
+    per_backend: &BTreeMap<String, u64>,
+    failed: u64,
+    last_error: &str,
+) {
+    let total: u64 = per_backend.values().sum();
+    println!(
+        "--- t = {:>3} s: {total} requests answered, {failed} failed ---",
+        t.as_secs()
+    );
+    let mut line = String::from("  requests per backend:");
+    for (b, n) in per_backend {
+        line.push_str(&format!(
+            "  {b} {n} ({:.0}%)",
+            *n as f64 * 100.0 / total.max(1) as f64
+        ));
+    }
+    println!("{line}");
+    let paths = lab.router_paths(IpAddr::V4(lab::VIP4)).unwrap_or_default();
+    for i in 1..=lab.opts.lbs {
+        let routed = paths.iter().any(|h| lab.lb_of_hop(*h) == Some(i));
+        let pkts: u64 = lab
+            .lb_json(i, &["stats"])
+            .ok()
+            .and_then(|s| {
+                s["now"]["vips"].as_array().map(|v| {
+                    v.iter()
+                        .map(|e| e[1]["packets"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+            })
+            .unwrap_or(0);
+        let health: Vec<String> = lab
+            .lb_json(
+                i,
+                &[
+                    "backend",
+                    "list",
+                    &format!("{}:{}/tcp", lab::VIP4, lab::HTTP_PORT),
+                ],
+            )
+            .ok()
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .map(|b| {
+                            let j = (1..=lab.opts.backends)
+                                .find(|&j| b["backend"] == lab::backend_link6(j).1.to_string())
+                                .unwrap_or(0);
+                            format!("b{j} {}", b["health"].as_str().unwrap_or("?"))
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        println!(
+            "  lb{i}: {:<9} VIP packets in {pkts:>8}   health {}",
+            if routed { "routed" } else { "withdrawn" },
+            health.join(", ")
+        );
+    }
+    if failed > 0 && !last_error.is_empty() {
+        println!("  last failure: {last_error}");
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests lives in the workspace")
+        .to_path_buf()
+}
+
+const USAGE: &str =
+    "usage: lb-lab up [--view SECS] | view [--secs SECS] | shift lb1|lb2 [--restore] | down";
+
+fn secs(args: &[String], flag: &str) -> Result<u64> {
+    match args {
+        [] => Ok(20),
+        [f, n] if f == flag => n.parse().with_context(|| format!("{flag} takes seconds")),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab creates namespaces and loads XDP programs: run as root");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    match args.first().map(String::as_str).unwrap_or("up") {
+        "up" => up(&root, secs(args.get(1..).unwrap_or_default(), "--view")?),
+        "view" => view_running(&root, secs(&args[1..], "--secs")?),
+        "shift" => match &args[1..] {
+            [lb] => shift(&root, lb, false),
+            [lb, r] if r == "--restore" => shift(&root, lb, true),
+            _ => bail!("{USAGE}"),
+        },
+        "down" if args.len() == 1 => down(&root),
+        _ => bail!("{USAGE}"),
+    }
+}

@@ -1,0 +1,144 @@
+//! A packet capture over every interface of one namespace (one unbound AF_PACKET socket),
+//! counting frames by interface and direction with a caller's classifier. Drops in the
+//! socket are reported, so a test never trusts an incomplete count.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, ensure};
+
+use crate::lab::in_ns;
+
+/// (interface index, outgoing?, class) -> frames.
+pub type Counts = BTreeMap<(u32, bool, &'static str), u64>;
+
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(Counts, u32), String>>>,
+}
+
+impl Capture {
+    /// Starts capturing in namespace `ns`; `classify` names a frame's class or ignores it.
+    pub fn start(ns: &str, classify: fn(&[u8]) -> Option<&'static str>) -> Result<Capture> {
+        let fd = in_ns(ns, open_socket)?.map_err(|e| anyhow!("capture socket: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || run(fd, flag, classify));
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the counts; fails if the kernel dropped frames for this socket.
+    pub fn finish(mut self) -> Result<Counts> {
+        // Frames already queued are read before the thread looks at the flag again.
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        let (counts, drops) = self
+            .thread
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| anyhow!("capture thread panicked"))?
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            drops == 0,
+            "the capture dropped {drops} frames; its counts are incomplete"
+        );
+        Ok(counts)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn open_socket() -> Result<OwnedFd, String> {
+    let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size: libc::c_int = 64 << 20;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: valid fd and option values of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            4,
+        );
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+fn run(
+    fd: OwnedFd,
+    stop: Arc<AtomicBool>,
+    classify: fn(&[u8]) -> Option<&'static str>,
+) -> Result<(Counts, u32), String> {
+    let mut counts = Counts::new();
+    let mut buf = vec![0u8; 65536];
+    // Bounded: the owner stops it; a forgotten capture ends after 10 minutes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        // SAFETY: sockaddr_ll is plain data filled by recvfrom.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: buf and addr are valid for their lengths.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut addr as *mut libc::sockaddr_ll).cast(),
+                &mut alen,
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        if let Some(class) = classify(&buf[..n as usize]) {
+            let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING;
+            *counts
+                .entry((addr.sll_ifindex as u32, outgoing, class))
+                .or_default() += 1;
+        }
+    }
+    // SAFETY: tpacket_stats is plain data; PACKET_STATISTICS fills it (and resets it).
+    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        );
+    }
+    Ok((counts, st.tp_drops))
+}
