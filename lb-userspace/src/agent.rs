@@ -136,51 +136,6 @@ fn lb_config(cfg: &Config) -> LbConfig {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Makes sure `/sys/fs/bpf` is a bpffs (mounting it if needed) and that `pin_dir` is on one.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let is_bpffs = |p: &Path| -> bool {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-            return false;
-        };
-        // SAFETY: statfs fills the struct for a NUL-terminated path.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-    };
-    let root = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(root) && !is_bpffs(root) {
-        info!("mounting bpffs on /sys/fs/bpf");
-        let (src, target, fstype, opts) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
-        // SAFETY: constant NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
-        }
-    }
-    let mut probe = pin_dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    if !is_bpffs(&probe) {
-        bail!(
-            "agent.pin_dir {} is not on a bpffs (mount one, or use a directory under /sys/fs/bpf)",
-            pin_dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// Fails if an agent already answers on `socket`; removes a stale socket file.
 async fn claim_socket(socket: &Path) -> Result<()> {
     if UnixStream::connect(socket).await.is_ok() {
@@ -238,7 +193,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         bail!("the agent loads XDP programs and needs root");
     }
     let pin_dir = config.agent.pin_dir.clone();
-    ensure_bpffs(&pin_dir)?;
+    crate::dataplane::ensure_bpffs(&pin_dir)?;
     claim_socket(&config.agent.api_socket).await?;
 
     let mut dp = Dataplane::load_pinned(config.limits(), &pin_dir)?;

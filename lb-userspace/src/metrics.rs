@@ -100,6 +100,16 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_backend_healthy",
+        "gauge",
+        "1 while a backend's health check passes (or has not run yet), 0 when it is down; checked backends only.",
+        backends
+            .iter()
+            .filter(|b| b.health != "unchecked")
+            .map(|b| (backend(&b.vip, &b.backend), u64::from(b.health != "down"))),
+    );
+    family(
+        &mut o,
         "lb_drops_total",
         "counter",
         "Packets dropped, by reason.",

@@ -315,7 +315,7 @@ impl Lab {
         for n in self.nodes() {
             std::fs::create_dir_all(self.dir(&n))?;
         }
-        ensure_bpffs()?;
+        lb_userspace::dataplane::ensure_bpffs(&o.pin_root)?;
         std::fs::create_dir_all(&o.pin_root)
             .with_context(|| format!("creating {}", o.pin_root.display()))?;
 
@@ -669,7 +669,7 @@ impl Lab {
         let (_, l6) = lb_link6(i);
         let h = o.health;
         let mut c = format!(
-            "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\n\n\
+            "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\nmetrics = \"127.0.0.1:9450\"\n\n\
              [dataplane]\ntunnel_source = \"{l6}\"\nseed = {SEED}\nmax_flows = 200000\n\
              tcp_closing_timeout_secs = 10\n\n\
              [[interface]]\nname = \"eth0\"\ngateway = \"{r4}\"\n\n\
@@ -865,19 +865,6 @@ fn ethtool_tx_off(ns: &str, iface: &str) -> Result<()> {
         "ip",
         &["netns", "exec", ns, "ethtool", "-K", iface, "tx", "off"],
     )?;
-    Ok(())
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn ensure_bpffs() -> Result<()> {
-    // SAFETY: statfs fills a plain struct for a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) } == 0;
-    if ok && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    sh("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
     Ok(())
 }
 

@@ -147,8 +147,17 @@ fn requests_spread_over_backends_and_replies_bypass_the_load_balancers() {
         let dev = (*n as f64 - 500.0).abs() / 500.0;
         assert!(dev <= 0.15, "{b} got {n} of 1500 connections to {t}");
     }
-    // Both load balancers carried some of them (the router spreads with ECMP).
-    let before: Vec<u64> = (1..=2).map(|i| vip_packets(&lab, i)).collect();
+    // Both load balancers carried some of them (the router spreads with ECMP). Wait for the
+    // last closing segments to pass, so the counts below only hold the captured requests.
+    let mut before: Vec<u64> = (1..=2).map(|i| vip_packets(&lab, i)).collect();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now: Vec<u64> = (1..=2).map(|i| vip_packets(&lab, i)).collect();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     assert!(
         before.iter().all(|&p| p > 0),
         "both load balancers forward: {before:?}"
@@ -567,10 +576,11 @@ fn health_checks_take_down_backends_out_and_withdraw_dead_vips() {
     let http4 = format!("{VIP4}:{HTTP_PORT}/tcp");
     let http6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
 
-    // One server stops: detected within fall x interval + timeout (+ one interval of phase).
+    // One server stops: detected within fall x interval + timeout, plus one interval (the
+    // stop falls anywhere in a check period) and 500 ms for this test's polling of two CLIs.
     let stopped = Instant::now();
     lab.stop_server(2, Server::Http).unwrap();
-    let limit = Duration::from_millis(h.interval_ms * (h.fall as u64 + 1) + h.timeout_ms);
+    let limit = Duration::from_millis(h.interval_ms * (h.fall as u64 + 1) + h.timeout_ms + 500);
     let detected = wait_until(
         "b2 down on both load balancers",
         limit + Duration::from_secs(2),
@@ -595,6 +605,22 @@ fn health_checks_take_down_backends_out_and_withdraw_dead_vips() {
     );
     let text = String::from_utf8_lossy(&lab.lb(1, &["backend", "list"]).stdout).into_owned();
     assert!(text.contains("down ("), "the table shows why: {text}");
+    let metrics = in_ns(&lab.ns("lb1"), || {
+        let mut s = TcpStream::connect("127.0.0.1:9450").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .unwrap();
+    let gauge = |j: usize| {
+        format!(
+            "lb_backend_healthy{{vip=\"{http4}\",backend=\"{}\"}}",
+            lab::backend_link6(j).1
+        )
+    };
+    assert!(metrics.contains(&format!("{} 0\n", gauge(2))), "{metrics}");
+    assert!(metrics.contains(&format!("{} 1\n", gauge(1))), "{metrics}");
 
     // Every server of every backend stops: the VIPs are withdrawn everywhere.
     for j in [1, 3] {
