@@ -8,7 +8,11 @@
 pub mod names {
     pub const HC_TARGETS: &str = "HC_TARGETS";
     pub const HC_STATS: &str = "HC_STATS";
+    pub const HC_VIPS: &str = "HC_VIPS";
 }
+
+/// Most VIP addresses the TC program guards against stray resets (`HC_VIPS`).
+pub const MAX_HC_VIPS: u32 = 4096;
 
 /// Marks `HC_MARK_BASE | index` (index < 2^16) belong to health checks. Other marks pass the
 /// TC program untouched.
@@ -43,9 +47,13 @@ pub enum HcCounter {
     DropNoTarget = 1,
     /// The kernel refused to grow or rewrite the packet.
     DropEncap = 2,
+    /// An unmarked TCP reset from this host to a VIP: the kernel answering a backend's late
+    /// segment of a finished check (no socket, so no mark). Dropped: it would otherwise reach
+    /// the VIP untunnelled through the router.
+    DropStrayReset = 3,
 }
 
-pub const HC_COUNTER_COUNT: u32 = 3;
+pub const HC_COUNTER_COUNT: u32 = 4;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HcTarget {}

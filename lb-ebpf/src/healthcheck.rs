@@ -17,6 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::healthcheck::{
     HC_COUNTER_COUNT, HC_F_GUE, HC_MARK_BASE, HC_MARK_MASK, HcCounter, HcTarget, MAX_HC_TARGETS,
+    MAX_HC_VIPS,
 };
 
 const ETH_HLEN: usize = 14;
@@ -29,6 +30,10 @@ static HC_TARGETS: HashMap<u32, HcTarget> = HashMap::with_max_entries(MAX_HC_TAR
 
 #[map]
 static HC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HC_COUNTER_COUNT, 0);
+
+/// The checked VIP addresses (IPv4 in the first word, the rest zero).
+#[map]
+static HC_VIPS: HashMap<[u32; 4], u8> = HashMap::with_max_entries(MAX_HC_VIPS, 0);
 
 /// The outer IPv6 header, as on the wire.
 #[repr(C)]
@@ -60,6 +65,10 @@ fn count(c: HcCounter) {
 pub fn lb_hc_encap(ctx: TcContext) -> i32 {
     let mark = unsafe { (*ctx.skb.skb).mark };
     if mark & HC_MARK_MASK != HC_MARK_BASE {
+        if is_stray_reset(&ctx) {
+            count(HcCounter::DropStrayReset);
+            return TC_ACT_SHOT as i32;
+        }
         return TC_ACT_OK as i32;
     }
     // A check packet must never leave unencapsulated: the router would send it to the VIP
@@ -120,6 +129,44 @@ fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
         ctx.store(ETH_HLEN + 40, &udp, 0).map_err(|_| ())?;
     }
     ctx.store(12, &ETH_P_IPV6.to_be(), 0).map_err(|_| ())
+}
+
+/// Whether an unmarked packet is a TCP reset to a checked VIP. A check's socket marks all it
+/// sends, even from TIME_WAIT; a reset without a mark comes from no socket: the kernel answering
+/// a backend's segment that arrived after the check's socket was gone.
+#[inline(always)]
+fn is_stray_reset(ctx: &TcContext) -> bool {
+    const TCP: u8 = 6;
+    const RST: u8 = 0x04;
+    let (dst, flags_at) = match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
+        ETH_P_IP => {
+            let Ok(vihl) = ctx.load::<u8>(ETH_HLEN) else {
+                return false;
+            };
+            if ctx.load::<u8>(ETH_HLEN + 9) != Ok(TCP) {
+                return false;
+            }
+            let Ok(d) = ctx.load::<u32>(ETH_HLEN + 16) else {
+                return false;
+            };
+            ([d, 0, 0, 0], ETH_HLEN + (vihl as usize & 0x0f) * 4 + 13)
+        }
+        ETH_P_IPV6 => {
+            if ctx.load::<u8>(ETH_HLEN + 6) != Ok(TCP) {
+                return false;
+            }
+            let Ok(d) = ctx.load::<[u32; 4]>(ETH_HLEN + 24) else {
+                return false;
+            };
+            (d, ETH_HLEN + 40 + 13)
+        }
+        _ => return false,
+    };
+    if flags_at > ETH_HLEN + 60 + 13 {
+        return false;
+    }
+    matches!(ctx.load::<u8>(flags_at), Ok(f) if f & RST != 0)
+        && unsafe { HC_VIPS.get(&dst) }.is_some()
 }
 
 /// A per-packet varying source port is pointless for a handful of check packets; the mark's

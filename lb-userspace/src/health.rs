@@ -182,10 +182,26 @@ pub async fn run(
             Some(Ok(m)) => m,
             _ => return warn!("health checks disabled: {} map missing", names::HC_TARGETS),
         };
+    let mut vips: BpfHashMap<_, [u32; 4], u8> =
+        match ebpf.take_map(names::HC_VIPS).map(BpfHashMap::try_from) {
+            Some(Ok(m)) => m,
+            _ => return warn!("health checks disabled: {} map missing", names::HC_VIPS),
+        };
     let mut running: BTreeMap<(Vip, Ipv6Addr), Running> = BTreeMap::new();
     let mut free: Vec<u32> = (0..MAX_HC_TARGETS).rev().collect();
     loop {
         let specs = wanted.borrow_and_update().clone();
+        // The addresses whose stray resets the TC program drops.
+        let want: BTreeSet<[u32; 4]> = specs.iter().map(|s| vip_words(s.vip.addr)).collect();
+        let have: Vec<[u32; 4]> = vips.keys().filter_map(|k| k.ok()).collect();
+        for k in have.iter().filter(|k| !want.contains(*k)) {
+            let _ = vips.remove(k);
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            if let Err(e) = vips.insert(*k, 1, 0) {
+                warn!("health-check VIP filter not installed: {e}");
+            }
+        }
         let keep: BTreeSet<(Vip, Ipv6Addr)> = specs.iter().map(|s| (s.vip, s.backend)).collect();
         // Stop checks no longer wanted, or whose settings changed.
         let stale: Vec<_> = running
@@ -275,6 +291,14 @@ async fn check_loop(
     }
 }
 
+/// A VIP address as the TC program loads it from the packet: IPv4 in the first word.
+fn vip_words(addr: std::net::IpAddr) -> [u32; 4] {
+    match addr {
+        std::net::IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        std::net::IpAddr::V6(a) => v6_words(a),
+    }
+}
+
 /// One check: connect to the VIP through the tunnel to this backend, then (HTTP) ask.
 async fn probe(spec: &CheckSpec, mark: u32, iface: &str) -> Result<()> {
     let addr = SocketAddr::new(spec.vip.addr, spec.port);
@@ -285,20 +309,9 @@ async fn probe(spec: &CheckSpec, mark: u32, iface: &str) -> Result<()> {
     };
     set_sockopt(socket.as_raw_fd(), libc::SO_MARK, &mark.to_ne_bytes())?;
     set_sockopt(socket.as_raw_fd(), libc::SO_BINDTODEVICE, iface.as_bytes())?;
-    // Close with a reset: a check leaves no TIME_WAIT behind on either side. (Linger 0 never
-    // blocks the closing thread.)
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: linger is plain data; viewed as its bytes for setsockopt.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&linger as *const libc::linger).cast::<u8>(),
-            std::mem::size_of::<libc::linger>(),
-        )
-    };
-    set_sockopt(socket.as_raw_fd(), libc::SO_LINGER, bytes)?;
+    // A normal close, not a reset: the orphaned socket and then its TIME_WAIT keep the mark,
+    // so whatever the backend still sends (a greeting, its FIN) is answered through the tunnel
+    // too. A reset would leave the kernel answering those with unmarked, untunnelled resets.
     let mut stream = socket.connect(addr).await.context("connect")?;
     if spec.kind == CheckKind::Tcp {
         return Ok(());

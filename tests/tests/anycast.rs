@@ -255,9 +255,13 @@ fn requests_spread_over_backends_and_replies_bypass_the_load_balancers() {
         forwarded_to_lbs, client_to_vip,
         "every request went to a load balancer"
     );
+    // Health checks travel the tunnel both ways and never reach the VIP untunnelled.
     assert_eq!(
-        lb_seen,
-        client_to_vip + other_to_lbs,
+        other_to_lbs, 0,
+        "untunnelled packets to the VIP from elsewhere"
+    );
+    assert_eq!(
+        lb_seen, client_to_vip,
         "the load balancers saw exactly the inbound direction"
     );
     // And the backends' own routing says so.
