@@ -588,6 +588,15 @@ pub fn is_verdict_counter(c: Counter) -> bool {
 /// BPF_PROG_TEST_RUN on a program fd, callable from any thread (while another thread owns the
 /// `Dataplane` and writes its maps). Returns (verdict, output frame).
 pub fn test_run_fd(prog_fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    test_run_ctx(prog_fd, frame, &[])
+}
+
+/// BPF_PROG_TEST_RUN with a context (`struct __sk_buff` for TC programs, e.g. to set the mark).
+pub fn test_run_ctx(
+    prog_fd: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+    ctx: &[u8],
+) -> Result<(u32, Vec<u8>)> {
     use std::os::fd::AsRawFd;
     // The test-run member of `union bpf_attr`, zero-padded to the size the kernel accepts.
     #[repr(C)]
@@ -619,6 +628,12 @@ pub fn test_run_fd(prog_fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> Result
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: 1,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: if ctx.is_empty() {
+            0
+        } else {
+            ctx.as_ptr() as u64
+        },
         ..Default::default()
     };
     // SAFETY: the attr points at live buffers whose sizes it states.
