@@ -23,18 +23,12 @@ use lb_common::{
     decap::{DECAP_COUNTER_COUNT, DECAP_MAX_ADDRS, DecapConfig, DecapCounter},
 };
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
-const GUE_HLEN: usize = IPV6_HLEN + UDP_HLEN;
-const NEXT_HEADER_IPIP: u8 = 4;
-const NEXT_HEADER_IPV6: u8 = 41;
-const NEXT_HEADER_UDP: u8 = 17;
+mod wire;
+
+use wire::{
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, IPV4_HLEN, IPV6_HLEN, NEXT_HEADER_IPIP,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, VLAN_HLEN, load,
+};
 
 /// The backend's own tunnel addresses (key: address words as loaded from the packet).
 #[map]
@@ -75,13 +69,6 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         }
     }
     verdict
-}
-
-/// Reads a `T` at `addr`; the caller has checked `addr + size_of::<T>() <= data_end`.
-/// A plain load, as in the load balancer's parser: the JITs handle misaligned packet loads.
-#[inline(always)]
-unsafe fn load<T: Copy>(addr: usize) -> T {
-    unsafe { core::ptr::read(addr as *const T) }
 }
 
 /// Parse the link layer: Ethernet, optionally one 802.1Q tag, carrying IPv6.

@@ -13,15 +13,12 @@ use lb_common::{
     Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta,
 };
 
+use crate::wire::{
+    self, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, NEXT_HEADER_IPIP, NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
+};
 use crate::{conntrack::Target, parse::Parsed, stats};
 
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const HOP_LIMIT: u8 = 64;
-const NEXT_HEADER_IPIP: u8 = 4;
-const NEXT_HEADER_IPV6: u8 = 41;
-const NEXT_HEADER_UDP: u8 = 17;
-const UDP_HLEN: u16 = 8;
+const UDP_HLEN: u16 = wire::UDP_HLEN as u16;
 
 #[inline(always)]
 pub fn encapsulate(

@@ -20,10 +20,12 @@ use lb_common::healthcheck::{
     MAX_HC_VIPS,
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const HOP_LIMIT: u8 = 64;
+mod wire;
+
+use wire::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, UDP_HLEN,
+};
 
 #[map]
 static HC_TARGETS: HashMap<u32, HcTarget> = HashMap::with_max_entries(MAX_HC_TARGETS, 0);
@@ -91,28 +93,29 @@ pub fn lb_hc_encap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
-    let next_header = match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
-        ETH_P_IP => 4,
-        ETH_P_IPV6 => 41,
+    // skb->protocol holds the ethertype in network order, like the wire constants.
+    let next_header = match unsafe { (*ctx.skb.skb).protocol } as u16 {
+        ETH_P_IP => NEXT_HEADER_IPIP,
+        ETH_P_IPV6 => NEXT_HEADER_IPV6,
         _ => return Err(()),
     };
     let inner_len = (ctx.len() as usize).checked_sub(ETH_HLEN).ok_or(())? as u16;
     let gue = t.flags & HC_F_GUE != 0;
     let (grow, flags) = if gue {
         (
-            48,
+            GUE_HLEN,
             BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         )
     } else {
-        (40, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6)
+        (IPV6_HLEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6)
     };
-    ctx.adjust_room(grow, BPF_ADJ_ROOM_MAC, flags as u64)
+    ctx.adjust_room(grow as i32, BPF_ADJ_ROOM_MAC, flags as u64)
         .map_err(|_| ())?;
-    let payload_len = inner_len + if gue { 8 } else { 0 };
+    let payload_len = inner_len + if gue { UDP_HLEN as u16 } else { 0 };
     let ip = Ipv6Header {
         word0: (6u32 << 28).to_be(),
         payload_len: payload_len.to_be(),
-        next_header: if gue { 17 } else { next_header },
+        next_header: if gue { NEXT_HEADER_UDP } else { next_header },
         hop_limit: HOP_LIMIT,
         src: t.src_ip6,
         dst: t.dst_ip6,
@@ -126,9 +129,9 @@ fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
             // Zero UDP checksum for a tunnel over IPv6 (RFC 6935), as the XDP program does.
             csum: 0,
         };
-        ctx.store(ETH_HLEN + 40, &udp, 0).map_err(|_| ())?;
+        ctx.store(ETH_HLEN + IPV6_HLEN, &udp, 0).map_err(|_| ())?;
     }
-    ctx.store(12, &ETH_P_IPV6.to_be(), 0).map_err(|_| ())
+    ctx.store(12, &ETH_P_IPV6, 0).map_err(|_| ())
 }
 
 /// Whether an unmarked packet is a TCP reset to a checked VIP. A check's socket marks all it
@@ -138,7 +141,7 @@ fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
 fn is_stray_reset(ctx: &TcContext) -> bool {
     const TCP: u8 = 6;
     const RST: u8 = 0x04;
-    let (dst, flags_at) = match u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) {
+    let (dst, flags_at) = match unsafe { (*ctx.skb.skb).protocol } as u16 {
         ETH_P_IP => {
             let Ok(vihl) = ctx.load::<u8>(ETH_HLEN) else {
                 return false;
@@ -158,7 +161,7 @@ fn is_stray_reset(ctx: &TcContext) -> bool {
             let Ok(d) = ctx.load::<[u32; 4]>(ETH_HLEN + 24) else {
                 return false;
             };
-            (d, ETH_HLEN + 40 + 13)
+            (d, ETH_HLEN + IPV6_HLEN + 13)
         }
         _ => return false,
     };

@@ -13,6 +13,7 @@ mod maps;
 mod parse;
 mod stats;
 mod vip;
+mod wire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Counter, PROTO_TCP};

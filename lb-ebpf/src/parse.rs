@@ -7,17 +7,12 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, fold_v6};
 
+use crate::wire::{
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, UDP_HLEN,
+    VLAN_HLEN, load,
+};
 use crate::{stats, vip};
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAG_MASK: u16 = 0x3FFFu16.to_be();
 
@@ -53,14 +48,6 @@ pub struct Parsed {
     pub tclass: u8,
     pub tcp_flags: u8,
     pub frame_len: u32,
-}
-
-/// Reads a `T` at `addr`; the caller has checked `addr + size_of::<T>() <= data_end`.
-/// A plain (not `read_unaligned`) load: the BPF backend would split an unaligned read into
-/// single bytes, while the kernel's JITs handle misaligned packet loads directly.
-#[inline(always)]
-unsafe fn load<T: Copy>(addr: usize) -> T {
-    unsafe { core::ptr::read(addr as *const T) }
 }
 
 #[inline(always)]

@@ -39,6 +39,22 @@ pub fn backend_addr(i: u32) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, (i >> 16) as u16, i as u16)
 }
 
+/// The IP source and destination of a parsed frame (the outer header, for a tunnelled one).
+pub fn ip_endpoints(p: &etherparse::SlicedPacket) -> Option<(IpAddr, IpAddr)> {
+    use etherparse::NetSlice;
+    match p.net.as_ref()? {
+        NetSlice::Ipv4(ip) => Some((
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        )),
+        NetSlice::Ipv6(ip) => Some((
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        )),
+        _ => None,
+    }
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

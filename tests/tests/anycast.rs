@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etherparse::{NetSlice, SlicedPacket};
+use etherparse::SlicedPacket;
 use tests::capture::Capture;
 use tests::lab::{
     self, ECHO_PORT, HTTP_PORT, HealthTiming, Lab, LabOptions, Server, VIP4, VIP6, in_ns,
@@ -166,18 +166,7 @@ fn requests_spread_over_backends_and_replies_bypass_the_load_balancers() {
     // 2. Direct server return, checked on the router: every frame it sees with the VIP as
     // source comes from a backend link, none from or to a load balancer link.
     fn classify(frame: &[u8]) -> Option<&'static str> {
-        let p = SlicedPacket::from_ethernet(frame).ok()?;
-        let (src, dst): (IpAddr, IpAddr) = match p.net? {
-            NetSlice::Ipv4(ip) => (
-                ip.header().source_addr().into(),
-                ip.header().destination_addr().into(),
-            ),
-            NetSlice::Ipv6(ip) => (
-                ip.header().source_addr().into(),
-                ip.header().destination_addr().into(),
-            ),
-            _ => return None,
-        };
+        let (src, dst) = tests::ip_endpoints(&SlicedPacket::from_ethernet(frame).ok()?)?;
         let vip = |a: IpAddr| a == IpAddr::V4(VIP4) || a == IpAddr::V6(VIP6);
         let client = |a: IpAddr| a == IpAddr::V4(lab::CLIENT4) || a == IpAddr::V6(lab::CLIENT6);
         // The load balancers' own health checks also talk to the VIP (their replies come

@@ -760,20 +760,10 @@ fn lb_decap_attaches_replaces_reports_and_detaches() {
 /// The acknowledgment number of the first plain (not tunnelled) TCP SYN-ACK among `frames`
 /// from `src`:`sport` to `dst`:`dport`.
 fn syn_ack(frames: &[Vec<u8>], src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Option<u32> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{SlicedPacket, TransportSlice};
     frames.iter().find_map(|f| {
         let p = SlicedPacket::from_ethernet(f).ok()?;
-        let (s, d): (IpAddr, IpAddr) = match p.net? {
-            NetSlice::Ipv4(ip) => (
-                ip.header().source_addr().into(),
-                ip.header().destination_addr().into(),
-            ),
-            NetSlice::Ipv6(ip) => (
-                ip.header().source_addr().into(),
-                ip.header().destination_addr().into(),
-            ),
-            _ => return None,
-        };
+        let (s, d) = tests::ip_endpoints(&p)?;
         let Some(TransportSlice::Tcp(t)) = p.transport else {
             return None;
         };
