@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, ensure};
 
-use crate::lab::in_ns;
+use crate::netns::in_ns;
 
 /// (interface index, outgoing?, class) -> frames.
 pub type Counts = BTreeMap<(u32, bool, &'static str), u64>;

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::netns::{enter, sh};
+pub use crate::netns::in_ns;
+use crate::netns::sh;
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
@@ -128,17 +129,6 @@ pub struct Lab {
     pub opts: LabOptions,
     /// Tear down on drop (tests); `cargo xtask lab` keeps its lab running.
     pub owned: bool,
-}
-
-/// Runs `f` on a thread inside namespace `ns` (sockets it makes stay in it).
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    std::thread::spawn(move || {
-        enter(&file).expect("setns");
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))
 }
 
 /// A command whose child runs in namespace `ns` (network only: bpffs pins stay visible),
@@ -262,14 +252,7 @@ impl Lab {
     }
 
     fn sysctl(&self, node: &str, settings: &[(&str, &str)]) -> Result<()> {
-        let ns = self.ns(node);
-        for (k, v) in settings {
-            let path = format!("/proc/sys/{}", k.replace('.', "/"));
-            let (path, v) = (path.clone(), v.to_string());
-            in_ns(&ns, move || std::fs::write(&path, v))?
-                .with_context(|| format!("sysctl {k} in {ns}"))?;
-        }
-        Ok(())
+        crate::netns::sysctl(&self.ns(node), settings)
     }
 
     fn record(&self, kind: &str, node: &str, pid: u32) -> Result<()> {

@@ -72,13 +72,11 @@ impl Netns {
 
     /// Runs `f` on a thread inside this namespace (sockets it makes stay in it).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let file = self.file()?;
-        std::thread::spawn(move || {
-            enter(&file).expect("setns");
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in netns panicked"))
+        in_ns(&self.name, f)
+    }
+
+    pub fn sysctl(&self, settings: &[(&str, &str)]) -> Result<()> {
+        sysctl(&self.name, settings)
     }
 }
 
@@ -88,6 +86,28 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (sockets it makes stay in it).
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+    std::thread::spawn(move || {
+        enter(&file).expect("setns");
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))
+}
+
+/// Writes `net.x.y = v` settings under /proc/sys as seen from namespace `ns`.
+pub fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    for (k, v) in settings {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        let v = v.to_string();
+        in_ns(ns, move || std::fs::write(&path, v))?
+            .with_context(|| format!("sysctl {k} in {ns}"))?;
+    }
+    Ok(())
 }
 
 /// Moves the calling thread into the namespace behind `file`.

@@ -489,6 +489,10 @@ fn xdp_prog_name(ns: &Netns, iface: &str) -> Option<String> {
 fn lb_decap_attaches_replaces_reports_and_detaches() {
     require_root();
     let ns = Netns::new(&format!("lbt-decap-cli-{}", std::process::id())).unwrap();
+    // The counters must stay at zero until the test sends something: no IPv6 on these links,
+    // so the kernel sends no router solicitation or MLD report through them.
+    ns.sysctl(&[("net.ipv6.conf.default.disable_ipv6", "1")])
+        .unwrap();
     ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
         .unwrap();
     ns.ip(&["link", "set", "d0", "up"]).unwrap();
