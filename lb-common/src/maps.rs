@@ -16,6 +16,9 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const IFACES: &str = "IFACES";
+    /// Ring buffer of `FlowEvent`s (new TCP flows) for peer flow sync. Not pinned: each
+    /// program load gets a fresh one, read by the agent that loaded it.
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 
     /// The maps that hold state worth keeping across an agent restart or upgrade; the agent
     /// pins them in bpffs and a new agent's program reuses them.
@@ -62,6 +65,11 @@ pub const DEFAULT_TCP_CLOSING_TIMEOUT_NS: u64 = 30_000_000_000;
 /// A connection entry's `atime_ns` is rewritten at most this often, so busy flows do not write
 /// their shared entry on every packet.
 pub const ATIME_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Default byte size of the `FLOW_EVENTS` ring buffer (a power-of-two multiple of the page
+/// size, as the kernel requires). Each event takes `size_of::<FlowEvent>()` plus an 8-byte
+/// record header, so 1 MiB holds about 18.7k events.
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Bytes the encapsulation adds: IPv6 header, plus UDP for GUE.
 pub const ENCAP_IP6_LEN: usize = 40;
@@ -128,6 +136,10 @@ pub struct Backend {
 
 /// `ConnEntry::flags`: the client sent FIN or RST; the short closing timeout applies.
 pub const CONN_F_CLOSING: u32 = 1;
+/// `ConnEntry::flags`: installed by the agent from a peer's flow; the XDP program clears it once
+/// local traffic refreshes the entry (this load balancer then owns the flow and re-exports it on
+/// refresh sweeps).
+pub const CONN_F_PEER: u32 = 2;
 
 /// Connection-table value: where the flow is pinned.
 #[repr(C)]
@@ -160,7 +172,23 @@ pub struct LbConfig {
     pub tcp_closing_timeout_ns: u64,
     /// GUE destination port, network order.
     pub gue_port: u16,
-    pub _pad: [u16; 3],
+    /// `LB_F_*` feature bits.
+    pub flags: u16,
+    pub _pad: [u16; 2],
+}
+
+/// `LbConfig::flags`: export SYN-created connection entries on FLOW_EVENTS for peer sync.
+pub const LB_F_FLOW_EVENTS: u16 = 1;
+
+/// A new TCP flow, exported on `FLOW_EVENTS` when a SYN creates its connection entry. 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    /// The local backend id (`ConnEntry::backend`).
+    pub backend: u32,
+    /// The flow hash stored in the entry (`ConnEntry::hash`).
+    pub hash: u32,
 }
 
 impl LbConfig {
@@ -241,6 +269,7 @@ mod user {
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for VipFilter {}
     unsafe impl aya::Pod for IfaceConfig {}
+    unsafe impl aya::Pod for FlowEvent {}
 
     /// An address as the XDP program sees it: family and network-order words.
     pub fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
@@ -332,3 +361,4 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);

@@ -37,6 +37,11 @@ counters! {
     DropNoBackend = "drop_no_backend",
     DropEncap = "drop_encap",
     DropNoIface = "drop_no_iface",
+    // Appended: indices above are stable.
+    // A SYN-created entry exported on FLOW_EVENTS for peer sync.
+    FlowEvents = "flow_events",
+    // FLOW_EVENTS was full: the flow was forwarded normally, only its export is lost.
+    DropFlowEvent = "flow_events_lost",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -7,14 +7,19 @@
 //! mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
 //! its idle timeout: UDP, established TCP, or TCP after the client's FIN/RST (closing). An
 //! entry whose backend id was removed or handed to another backend (generation) is stale.
+//!
+//! Peer flow sync: with `LB_F_FLOW_EVENTS`, the entry a SYN creates is exported (`flowsync`).
+//! Entries the agent installs from peers carry `CONN_F_PEER`, which the first local refresh of
+//! the entry's atime clears.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
-    ATIME_GRANULARITY_NS, CONN_F_CLOSING, ConnEntry, Counter, FlowKey, LbConfig, VipMeta, flow_hash,
+    ATIME_GRANULARITY_NS, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
+    LB_F_FLOW_EVENTS, LbConfig, VipMeta, flow_hash,
 };
 
-use crate::{maglev, maps::CONNS, stats};
+use crate::{flowsync, maglev, maps::CONNS, stats};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -47,15 +52,19 @@ pub fn pick_backend(
     if !syn {
         if let Some(entry) = CONNS.get_ptr_mut(key) {
             let entry = unsafe { &mut *entry };
-            let idle = now.wrapping_sub(entry.atime_ns);
+            // The agent writes peers' entries with CLOCK_MONOTONIC, which runs up to a tick
+            // ahead of this coarse clock: an atime in the future is idle 0, not expired.
+            let idle = now.saturating_sub(entry.atime_ns);
             if idle <= cfg.idle_timeout_ns(is_tcp, entry.flags) {
                 match maglev::backend(entry.backend) {
                     Some(b) if b.generation == entry.generation => {
                         stats::count(Counter::LruHit);
+                        // A refresh also takes over a peer's entry: local traffic now owns it.
                         if closing && entry.flags & CONN_F_CLOSING == 0 {
-                            entry.flags |= CONN_F_CLOSING;
+                            entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
                             entry.atime_ns = now;
                         } else if idle > ATIME_GRANULARITY_NS {
+                            entry.flags &= !CONN_F_PEER;
                             entry.atime_ns = now;
                         }
                         return Some(Target {
@@ -97,7 +106,10 @@ pub fn pick_backend(
             flags: if closing { CONN_F_CLOSING } else { 0 },
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
-        let _ = CONNS.insert(key, &entry, 0);
+        let inserted = CONNS.insert(key, &entry, 0).is_ok();
+        if syn && inserted && cfg.flags & LB_F_FLOW_EVENTS != 0 {
+            flowsync::export(key, id, hash);
+        }
     }
     Some(Target {
         id,

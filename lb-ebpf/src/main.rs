@@ -8,6 +8,7 @@
 
 mod conntrack;
 mod encap;
+mod flowsync;
 mod maglev;
 mod maps;
 mod parse;

@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
-    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FlowKey, IfaceConfig, LbConfig,
-    VipFilter, VipKey, VipMeta, stats::COUNTER_COUNT,
+    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
+    IfaceConfig, LbConfig, VipFilter, VipKey, VipMeta, stats::COUNTER_COUNT,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -63,6 +63,10 @@ pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
 #[map]
 pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
     aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 
 #[map]
 pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

@@ -9,7 +9,11 @@
 //! - the neighbour task follows the next hop's MAC for NICs configured with a gateway;
 //! - the log task forwards the XDP program's aya-log records into tracing;
 //! - the health task checks every backend through the tunnel and reports transitions;
-//! - the BGP task keeps BIRD announcing exactly the VIPs this node can serve.
+//! - the BGP task keeps BIRD announcing exactly the VIPs this node can serve;
+//! - with `[sync]`, the sync tasks (`crate::sync`) link the agent to its peers: peers' states
+//!   arrive as `Command::PeerState`, and the agent publishes its own after every install.
+
+mod fleet;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -70,6 +74,17 @@ pub enum Command {
         announced: BTreeSet<IpAddr>,
         result: std::result::Result<String, String>,
     },
+    /// A peer's replicated state (authenticated and validated by the sync task).
+    PeerState {
+        from: String,
+        state: crate::sync::replicated::ReplicatedState,
+    },
+    /// A peer has sent us its state and its live flows (after each link comes up).
+    PeerSynced(String),
+    /// `[sync] startup_wait_secs` after start: announce even if some peer never synced.
+    SyncWaitOver,
+    /// `lb peer list`.
+    Peers(Reply<crate::api::SyncStatus>),
 }
 
 /// A backend's last known check result.
@@ -120,6 +135,8 @@ struct Agent {
     dataplane_fault: Option<String>,
     announce: watch::Sender<BTreeSet<IpAddr>>,
     bgp: BgpStatus,
+    /// Peer sync, with `[sync]`.
+    fleet: Option<fleet::Fleet>,
 }
 
 fn lb_config(cfg: &Config) -> LbConfig {
@@ -132,7 +149,12 @@ fn lb_config(cfg: &Config) -> LbConfig {
         tcp_idle_timeout_ns: d.tcp_idle_timeout_secs * s,
         tcp_closing_timeout_ns: d.tcp_closing_timeout_secs * s,
         gue_port: d.gue_port.to_be(),
-        _pad: [0; 3],
+        flags: if cfg.sync.as_ref().is_some_and(|s| s.flows) {
+            lb_common::LB_F_FLOW_EVENTS
+        } else {
+            0
+        },
+        _pad: [0; 2],
     }
 }
 
@@ -249,7 +271,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             dp.remove_iface(ifindex)?;
         }
     }
-    let desired = config.desired_state()?;
+    let key = match &config.sync {
+        Some(s) => Some(crate::sync::wire::FleetKey::load(&s.key_file)?),
+        None => None,
+    };
+    let replicated = fleet::initial_state(&config)?;
+    let desired = match &replicated {
+        Some(r) => fleet::materialize(&config, r),
+        None => config.desired_state()?,
+    };
     // Until checks say otherwise backends count as healthy (a restart must not empty tables).
     let report = reconciler.apply(&mut dp, &desired)?;
     info!(?report, "dataplane state written");
@@ -320,6 +350,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         bird::write_initial_routes(bird.routes_file())?;
         tokio::spawn(drive_bird(bird, announce_rx, tx.clone()));
     }
+    let flow_events = match &config.sync {
+        Some(s) if s.flows => Some(dp.take_flow_events()?),
+        _ => None,
+    };
     let mut agent = Agent {
         dp,
         reconciler,
@@ -334,7 +368,49 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         dataplane_fault: None,
         announce,
         bgp: BgpStatus::default(),
+        fleet: None,
     };
+    if let (Some(sync), Some(key), Some(replicated)) = (agent.config.sync.clone(), key, replicated)
+    {
+        let state_file = sync.state_file.clone();
+        let sync = crate::sync::spawn(crate::sync::Start {
+            config: sync,
+            key,
+            pin_dir: pin_dir.clone(),
+            agent: tx.clone(),
+            flow_events,
+            local: agent.local(&replicated),
+        })
+        .await?;
+        fleet::persist(&state_file, &replicated)?;
+        let wait = Duration::from_secs(
+            agent
+                .config
+                .sync
+                .as_ref()
+                .map_or(0, |s| s.startup_wait_secs),
+        );
+        let waiting = agent
+            .config
+            .sync
+            .iter()
+            .flat_map(|s| s.peers.iter().map(|p| p.name.clone()))
+            .collect::<BTreeSet<_>>();
+        if !waiting.is_empty() {
+            info!(peers = ?waiting, "VIPs stay unannounced until every peer has sent its state and flows (at most {wait:?})");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(Command::SyncWaitOver).await;
+            });
+        }
+        agent.fleet = Some(fleet::Fleet {
+            sync,
+            replicated,
+            state_file,
+            waiting,
+        });
+    }
     agent.publish();
     info!(socket = %socket.display(), "agent ready");
 
@@ -463,6 +539,14 @@ impl Agent {
                         .collect(),
                 }));
             }
+            Command::PeerState { from, state } => self.peer_state(&from, state),
+            Command::PeerSynced(from) => self.peer_synced(&from),
+            Command::SyncWaitOver => self.sync_wait_over(),
+            Command::Peers(reply) => {
+                let _ = reply.send(self.sync_status().ok_or_else(|| {
+                    crate::state::not_found("peer sync is not configured ([sync])".into())
+                }));
+            }
             Command::BgpResult { announced, result } => {
                 match &result {
                     Ok(_) => {
@@ -505,6 +589,7 @@ impl Agent {
                     info!("dataplane writes succeed again");
                 }
                 self.publish();
+                self.publish_fleet();
                 Ok(report)
             }
             Err(e) => {
@@ -581,7 +666,7 @@ impl Agent {
     /// VIP addresses to announce: those with a service that has an active backend not known
     /// to be down, unless the node is drained or its dataplane is broken.
     fn announcements(&self) -> BTreeSet<IpAddr> {
-        if self.node_drained || self.dataplane_fault.is_some() {
+        if self.node_drained || self.dataplane_fault.is_some() || !self.caught_up() {
             return BTreeSet::new();
         }
         self.desired
@@ -630,7 +715,11 @@ impl Agent {
     fn change(&mut self, change: &Change) -> Result<ChangeReply> {
         let mut next = self.desired.clone();
         next.apply(change, &self.config.capacity())?;
-        let report = self.install(next)?;
+        let report = if self.fleet.is_some() {
+            self.commit_changes(std::slice::from_ref(change))?
+        } else {
+            self.install(next)?
+        };
         Ok(ChangeReply {
             change: change.to_string(),
             report,
@@ -644,12 +733,8 @@ impl Agent {
             bail!("{what} changed; that needs an agent restart (and, for map sizes, `lb detach`)");
         }
         let desired = new.desired_state()?;
-        let changes: Vec<String> = self
-            .desired
-            .changes_to(&desired)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let diff = self.desired.changes_to(&desired);
+        let changes: Vec<String> = diff.iter().map(ToString::to_string).collect();
         // Next hops first (a resolution failure must not leave half a reload behind).
         let mut hops = Vec::new();
         for (iface, cfg) in self.ifaces.iter().zip(&new.interfaces) {
@@ -661,7 +746,13 @@ impl Agent {
             hops.push(mac);
         }
         let old = std::mem::replace(&mut self.config, new.clone());
-        let report = match self.install(desired) {
+        // With peers, the file's differences become operator changes the fleet shares.
+        let installed = if self.fleet.is_some() {
+            self.commit_changes(&diff)
+        } else {
+            self.install(desired)
+        };
+        let report = match installed {
             Ok(r) => r,
             Err(e) => {
                 self.config = old;
@@ -741,6 +832,7 @@ impl Agent {
                 .map(ToString::to_string)
                 .collect(),
             bgp: self.config.bgp.as_ref().map(|_| self.bgp.clone()),
+            sync: self.sync_status(),
         })
     }
 
@@ -886,6 +978,7 @@ impl Agent {
             counters,
             vips,
             backends,
+            sync: self.sync_status(),
         })
     }
 }
@@ -985,6 +1078,11 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
                 .await
                 .map(|s| Response::json(200, &s)),
         ),
+        ("GET", ["v1", "peers"]) => reply(
+            ask(tx, Command::Peers)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
         ("POST", ["v1", "reload"]) => reply(
             ask(tx, Command::Reload)
                 .await
@@ -1013,7 +1111,13 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
                     .map(|c| Response::json(200, &c)),
             )
         }
-        (_, ["v1", "status" | "vips" | "backends" | "stats" | "reload"])
+        (
+            _,
+            [
+                "v1",
+                "status" | "vips" | "backends" | "stats" | "reload" | "peers",
+            ],
+        )
         | (_, ["v1", "vip" | "backend", _])
         | (_, ["v1", "node", "drain" | "undrain"]) => Response::error(
             405,

@@ -11,6 +11,7 @@
 //! | POST | /v1/backend/{add,remove,drain,undrain,weight} | `ChangeRequest` | `ChangeReply` |
 //! | POST | /v1/reload | | `ReloadReply` |
 //! | POST | /v1/node/drain, /v1/node/undrain | | `NodeReply` |
+//! | GET | /v1/peers | | `SyncStatus` (404 without `[sync]`) |
 //!
 //! Errors answer 4xx/5xx with `{"error": "..."}` naming the problem.
 
@@ -166,6 +167,35 @@ pub struct Status {
     pub announcing: Vec<String>,
     /// BIRD, when the agent drives it.
     pub bgp: Option<BgpStatus>,
+    /// Peer sync, when configured.
+    pub sync: Option<SyncStatus>,
+}
+
+/// This agent's place in the fleet, and what it knows of each peer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub node: String,
+    /// The replicated state's version (the highest Lamport clock in it).
+    pub version: u64,
+    /// Digest of the desired state (the same on every agent that has seen the same changes).
+    pub state_digest: String,
+    /// Digest of the Maglev tables this agent computes (health included).
+    pub table_digest: String,
+    /// Whether new flows are shared with peers.
+    pub flows: bool,
+    /// Peers this agent, just started, still waits for before it announces its VIPs.
+    pub waiting_for: Vec<String>,
+    pub peers: Vec<crate::sync::PeerStatus>,
+    pub flows_exported: u64,
+    pub flows_imported: u64,
+    /// Flow batches not queued for a slow or absent peer, in flows.
+    pub flows_dropped_queue: u64,
+    /// Received flows not installed because the import queue was full.
+    pub flows_dropped_import: u64,
+    /// Received flows for a VIP or backend this agent does not have.
+    pub flows_untranslated: u64,
+    /// Links refused, by reason.
+    pub refused: Vec<(String, u64)>,
 }
 
 /// The BGP task's last exchange with BIRD.
@@ -229,6 +259,7 @@ pub struct Stats {
     pub counters: Vec<CounterInfo>,
     pub vips: Vec<(Vip, CounterInfo)>,
     pub backends: Vec<(Vip, String, CounterInfo)>,
+    pub sync: Option<SyncStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

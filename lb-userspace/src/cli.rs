@@ -400,6 +400,32 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             }
         }
     }
+    match &s.sync {
+        None => println!("sync         off (no [sync] in the config)"),
+        Some(y) => {
+            let agree = y.peers.iter().filter(|p| p.state_match).count();
+            println!(
+                "sync         node {}, state version {} ({}), tables {}; {} of {} peers agree{}",
+                y.node,
+                y.version,
+                y.state_digest,
+                y.table_digest,
+                agree,
+                y.peers.len(),
+                if y.flows {
+                    "; flows shared"
+                } else {
+                    "; flows not shared"
+                }
+            );
+            if !y.waiting_for.is_empty() {
+                println!(
+                    "             just started: VIPs unannounced until caught up with {}",
+                    y.waiting_for.join(", ")
+                );
+            }
+        }
+    }
     if !s.drift.is_empty() {
         println!("\nruntime changes not in the config file (a reload or restart reverts them):");
         for d in &s.drift {
@@ -563,5 +589,108 @@ pub async fn reload(client: &Client, json: bool) -> Result<()> {
             println!("  {c}");
         }
     }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum PeerCmd {
+    /// Each peer: links, its state version and digests, whether they match ours, flows.
+    List,
+}
+
+pub async fn peer(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
+    let PeerCmd::List = cmd;
+    let s: crate::api::SyncStatus = client.get("/v1/peers").await?;
+    if json {
+        return print_json(&s);
+    }
+    println!(
+        "this node    {}: state version {}, state {}, tables {}, flows {}",
+        s.node,
+        s.version,
+        s.state_digest,
+        s.table_digest,
+        if s.flows { "shared" } else { "not shared" }
+    );
+    let yes = |b: bool| if b { "yes" } else { "NO" }.to_string();
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let link = match (p.outbound, p.inbound) {
+                (true, true) => "up".to_string(),
+                (true, false) => "out only".to_string(),
+                (false, true) => "in only".to_string(),
+                (false, false) => "down".to_string(),
+            };
+            let (version, state, tables) = match &p.summary {
+                Some(x) => (
+                    x.version.to_string(),
+                    format!("{} {}", x.state_digest, yes(p.state_match)),
+                    format!("{} {}", x.table_digest, yes(p.table_match)),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            vec![
+                p.name.clone(),
+                p.address.clone(),
+                link,
+                p.last_heard_ms
+                    .map_or("never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                version,
+                state,
+                tables,
+                p.flows_sent.to_string(),
+                p.flows_received.to_string(),
+                p.flows_dropped.to_string(),
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table(
+            &[
+                "PEER",
+                "ADDRESS",
+                "LINK",
+                "HEARD",
+                "VERSION",
+                "STATE (MATCH)",
+                "TABLES (MATCH)",
+                "FLOWS OUT",
+                "FLOWS IN",
+                "DROPPED"
+            ],
+            &rows
+        )
+    );
+    for p in &s.peers {
+        if let (false, Some(e)) = (p.outbound, &p.outbound_error) {
+            println!("{}: {e}", p.name);
+        }
+    }
+    let refused: Vec<String> = s
+        .refused
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    println!(
+        "\nflows exported {}, imported {}, dropped (queue full) {}, dropped (import queue) {}, unknown VIP/backend {}",
+        s.flows_exported,
+        s.flows_imported,
+        s.flows_dropped_queue,
+        s.flows_dropped_import,
+        s.flows_untranslated
+    );
+    println!(
+        "links refused: {}",
+        if refused.is_empty() {
+            "none".into()
+        } else {
+            refused.join(", ")
+        }
+    );
     Ok(())
 }

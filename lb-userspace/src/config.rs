@@ -30,6 +30,121 @@ pub struct Config {
     pub health: HealthConfig,
     /// Announce VIPs through BIRD; absent = the agent does not touch BGP.
     pub bgp: Option<BgpConfig>,
+    /// Peer sync with the fleet's other load balancers; absent = this agent stands alone.
+    pub sync: Option<SyncConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_refresh_secs() -> u64 {
+    30
+}
+
+fn default_flow_queue() -> usize {
+    1024
+}
+
+fn default_startup_wait_secs() -> u64 {
+    10
+}
+
+/// `[sync]`: see docs/sync.md.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// This load balancer's name in the fleet: unique, 1-64 of `A-Za-z0-9._-`.
+    pub node: String,
+    /// Where peers' links arrive (TCP).
+    pub listen: SocketAddr,
+    /// The fleet's pre-shared key: 64+ hex digits in a file only root can read.
+    pub key_file: PathBuf,
+    /// The replicated state, rewritten on every change and read at start, so a restarted
+    /// agent resumes from what the fleet last agreed rather than from this file's [[vip]]s.
+    pub state_file: PathBuf,
+    /// Share new flows with peers (off: only the desired state is replicated).
+    #[serde(default = "yes")]
+    pub flows: bool,
+    /// Every this many seconds, re-send the flows active since the last time, so peers'
+    /// copies of long-lived flows do not idle out.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Flow batches queued per peer before new ones are dropped (and counted).
+    #[serde(default = "default_flow_queue")]
+    pub flow_queue: usize,
+    /// Received flow batches queued for installation before new ones are dropped.
+    #[serde(default = "default_flow_queue")]
+    pub import_queue: usize,
+    /// At start, VIPs are announced only once every peer has sent its state and flows, or
+    /// after this many seconds (a peer that is down must not keep this node out).
+    #[serde(default = "default_startup_wait_secs")]
+    pub startup_wait_secs: u64,
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// The peer's `[sync] listen` address.
+    pub address: SocketAddr,
+}
+
+impl SyncConfig {
+    fn validate(&self) -> Result<()> {
+        use crate::sync::wire::valid_name;
+        ensure!(
+            valid_name(&self.node),
+            "[sync] node `{}`: use 1-64 of A-Za-z0-9._-",
+            self.node
+        );
+        ensure!(
+            self.key_file.is_absolute() && self.state_file.is_absolute(),
+            "[sync] key_file and state_file must be absolute paths"
+        );
+        ensure!(
+            (1..=86_400).contains(&self.refresh_secs),
+            "[sync] refresh_secs = {}: use 1 second to 1 day",
+            self.refresh_secs
+        );
+        ensure!(
+            (1..=1_000_000).contains(&self.flow_queue)
+                && (1..=1_000_000).contains(&self.import_queue),
+            "[sync] flow_queue and import_queue: use 1 to 1000000 batches"
+        );
+        ensure!(
+            self.startup_wait_secs <= 600,
+            "[sync] startup_wait_secs = {}: use 0 to 600",
+            self.startup_wait_secs
+        );
+        let mut names = BTreeSet::new();
+        for p in &self.peers {
+            ensure!(
+                valid_name(&p.name),
+                "[[sync.peer]] name `{}`: use 1-64 of A-Za-z0-9._-",
+                p.name
+            );
+            ensure!(
+                p.name != self.node,
+                "[[sync.peer]] `{}` is this node's own name",
+                p.name
+            );
+            ensure!(
+                names.insert(&p.name),
+                "[[sync.peer]] `{}` is listed twice",
+                p.name
+            );
+            ensure!(
+                !p.address.ip().is_unspecified() && p.address.port() != 0,
+                "[[sync.peer]] `{}`: {} is not an address to connect to",
+                p.name,
+                p.address
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -399,6 +514,9 @@ impl Config {
                 .validate()
                 .with_context(|| format!("VIP {}:{} [vip.health]", v.address, v.port))?;
         }
+        if let Some(s) = &self.sync {
+            s.validate()?;
+        }
         if let Some(b) = &self.bgp {
             ensure!(
                 b.routes_file.is_absolute() && b.bird_socket.is_absolute(),
@@ -476,6 +594,7 @@ impl Config {
             ("agent.pin_dir", self.agent.pin_dir != new.agent.pin_dir),
             ("agent.metrics", self.agent.metrics != new.agent.metrics),
             ("[bgp]", self.bgp != new.bgp),
+            ("[sync]", self.sync != new.sync),
             (
                 "the [[interface]] names or modes",
                 self.interfaces

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod neighbour;
 pub mod reconcile;
 pub mod state;
+pub mod sync;
 
 /// The compiled XDP object (built by build.rs through aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));

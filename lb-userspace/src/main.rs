@@ -53,6 +53,9 @@ enum Command {
     /// Drain or undrain the whole node: withdraw or announce its VIPs through BGP.
     #[command(subcommand)]
     Node(cli::NodeCmd),
+    /// The fleet: peers, their state versions and digests, flow sync.
+    #[command(subcommand)]
+    Peer(cli::PeerCmd),
     /// Make the agent re-read its config file and apply the difference (same as SIGHUP).
     Reload,
     /// Detach the XDP program and remove its pinned maps: forwarding stops and all connection
@@ -127,6 +130,7 @@ async fn main() -> Result<()> {
         } => cli::stats(&client, args.json, watch, interval, count).await,
         Command::Reload => cli::reload(&client, args.json).await,
         Command::Node(cmd) => cli::node(&client, cmd, args.json).await,
+        Command::Peer(cmd) => cli::peer(&client, cmd, args.json).await,
         Command::Detach { config, pin_dir } => detach(config, pin_dir, args.socket).await,
         Command::Decap(a) => lb_userspace::decap::run(a, args.json),
         Command::Check { ring_size } => {

@@ -150,5 +150,111 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         "Bumped by every change the agent wrote to the dataplane.",
         [(String::new(), stats.table_version)],
     );
+    if let Some(y) = &stats.sync {
+        sync(&mut o, y);
+    }
     o
+}
+
+fn sync(o: &mut String, y: &crate::api::SyncStatus) {
+    let peer = |p: &crate::sync::PeerStatus| format!("peer=\"{}\"", escape(&p.name));
+    family(
+        o,
+        "lb_sync_state_version",
+        "gauge",
+        "Version of the replicated desired state (its highest Lamport clock).",
+        [(String::new(), y.version)],
+    );
+    family(
+        o,
+        "lb_sync_peer_up",
+        "gauge",
+        "1 while both links with the peer are up.",
+        y.peers
+            .iter()
+            .map(|p| (peer(p), u64::from(p.outbound && p.inbound))),
+    );
+    family(
+        o,
+        "lb_sync_peer_state_version",
+        "gauge",
+        "The peer's last reported state version.",
+        y.peers
+            .iter()
+            .filter_map(|p| Some((peer(p), p.summary.as_ref()?.version))),
+    );
+    family(
+        o,
+        "lb_sync_peer_state_match",
+        "gauge",
+        "1 while the peer's desired-state digest equals ours.",
+        y.peers.iter().map(|p| (peer(p), u64::from(p.state_match))),
+    );
+    family(
+        o,
+        "lb_sync_peer_table_match",
+        "gauge",
+        "1 while the peer's Maglev table digest equals ours.",
+        y.peers.iter().map(|p| (peer(p), u64::from(p.table_match))),
+    );
+    family(
+        o,
+        "lb_sync_flows_sent_total",
+        "counter",
+        "Flows sent to the peer (new flows and refreshes).",
+        y.peers.iter().map(|p| (peer(p), p.flows_sent)),
+    );
+    family(
+        o,
+        "lb_sync_flows_received_total",
+        "counter",
+        "Flows received from the peer.",
+        y.peers.iter().map(|p| (peer(p), p.flows_received)),
+    );
+    family(
+        o,
+        "lb_sync_bytes_sent_total",
+        "counter",
+        "Bytes sent on the link to the peer, framing included.",
+        y.peers.iter().map(|p| (peer(p), p.bytes_sent)),
+    );
+    family(
+        o,
+        "lb_sync_flows_total",
+        "counter",
+        "Flows exported from and imported into this load balancer's connection table.",
+        [
+            ("dir=\"exported\"".to_string(), y.flows_exported),
+            ("dir=\"imported\"".to_string(), y.flows_imported),
+        ],
+    );
+    family(
+        o,
+        "lb_sync_flows_dropped_total",
+        "counter",
+        "Flows not shared or not installed, by reason (overload policy: drop and count).",
+        [
+            (
+                "reason=\"send_queue_full\"".to_string(),
+                y.flows_dropped_queue,
+            ),
+            (
+                "reason=\"import_queue_full\"".to_string(),
+                y.flows_dropped_import,
+            ),
+            (
+                "reason=\"unknown_vip_or_backend\"".to_string(),
+                y.flows_untranslated,
+            ),
+        ],
+    );
+    family(
+        o,
+        "lb_sync_refused_total",
+        "counter",
+        "Peer links refused, by reason.",
+        y.refused
+            .iter()
+            .map(|(r, n)| (format!("reason=\"{r}\""), *n)),
+    );
 }

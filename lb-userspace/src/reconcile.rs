@@ -149,7 +149,7 @@ fn backend_entry(addr: Ipv6Addr, vip_id: u32, b: &InstalledBackend) -> Backend {
 }
 
 /// The Maglev members of a VIP: its active backends with their weights.
-fn members(spec: &BTreeMap<Ipv6Addr, BackendSpec>) -> Vec<MaglevMember> {
+pub(crate) fn members(spec: &BTreeMap<Ipv6Addr, BackendSpec>) -> Vec<MaglevMember> {
     spec.iter()
         .filter(|(_, b)| b.state == BackendState::Active)
         .map(|(addr, b)| MaglevMember {

@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -75,7 +76,44 @@ pub struct LabOptions {
     pub echo_bin: PathBuf,
     pub lbs: usize,
     pub backends: usize,
+    /// Backends b1..=bN in the agents' config; the others run but join only when a test adds
+    /// them.
+    pub configured_backends: usize,
     pub health: HealthTiming,
+    /// Whether the agents share new flows with each other (the state is always replicated).
+    pub flow_sync: bool,
+}
+
+impl LabOptions {
+    /// A test lab: 2 load balancers, `backends` backends all configured, flow sync on.
+    pub fn new(
+        prefix: String,
+        run_dir: PathBuf,
+        pin_root: PathBuf,
+        lb_bin: PathBuf,
+        echo_bin: PathBuf,
+    ) -> Self {
+        Self {
+            prefix,
+            run_dir,
+            pin_root,
+            lb_bin,
+            echo_bin,
+            lbs: 2,
+            backends: 3,
+            configured_backends: 3,
+            health: HealthTiming::default(),
+            flow_sync: true,
+        }
+    }
+}
+
+/// The peer-sync port every lab agent listens on.
+pub const SYNC_PORT: u16 = 7946;
+
+/// Load balancer `i`'s address on the sync network (a bridge in the `sw` namespace).
+pub fn lb_sync6(i: usize) -> Ipv6Addr {
+    v6([0x2001, 0xdb8, 0x5, 0], i as u16)
 }
 
 /// Which node: names match the namespaces' suffixes.
@@ -224,7 +262,7 @@ impl Lab {
     }
 
     pub fn nodes(&self) -> Vec<String> {
-        let mut n = vec!["client".to_string(), "router".to_string()];
+        let mut n = vec!["client".to_string(), "router".to_string(), "sw".to_string()];
         n.extend((1..=self.opts.lbs).map(lb_name));
         n.extend((1..=self.opts.backends).map(backend_name));
         n
@@ -439,6 +477,16 @@ impl Lab {
                 lb_userspace::attach_pass_pinned(&iface, &pin).map_err(|e| format!("{e:#}"))
             })?
             .map_err(anyhow::Error::msg)?;
+        }
+        // The sync network: each load balancer's sync0 on one bridge, apart from the fabric,
+        // so a test can cut a load balancer off from its peers and nothing else.
+        self.ip("sw", &["link", "add", "br0", "type", "bridge"])?;
+        self.ip("sw", &["link", "set", "br0", "up"])?;
+        for i in 1..=o.lbs {
+            let lb = lb_name(i);
+            veth("sw", &lb, &lb, "sync0", 1500)?;
+            self.ip("sw", &["link", "set", &lb, "master", "br0"])?;
+            addr(&lb, format!("{}/64", lb_sync6(i)), "sync0")?;
         }
         for j in 1..=o.backends {
             let b = backend_name(j);
@@ -657,7 +705,9 @@ impl Lab {
              tcp_closing_timeout_secs = 10\n\n\
              [[interface]]\nname = \"eth0\"\ngateway = \"{r4}\"\n\n\
              [health]\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n\n\
-             [bgp]\nbird_socket = \"{}\"\nroutes_file = \"{}\"\n",
+             [bgp]\nbird_socket = \"{}\"\nroutes_file = \"{}\"\n\n\
+             [sync]\nnode = \"{lb}\"\nlisten = \"[{}]:{SYNC_PORT}\"\nkey_file = \"{}\"\n\
+             state_file = \"{}\"\nflows = {}\n",
             self.socket(i).display(),
             o.pin_root.join(&lb).display(),
             h.interval_ms,
@@ -666,7 +716,19 @@ impl Lab {
             h.fall,
             self.bird_socket(&lb).display(),
             dir.join("vips.conf").display(),
+            lb_sync6(i),
+            self.key_file().display(),
+            dir.join("sync-state.json").display(),
+            o.flow_sync,
         );
+        for k in (1..=o.lbs).filter(|&k| k != i) {
+            let _ = write!(
+                c,
+                "[[sync.peer]]\nname = \"{}\"\naddress = \"[{}]:{SYNC_PORT}\"\n",
+                lb_name(k),
+                lb_sync6(k)
+            );
+        }
         for (addr, port, gue) in services() {
             let _ = write!(
                 c,
@@ -675,14 +737,39 @@ impl Lab {
             if port == HTTP_PORT {
                 c.push_str("[vip.health]\nkind = \"http\"\nhttp_path = \"/\"\n");
             }
-            for j in 1..=o.backends {
+            for j in 1..=o.configured_backends {
                 let _ = write!(c, "[[vip.backend]]\naddress = \"{}\"\n", backend_link6(j).1);
             }
         }
         c
     }
 
+    /// The fleet key every lab agent shares.
+    pub fn key_file(&self) -> PathBuf {
+        self.opts.run_dir.join("fleet.key")
+    }
+
+    /// Cuts load balancer `i` off from its peers, or reconnects it: the switch's port goes
+    /// down, so the load balancer sees its sync link lose carrier (its addresses stay, as
+    /// with a pulled cable).
+    pub fn set_sync_link(&self, i: usize, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.ip("sw", &["link", "set", &lb_name(i), state])?;
+        Ok(())
+    }
+
     fn start_agents(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let key: String = lb_userspace::sync::wire::nonce()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(self.key_file())?;
+        writeln!(f, "{key}")?;
         for i in 1..=self.opts.lbs {
             self.start_agent(i)?;
         }

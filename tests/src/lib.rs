@@ -17,6 +17,7 @@ use lb_common::{
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
 pub mod capture;
+pub mod e2e;
 pub mod lab;
 pub mod netns;
 
@@ -101,7 +102,8 @@ impl Lb {
             tcp_idle_timeout_ns: lb_common::DEFAULT_TCP_IDLE_TIMEOUT_NS,
             tcp_closing_timeout_ns: lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS,
             gue_port: GUE_PORT.to_be(),
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         };
         dp.set_config(&cfg)?;
         // BPF_PROG_TEST_RUN delivers on the loopback device of the caller's namespace.
@@ -598,6 +600,8 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             | Counter::LruMissNonSyn
             | Counter::LruMissUdp
             | Counter::LruStaleBackend
+            | Counter::FlowEvents
+            | Counter::DropFlowEvent
     )
 }
 

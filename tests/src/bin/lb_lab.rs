@@ -26,7 +26,9 @@ fn options(root: &Path) -> LabOptions {
         echo_bin: root.join("target/debug/lb-echo"),
         lbs: 2,
         backends: 3,
+        configured_backends: 3,
         health: HealthTiming::default(),
+        flow_sync: true,
     }
 }
 

@@ -1,0 +1,521 @@
+//! The fleet's replicated desired state: a last-writer-wins map per field, ordered by
+//! (Lamport clock, node name) stamps.
+//!
+//! Every operator change on any agent stamps the fields it sets with a clock one above the
+//! highest it has seen. Agents exchange whole states and merge them field by field, keeping
+//! the higher stamp. Merging is commutative, associative and idempotent, so agents that have
+//! seen the same changes hold the same state whatever the order they saw them in, and two
+//! concurrent changes to one field resolve the same way everywhere (higher clock, then higher
+//! node name). Removals are tombstones (kept), so a late copy of an old entry cannot revive it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::state::{BackendSpec, BackendState, Capacity, Change, DesiredState, Vip, VipSpec};
+
+/// When and where a field was last set. Ordered by clock, then node name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub clock: u64,
+    pub node: String,
+}
+
+/// One last-writer-wins field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lww<T> {
+    pub stamp: Stamp,
+    pub value: T,
+}
+
+impl<T: Clone + Ord> Lww<T> {
+    fn new(stamp: &Stamp, value: T) -> Self {
+        Self {
+            stamp: stamp.clone(),
+            value,
+        }
+    }
+
+    /// Keeps the later write; equal stamps (only from a confused peer) keep the larger value so
+    /// the merge stays deterministic.
+    fn merge(&mut self, other: &Self) -> bool {
+        if (&other.stamp, &other.value) > (&self.stamp, &self.value) {
+            *self = other.clone();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipEntry {
+    /// `Some(gue)` while the VIP exists, `None` once removed.
+    pub exists: Lww<Option<bool>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendEntry {
+    pub member: Lww<bool>,
+    pub weight: Lww<u32>,
+    pub state: Lww<BackendState>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicatedState {
+    pub vips: BTreeMap<Vip, VipEntry>,
+    /// Keyed by VIP and backend; JSON maps need string keys, hence a list on the wire.
+    #[serde(with = "backend_list")]
+    pub backends: BTreeMap<(Vip, Ipv6Addr), BackendEntry>,
+}
+
+mod backend_list {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Item {
+        vip: Vip,
+        backend: Ipv6Addr,
+        #[serde(flatten)]
+        entry: BackendEntry,
+    }
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<(Vip, Ipv6Addr), BackendEntry>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter().map(|((vip, backend), entry)| Item {
+            vip: *vip,
+            backend: *backend,
+            entry: entry.clone(),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(Vip, Ipv6Addr), BackendEntry>, D::Error> {
+        let items = Vec::<Item>::deserialize(d)?;
+        Ok(items
+            .into_iter()
+            .map(|i| ((i.vip, i.backend), i.entry))
+            .collect())
+    }
+}
+
+impl ReplicatedState {
+    /// The state a config file declares, stamped with clock 0: any replicated change wins.
+    pub fn seed(desired: &DesiredState, node: &str) -> Self {
+        let mut s = Self::default();
+        let stamp = Stamp {
+            clock: 0,
+            node: node.to_string(),
+        };
+        for (vip, spec) in &desired.vips {
+            s.record(
+                &Change::AddVip {
+                    vip: *vip,
+                    gue: spec.gue,
+                },
+                &stamp,
+            );
+            for (addr, b) in &spec.backends {
+                s.record(
+                    &Change::AddBackend {
+                        vip: *vip,
+                        backend: *addr,
+                        weight: b.weight,
+                        state: b.state,
+                    },
+                    &stamp,
+                );
+            }
+        }
+        s
+    }
+
+    /// The highest clock of any field: the state's version.
+    pub fn version(&self) -> u64 {
+        let v = self.vips.values().map(|v| v.exists.stamp.clock);
+        let b = self.backends.values().map(|b| {
+            b.member
+                .stamp
+                .clock
+                .max(b.weight.stamp.clock)
+                .max(b.state.stamp.clock)
+        });
+        v.chain(b).max().unwrap_or(0)
+    }
+
+    /// The stamp for this node's next change.
+    pub fn next_stamp(&self, node: &str) -> Stamp {
+        Stamp {
+            clock: self.version() + 1,
+            node: node.to_string(),
+        }
+    }
+
+    /// Records a change (already accepted against the materialized state) under `stamp`.
+    pub fn record(&mut self, change: &Change, stamp: &Stamp) {
+        match change {
+            Change::AddVip { vip, gue } => {
+                self.vips.insert(
+                    *vip,
+                    VipEntry {
+                        exists: Lww::new(stamp, Some(*gue)),
+                    },
+                );
+            }
+            Change::RemoveVip { vip } => {
+                self.vips.insert(
+                    *vip,
+                    VipEntry {
+                        exists: Lww::new(stamp, None),
+                    },
+                );
+                for ((v, _), b) in self.backends.iter_mut() {
+                    if v == vip {
+                        b.member = Lww::new(stamp, false);
+                    }
+                }
+            }
+            Change::AddBackend {
+                vip,
+                backend,
+                weight,
+                state,
+            } => {
+                self.backends.insert(
+                    (*vip, *backend),
+                    BackendEntry {
+                        member: Lww::new(stamp, true),
+                        weight: Lww::new(stamp, *weight),
+                        state: Lww::new(stamp, *state),
+                    },
+                );
+            }
+            Change::RemoveBackend { vip, backend } => {
+                if let Some(b) = self.backends.get_mut(&(*vip, *backend)) {
+                    b.member = Lww::new(stamp, false);
+                }
+            }
+            Change::SetState {
+                vip,
+                backend,
+                state,
+            } => {
+                if let Some(b) = self.backends.get_mut(&(*vip, *backend)) {
+                    b.state = Lww::new(stamp, *state);
+                }
+            }
+            Change::SetWeight {
+                vip,
+                backend,
+                weight,
+            } => {
+                if let Some(b) = self.backends.get_mut(&(*vip, *backend)) {
+                    b.weight = Lww::new(stamp, *weight);
+                }
+            }
+        }
+    }
+
+    /// Merges a peer's state in; true if anything changed.
+    pub fn merge(&mut self, other: &ReplicatedState) -> bool {
+        let mut changed = false;
+        for (vip, e) in &other.vips {
+            match self.vips.get_mut(vip) {
+                Some(mine) => changed |= mine.exists.merge(&e.exists),
+                None => {
+                    self.vips.insert(*vip, e.clone());
+                    changed = true;
+                }
+            }
+        }
+        for (k, e) in &other.backends {
+            match self.backends.get_mut(k) {
+                Some(mine) => {
+                    changed |= mine.member.merge(&e.member);
+                    changed |= mine.weight.merge(&e.weight);
+                    changed |= mine.state.merge(&e.state);
+                }
+                None => {
+                    self.backends.insert(*k, e.clone());
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Checks a state received from a peer: every value one the operator could have set.
+    pub fn validate(&self) -> Result<()> {
+        for ((vip, addr), b) in &self.backends {
+            crate::state::check_weight(b.weight.value)
+                .map_err(|e| anyhow::anyhow!("backend {addr} of {vip}: {e}"))?;
+            crate::state::parse_backend(&addr.to_string())?;
+        }
+        for (vip, e) in &self.vips {
+            ensure!(
+                !vip.addr.is_unspecified() && !vip.addr.is_multicast(),
+                "VIP {vip} cannot be a VIP"
+            );
+            ensure!(
+                crate::sync::wire::valid_name(&e.exists.stamp.node),
+                "VIP {vip}: bad node name in its stamp"
+            );
+        }
+        Ok(())
+    }
+
+    /// The desired state these fields describe. A backend belongs to a VIP if it was added at
+    /// or after the VIP's latest creation. Capacity is applied in a fixed order (VIPs and
+    /// backends by address), so every agent with the same limits drops the same surplus.
+    pub fn materialize(&self, cap: &Capacity) -> (DesiredState, Vec<String>) {
+        let mut out = DesiredState::default();
+        let mut skipped = Vec::new();
+        let mut total = 0u32;
+        for (vip, e) in &self.vips {
+            let Some(gue) = e.exists.value else { continue };
+            if out.vips.len() as u32 >= cap.vips {
+                skipped.push(format!("VIP {vip}: all {} VIP slots in use", cap.vips));
+                continue;
+            }
+            let mut spec = VipSpec {
+                gue,
+                backends: BTreeMap::new(),
+            };
+            for ((v, addr), b) in self.backends.range((*vip, Ipv6Addr::UNSPECIFIED)..) {
+                if v != vip {
+                    break;
+                }
+                if !b.member.value || b.member.stamp < e.exists.stamp {
+                    continue;
+                }
+                if spec.backends.len() as u32 >= cap.backends_per_vip || total >= cap.backends {
+                    skipped.push(format!("backend {addr} of {vip}: no backend slot left"));
+                    continue;
+                }
+                total += 1;
+                spec.backends.insert(
+                    *addr,
+                    BackendSpec {
+                        weight: b.weight.value,
+                        state: b.state.value,
+                    },
+                );
+            }
+            out.vips.insert(*vip, spec);
+        }
+        (out, skipped)
+    }
+}
+
+/// A short, stable digest of a desired state (canonical JSON: maps are ordered).
+pub fn state_digest(state: &DesiredState) -> String {
+    let json = serde_json::to_vec(state).expect("serializable");
+    hex16(&Sha256::digest(&json))
+}
+
+pub fn hex16(bytes: &[u8]) -> String {
+    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Capacity = Capacity {
+        vips: 8,
+        backends: 64,
+        backends_per_vip: 32,
+    };
+
+    fn vip(s: &str) -> Vip {
+        s.parse().unwrap()
+    }
+
+    fn b(i: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, i)
+    }
+
+    fn stamp(clock: u64, node: &str) -> Stamp {
+        Stamp {
+            clock,
+            node: node.into(),
+        }
+    }
+
+    fn add(v: Vip, i: u16, weight: u32) -> Change {
+        Change::AddBackend {
+            vip: v,
+            backend: b(i),
+            weight,
+            state: BackendState::Active,
+        }
+    }
+
+    #[test]
+    fn merge_is_order_independent_and_concurrent_writes_resolve_the_same_everywhere() {
+        let v = vip("192.0.2.10:80/tcp");
+        let mut base = ReplicatedState::default();
+        base.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+        base.record(&add(v, 1, 1), &stamp(2, "lb1"));
+        // Concurrent: lb1 weights b1 to 5, lb2 drains it and sets weight 7, lb3 adds b2.
+        let mut s1 = base.clone();
+        s1.record(
+            &Change::SetWeight {
+                vip: v,
+                backend: b(1),
+                weight: 5,
+            },
+            &stamp(3, "lb1"),
+        );
+        let mut s2 = base.clone();
+        s2.record(
+            &Change::SetState {
+                vip: v,
+                backend: b(1),
+                state: BackendState::Draining,
+            },
+            &stamp(3, "lb2"),
+        );
+        s2.record(
+            &Change::SetWeight {
+                vip: v,
+                backend: b(1),
+                weight: 7,
+            },
+            &stamp(3, "lb2"),
+        );
+        let mut s3 = base.clone();
+        s3.record(&add(v, 2, 1), &stamp(3, "lb3"));
+        let states = [s1, s2, s3];
+        let mut results = Vec::new();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]] {
+            let mut m = base.clone();
+            for i in order {
+                m.merge(&states[i]);
+                m.merge(&states[i]); // idempotent
+            }
+            results.push(m);
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        let (d, _) = results[0].materialize(&CAP);
+        let spec = &d.vips[&v];
+        // Same clock: the higher node name (lb2) wins the weight; the drain stays.
+        assert_eq!(spec.backends[&b(1)].weight, 7);
+        assert_eq!(spec.backends[&b(1)].state, BackendState::Draining);
+        assert!(spec.backends.contains_key(&b(2)));
+        assert_eq!(results[0].version(), 3);
+    }
+
+    #[test]
+    fn removals_win_over_older_copies_and_a_recreated_vip_starts_empty() {
+        let v = vip("[2001:db8::10]:443/tcp");
+        let mut a = ReplicatedState::default();
+        a.record(&Change::AddVip { vip: v, gue: true }, &stamp(1, "lb1"));
+        a.record(&add(v, 1, 1), &stamp(2, "lb1"));
+        let old = a.clone();
+        a.record(&Change::RemoveVip { vip: v }, &stamp(3, "lb1"));
+        // A peer that still has the old copy cannot bring it back.
+        let mut peer = old.clone();
+        peer.merge(&a);
+        assert!(peer.materialize(&CAP).0.vips.is_empty());
+        let mut a2 = a.clone();
+        a2.merge(&old);
+        assert_eq!(a2, a);
+        // Re-created: the old backend does not reappear.
+        a.record(&Change::AddVip { vip: v, gue: false }, &stamp(4, "lb2"));
+        let (d, _) = a.materialize(&CAP);
+        assert!(d.vips[&v].backends.is_empty());
+        assert!(!d.vips[&v].gue);
+    }
+
+    #[test]
+    fn materialized_state_matches_applying_the_changes_and_seeds_lose_to_changes() {
+        let cfg: DesiredState = {
+            let mut s = DesiredState::default();
+            let v = vip("192.0.2.10:80/tcp");
+            s.apply(&Change::AddVip { vip: v, gue: false }, &CAP)
+                .unwrap();
+            s.apply(&add(v, 1, 1), &CAP).unwrap();
+            s.apply(&add(v, 2, 3), &CAP).unwrap();
+            s
+        };
+        let r1 = ReplicatedState::seed(&cfg, "lb1");
+        let r2 = ReplicatedState::seed(&cfg, "lb2");
+        assert_eq!(r1.materialize(&CAP).0, cfg);
+        assert_eq!(
+            state_digest(&r1.materialize(&CAP).0),
+            state_digest(&r2.materialize(&CAP).0)
+        );
+        let mut m = r1.clone();
+        let v = vip("192.0.2.10:80/tcp");
+        let ch = Change::RemoveBackend {
+            vip: v,
+            backend: b(1),
+        };
+        m.record(&ch, &m.next_stamp("lb1"));
+        let mut expect = cfg.clone();
+        expect.apply(&ch, &CAP).unwrap();
+        // lb2 still seeds b1 from its config; the removal wins.
+        let mut two = r2.clone();
+        two.merge(&m);
+        assert_eq!(two.materialize(&CAP).0, expect);
+        assert_eq!(m.version(), 1);
+    }
+
+    #[test]
+    fn capacity_drops_the_same_surplus_everywhere() {
+        let cap = Capacity {
+            vips: 1,
+            backends: 2,
+            backends_per_vip: 2,
+        };
+        let mut s = ReplicatedState::default();
+        let (v1, v2) = (vip("192.0.2.1:80/tcp"), vip("192.0.2.2:80/tcp"));
+        s.record(
+            &Change::AddVip {
+                vip: v2,
+                gue: false,
+            },
+            &stamp(1, "lb1"),
+        );
+        s.record(
+            &Change::AddVip {
+                vip: v1,
+                gue: false,
+            },
+            &stamp(1, "lb2"),
+        );
+        for i in [3, 1, 2] {
+            s.record(&add(v1, i, 1), &stamp(2, "lb1"));
+        }
+        let (d, skipped) = s.materialize(&cap);
+        assert_eq!(d.vips.keys().collect::<Vec<_>>(), vec![&v1]);
+        assert_eq!(
+            d.vips[&v1].backends.keys().copied().collect::<Vec<_>>(),
+            vec![b(1), b(2)]
+        );
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+    }
+
+    #[test]
+    fn states_round_trip_through_json_and_bad_values_are_refused() {
+        let v = vip("192.0.2.10:80/tcp");
+        let mut s = ReplicatedState::default();
+        s.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+        s.record(&add(v, 1, 4), &stamp(2, "lb1"));
+        let json = serde_json::to_string(&s).unwrap();
+        let back: ReplicatedState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        back.validate().unwrap();
+        let mut bad = s.clone();
+        bad.backends.values_mut().next().unwrap().weight.value = 0;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,615 @@
+//! Peer sync end to end (issue 5), in the anycast lab: both load balancers' agents are peers
+//! over the lab's sync network (a bridge in `<prefix>-sw`). Each test builds its own lab and
+//! checks afterwards that nothing of it is left.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use lb_userspace::sync::wire::{self, FleetKey};
+use serde_json::Value;
+use tests::e2e::*;
+use tests::lab::{self, ECHO_PORT, HTTP_PORT, Lab, SYNC_PORT, VIP4, VIP6, backend_link6};
+
+fn peers(lab: &Lab, i: usize) -> Value {
+    lab.lb_json(i, &["peer", "list"]).unwrap()
+}
+
+/// Both agents report the same state and table digests, and each sees the other agree.
+fn agree(lab: &Lab) -> bool {
+    let (a, b) = (peers(lab, 1), peers(lab, 2));
+    a["state_digest"] == b["state_digest"]
+        && a["table_digest"] == b["table_digest"]
+        && a["version"] == b["version"]
+        && [&a, &b]
+            .iter()
+            .all(|p| p["peers"][0]["state_match"] == true && p["peers"][0]["table_match"] == true)
+}
+
+fn ok(lab: &Lab, i: usize, args: &[&str]) {
+    let out = lab.lb(i, args);
+    assert!(
+        out.status.success(),
+        "lb {args:?} on lb{i}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn backend(j: usize) -> String {
+    backend_link6(j).1.to_string()
+}
+
+fn weight_of(lab: &Lab, i: usize, vip: &str, j: usize) -> Option<u64> {
+    let list = lab.lb_json(i, &["backend", "list", vip]).unwrap();
+    list.as_array()?
+        .iter()
+        .find(|b| b["backend"] == backend(j).as_str())
+        .and_then(|b| b["weight"].as_u64())
+}
+
+fn echo_vips() -> [String; 2] {
+    [
+        format!("{VIP4}:{ECHO_PORT}/tcp"),
+        format!("[{VIP6}]:{ECHO_PORT}/tcp"),
+    ]
+}
+
+/// The value of the first `/metrics` line of load balancer `i` that starts with `line_prefix`.
+fn metric(lab: &Lab, i: usize, line_prefix: &str) -> Option<u64> {
+    let text = lab::in_ns(&lab.ns(&lab::lb_name(i)), || {
+        let mut s = TcpStream::connect("127.0.0.1:9450").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Issue 5, test 1: a change made on one agent is applied by every agent, with matching
+/// digests; concurrent changes to one field resolve the same way on both.
+#[test]
+fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
+    let lab = lab_with("cv", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    let v4 = format!("{VIP4}:{HTTP_PORT}/tcp");
+
+    // One change on lb1, timed until lb2 has applied it (same digest).
+    let mut times = Vec::new();
+    for (i, w) in [(1, "300"), (2, "40"), (1, "120")] {
+        let before = peers(&lab, 1)["version"].as_u64().unwrap();
+        let t = Instant::now();
+        ok(&lab, i, &["backend", "weight", &v4, &backend(2), w]);
+        let other = 3 - i;
+        let want = peers(&lab, i)["state_digest"].clone();
+        wait_until(
+            "the other agent to apply it",
+            Duration::from_secs(10),
+            || peers(&lab, other)["state_digest"] == want,
+        );
+        times.push(t.elapsed());
+        assert_eq!(
+            weight_of(&lab, other, &v4, 2),
+            Some(w.parse().unwrap()),
+            "lb{other} applied the weight"
+        );
+        assert_eq!(peers(&lab, other)["version"].as_u64().unwrap(), before + 1);
+    }
+    // A VIP added on lb2 appears on lb1, with its backend.
+    let t = Instant::now();
+    ok(&lab, 2, &["vip", "add", "192.0.2.20:443/tcp"]);
+    ok(
+        &lab,
+        2,
+        &["backend", "add", "192.0.2.20:443/tcp", &backend(3)],
+    );
+    wait_until("lb1 to get the new VIP", Duration::from_secs(10), || {
+        weight_of(&lab, 1, "192.0.2.20:443/tcp", 3).is_some()
+    });
+    times.push(t.elapsed());
+    wait_until("the peers to agree", Duration::from_secs(10), || {
+        agree(&lab)
+    });
+
+    // Concurrent: both set the same field at once; the higher node name wins on both.
+    let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
+    std::thread::scope(|s| {
+        let (l, v) = (&lab, &v6);
+        let a = s.spawn(move || ok(l, 1, &["backend", "weight", v, &backend(3), "7"]));
+        let b = s.spawn(move || ok(l, 2, &["backend", "weight", v, &backend(3), "9"]));
+        a.join().unwrap();
+        b.join().unwrap();
+    });
+    wait_until("the peers to agree", Duration::from_secs(10), || {
+        agree(&lab)
+    });
+    let (w1, w2) = (weight_of(&lab, 1, &v6, 3), weight_of(&lab, 2, &v6, 3));
+    assert_eq!(w1, w2, "both resolved the conflict the same way");
+    // Same clock (concurrent): lb2 > lb1 by name. (If one change saw the other first, its
+    // clock is higher and it wins; either way both agree, asserted above.)
+    assert!(w1 == Some(9) || w1 == Some(7), "{w1:?}");
+
+    let ms: Vec<u128> = times.iter().map(|t| t.as_millis()).collect();
+    eprintln!(
+        "convergence (change command start to the peer reporting the same digest, polled): {ms:?} ms; concurrent weights resolved to {w1:?} on both"
+    );
+    assert!(times.iter().all(|t| *t < Duration::from_secs(2)));
+    // Status, peer list and metrics say so.
+    let st = lab.lb_json(1, &["status"]).unwrap();
+    assert_eq!(st["sync"]["node"], "lb1");
+    assert_eq!(st["sync"]["peers"][0]["name"], "lb2");
+    assert_eq!(
+        metric(&lab, 1, "lb_sync_peer_state_match{peer=\"lb2\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        metric(&lab, 2, "lb_sync_peer_table_match{peer=\"lb1\"}"),
+        Some(1)
+    );
+    assert_eq!(metric(&lab, 1, "lb_sync_peer_up{peer=\"lb2\"}"), Some(1));
+    let table = String::from_utf8(lab.lb(1, &["peer", "list"]).stdout).unwrap();
+    assert!(table.contains("PEER") && table.contains("lb2"), "{table}");
+    finish(lab);
+}
+
+/// Issue 5, test 2: 300 long-lived connections; one backend added and another drained (slots
+/// move); then one load balancer's routes are withdrawn. Returns the sessions and what lb2
+/// imported.
+fn hard_case(tag: &str, flow_sync: bool) -> (Vec<Session>, u64, usize) {
+    let lab = lab_with(tag, |o| {
+        o.backends = 4;
+        o.configured_backends = 3;
+        o.flow_sync = flow_sync;
+    });
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    let n = 300;
+    let sessions = Sessions::open(&lab, echo_targets(), n, Duration::from_millis(100));
+    let on_b1 = sessions.opened.iter().filter(|s| s.backend == "b1").count();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // On lb1 only: b4 joins, b1 drains. lb2 learns it through sync.
+    for vip in echo_vips() {
+        ok(&lab, 1, &["backend", "add", &vip, &backend(4)]);
+        ok(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
+    }
+    wait_until("the peers to agree", Duration::from_secs(10), || {
+        agree(&lab)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // lb1's routes withdrawn: the router moves its flows to lb2.
+    ok(&lab, 1, &["node", "drain"]);
+    wait_until("the router to drop lb1", Duration::from_secs(15), || {
+        [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
+            .iter()
+            .all(|v| lab.router_paths(*v).unwrap().len() == 1)
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let results = sessions.finish();
+    let imported = peers(&lab, 2)["flows_imported"].as_u64().unwrap();
+    finish(lab);
+    (results, imported, on_b1)
+}
+
+#[test]
+fn flows_survive_a_route_shift_while_backends_change() {
+    let (results, imported, on_b1) = hard_case("hc", true);
+    let broken: Vec<&Session> = results.iter().filter(|s| s.error.is_some()).collect();
+    let max_gap = results.iter().map(|s| s.max_gap).max().unwrap();
+    let exchanges: u64 = results.iter().map(|s| s.exchanges).sum();
+    eprintln!(
+        "hard case with flow sync: {} connections ({on_b1} on the drained b1), {exchanges} exchanges, {} broken, longest gap {max_gap:?}; lb2 imported {imported} flows",
+        results.len(),
+        broken.len()
+    );
+    assert!(on_b1 > 0, "some connections were on the backend drained");
+    assert!(imported >= 100, "lb2 imported lb1's flows: {imported}");
+    assert!(
+        broken.is_empty(),
+        "{} of {} connections broke, e.g. {:?}",
+        broken.len(),
+        results.len(),
+        &broken[..broken.len().min(3)]
+    );
+    assert!(
+        max_gap < Duration::from_secs(2),
+        "a connection stalled for {max_gap:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|s| s.closed_cleanly && s.exchanges >= 40)
+    );
+}
+
+/// The same scenario without flow sync (the state is still replicated): connections break.
+/// This is what the test above would see without flow sync, so it can fail.
+#[test]
+fn without_flow_sync_the_same_shift_breaks_connections() {
+    let (results, imported, _) = hard_case("hn", false);
+    let broken = results.iter().filter(|s| s.error.is_some()).count();
+    eprintln!(
+        "hard case without flow sync: {broken} of {} connections broke; lb2 imported {imported} flows",
+        results.len()
+    );
+    assert_eq!(imported, 0);
+    assert!(
+        broken >= 10,
+        "without flow sync the shift should break connections whose slots moved: {broken}"
+    );
+}
+
+/// Issue 5, test 3: a peer cut off from the sync network misses changes, then converges by
+/// itself once its link returns, with concurrent changes from both sides.
+#[test]
+fn a_cut_off_peer_converges_when_its_link_returns() {
+    let lab = lab_with("pt", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    lab.set_sync_link(2, false).unwrap();
+    let v4 = format!("{VIP4}:{HTTP_PORT}/tcp");
+    let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
+    ok(&lab, 1, &["backend", "weight", &v4, &backend(2), "200"]);
+    ok(&lab, 1, &["vip", "add", "192.0.2.30:8080/tcp"]);
+    ok(&lab, 2, &["backend", "drain", &v6, &backend(3)]);
+    let noticed = wait_until(
+        "lb1 to see its link to lb2 down",
+        Duration::from_secs(15),
+        || peers(&lab, 1)["peers"][0]["outbound"] == false,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_ne!(
+        peers(&lab, 1)["state_digest"],
+        peers(&lab, 2)["state_digest"]
+    );
+    assert_eq!(
+        weight_of(&lab, 2, &v4, 2),
+        Some(100),
+        "lb2 missed the change"
+    );
+    assert_eq!(
+        metric(&lab, 1, "lb_sync_peer_up{peer=\"lb2\"}"),
+        Some(0),
+        "metrics show the peer down"
+    );
+
+    lab.set_sync_link(2, true).unwrap();
+    let t = Instant::now();
+    wait_until("the peers to agree again", Duration::from_secs(20), || {
+        agree(&lab)
+    });
+    let rejoin = t.elapsed();
+    eprintln!(
+        "partition: lb1 noticed the cut in {noticed:?}; converged {:?} after the link returned",
+        rejoin
+    );
+    for i in [1, 2] {
+        assert_eq!(weight_of(&lab, i, &v4, 2), Some(200), "lb{i}");
+        let list = lab.lb_json(i, &["backend", "list", &v6]).unwrap();
+        let b3 = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == backend(3).as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(b3["state"], "draining", "lb{i}");
+        let vips = lab.lb_json(i, &["vip", "list"]).unwrap();
+        assert!(
+            vips.as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["vip"] == "192.0.2.30:8080/tcp"),
+            "lb{i}: {vips}"
+        );
+    }
+    finish(lab);
+}
+
+/// The dialer's half of the handshake, spoken by hand. Returns the stream, the session key
+/// and both nonces.
+fn handshake(
+    to: SocketAddr,
+    key: &FleetKey,
+    name: &str,
+    nonce_d: [u8; 32],
+) -> (TcpStream, [u8; 32], [u8; 32], [u8; 32]) {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut hello = wire::MAGIC.to_vec();
+    hello.extend_from_slice(&nonce_d);
+    hello.push(name.len() as u8);
+    hello.extend_from_slice(name.as_bytes());
+    s.write_all(&hello).unwrap();
+    let mut nonce_l = [0u8; 32];
+    s.read_exact(&mut nonce_l).unwrap();
+    let mut len = [0u8; 1];
+    s.read_exact(&mut len).unwrap();
+    let mut listener = vec![0u8; len[0] as usize];
+    s.read_exact(&mut listener).unwrap();
+    let listener = String::from_utf8(listener).unwrap();
+    let mut tag = [0u8; 32];
+    s.read_exact(&mut tag).unwrap();
+    let proof = wire::dialer_proof(key, &nonce_d, &nonce_l, name, &listener);
+    s.write_all(&proof).unwrap();
+    let session = wire::session_key(key, &nonce_d, &nonce_l, name, &listener);
+    (s, session, proof, nonce_l)
+}
+
+/// The agent ends the link: the next reads see the close (or a reset) within 8 s.
+fn closed_by_peer(s: &mut TcpStream, what: &str) {
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut b = [0u8; 256];
+    for _ in 0..1000 {
+        match s.read(&mut b) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("{what}: the agent did not close the link")
+            }
+            Err(_) => return,
+        }
+    }
+    panic!("{what}: the agent kept talking");
+}
+
+fn refused(lab: &Lab, i: usize) -> std::collections::BTreeMap<String, u64> {
+    peers(lab, i)["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap()))
+        .collect()
+}
+
+/// Issue 5, test 4: a peer without the fleet key is refused; garbage, truncated, replayed,
+/// oversized and malformed messages are refused, and none changes state or stops the agent.
+#[test]
+fn peers_without_the_key_and_bad_messages_are_refused() {
+    let lab = lab_with("sec", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    // The attacker sits on the sync network.
+    sh_ok(
+        &lab,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:5::99/64",
+            "dev",
+            "br0",
+            "nodad",
+        ],
+    );
+    let target = SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT);
+    let key = FleetKey::parse(&std::fs::read_to_string(lab.key_file()).unwrap()).unwrap();
+    let wrong = FleetKey::parse(&"5a".repeat(32)).unwrap();
+    let before_status = peers(&lab, 1);
+    let before_vips = lab.lb_json(1, &["vip", "list"]).unwrap();
+    let before_backends = lab.lb_json(1, &["backend", "list"]).unwrap();
+
+    let ns = lab.ns("sw");
+    let (key2, wrong2) = (key.clone(), wrong.clone());
+    lab::in_ns(&ns, move || {
+        let key = key2;
+        // Garbage instead of a handshake.
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: lb1\r\n\r\n").unwrap();
+        closed_by_peer(&mut s, "garbage");
+        // A dialer without the fleet key.
+        let (mut s, ..) = handshake(target, &wrong2, "lb2", wire::nonce());
+        closed_by_peer(&mut s, "wrong key");
+        // A handshake cut short.
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        s.write_all(&wire::MAGIC[..]).unwrap();
+        s.write_all(&[1, 2, 3]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        closed_by_peer(&mut s, "truncated");
+        // The right key, but not a configured peer.
+        let (mut s, ..) = handshake(target, &key, "lb9", wire::nonce());
+        closed_by_peer(&mut s, "unknown peer");
+
+        // A frame replayed within its link.
+        let summary = br#"{"version":0,"state_digest":"x","table_digest":"y","flows":true}"#;
+        let nonce_d = wire::nonce();
+        let (mut s, session, proof, _) = handshake(target, &key, "lb2", nonce_d);
+        let frame = wire::encode_frame(&session, 1, lb_userspace::sync::KIND_SUMMARY, summary);
+        s.write_all(&frame).unwrap();
+        s.write_all(&frame).unwrap();
+        closed_by_peer(&mut s, "replayed frame");
+        // That link's frame, and its proof, replayed on a new link.
+        let (mut s, ..) = handshake(target, &key, "lb2", wire::nonce());
+        s.write_all(&frame).unwrap();
+        closed_by_peer(&mut s, "frame from an earlier link");
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut hello = wire::MAGIC.to_vec();
+        hello.extend_from_slice(&nonce_d);
+        hello.push(3);
+        hello.extend_from_slice(b"lb2");
+        s.write_all(&hello).unwrap();
+        let mut challenge = [0u8; 32 + 1 + 3 + 32];
+        s.read_exact(&mut challenge).unwrap();
+        s.write_all(&proof).unwrap();
+        closed_by_peer(&mut s, "replayed proof");
+        // Oversized.
+        let (mut s, ..) = handshake(target, &key, "lb2", wire::nonce());
+        s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        s.write_all(&[0u8; 1024]).unwrap();
+        closed_by_peer(&mut s, "oversized");
+        // Authenticated but malformed: not JSON, an impossible weight, an unknown kind, a
+        // flow batch whose count does not match its length.
+        let bad_weight = br#"{"vips":{},"backends":[{"vip":"192.0.2.10:80/tcp","backend":"2001:db8:b:1::2","member":{"stamp":{"clock":99,"node":"lb2"},"value":true},"weight":{"stamp":{"clock":99,"node":"lb2"},"value":0},"state":{"stamp":{"clock":99,"node":"lb2"},"value":"active"}}]}"#;
+        for (kind, body) in [
+            (lb_userspace::sync::KIND_STATE, &b"{not json"[..]),
+            (lb_userspace::sync::KIND_STATE, &bad_weight[..]),
+            (99, &b""[..]),
+            (lb_userspace::sync::KIND_FLOWS, &[0, 0, 0, 0, 9][..]),
+        ] {
+            let (mut s, session, ..) = handshake(target, &key, "lb2", wire::nonce());
+            s.write_all(&wire::encode_frame(&session, 1, kind, body))
+                .unwrap();
+            closed_by_peer(&mut s, "malformed");
+        }
+    })
+    .unwrap();
+
+    // Every refusal counted by reason; nothing changed; both agents still agree.
+    let want = [
+        ("handshake", 1),
+        ("auth", 2),
+        ("truncated", 1),
+        ("unknown_peer", 1),
+        ("sequence", 1),
+        ("frame_mac", 1),
+        ("oversized", 1),
+        ("malformed", 4),
+    ];
+    let mut got = refused(&lab, 1);
+    wait_until("every refusal counted", Duration::from_secs(5), || {
+        got = refused(&lab, 1);
+        want.iter()
+            .all(|(r, n)| got.get(*r).copied().unwrap_or(0) >= *n)
+    });
+    eprintln!("refused by lb1: {got:?}");
+    let after = peers(&lab, 1);
+    assert_eq!(after["version"], before_status["version"]);
+    assert_eq!(after["state_digest"], before_status["state_digest"]);
+    assert_eq!(
+        lab.lb_json(1, &["vip", "list"])
+            .unwrap()
+            .as_array()
+            .map(|a| a.len()),
+        before_vips.as_array().map(|a| a.len())
+    );
+    let weights = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["backend"].clone(),
+                    b["weight"].clone(),
+                    b["state"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        weights(&lab.lb_json(1, &["backend", "list"]).unwrap()),
+        weights(&before_backends)
+    );
+    assert!(
+        metric(&lab, 1, "lb_sync_refused_total{reason=\"auth\"}").unwrap() >= 2,
+        "metrics count refusals"
+    );
+    let log = lab.agent_log(1);
+    assert!(
+        log.contains("sync link refused: auth"),
+        "refusals are logged"
+    );
+    wait_until("the real peers to agree", Duration::from_secs(10), || {
+        agree(&lab)
+    });
+    finish(lab);
+}
+
+fn sh_ok(lab: &Lab, args: &[&str]) {
+    let mut a = vec!["-n".to_string(), lab.ns("sw")];
+    a.extend(args.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    tests::netns::sh("ip", &a).unwrap();
+}
+
+/// Issue 5, test 5: an agent restarted mid-traffic rejoins, converges (it missed a change while
+/// it was down), announces again only once caught up, and its flows, and the flows its peer
+/// took while it was away, survive the routes coming back.
+#[test]
+fn a_restarted_agent_rejoins_converges_and_keeps_its_flows() {
+    let lab = lab_with("rs", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    let first = Sessions::open(&lab, echo_targets(), 100, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(1));
+
+    lab.stop_agent(1).unwrap();
+    wait_until("the router to drop lb1", Duration::from_secs(15), || {
+        [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
+            .iter()
+            .all(|v| lab.router_paths(*v).unwrap().len() == 1)
+    });
+    // While lb1's agent is away: a change, and new connections (all through lb2).
+    for vip in echo_vips() {
+        ok(&lab, 2, &["backend", "drain", &vip, &backend(3)]);
+    }
+    let second = Sessions::open(&lab, echo_targets(), 60, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let t = Instant::now();
+    lab.start_agent(1).unwrap();
+    wait_until("lb1 to converge", Duration::from_secs(15), || agree(&lab));
+    let converged = t.elapsed();
+    let routed = wait_until(
+        "the router to use lb1 again",
+        Duration::from_secs(20),
+        || {
+            [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
+                .iter()
+                .all(|v| lab.router_paths(*v).unwrap().len() == 2)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let a = first.finish();
+    let b = second.finish();
+    let all: Vec<&Session> = a.iter().chain(&b).collect();
+    let broken: Vec<&&Session> = all.iter().filter(|s| s.error.is_some()).collect();
+    let max_gap = all.iter().map(|s| s.max_gap).max().unwrap();
+    eprintln!(
+        "restart: lb1 converged {converged:?} after its agent started, routed again {:?} later; {} connections, {} broken, longest gap {max_gap:?}",
+        routed,
+        all.len(),
+        broken.len()
+    );
+    assert!(
+        broken.is_empty(),
+        "broken: {:?}",
+        &broken[..broken.len().min(3)]
+    );
+    assert!(
+        max_gap < Duration::from_secs(2),
+        "a connection stalled for {max_gap:?}"
+    );
+    let st = peers(&lab, 1);
+    assert_eq!(st["waiting_for"], serde_json::json!([]));
+    for vip in echo_vips() {
+        let list = lab.lb_json(1, &["backend", "list", &vip]).unwrap();
+        assert!(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["backend"] == backend(3).as_str() && x["state"] == "draining"),
+            "lb1 learned the drain it missed: {list}"
+        );
+    }
+    let log = lab.agent_log(1);
+    assert!(log.contains("resuming from the replicated state"), "{log}");
+    assert!(log.contains("caught up with peer"), "{log}");
+    finish(lab);
+}
