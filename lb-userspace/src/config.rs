@@ -645,6 +645,96 @@ mod tests {
             None
         );
         assert!(cfg.bgp.is_some());
+        assert!(cfg.sync.is_none());
+        // The commented [sync] example is valid once uncommented.
+        let mut in_sync = false;
+        let text: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                in_sync |= l == "# [sync]";
+                in_sync &= l.starts_with('#');
+                let l = if in_sync {
+                    l.trim_start_matches('#').trim_start()
+                } else {
+                    l
+                };
+                format!("{}\n", l.split(" #").next().unwrap())
+            })
+            .collect();
+        let with_sync = Config::parse(&text).unwrap();
+        let sync = with_sync.sync.expect("[sync] uncommented");
+        assert_eq!((sync.node.as_str(), sync.peers.len()), ("lb1", 1));
+    }
+
+    #[test]
+    fn refuses_bad_sync_sections_with_the_reason() {
+        let base = r#"
+[dataplane]
+tunnel_source = "2001:db8:1b::1"
+seed = 7
+[[interface]]
+name = "eth1"
+next_hop_mac = "02:00:00:00:00:01"
+[sync]
+node = "lb1"
+listen = "[2001:db8:5::1]:7946"
+key_file = "/etc/lb/fleet.key"
+state_file = "/var/lib/lb/state.json"
+[[sync.peer]]
+name = "lb2"
+address = "[2001:db8:5::2]:7946"
+"#;
+        let ok = Config::parse(base).unwrap();
+        let sync = ok.sync.as_ref().unwrap();
+        assert!(sync.flows, "flow sync is on by default");
+        assert_eq!(
+            (sync.refresh_secs, sync.startup_wait_secs),
+            (30, 10),
+            "defaults"
+        );
+        for (edit, why) in [
+            (("node = \"lb1\"", "node = \"lb 1\""), "use 1-64 of"),
+            (("name = \"lb2\"", "name = \"lb1\""), "this node's own name"),
+            (
+                ("\"/etc/lb/fleet.key\"", "\"fleet.key\""),
+                "must be absolute",
+            ),
+            (
+                ("[2001:db8:5::2]:7946", "[::]:7946"),
+                "not an address to connect to",
+            ),
+            (
+                (
+                    "address = \"[2001:db8:5::2]:7946\"",
+                    "address = \"[2001:db8:5::2]:7946\"\n[[sync.peer]]\nname = \"lb2\"\naddress = \"[2001:db8:5::3]:7946\"",
+                ),
+                "listed twice",
+            ),
+            (
+                ("node = \"lb1\"", "node = \"lb1\"\nrefresh_secs = 0"),
+                "refresh_secs = 0",
+            ),
+            (
+                ("node = \"lb1\"", "node = \"lb1\"\nsecret = \"x\""),
+                "unknown field `secret`",
+            ),
+            (
+                ("listen = \"[2001:db8:5::1]:7946\"\n", ""),
+                "missing field `listen`",
+            ),
+        ] {
+            let text = base.replace(edit.0, edit.1);
+            assert_ne!(text, base, "edit {edit:?} applies");
+            let e = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(e.contains(why), "{edit:?}: `{e}` should say `{why}`");
+        }
+        // [sync] cannot change under a running agent.
+        let mut other = ok.clone();
+        other.sync.as_mut().unwrap().flows = false;
+        assert_eq!(
+            ok.restart_only_difference(&other).as_deref(),
+            Some("[sync]")
+        );
     }
 
     #[test]

@@ -145,6 +145,20 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_flow_events_total",
+        "counter",
+        "New flows the XDP program exported for peer sync, and those lost to a full ring buffer.",
+        stats.counters.iter().filter_map(|c| {
+            let result = match c.name.as_str() {
+                "flow_events" => "exported",
+                "flow_events_lost" => "lost",
+                _ => return None,
+            };
+            Some((format!("result=\"{result}\""), c.packets))
+        }),
+    );
+    family(
+        &mut o,
         "lb_table_version",
         "gauge",
         "Bumped by every change the agent wrote to the dataplane.",

@@ -70,6 +70,23 @@ fn metric(lab: &Lab, i: usize, line_prefix: &str) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Seconds since midnight of the last log line containing `needle` (tracing's RFC 3339 UTC
+/// timestamp opens each line).
+fn log_time(log: &str, needle: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains(needle))?;
+    let t = line
+        .split_whitespace()
+        .next()?
+        .split('T')
+        .nth(1)?
+        .trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 /// Issue 5, test 1: a change made on one agent is applied by every agent, with matching
 /// digests; concurrent changes to one field resolve the same way on both.
 #[test]
@@ -82,6 +99,7 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
 
     // One change on lb1, timed until lb2 has applied it (same digest).
     let mut times = Vec::new();
+    let mut logged = Vec::new();
     for (i, w) in [(1, "300"), (2, "40"), (1, "120")] {
         let before = peers(&lab, 1)["version"].as_u64().unwrap();
         let t = Instant::now();
@@ -94,6 +112,13 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
             || peers(&lab, other)["state_digest"] == want,
         );
         times.push(t.elapsed());
+        // The agents' own clocks: applied at the origin, then replicated at the peer.
+        let what = format!("set backend {} of {v4} to weight {w}", backend(2));
+        let origin = log_time(&lab.agent_log(i), &format!("applied: {what}"));
+        let peer = log_time(&lab.agent_log(other), &format!("replicated: {what}"));
+        logged.push(
+            ((peer.expect("peer logged it") - origin.expect("origin logged it")) * 1000.0).round(),
+        );
         assert_eq!(
             weight_of(&lab, other, &v4, 2),
             Some(w.parse().unwrap()),
@@ -137,7 +162,11 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
 
     let ms: Vec<u128> = times.iter().map(|t| t.as_millis()).collect();
     eprintln!(
-        "convergence (change command start to the peer reporting the same digest, polled): {ms:?} ms; concurrent weights resolved to {w1:?} on both"
+        "convergence: origin applied -> peer applied (agents' logs) {logged:?} ms; CLI command start -> peer reporting the same digest (polled) {ms:?} ms; concurrent weights resolved to {w1:?} on both"
+    );
+    assert!(
+        logged.iter().all(|ms| *ms >= 0.0 && *ms < 1000.0),
+        "{logged:?}"
     );
     assert!(times.iter().all(|t| *t < Duration::from_secs(2)));
     // Status, peer list and metrics say so.

@@ -533,6 +533,21 @@ mod tests {
     }
 
     #[test]
+    fn key_files_other_users_can_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("lb-key-test-{}", std::process::id()));
+        std::fs::write(&path, "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = FleetKey::load(&path).unwrap_err().to_string();
+        assert!(e.contains("readable by other users"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(FleetKey::load(&path).is_ok());
+        std::fs::remove_file(&path).unwrap();
+        let e = FleetKey::load(&path).unwrap_err().to_string();
+        assert!(e.contains("fleet key file"), "{e}");
+    }
+
+    #[test]
     fn keys_must_be_long_hex() {
         assert!(FleetKey::parse(&"ab".repeat(32)).is_ok());
         let short = FleetKey::parse(&"ab".repeat(31)).unwrap_err().to_string();

@@ -141,6 +141,11 @@ fn describe(lab: &Lab) {
             lab.socket(i).display()
         );
     }
+    println!(
+        "  sw        {}-sw       the sync network: a bridge to every load balancer's sync0 (peer sync, port {})",
+        o.prefix,
+        lab::SYNC_PORT
+    );
     for j in 1..=o.backends {
         println!(
             "  b{j}        {}-b{j}       tunnel address {}",
@@ -275,8 +280,28 @@ fn print_view(
                 })
             })
             .unwrap_or_default();
+        let sync = lab
+            .lb_json(i, &["peer", "list"])
+            .ok()
+            .map(|p| {
+                let agree = p["peers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .all(|x| x["state_match"] == true && x["table_match"] == true)
+                    })
+                    .unwrap_or(false);
+                format!(
+                    "sync v{} {}, flows out {} in {}",
+                    p["version"],
+                    if agree { "agrees" } else { "DIFFERS" },
+                    p["flows_exported"],
+                    p["flows_imported"]
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  lb{i}: {:<9} VIP packets in {pkts:>8}   health {}",
+            "  lb{i}: {:<9} VIP packets in {pkts:>8}   health {}   {sync}",
             if routed { "routed" } else { "withdrawn" },
             health.join(", ")
         );
