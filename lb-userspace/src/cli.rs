@@ -418,6 +418,9 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
                     "; flows not shared"
                 }
             );
+            if !y.peers.is_empty() {
+                print!("{}", peer_table(y));
+            }
             if !y.waiting_for.is_empty() {
                 println!(
                     "             just started: VIPs unannounced until caught up with {}",
@@ -612,6 +615,41 @@ pub async fn peer(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
         s.table_digest,
         if s.flows { "shared" } else { "not shared" }
     );
+    println!();
+    print!("{}", peer_table(&s));
+    for p in &s.peers {
+        if let (false, Some(e)) = (p.outbound, &p.outbound_error) {
+            println!("{}: {e}", p.name);
+        }
+    }
+    let refused: Vec<String> = s
+        .refused
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    println!(
+        "\nflows exported {}, imported {}, dropped (queue full) {}, dropped (import queue) {}, unknown VIP/backend {}",
+        s.flows_exported,
+        s.flows_imported,
+        s.flows_dropped_queue,
+        s.flows_dropped_import,
+        s.flows_untranslated
+    );
+    println!(
+        "links refused: {}",
+        if refused.is_empty() {
+            "none".into()
+        } else {
+            refused.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// One row per peer: links, last heard, its version and digests (and whether they match ours),
+/// flows each way.
+fn peer_table(s: &crate::api::SyncStatus) -> String {
     let yes = |b: bool| if b { "yes" } else { "NO" }.to_string();
     let rows: Vec<Vec<String>> = s
         .peers
@@ -646,51 +684,19 @@ pub async fn peer(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    println!();
-    print!(
-        "{}",
-        table(
-            &[
-                "PEER",
-                "ADDRESS",
-                "LINK",
-                "HEARD",
-                "VERSION",
-                "STATE (MATCH)",
-                "TABLES (MATCH)",
-                "FLOWS OUT",
-                "FLOWS IN",
-                "DROPPED"
-            ],
-            &rows
-        )
-    );
-    for p in &s.peers {
-        if let (false, Some(e)) = (p.outbound, &p.outbound_error) {
-            println!("{}: {e}", p.name);
-        }
-    }
-    let refused: Vec<String> = s
-        .refused
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    println!(
-        "\nflows exported {}, imported {}, dropped (queue full) {}, dropped (import queue) {}, unknown VIP/backend {}",
-        s.flows_exported,
-        s.flows_imported,
-        s.flows_dropped_queue,
-        s.flows_dropped_import,
-        s.flows_untranslated
-    );
-    println!(
-        "links refused: {}",
-        if refused.is_empty() {
-            "none".into()
-        } else {
-            refused.join(", ")
-        }
-    );
-    Ok(())
+    table(
+        &[
+            "PEER",
+            "ADDRESS",
+            "LINK",
+            "HEARD",
+            "VERSION",
+            "STATE (MATCH)",
+            "TABLES (MATCH)",
+            "FLOWS OUT",
+            "FLOWS IN",
+            "DROPPED",
+        ],
+        &rows,
+    )
 }

@@ -182,8 +182,14 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
         Some(1)
     );
     assert_eq!(metric(&lab, 1, "lb_sync_peer_up{peer=\"lb2\"}"), Some(1));
-    let table = String::from_utf8(lab.lb(1, &["peer", "list"]).stdout).unwrap();
-    assert!(table.contains("PEER") && table.contains("lb2"), "{table}");
+    for args in [&["peer", "list"][..], &["status"][..]] {
+        let text = String::from_utf8(lab.lb(1, args).stdout).unwrap();
+        let row = text.lines().find(|l| l.starts_with("lb2 ")).unwrap_or("");
+        assert!(
+            text.contains("STATE (MATCH)") && row.matches(" yes").count() == 2,
+            "lb {args:?} shows lb2 agreeing: {text}"
+        );
+    }
     finish(lab);
 }
 
