@@ -100,6 +100,9 @@ pub struct VipKey {
 
 /// `VipMeta::flags`: encapsulate in IPv6 + UDP (GUE variant 1) instead of plain IPv6.
 pub const VIP_F_GUE: u32 = 1;
+/// `VipMeta::flags` of a VIP address's marker entry (port 0, protocol 0): do not answer ICMP
+/// echo requests to this address.
+pub const VIP_F_NO_ECHO: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,7 +217,10 @@ pub struct IfaceConfig {
     pub src_mac: [u8; 6],
     /// Outer Ethernet destination: the next hop towards the backends.
     pub dst_mac: [u8; 6],
-    pub _pad: u32,
+    /// Largest IP packet (outer header included) that may leave this NIC: a client packet that
+    /// would exceed it once encapsulated is answered with ICMP "too big" instead. 0: unchecked.
+    pub mtu: u16,
+    pub _pad: u16,
 }
 
 /// A packets/bytes pair, per CPU.

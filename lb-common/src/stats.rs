@@ -42,6 +42,16 @@ counters! {
     FlowEvents = "flow_events",
     // FLOW_EVENTS was full: the flow was forwarded normally, only its export is lost.
     DropFlowEvent = "flow_events_lost",
+    // ICMP to VIP addresses (lb-ebpf/src/icmp.rs).
+    IcmpEchoReply = "icmp_echo_reply",
+    DropIcmpEchoOff = "drop_icmp_echo_off",
+    IcmpErrorForwarded = "icmp_error_forwarded",
+    DropIcmpBadEmbedded = "drop_icmp_bad_embedded",
+    DropIcmpNoFlow = "drop_icmp_no_flow",
+    PassIcmpOther = "pass_icmp_other",
+    // Client packets too big to encapsulate (lb-ebpf/src/toobig.rs).
+    IcmpTooBigSent = "icmp_too_big_sent",
+    DropTooBigNoDf = "drop_too_big_no_df",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -11,12 +11,15 @@
 //! Peer flow sync: with `LB_F_FLOW_EVENTS`, the entry a SYN creates is exported (`flowsync`).
 //! Entries the agent installs from peers carry `CONN_F_PEER`, which the first local refresh of
 //! the entry's atime clears.
+//!
+//! `lookup_backend` is the read-only variant for ICMP errors about a flow (icmp.rs): the same
+//! choice a packet of the flow would get now, without creating or refreshing an entry.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
-    ATIME_GRANULARITY_NS, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
-    LB_F_FLOW_EVENTS, LbConfig, VipMeta, flow_hash,
+    ATIME_GRANULARITY_NS, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
+    LB_F_FLOW_EVENTS, LbConfig, PROTO_TCP, VipMeta, flow_hash,
 };
 
 use crate::{flowsync, maglev, maps::CONNS, stats};
@@ -55,41 +58,29 @@ pub fn pick_backend(
             // The agent writes peers' entries with CLOCK_MONOTONIC, which runs up to a tick
             // ahead of this coarse clock: an atime in the future is idle 0, not expired.
             let idle = now.saturating_sub(entry.atime_ns);
-            if idle <= cfg.idle_timeout_ns(is_tcp, entry.flags) {
-                match maglev::backend(entry.backend) {
-                    Some(b) if b.generation == entry.generation => {
-                        stats::count(Counter::LruHit);
-                        // A refresh also takes over a peer's entry: local traffic now owns it.
-                        if closing && entry.flags & CONN_F_CLOSING == 0 {
-                            entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
-                            entry.atime_ns = now;
-                        } else if idle > ATIME_GRANULARITY_NS {
-                            entry.flags &= !CONN_F_PEER;
-                            entry.atime_ns = now;
-                        }
-                        return Some(Target {
-                            id: entry.backend,
-                            addr: b.addr,
-                            hash: entry.hash,
-                        });
+            match entry_backend(entry, idle, is_tcp, cfg) {
+                Ok(b) => {
+                    stats::count(Counter::LruHit);
+                    // A refresh also takes over a peer's entry: local traffic now owns it.
+                    if closing && entry.flags & CONN_F_CLOSING == 0 {
+                        entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
+                        entry.atime_ns = now;
+                    } else if idle > ATIME_GRANULARITY_NS {
+                        entry.flags &= !CONN_F_PEER;
+                        entry.atime_ns = now;
                     }
-                    _ => stats::count(Counter::LruStaleBackend),
+                    return Some(Target {
+                        id: entry.backend,
+                        addr: b.addr,
+                        hash: entry.hash,
+                    });
                 }
-            } else {
-                stats::count(Counter::LruExpired);
+                Err(why) => stats::count(why),
             }
         }
     }
     let hash = flow_hash(key, cfg.hash_seed);
-    let id = maglev::ring_lookup(vip.ring, hash)?;
-    let Some(b) = maglev::backend(id) else {
-        // The agent installs a backend before any slot points at it; this is a bug alarm.
-        warn!(
-            ctx,
-            "ring {} points at backend id {}, which is not installed", vip.ring, id
-        );
-        return None;
-    };
+    let (id, b) = ring_backend(ctx, vip, hash)?;
     stats::count(if syn {
         Counter::LruMissSyn
     } else if is_tcp {
@@ -116,4 +107,69 @@ pub fn pick_backend(
         addr: b.addr,
         hash,
     })
+}
+
+/// Where a packet of this flow would go now, read-only: the connection entry if it is live
+/// and valid (the same rules as `pick_backend`), else the Maglev choice. Creates, refreshes and
+/// counts nothing: for ICMP errors about a flow, which must not pin or keep alive anything.
+#[inline(always)]
+pub fn lookup_backend(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    vip: &VipMeta,
+    cfg: &LbConfig,
+) -> Option<Target> {
+    if let Some(entry) = CONNS.get_ptr(key) {
+        let entry = unsafe { &*entry };
+        let idle = now_ns().saturating_sub(entry.atime_ns);
+        if let Ok(b) = entry_backend(entry, idle, key.proto == PROTO_TCP, cfg) {
+            return Some(Target {
+                id: entry.backend,
+                addr: b.addr,
+                hash: entry.hash,
+            });
+        }
+    }
+    let hash = flow_hash(key, cfg.hash_seed);
+    let (id, b) = ring_backend(ctx, vip, hash)?;
+    Some(Target {
+        id,
+        addr: b.addr,
+        hash,
+    })
+}
+
+/// The backend of a connection entry idle for `idle` ns, or why the entry no longer counts:
+/// `LruExpired` (idle past its timeout) or `LruStaleBackend` (its backend id was removed or
+/// handed to another backend).
+#[inline(always)]
+fn entry_backend(
+    entry: &ConnEntry,
+    idle: u64,
+    is_tcp: bool,
+    cfg: &LbConfig,
+) -> Result<&'static Backend, Counter> {
+    if idle > cfg.idle_timeout_ns(is_tcp, entry.flags) {
+        return Err(Counter::LruExpired);
+    }
+    match maglev::backend(entry.backend) {
+        Some(b) if b.generation == entry.generation => Ok(b),
+        _ => Err(Counter::LruStaleBackend),
+    }
+}
+
+/// The Maglev choice for `hash` in the VIP's ring: None for an empty slot, or (logged) a slot
+/// naming an uninstalled backend.
+#[inline(always)]
+fn ring_backend(ctx: &XdpContext, vip: &VipMeta, hash: u32) -> Option<(u32, &'static Backend)> {
+    let id = maglev::ring_lookup(vip.ring, hash)?;
+    let Some(b) = maglev::backend(id) else {
+        // The agent installs a backend before any slot points at it; this is a bug alarm.
+        warn!(
+            ctx,
+            "ring {} points at backend id {}, which is not installed", vip.ring, id
+        );
+        return None;
+    };
+    Some((id, b))
 }

@@ -2,29 +2,34 @@
 //!
 //! `parse` reads and checks the headers, `vip` finds the service, `conntrack` and `maglev` pick
 //! the backend, `encap` rewrites the frame into IPv6 (or IPv6 + UDP for GUE) and `stats` counts
-//! every outcome. Nothing here allocates, loops over packet data, or logs on the forwarding path.
+//! every outcome. ICMP to a VIP address takes its own path (`icmp`). Nothing here allocates,
+//! loops over packet data, or logs on the forwarding path.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod encap;
 mod flowsync;
+mod icmp;
 mod maglev;
 mod maps;
 mod parse;
 mod stats;
+mod toobig;
 mod vip;
 mod wire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Counter, PROTO_TCP};
 
-use parse::Parsed;
+use parse::{Parsed, Verdict};
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let pkt = match parse::parse(&ctx) {
         Ok(pkt) => pkt,
+        // ICMP to a VIP address: echo answered, errors sent to their flow's backend.
+        Err(Verdict::Icmp(addr_flags)) => return icmp::handle(ctx.ctx, addr_flags),
         Err(verdict) => return verdict.apply(),
     };
     forward(&ctx, &pkt)
@@ -48,6 +53,11 @@ fn forward(ctx: &XdpContext, pkt: &Parsed) -> u32 {
     else {
         return stats::drop(Counter::DropNoBackend);
     };
+    // Too big once encapsulated: answered with ICMP (or dropped), never forwarded. One compare
+    // when it fits. The backend choice above already ran (see docs/dataplane.md).
+    if let Some(verdict) = toobig::check(ctx, pkt, vip, iface) {
+        return verdict;
+    }
     let len = pkt.frame_len as u64;
     stats::add_vip(vip.id, len);
     stats::add_backend(target.id, len);

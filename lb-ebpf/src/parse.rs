@@ -3,15 +3,16 @@
 //! Every read is preceded by a check against `data_end` the verifier can see. Offsets are
 //! const generics, so each header sits at a constant offset and the checks stay cheap.
 //! Non-VIP traffic leaves as early as possible: after the destination address's filter bit.
+//! ICMP and ICMPv6 to a VIP address (exact check) leave as `Verdict::Icmp`, for icmp.rs.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, fold_v6};
 
 use crate::wire::{
-    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, UDP_HLEN,
-    VLAN_HLEN, load,
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, PROTO_ICMP, PROTO_ICMPV6,
+    TCP_HLEN, UDP_HLEN, VLAN_HLEN, load,
 };
-use crate::{stats, vip};
+use crate::{icmp, stats, vip};
 
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAG_MASK: u16 = 0x3FFFu16.to_be();
@@ -20,6 +21,8 @@ const IPV4_FRAG_MASK: u16 = 0x3FFFu16.to_be();
 pub enum Verdict {
     Pass(Counter),
     Drop(Counter),
+    /// ICMP or ICMPv6 to a VIP address (its marker's flags): lb_xdp hands it to `icmp::handle`.
+    Icmp(u32),
 }
 
 impl Verdict {
@@ -31,6 +34,11 @@ impl Verdict {
                 xdp_action::XDP_PASS
             }
             Verdict::Drop(c) => stats::drop(c),
+            // Not reached: lb_xdp dispatches ICMP before applying verdicts.
+            Verdict::Icmp(_) => {
+                stats::count(Counter::PassIcmpOther);
+                xdp_action::XDP_PASS
+            }
         }
     }
 }
@@ -134,6 +142,16 @@ fn parse_v4<const L3: usize>(data: usize, end: usize, vlan_tci: u16) -> Result<P
         return Err(refuse(FAMILY_V4, &dst, Counter::DropIpv4Fragment));
     }
     let proto: u8 = unsafe { load(ip + 9) };
+    if proto == PROTO_ICMP {
+        let tot_len = u16::from_be(unsafe { load(ip + 2) });
+        return Err(icmp::to_vip::<L3>(
+            data,
+            end,
+            FAMILY_V4,
+            &dst,
+            tot_len as usize,
+        ));
+    }
     let (src_port, dst_port, tcp_flags, l4_min) = parse_l4(ip + IPV4_HLEN, end, proto)?;
     let tot_len = u16::from_be(unsafe { load(ip + 2) });
     if (tot_len as usize) < IPV4_HLEN + l4_min {
@@ -184,6 +202,11 @@ fn parse_v6<const L3: usize>(data: usize, end: usize, vlan_tci: u16) -> Result<P
         // Hop-by-hop, routing, ESP, AH, destination options, mobility, HIP, shim6, experiments.
         0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => {
             return Err(refuse(FAMILY_V6, &dst, Counter::DropIpv6ExtHeader));
+        }
+        PROTO_ICMPV6 => {
+            let payload_len = u16::from_be(unsafe { load(ip + 4) });
+            let ip_len = IPV6_HLEN + payload_len as usize;
+            return Err(icmp::to_vip::<L3>(data, end, FAMILY_V6, &dst, ip_len));
         }
         _ => return Err(Verdict::Pass(Counter::PassVipOtherService)),
     }

@@ -20,6 +20,11 @@ pub const NEXT_HEADER_IPV6: u8 = 41;
 pub const NEXT_HEADER_UDP: u8 = 17;
 /// Hop limit of the outer IPv6 header.
 pub const HOP_LIMIT: u8 = 64;
+/// IP protocol / IPv6 next header of ICMP and ICMPv6.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMP and ICMPv6 header: type, code, checksum, 4 bytes of type-specific data.
+pub const ICMP_HLEN: usize = 8;
 
 /// Reads a `T` at `addr`; the caller has checked `addr + size_of::<T>() <= data_end`.
 /// A plain (not `read_unaligned`) load: the BPF backend would split an unaligned read into

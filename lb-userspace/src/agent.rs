@@ -100,6 +100,8 @@ struct Iface {
     attachment: Option<Attachment>,
     src_mac: [u8; 6],
     next_hop: Option<[u8; 6]>,
+    /// Largest outer IP packet this NIC may send (`[[interface]] mtu`, else the NIC's MTU).
+    mtu: u16,
 }
 
 impl Iface {
@@ -108,15 +110,54 @@ impl Iface {
         if self.next_hop == Some(mac) {
             return Ok(false);
         }
-        let entry = IfaceConfig {
-            src_mac: self.src_mac,
-            dst_mac: mac,
-            _pad: 0,
-        };
-        dp.set_iface(self.ifindex, entry)?;
+        self.write(dp, mac)?;
         self.next_hop = Some(mac);
         Ok(true)
     }
+
+    /// A new egress MTU; written at once if the next hop is known.
+    fn set_mtu(&mut self, dp: &mut Dataplane, mtu: u16) -> Result<()> {
+        if self.mtu != mtu {
+            self.mtu = mtu;
+            if let Some(mac) = self.next_hop {
+                self.write(dp, mac)?;
+            }
+            info!(iface = self.name, mtu, "egress MTU set");
+        }
+        Ok(())
+    }
+
+    fn write(&self, dp: &mut Dataplane, mac: [u8; 6]) -> Result<()> {
+        dp.set_iface(
+            self.ifindex,
+            IfaceConfig {
+                src_mac: self.src_mac,
+                dst_mac: mac,
+                mtu: self.mtu,
+                _pad: 0,
+            },
+        )
+    }
+}
+
+/// The egress MTU of a NIC: the config's, else the NIC's own.
+fn egress_mtu(cfg: &crate::config::InterfaceConfig) -> Result<u16> {
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => {
+            let m = neighbour::mtu(&cfg.name)?;
+            if m < crate::config::MIN_EGRESS_MTU {
+                warn!(
+                    iface = cfg.name,
+                    mtu = m,
+                    "the NIC's MTU is below {} bytes: IPv6 clients cannot be served through it",
+                    crate::config::MIN_EGRESS_MTU
+                );
+            }
+            m
+        }
+    };
+    Ok(mtu.min(u16::MAX as u32) as u16)
 }
 
 struct Agent {
@@ -260,6 +301,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             attachment: None,
             src_mac,
             next_hop: None,
+            mtu: egress_mtu(i)?,
         };
         if let Some(mac) = next_hop {
             iface.set_next_hop(&mut dp, mac)?;
@@ -585,6 +627,9 @@ impl Agent {
         match self.reconciler.apply(&mut self.dp, &effective) {
             Ok(report) => {
                 self.desired = next;
+                if let Err(e) = self.write_echo_flags() {
+                    error!("writing the ICMP echo switches: {e:#}");
+                }
                 if self.dataplane_fault.take().is_some() {
                     info!("dataplane writes succeed again");
                 }
@@ -602,6 +647,21 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// Each VIP address answers ping unless a `[[vip]]` of it says `icmp_echo = false`.
+    fn write_echo_flags(&mut self) -> Result<()> {
+        let off = self.config.echo_off();
+        let addrs: BTreeSet<IpAddr> = self.desired.vips.keys().map(|v| v.addr).collect();
+        for addr in addrs {
+            let flags = if off.contains(&addr) {
+                lb_common::VIP_F_NO_ECHO
+            } else {
+                0
+            };
+            self.dp.set_address_flags(addr, flags)?;
+        }
+        Ok(())
     }
 
     fn health_transition(&mut self, t: Transition) {
@@ -760,7 +820,8 @@ impl Agent {
             }
         };
         self.dp.set_config(&lb_config(&new))?;
-        for (iface, mac) in self.ifaces.iter_mut().zip(hops) {
+        for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
+            iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
             if let Some(mac) = mac {
                 iface.set_next_hop(&mut self.dp, mac)?;
             }
@@ -814,6 +875,7 @@ impl Agent {
                         .attachment
                         .map_or("none".into(), |a| format!("{a:?}").to_lowercase()),
                     next_hop_mac: i.next_hop.map_or("unresolved".into(), |m| format_mac(&m)),
+                    mtu: i.mtu,
                 })
                 .collect(),
             tunnel_source: self.config.dataplane.tunnel_source.to_string(),

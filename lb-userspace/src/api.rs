@@ -139,6 +139,8 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     pub attachment: String,
     pub next_hop_mac: String,
+    /// Largest outer IP packet it sends; bigger client packets get ICMP "too big".
+    pub mtu: u16,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

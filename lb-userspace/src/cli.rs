@@ -365,13 +365,14 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
                 i.ifindex.to_string(),
                 i.attachment.clone(),
                 i.next_hop_mac.clone(),
+                i.mtu.to_string(),
             ]
         })
         .collect();
     println!();
     print!(
         "{}",
-        table(&["INTERFACE", "IFINDEX", "XDP", "NEXT HOP"], &rows)
+        table(&["INTERFACE", "IFINDEX", "XDP", "NEXT HOP", "MTU"], &rows)
     );
     println!();
     println!(

@@ -39,7 +39,7 @@ fn yes() -> bool {
 }
 
 fn default_refresh_secs() -> u64 {
-    30
+    300
 }
 
 fn default_flow_queue() -> usize {
@@ -67,7 +67,8 @@ pub struct SyncConfig {
     #[serde(default = "yes")]
     pub flows: bool,
     /// Every this many seconds, re-send the flows active since the last time, so peers'
-    /// copies of long-lived flows do not idle out.
+    /// copies of long-lived flows do not idle out: keep it well under
+    /// `dataplane.tcp_idle_timeout_secs` (the copies' timeout).
     #[serde(default = "default_refresh_secs")]
     pub refresh_secs: u64,
     /// Flow batches queued per peer before new ones are dropped (and counted).
@@ -372,7 +373,14 @@ pub struct InterfaceConfig {
     pub next_hop_mac: Option<String>,
     /// The next hop's IP address, resolved to a MAC from the kernel's neighbour table.
     pub gateway: Option<IpAddr>,
+    /// The largest IP packet (tunnel header included) that may leave this NIC towards the
+    /// backends. Default: the NIC's MTU. A client packet that would exceed it once
+    /// encapsulated is answered with ICMP "too big" (docs/dataplane.md).
+    pub mtu: Option<u32>,
 }
+
+/// The smallest egress MTU accepted: an IPv6 minimum-MTU packet (1280) plus GUE (48).
+pub const MIN_EGRESS_MTU: u32 = 1328;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +395,10 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     #[serde(default)]
     pub health: HealthOverride,
+    /// Answer ICMP echo requests (ping) to this VIP's address. ICMP has no ports, so the
+    /// switch is per address: `false` on any service of an address turns echo off for it.
+    #[serde(default = "yes")]
+    pub icmp_echo: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -496,6 +508,13 @@ impl Config {
                 "interface {} is listed twice",
                 i.name
             );
+            if let Some(mtu) = i.mtu {
+                ensure!(
+                    (MIN_EGRESS_MTU..=65535).contains(&mtu),
+                    "interface {}: mtu {mtu} is outside {MIN_EGRESS_MTU}..=65535 (IPv6's 1280 plus the tunnel's 48 bytes must fit)",
+                    i.name
+                );
+            }
             match (&i.next_hop_mac, &i.gateway) {
                 (Some(mac), None) => {
                     parse_mac(mac).with_context(|| format!("interface {}", i.name))?;
@@ -516,6 +535,12 @@ impl Config {
         }
         if let Some(s) = &self.sync {
             s.validate()?;
+            ensure!(
+                s.refresh_secs < d.tcp_idle_timeout_secs,
+                "[sync] refresh_secs = {} must be below dataplane.tcp_idle_timeout_secs = {}: peers' copies of a flow idle out after that",
+                s.refresh_secs,
+                d.tcp_idle_timeout_secs
+            );
         }
         if let Some(b) = &self.bgp {
             ensure!(
@@ -538,6 +563,15 @@ impl Config {
                     && v.protocol.parse().ok() == Some(vip.proto)
             })
             .map_or_else(|| self.health.clone(), |v| self.health.with(&v.health))
+    }
+
+    /// VIP addresses that must not answer ping (`icmp_echo = false` on one of their services).
+    pub fn echo_off(&self) -> BTreeSet<IpAddr> {
+        self.vips
+            .iter()
+            .filter(|v| !v.icmp_echo)
+            .map(|v| v.address)
+            .collect()
     }
 
     /// The VIPs and backends of this file as a desired state, checked change by change.
@@ -689,7 +723,7 @@ address = "[2001:db8:5::2]:7946"
         assert!(sync.flows, "flow sync is on by default");
         assert_eq!(
             (sync.refresh_secs, sync.startup_wait_secs),
-            (30, 10),
+            (300, 10),
             "defaults"
         );
         for (edit, why) in [
@@ -763,6 +797,13 @@ address = "2001:db8:be::1"
             ),
             (("2001:db8:1b::1", "192.0.2.1"), "invalid IPv6 address"),
             (("02:00:00:00:00:01", "02:00:00:00:01"), "not a MAC address"),
+            (
+                (
+                    "next_hop_mac = \"02:00:00:00:00:01\"",
+                    "next_hop_mac = \"02:00:00:00:00:01\"\nmtu = 1000",
+                ),
+                "outside 1328..=65535",
+            ),
             (
                 ("next_hop_mac = \"02:00:00:00:00:01\"", ""),
                 "exactly one of next_hop_mac and gateway",

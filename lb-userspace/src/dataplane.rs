@@ -485,12 +485,44 @@ impl Dataplane {
             HashMap::try_from(self.map(names::VIPS)?)?;
         let existed = vips.get(&vip, 0).is_ok();
         vips.insert(vip, meta, 0).context("writing the VIP")?;
-        vips.insert(marker, VipMeta::default(), 0)
-            .context("writing the VIP address marker")?;
+        // The marker carries the address's own flags (ICMP echo): keep them.
+        let flags = vips.get(&marker, 0).map_or(0, |m| m.flags);
+        vips.insert(
+            marker,
+            VipMeta {
+                flags,
+                ..VipMeta::default()
+            },
+            0,
+        )
+        .context("writing the VIP address marker")?;
         if !existed {
             *self.addresses.entry(addr).or_default() += 1;
         }
         self.write_filter()
+    }
+
+    /// Sets the flags of a VIP address's marker entry (e.g. `VIP_F_NO_ECHO`); false if the
+    /// address has no service (no marker) yet.
+    pub fn set_address_flags(&mut self, addr: std::net::IpAddr, flags: u32) -> Result<bool> {
+        let (family, words) = lb_common::addr_words(addr);
+        let marker = VipKey {
+            addr: words,
+            port: 0,
+            proto: 0,
+            family,
+        };
+        let mut vips: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(names::VIPS)?)?;
+        match vips.get(&marker, 0) {
+            Ok(m) if m.flags == flags => Ok(true),
+            Ok(m) => {
+                vips.insert(marker, VipMeta { flags, ..m }, 0)
+                    .context("writing the VIP address marker")?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// Every VIP service (without the address markers).

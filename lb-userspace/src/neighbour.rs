@@ -61,6 +61,13 @@ pub fn is_up(name: &str) -> bool {
     })
 }
 
+/// The NIC's MTU (the largest IP packet it sends), from the kernel.
+pub fn mtu(name: &str) -> Result<u32> {
+    let req = ifreq_ioctl(name, libc::SIOCGIFMTU, "MTU")?;
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
 /// The MAC the kernel's neighbour table holds for `gateway` on `iface`, if resolved.
 pub fn lookup(gateway: IpAddr, iface: &str) -> Result<Option<[u8; 6]>> {
     let out = Command::new("ip")

@@ -82,6 +82,13 @@ pub struct LabOptions {
     pub health: HealthTiming,
     /// Whether the agents share new flows with each other (the state is always replicated).
     pub flow_sync: bool,
+    /// MTU of the links behind the router (load balancers, backends).
+    pub fabric_mtu: u32,
+    /// A route MTU on the router towards the client's networks (path MTU discovery tests):
+    /// backends' packets larger than it make the router send ICMP "too big" to the VIP.
+    pub client_route_mtu: Option<u32>,
+    /// `[sync] refresh_secs` of the agents (None: the default).
+    pub sync_refresh_secs: Option<u64>,
 }
 
 impl LabOptions {
@@ -104,6 +111,9 @@ impl LabOptions {
             configured_backends: 3,
             health: HealthTiming::default(),
             flow_sync: true,
+            fabric_mtu: FABRIC_MTU,
+            client_route_mtu: None,
+            sync_refresh_secs: None,
         }
     }
 }
@@ -449,13 +459,44 @@ impl Lab {
             "client",
             &["-6", "route", "add", "default", "via", "2001:db8:c::1"],
         )?;
+        if let Some(mtu) = o.client_route_mtu {
+            let mtu = mtu.to_string();
+            self.ip(
+                "router",
+                &[
+                    "route",
+                    "replace",
+                    "198.51.100.0/24",
+                    "dev",
+                    "c0",
+                    "mtu",
+                    &mtu,
+                ],
+            )?;
+            self.ip(
+                "router",
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    "2001:db8:c::/64",
+                    "dev",
+                    "c0",
+                    // The kernel's own route has metric 256: replace that one.
+                    "metric",
+                    "256",
+                    "mtu",
+                    &mtu,
+                ],
+            )?;
+        }
         // XDP on the path sees the client's packets as they are on the wire; a veth would
         // otherwise hand over TCP checksums still to be filled in (CHECKSUM_PARTIAL).
         ethtool_tx_off(&self.ns("client"), "eth0")?;
 
         for i in 1..=o.lbs {
             let lb = lb_name(i);
-            veth("router", &lb, &lb, "eth0", FABRIC_MTU)?;
+            veth("router", &lb, &lb, "eth0", o.fabric_mtu)?;
             let (r4, l4) = lb_link4(i);
             let (r6, l6) = lb_link6(i);
             addr("router", format!("{r4}/30"), &lb)?;
@@ -490,7 +531,7 @@ impl Lab {
         }
         for j in 1..=o.backends {
             let b = backend_name(j);
-            veth("router", &b, &b, "eth0", FABRIC_MTU)?;
+            veth("router", &b, &b, "eth0", o.fabric_mtu)?;
             let (r4, b4) = backend_link4(j);
             let (r6, b6) = backend_link6(j);
             addr("router", format!("{r4}/30"), &b)?;
@@ -721,6 +762,9 @@ impl Lab {
             dir.join("sync-state.json").display(),
             o.flow_sync,
         );
+        if let Some(r) = o.sync_refresh_secs {
+            let _ = writeln!(c, "refresh_secs = {r}");
+        }
         for k in (1..=o.lbs).filter(|&k| k != i) {
             let _ = write!(
                 c,

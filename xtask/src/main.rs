@@ -34,11 +34,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (root). Today: the connection-table layouts under concurrent inserts and hits.
+    /// Benchmarks (root). By default the connection-table layouts under concurrent inserts and
+    /// hits; with `--sync`, instead, what peer flow sync costs per 10,000 new flows/s (a lab
+    /// with release agents; a few minutes).
     Bench {
         /// New flows per CPU in each scenario.
         #[arg(long, default_value_t = 100_000)]
         flows: u32,
+        /// Run the flow-sync cost bench (lb-sync-bench) instead.
+        #[arg(long)]
+        sync: bool,
+        /// With --sync: new flows per second, one measured window each (default 2000,5000,10000,20000).
+        #[arg(long, value_delimiter = ',', requires = "sync")]
+        rates: Vec<u32>,
+        /// With --sync: seconds of sending per rate (default 10).
+        #[arg(long, requires = "sync")]
+        secs: Option<f64>,
+        /// With --sync: print the results as JSON.
+        #[arg(long, requires = "sync")]
+        json: bool,
     },
     /// The anycast lab in namespaces: client, BGP router with ECMP, 2 load balancers, 3
     /// backends. `up` (the default) builds it and shows a live view.
@@ -131,10 +145,20 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { flows } => {
+        Cmd::Bench {
+            flows,
+            sync,
+            rates,
+            secs,
+            json,
+        } => {
             setup::run(false)?;
             setup::require_root("the benchmarks load XDP programs")?;
-            bench(flows)
+            if sync {
+                bench_sync(&rates, secs, json)
+            } else {
+                bench(flows)
+            }
         }
         Cmd::Test { args } => {
             setup::run(false)?;
@@ -270,6 +294,41 @@ fn bench(flows: u32) -> Result<()> {
     args.push(&flows);
     args.extend(specs.iter().map(String::as_str));
     cargo(&args)
+}
+
+/// The flow-sync cost bench: release agents in the lab (tests/src/bin/lb_sync_bench.rs).
+fn bench_sync(rates: &[u32], secs: Option<f64>, json: bool) -> Result<()> {
+    step("building the release binaries (lb, lb-echo, lb-sync-bench)");
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "tests",
+        "--bins",
+    ])?;
+    step("running the flow-sync bench: lab lbsb, SYNs at each rate into lb1, synced to lb2");
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb-sync-bench");
+    let mut cmd = Command::new(&bin);
+    if !rates.is_empty() {
+        let list: Vec<String> = rates.iter().map(u32::to_string).collect();
+        cmd.args(["--rates", &list.join(",")]);
+    }
+    if let Some(s) = secs {
+        cmd.args(["--secs", &s.to_string()]);
+    }
+    if json {
+        cmd.arg("--json");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!("the flow-sync bench failed ({status})");
+    }
+    Ok(())
 }
 
 fn build(release: bool) -> Result<()> {

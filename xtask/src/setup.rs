@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "bird2",
     "nginx-light",
     "curl",
+    "iputils-ping",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";

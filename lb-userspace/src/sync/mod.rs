@@ -673,8 +673,10 @@ async fn link(s: &mut Sender) -> Result<()> {
     }
     tx.send(KIND_SYNCED, &[]).await?;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-    let mut refresh = tokio::time::interval(s.refresh);
-    refresh.tick().await;
+    // Peers' links come up together: spread their refreshes over the period.
+    let jitter = s.refresh.mul_f64(wire::nonce()[0] as f64 / 256.0);
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + s.refresh + jitter, s.refresh);
     loop {
         tokio::select! {
             changed = s.local.changed() => {
@@ -682,10 +684,12 @@ async fn link(s: &mut Sender) -> Result<()> {
                 let local = s.local.borrow_and_update().clone();
                 tx.send(KIND_STATE, &serde_json::to_vec(&*local.state)?).await?;
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?).await?;
+                let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
             _ = heartbeat.tick() => {
                 let summary = s.local.borrow().summary.clone();
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&summary)?).await?;
+                let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
             Some(batch) = s.queue.recv() => {
                 let n = u32::from_be_bytes(batch[1..5].try_into().expect("encoded")) as u64;

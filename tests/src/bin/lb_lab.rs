@@ -29,6 +29,9 @@ fn options(root: &Path) -> LabOptions {
         configured_backends: 3,
         health: HealthTiming::default(),
         flow_sync: true,
+        fabric_mtu: lab::FABRIC_MTU,
+        client_route_mtu: None,
+        sync_refresh_secs: None,
     }
 }
 
