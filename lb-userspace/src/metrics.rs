@@ -39,6 +39,18 @@ fn by_prefix<'a>(
     })
 }
 
+/// The dataplane counters named in `names` (counter, label value), labelled `label`.
+fn relabel<'a>(
+    counters: &'a [CounterInfo],
+    label: &'a str,
+    names: &'a [(&str, &str)],
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    names.iter().filter_map(move |(name, value)| {
+        let c = counters.iter().find(|c| c.name == *name)?;
+        Some((format!("{label}=\"{value}\""), c.packets))
+    })
+}
+
 pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     let mut o = String::new();
     let vip = |v: &crate::state::Vip| format!("vip=\"{}\"", escape(&v.to_string()));
@@ -127,14 +139,11 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         "lb_tx_total",
         "counter",
         "Packets encapsulated and transmitted, by encapsulation.",
-        stats.counters.iter().filter_map(|c| {
-            let encap = match c.name.as_str() {
-                "tx" => "ipip6",
-                "tx_gue" => "gue",
-                _ => return None,
-            };
-            Some((format!("encap=\"{encap}\""), c.packets))
-        }),
+        relabel(
+            &stats.counters,
+            "encap",
+            &[("tx", "ipip6"), ("tx_gue", "gue")],
+        ),
     );
     family(
         &mut o,
@@ -145,17 +154,29 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_icmp_total",
+        "counter",
+        "ICMP the XDP program handled itself: echo replies sent, errors forwarded to the flow's backend, too-big replies sent (drops are in lb_drops_total).",
+        relabel(
+            &stats.counters,
+            "action",
+            &[
+                ("icmp_echo_reply", "echo_reply"),
+                ("icmp_error_forwarded", "error_forwarded"),
+                ("icmp_too_big_sent", "too_big_sent"),
+            ],
+        ),
+    );
+    family(
+        &mut o,
         "lb_flow_events_total",
         "counter",
         "New flows the XDP program exported for peer sync, and those lost to a full ring buffer.",
-        stats.counters.iter().filter_map(|c| {
-            let result = match c.name.as_str() {
-                "flow_events" => "exported",
-                "flow_events_lost" => "lost",
-                _ => return None,
-            };
-            Some((format!("result=\"{result}\""), c.packets))
-        }),
+        relabel(
+            &stats.counters,
+            "result",
+            &[("flow_events", "exported"), ("flow_events_lost", "lost")],
+        ),
     );
     family(
         &mut o,

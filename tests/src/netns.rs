@@ -99,6 +99,20 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))
 }
 
+/// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9450) inside namespace `ns`.
+pub fn metrics_in(ns: &str) -> Result<String> {
+    in_ns(ns, || -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9450")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?
+    .context("GET /metrics")
+}
+
 /// Writes `net.x.y = v` settings under /proc/sys as seen from namespace `ns`.
 pub fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
     for (k, v) in settings {

@@ -731,17 +731,7 @@ fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
 
 /// GET /metrics from inside the load balancer's namespace.
 fn metrics(topo: &Topology) -> String {
-    topo.lb
-        .run(|| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9450").unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap()
+    metrics_in(&topo.lb.name).unwrap()
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! builds its own lab and checks afterwards that nothing of it is left (issue 4, test 6).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -377,14 +376,7 @@ fn health_checks_take_down_backends_out_and_withdraw_dead_vips() {
     );
     let text = String::from_utf8_lossy(&lab.lb(1, &["backend", "list"]).stdout).into_owned();
     assert!(text.contains("down ("), "the table shows why: {text}");
-    let metrics = in_ns(&lab.ns("lb1"), || {
-        let mut s = TcpStream::connect("127.0.0.1:9450").unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    })
-    .unwrap();
+    let metrics = tests::netns::metrics_in(&lab.ns("lb1")).unwrap();
     let gauge = |j: usize| {
         format!(
             "lb_backend_healthy{{vip=\"{http4}\",backend=\"{}\"}}",

@@ -172,6 +172,11 @@ fn large_transfers_find_the_path_mtu_through_the_load_balancers_and_the_vips_ans
         forwarded > 0,
         "downloads needed the router's ICMP errors at the backends"
     );
+    let metrics = tests::netns::metrics_in(&lab.ns("lb1")).unwrap();
+    assert!(
+        metrics.contains("lb_icmp_total{action=\"echo_reply\"}"),
+        "ICMP counters in /metrics"
+    );
     assert_eq!(counter(&lab, "drop_icmp_bad_embedded"), 0);
     assert_eq!(counter(&lab, "drop_icmp_no_flow"), 0);
     finish(lab);

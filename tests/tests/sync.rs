@@ -56,15 +56,7 @@ fn echo_vips() -> [String; 2] {
 
 /// The value of the first `/metrics` line of load balancer `i` that starts with `line_prefix`.
 fn metric(lab: &Lab, i: usize, line_prefix: &str) -> Option<u64> {
-    let text = lab::in_ns(&lab.ns(&lab::lb_name(i)), || {
-        let mut s = TcpStream::connect("127.0.0.1:9450").unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .unwrap();
+    let text = tests::netns::metrics_in(&lab.ns(&lab::lb_name(i))).unwrap();
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
