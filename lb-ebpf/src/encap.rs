@@ -2,7 +2,7 @@
 //! next header 4 for IPv4, 41 for IPv6), or behind IPv6 + UDP for GUE variant 1 (the inner IP
 //! header directly after UDP). Then out of the same NIC with XDP_TX.
 
-use core::ptr::write as store;
+use core::ptr::{read_unaligned, write as store};
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -85,8 +85,13 @@ fn write_outer<const L3: usize, const GUE: bool>(
         NEXT_HEADER_IPV6
     };
     unsafe {
-        store(data as *mut [u8; 6], iface.dst_mac);
-        store((data + 6) as *mut [u8; 6], iface.src_mac);
+        // Word stores: an array store compiles to a byte-by-byte memmove call in BPF.
+        // IfaceConfig: src_mac at 0..6, dst_mac at 6..12.
+        let macs = iface as *const IfaceConfig as *const u8;
+        store(data as *mut u16, read_unaligned(macs.add(6) as *const u16));
+        store((data + 2) as *mut u32, read_unaligned(macs.add(8) as *const u32));
+        store((data + 6) as *mut u32, read_unaligned(macs as *const u32));
+        store((data + 10) as *mut u16, read_unaligned(macs.add(4) as *const u16));
         if L3 == 18 {
             store((data + 12) as *mut u16, ETH_P_8021Q);
             store((data + 14) as *mut u16, pkt.vlan_tci);
@@ -97,8 +102,10 @@ fn write_outer<const L3: usize, const GUE: bool>(
         store((ip + 4) as *mut u16, payload_len.to_be());
         store((ip + 6) as *mut u8, next_header);
         store((ip + 7) as *mut u8, HOP_LIMIT);
-        store((ip + 8) as *mut [u32; 4], cfg.src_ip6);
-        store((ip + 24) as *mut [u32; 4], target.addr);
+        for i in 0..4 {
+            store((ip + 8 + 4 * i) as *mut u32, cfg.src_ip6[i]);
+            store((ip + 24 + 4 * i) as *mut u32, target.addr[i]);
+        }
         if GUE {
             let udp = ip + 40;
             // Source port from the flow hash (ephemeral range) for RSS on the backend's NIC.
