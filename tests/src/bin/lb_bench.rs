@@ -1,10 +1,6 @@
-//! Benchmark runner for `cargo xtask bench` (root).
+//! Benchmark runner for `cargo xtask bench` (root). Today: the connection-table layouts.
 //!
-//! `lb-bench dataplane <lb-xdp object> <harness object>`: the dataplane cost per packet, see
-//! `dataplane` below and BENCHMARKS.md.
-//!
-//! `lb-bench conntrack <flows> <label=object>...`: the connection-table layouts. For each XDP
-//! object given, two threads (pinned to CPU 0 and CPU 1) run the program through
+//! For each XDP object given, two threads (pinned to CPU 0 and CPU 1) run the program through
 //! BPF_PROG_TEST_RUN concurrently: first a SYN for each of N new flows (a table insert), then a
 //! data packet of each flow (a table hit). The kernel's own per-run duration is recorded and the
 //! median, p90 and p99 reported. Every run's verdict and the counters are checked: a scenario
@@ -16,9 +12,6 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, PROTO_TCP};
 use tests::*;
-
-#[path = "lb_bench/dataplane.rs"]
-mod dataplane;
 
 const VIP: &str = "192.0.2.10";
 
@@ -140,19 +133,8 @@ fn bench_object(path: &str, flows: u32) -> Result<Vec<Phase>> {
 fn main() -> Result<()> {
     require_root();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("dataplane") if args.len() == 3 => dataplane::run(&args[1], &args[2]),
-        Some("conntrack") => conntrack_main(&args[1..]),
-        _ => bail!(
-            "usage: lb-bench dataplane <lb-xdp object> <harness object>\n       \
-             lb-bench conntrack <flows per CPU> <label=object>..."
-        ),
-    }
-}
-
-fn conntrack_main(args: &[String]) -> Result<()> {
     if args.len() < 2 {
-        bail!("usage: lb-bench conntrack <flows per CPU> <label=object>...");
+        bail!("usage: lb-bench <flows per CPU> <label=object>...");
     }
     let flows: u32 = args[0].parse().context("flows per CPU")?;
     println!("| connection table | path | median ns | p90 ns | p99 ns |");
