@@ -23,19 +23,35 @@ pub struct MaglevMember {
 #[derive(Debug, PartialEq, Eq)]
 pub enum MaglevError {
     SizeNotPrime(u32),
-    TooManyMembers { members: usize, size: u32 },
+    /// A round of turns (each active member's weight divided by the weights' gcd, summed) is
+    /// longer than half the table: shares would be too coarse.
+    TooManyMembers {
+        members: usize,
+        turns: u64,
+        size: u32,
+    },
     DuplicateMember(Ipv6Addr),
-    WeightOutOfRange { addr: Ipv6Addr, weight: u32 },
+    WeightOutOfRange {
+        addr: Ipv6Addr,
+        weight: u32,
+    },
 }
 
 impl std::fmt::Display for MaglevError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::SizeNotPrime(m) => write!(f, "Maglev table size {m} is not a prime"),
-            Self::TooManyMembers { members, size } => {
+            Self::TooManyMembers {
+                members,
+                turns,
+                size,
+            } => {
                 write!(
                     f,
-                    "{members} backends do not fit a Maglev table of {size} slots (need size > 100 x backends for balance)"
+                    "{members} backends do not fit a Maglev table of {size} slots: their weights, \
+                     divided by their greatest common divisor, add up to {turns}, and may add up \
+                     to at most {} (half the table); use a larger table or coarser weights",
+                    size / 2
                 )
             }
             Self::DuplicateMember(a) => write!(f, "backend {a} is listed twice"),
@@ -108,20 +124,22 @@ impl MaglevTable {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].weight > 0)
             .collect();
-        let turns_total: u64 = active.iter().map(|&i| members[i].weight as u64).sum();
-        if turns_total > size as u64 / 2 || active.len() as u64 > size as u64 / 2 {
-            return Err(MaglevError::TooManyMembers {
-                members: members.len(),
-                size,
-            });
-        }
         let mut slots = vec![NO_BACKEND; size as usize];
         if active.is_empty() {
             return Ok(Self { members, slots });
         }
         // Weights only matter relative to each other: divide by their gcd so a round of
-        // turns is as short as possible (smoother interleaving, same shares).
+        // turns is as short as possible (smoother interleaving, same shares). The limit
+        // applies to that round, so 1,000 backends of weight 100 fit where 1,000 of weight 1 do.
         let g = active.iter().fold(0, |g, &i| gcd(g, members[i].weight));
+        let turns_total: u64 = active.iter().map(|&i| (members[i].weight / g) as u64).sum();
+        if turns_total > size as u64 / 2 {
+            return Err(MaglevError::TooManyMembers {
+                members: members.len(),
+                turns: turns_total,
+                size,
+            });
+        }
         let m = size as u64;
         // Per active member: (current position in its permutation, skip, turns per round).
         let mut perm: Vec<(u64, u64, u32)> = active
@@ -352,6 +370,15 @@ mod tests {
         assert!(matches!(
             MaglevTable::build(7, SEED, &members(5, 1)),
             Err(MaglevError::TooManyMembers { .. })
+        ));
+        // The limit is on weights relative to each other: equal weights of 100 fit wherever
+        // equal weights of 1 do, and build the same table.
+        let heavy = MaglevTable::build(65537, SEED, &members(1000, 100)).unwrap();
+        let light = MaglevTable::build(65537, SEED, &members(1000, 1)).unwrap();
+        assert_eq!(heavy.slots(), light.slots());
+        assert!(matches!(
+            MaglevTable::build(65537, SEED, &members(40000, 1)),
+            Err(MaglevError::TooManyMembers { turns: 40000, .. })
         ));
     }
 }
