@@ -9,6 +9,12 @@ pub mod names {
     pub const CONFIG: &str = "LB_CONFIG";
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const VIPS: &str = "VIPS";
+    /// `VipMeta` by `VipMeta::id`, for established flows: their backend names the VIP, so
+    /// they skip the `VIPS` hash lookup.
+    pub const VIPS_BY_ID: &str = "VIPS_BY_ID";
+    /// The services of `VIPS` again, in an open-addressed array (`VipSlot`): the hot path's
+    /// lookup by address costs array reads and word compares, not a kernel hash lookup.
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";
     pub const CONNS: &str = "CONNS";
@@ -26,6 +32,8 @@ pub mod names {
         CONFIG,
         VIP_FILTER,
         VIPS,
+        VIPS_BY_ID,
+        VIP_INDEX,
         BACKENDS,
         RINGS,
         CONNS,
@@ -40,6 +48,8 @@ pub mod names {
 pub mod globals {
     /// Maglev table size M shared by all rings (a prime).
     pub const RING_SIZE: &str = "RING_SIZE";
+    /// Slots of `VIP_INDEX` (a power of two).
+    pub const VIP_INDEX_SIZE: &str = "VIP_INDEX_SIZE";
 }
 
 pub const FAMILY_V4: u8 = 4;
@@ -56,7 +66,10 @@ pub const DEFAULT_MAX_RINGS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAX_CONNS: u32 = 1_000_000;
 pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Slots of `IFACES` (a power of two; fixed, not resized by the loader).
 pub const DEFAULT_MAX_IFACES: u32 = 64;
+/// A NIC lives in one of `IFACE_PROBES` consecutive `IFACES` slots from `iface_slot(ifindex, 0)`.
+pub const IFACE_PROBES: u32 = 4;
 pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 30_000_000_000;
 /// An established TCP flow idle this long is forgotten (its next packet is re-hashed).
 pub const DEFAULT_TCP_IDLE_TIMEOUT_NS: u64 = 900_000_000_000;
@@ -98,11 +111,65 @@ pub struct VipKey {
     pub family: u8,
 }
 
+/// A `VIP_INDEX` slot: a service's key and meta; `key.proto == 0` marks a free slot. The
+/// service with key `k` lives in the first free of the `VIP_PROBES` slots from
+/// `vip_index_slot(vip_index_hash(k), 0, size)`, and the lookup checks all of them (removals
+/// leave holes, so it does not stop at a free one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub meta: VipMeta,
+}
+
+/// Probes per `VIP_INDEX` lookup. With the index 8 times larger than `max_vips`, a service
+/// that finds all 8 taken is vanishingly rare; the agent refuses it with a clear error.
+pub const VIP_PROBES: u32 = 8;
+
+/// `VIP_INDEX` size for `max_vips` services: 8 slots per service, a power of two.
+pub const fn vip_index_size(max_vips: u32) -> u32 {
+    (max_vips.saturating_mul(8)).next_power_of_two()
+}
+
+/// The hash placing a service in `VIP_INDEX`: a multiply-xorshift of its five key words
+/// (cheap in BPF; quality only affects probe lengths, not correctness).
+#[inline(always)]
+pub const fn vip_index_hash(key: &VipKey) -> u32 {
+    vip_index_hash_words(&key.addr, vip_key_tail(key.port, key.proto, key.family))
+}
+
+/// A `VipKey`'s fifth 32-bit word as it lies in memory (little-endian): port, protocol,
+/// family.
+#[inline(always)]
+pub const fn vip_key_tail(port: u16, proto: u8, family: u8) -> u32 {
+    (port as u32) | ((proto as u32) << 16) | ((family as u32) << 24)
+}
+
+/// `vip_index_hash` of a key given as its address words and `vip_key_tail`.
+#[inline(always)]
+pub const fn vip_index_hash_words(addr: &[u32; 4], tail: u32) -> u32 {
+    let mut h = addr[0] ^ addr[1].rotate_left(7) ^ addr[2].rotate_left(13);
+    h ^= addr[3].rotate_left(19) ^ tail.rotate_left(3);
+    h = h.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x85EB_CA77);
+    h ^ (h >> 13)
+}
+
+/// Slot of probe `probe` for `hash` in an index of `size` slots (a power of two).
+#[inline(always)]
+pub const fn vip_index_slot(hash: u32, probe: u32, size: u32) -> u32 {
+    hash.wrapping_add(probe) & (size - 1)
+}
+
 /// `VipMeta::flags`: encapsulate in IPv6 + UDP (GUE variant 1) instead of plain IPv6.
 pub const VIP_F_GUE: u32 = 1;
 /// `VipMeta::flags` of a VIP address's marker entry (port 0, protocol 0): do not answer ICMP
 /// echo requests to this address.
 pub const VIP_F_NO_ECHO: u32 = 2;
+/// `VipMeta::flags` in `VIPS_BY_ID`: the slot holds an installed service (cleared when the
+/// service is removed, so connection entries of its backends stop taking the fast path).
+pub const VIP_F_LIVE: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,7 +276,7 @@ impl LbConfig {
     }
 }
 
-/// Per-NIC link layer (`IFACES[ifindex]`): encapsulated packets leave by the NIC they came in.
+/// Per-NIC link layer (in an `IfaceSlot`): encapsulated packets leave by the NIC they came in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceConfig {
@@ -221,6 +288,22 @@ pub struct IfaceConfig {
     /// would exceed it once encapsulated is answered with ICMP "too big" instead. 0: unchecked.
     pub mtu: u16,
     pub _pad: u16,
+}
+
+/// An `IFACES` slot: a NIC's ifindex (0: free) and its link layer. The NIC with ifindex `i`
+/// lives in slot `iface_slot(i, p)` for the first free probe `p < IFACE_PROBES`: the hot path
+/// finds it with array lookups (a few instructions each) rather than a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub config: IfaceConfig,
+}
+
+/// The `IFACES` slot of probe `probe` for `ifindex`.
+#[inline(always)]
+pub const fn iface_slot(ifindex: u32, probe: u32) -> u32 {
+    ifindex.wrapping_add(probe) & (DEFAULT_MAX_IFACES - 1)
 }
 
 /// A packets/bytes pair, per CPU.
@@ -275,6 +358,8 @@ mod user {
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for VipFilter {}
     unsafe impl aya::Pod for IfaceConfig {}
+    unsafe impl aya::Pod for IfaceSlot {}
+    unsafe impl aya::Pod for VipSlot {}
     unsafe impl aya::Pod for FlowEvent {}
 
     /// An address as the XDP program sees it: family and network-order words.
@@ -367,4 +452,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<IfaceSlot>() == 20);
+const _: () = assert!(core::mem::size_of::<VipSlot>() == 36);
+const _: () = assert!(DEFAULT_MAX_IFACES.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);

@@ -2,6 +2,10 @@
 //! Maglev table changes (a backend added, drained or weighted) do not move established
 //! connections.
 //!
+//! An established flow needs one hash lookup here: its entry names the backend, and the
+//! backend names its VIP (`VIPS_BY_ID`), so the `VIPS` lookup by address is skipped
+//! (`established`). Everything else finds its VIP by address first (`new_flow`).
+//!
 //! SYN: always through Maglev, (re)creating the entry. RST: the entry if any, else Maglev,
 //! never creating one. Anything else: the entry if any, else Maglev and a new entry (a
 //! mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
@@ -15,14 +19,14 @@
 //! `lookup_backend` is the read-only variant for ICMP errors about a flow (icmp.rs): the same
 //! choice a packet of the flow would get now, without creating or refreshing an entry.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
     LB_F_FLOW_EVENTS, LbConfig, PROTO_TCP, VipMeta, flow_hash,
 };
 
-use crate::{flowsync, maglev, maps::CONNS, stats};
+use crate::{clock::now_ns, flowsync, maglev, maps::CONNS, stats, vip};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -34,71 +38,110 @@ pub struct Target {
     pub hash: u32,
 }
 
-#[inline(always)]
-fn now_ns() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+/// What the connection table says about a packet's flow.
+pub enum Found {
+    /// A live entry whose backend's VIP is installed: everything the rewrite needs.
+    Hit(&'static VipMeta, Target),
+    /// A live entry whose backend names no installed VIP id (maps adopted from an agent
+    /// without `VIPS_BY_ID`, or the VIP was removed): the caller looks the VIP up by address.
+    Pinned(Target),
+    /// No live entry (a SYN never looks): Maglev decides.
+    Miss,
 }
 
+/// Step 1 of the backend choice: the flow's connection entry, refreshed. One hash lookup (the
+/// entry) and array reads (backend, VIP by id) for an established flow.
 #[inline(always)]
-pub fn pick_backend(
+pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
+    if flow.syn {
+        return Found::Miss;
+    }
+    let Some(entry) = CONNS.get_ptr_mut(key) else {
+        return Found::Miss;
+    };
+    let entry = unsafe { &mut *entry };
+    // The agent writes peers' entries with CLOCK_MONOTONIC, which runs up to a tick or two
+    // ahead of the cached coarse clock: an atime in the future is idle 0, not expired.
+    let idle = flow.now.saturating_sub(entry.atime_ns);
+    let b = match entry_backend(entry, idle, flow.is_tcp, cfg) {
+        Ok(b) => b,
+        Err(why) => {
+            stats::count(why);
+            return Found::Miss;
+        }
+    };
+    stats::count(Counter::LruHit);
+    // A refresh also takes over a peer's entry: local traffic now owns it.
+    if flow.closing && entry.flags & CONN_F_CLOSING == 0 {
+        entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
+        entry.atime_ns = flow.now;
+    } else if idle > ATIME_GRANULARITY_NS {
+        entry.flags &= !CONN_F_PEER;
+        entry.atime_ns = flow.now;
+    }
+    let target = Target {
+        id: entry.backend,
+        addr: b.addr,
+        hash: entry.hash,
+    };
+    match vip::by_id(b.vip) {
+        Some(vip) => Found::Hit(vip, target),
+        None => Found::Pinned(target),
+    }
+}
+
+/// The TCP flags that matter to the connection table, and the time, read once per packet.
+pub struct FlowPacket {
+    pub is_tcp: bool,
+    pub syn: bool,
+    pub rst: bool,
+    pub closing: bool,
+    pub now: u64,
+}
+
+impl FlowPacket {
+    #[inline(always)]
+    pub fn new(is_tcp: bool, tcp_flags: u8) -> Self {
+        Self {
+            is_tcp,
+            syn: is_tcp && tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN,
+            rst: is_tcp && tcp_flags & TCP_RST != 0,
+            closing: is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0,
+            now: now_ns(),
+        }
+    }
+}
+
+/// Step 2, when step 1 found no live entry: the Maglev choice of `vip`'s ring, pinned with a
+/// new entry (except for RST). None: the ring has no backend for this hash.
+#[inline(always)]
+pub fn new_flow(
     ctx: &XdpContext,
     key: &FlowKey,
-    is_tcp: bool,
-    tcp_flags: u8,
+    flow: &FlowPacket,
     vip: &VipMeta,
     cfg: &LbConfig,
 ) -> Option<Target> {
-    let syn = is_tcp && tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN;
-    let rst = is_tcp && tcp_flags & TCP_RST != 0;
-    let closing = is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let now = now_ns();
-    if !syn {
-        if let Some(entry) = CONNS.get_ptr_mut(key) {
-            let entry = unsafe { &mut *entry };
-            // The agent writes peers' entries with CLOCK_MONOTONIC, which runs up to a tick
-            // ahead of this coarse clock: an atime in the future is idle 0, not expired.
-            let idle = now.saturating_sub(entry.atime_ns);
-            match entry_backend(entry, idle, is_tcp, cfg) {
-                Ok(b) => {
-                    stats::count(Counter::LruHit);
-                    // A refresh also takes over a peer's entry: local traffic now owns it.
-                    if closing && entry.flags & CONN_F_CLOSING == 0 {
-                        entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
-                        entry.atime_ns = now;
-                    } else if idle > ATIME_GRANULARITY_NS {
-                        entry.flags &= !CONN_F_PEER;
-                        entry.atime_ns = now;
-                    }
-                    return Some(Target {
-                        id: entry.backend,
-                        addr: b.addr,
-                        hash: entry.hash,
-                    });
-                }
-                Err(why) => stats::count(why),
-            }
-        }
-    }
     let hash = flow_hash(key, cfg.hash_seed);
     let (id, b) = ring_backend(ctx, vip, hash)?;
-    stats::count(if syn {
+    stats::count(if flow.syn {
         Counter::LruMissSyn
-    } else if is_tcp {
+    } else if flow.is_tcp {
         Counter::LruMissNonSyn
     } else {
         Counter::LruMissUdp
     });
-    if !rst {
+    if !flow.rst {
         let entry = ConnEntry {
             backend: id,
             hash,
-            atime_ns: now,
+            atime_ns: flow.now,
             generation: b.generation,
-            flags: if closing { CONN_F_CLOSING } else { 0 },
+            flags: if flow.closing { CONN_F_CLOSING } else { 0 },
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let inserted = CONNS.insert(key, &entry, 0).is_ok();
-        if syn && inserted && cfg.flags & LB_F_FLOW_EVENTS != 0 {
+        if flow.syn && inserted && cfg.flags & LB_F_FLOW_EVENTS != 0 {
             flowsync::export(key, id, hash);
         }
     }
@@ -110,7 +153,7 @@ pub fn pick_backend(
 }
 
 /// Where a packet of this flow would go now, read-only: the connection entry if it is live
-/// and valid (the same rules as `pick_backend`), else the Maglev choice. Creates, refreshes and
+/// and valid (the same rules as `established`), else the Maglev choice. Creates, refreshes and
 /// counts nothing: for ICMP errors about a flow, which must not pin or keep alive anything.
 #[inline(always)]
 pub fn lookup_backend(

@@ -89,9 +89,15 @@ fn write_outer<const L3: usize, const GUE: bool>(
         // IfaceConfig: src_mac at 0..6, dst_mac at 6..12.
         let macs = iface as *const IfaceConfig as *const u8;
         store(data as *mut u16, read_unaligned(macs.add(6) as *const u16));
-        store((data + 2) as *mut u32, read_unaligned(macs.add(8) as *const u32));
+        store(
+            (data + 2) as *mut u32,
+            read_unaligned(macs.add(8) as *const u32),
+        );
         store((data + 6) as *mut u32, read_unaligned(macs as *const u32));
-        store((data + 10) as *mut u16, read_unaligned(macs.add(4) as *const u16));
+        store(
+            (data + 10) as *mut u16,
+            read_unaligned(macs.add(4) as *const u16),
+        );
         if L3 == 18 {
             store((data + 12) as *mut u16, ETH_P_8021Q);
             store((data + 14) as *mut u16, pkt.vlan_tci);

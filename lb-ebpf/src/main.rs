@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod conntrack;
 mod encap;
 mod flowsync;
@@ -22,6 +23,7 @@ mod wire;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Counter, PROTO_TCP};
 
+use conntrack::{FlowPacket, Found};
 use parse::{Parsed, Verdict};
 
 #[xdp]
@@ -37,21 +39,31 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Parsed) -> u32 {
-    let Some(vip) = vip::lookup(&pkt.key) else {
-        stats::count(Counter::PassVipOtherService);
-        return xdp_action::XDP_PASS;
-    };
     let Some(cfg) = maps::config() else {
         return stats::drop(Counter::DropEncap);
+    };
+    let flow = FlowPacket::new(pkt.key.proto == PROTO_TCP, pkt.tcp_flags);
+    // An established flow knows its VIP from its entry; the rest look it up by address.
+    let (vip, target) = match conntrack::established(&pkt.key, &flow, cfg) {
+        Found::Hit(vip, target) => (vip, target),
+        found => {
+            let Some(vip) = vip::lookup(&pkt.key) else {
+                stats::count(Counter::PassVipOtherService);
+                return xdp_action::XDP_PASS;
+            };
+            let target = match found {
+                Found::Pinned(target) => target,
+                _ => match conntrack::new_flow(ctx, &pkt.key, &flow, vip, cfg) {
+                    Some(target) => target,
+                    None => return stats::drop(Counter::DropNoBackend),
+                },
+            };
+            (vip, target)
+        }
     };
     // The agent configures every NIC it attaches to; anything else is a misconfiguration.
     let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
         return stats::drop(Counter::DropNoIface);
-    };
-    let is_tcp = pkt.key.proto == PROTO_TCP;
-    let Some(target) = conntrack::pick_backend(ctx, &pkt.key, is_tcp, pkt.tcp_flags, vip, cfg)
-    else {
-        return stats::drop(Counter::DropNoBackend);
     };
     // Too big once encapsulated: answered with ICMP (or dropped), never forwarded. One compare
     // when it fits. The backend choice above already ran (see docs/dataplane.md).

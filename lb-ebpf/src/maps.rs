@@ -7,7 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
     DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
-    IfaceConfig, LbConfig, VipFilter, VipKey, VipMeta, stats::COUNTER_COUNT,
+    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta, VipSlot,
+    iface_slot, stats::COUNTER_COUNT, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -23,12 +24,22 @@ pub fn ring_size() -> u32 {
     unsafe { core::ptr::read_volatile(&RING_SIZE) }
 }
 
+/// `VIP_INDEX` slots (a power of two), set by the loader.
+#[unsafe(no_mangle)]
+static VIP_INDEX_SIZE: u32 = vip_index_size(DEFAULT_MAX_VIPS);
+
+#[inline(always)]
+pub fn vip_index_size_now() -> u32 {
+    unsafe { core::ptr::read_volatile(&VIP_INDEX_SIZE) }
+}
+
 #[map]
 pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
-/// Link layer per ingress NIC (ifindex), so one program can serve several NICs.
+/// Link layer per ingress NIC, so one program can serve several NICs: slots found by ifindex
+/// (`IfaceSlot`), an array so the lookup costs no hashing.
 #[map]
-pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(DEFAULT_MAX_IFACES, 0);
+pub static IFACES: Array<IfaceSlot> = Array::with_max_entries(DEFAULT_MAX_IFACES, 0);
 
 #[map]
 pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
@@ -36,6 +47,14 @@ pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 /// Services, plus one marker per VIP address (port 0, proto 0) for the exact address check.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+/// Services by `VipMeta::id` (flag `VIP_F_LIVE`): the VIP of an established flow's backend.
+#[map]
+pub static VIPS_BY_ID: Array<VipMeta> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// The services, open-addressed by `vip_index_hash` (see `VipSlot`).
+#[map]
+pub static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(vip_index_size(DEFAULT_MAX_VIPS), 0);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
@@ -84,7 +103,15 @@ pub fn config() -> Option<&'static LbConfig> {
     LB_CONFIG.get(0)
 }
 
+/// The link layer of the NIC with `ifindex`, from the first of its probe slots that holds it.
 #[inline(always)]
 pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
-    unsafe { IFACES.get(&ifindex) }
+    for probe in 0..IFACE_PROBES {
+        if let Some(slot) = IFACES.get(iface_slot(ifindex, probe)) {
+            if slot.ifindex == ifindex {
+                return Some(&slot.config);
+            }
+        }
+    }
+    None
 }

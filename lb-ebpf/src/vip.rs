@@ -1,10 +1,15 @@
-//! VIP lookup: a one-bit pre-filter on the destination address, then the exact service.
+//! VIP lookup: a one-bit pre-filter on the destination address, then the exact service from
+//! the open-addressed `VIP_INDEX` (or, for an established flow, its backend's service by id).
+//! The `VIPS` hash map remains the agent's record and holds the per-address markers.
 
 use core::{mem::MaybeUninit, ptr::write_volatile};
 
-use lb_common::{FlowKey, VIP_FILTER_WORDS, VipKey, VipMeta, vip_filter_bit};
+use lb_common::{
+    FlowKey, VIP_F_LIVE, VIP_FILTER_WORDS, VIP_PROBES, VipKey, VipMeta, vip_filter_bit,
+    vip_index_hash_words, vip_index_slot, vip_key_tail,
+};
 
-use crate::maps::{VIP_FILTER, VIPS};
+use crate::maps::{VIP_FILTER, VIP_INDEX, VIPS, VIPS_BY_ID, vip_index_size_now};
 
 /// Whether the destination address may be a VIP (false: it certainly is not).
 #[inline(always)]
@@ -22,17 +27,40 @@ pub fn filter_hit(folded_addr: u32) -> bool {
 /// The service for this flow: the exact port first, then the VIP's any-port (port 0) entry.
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<&'static VipMeta> {
-    let mut vip = VipKey {
-        addr: key.dst,
-        port: key.dst_port,
-        proto: key.proto,
-        family: key.family,
-    };
-    if let Some(meta) = unsafe { VIPS.get(&vip) } {
+    let exact = vip_key_tail(key.dst_port, key.proto, key.family);
+    if let Some(meta) = indexed(&key.dst, exact) {
         return Some(meta);
     }
-    vip.port = 0;
-    unsafe { VIPS.get(&vip) }
+    indexed(&key.dst, vip_key_tail(0, key.proto, key.family))
+}
+
+/// The service with address `addr` and key tail `tail` in `VIP_INDEX`: up to `VIP_PROBES`
+/// array reads, each compared as five words (no key is built on the stack).
+#[inline(always)]
+fn indexed(addr: &[u32; 4], tail: u32) -> Option<&'static VipMeta> {
+    let size = vip_index_size_now();
+    let hash = vip_index_hash_words(addr, tail);
+    for probe in 0..VIP_PROBES {
+        let slot = VIP_INDEX.get(vip_index_slot(hash, probe, size))?;
+        let k = &slot.key as *const VipKey as *const u32;
+        let same = unsafe {
+            *k.add(4) == tail
+                && *k == addr[0]
+                && *k.add(1) == addr[1]
+                && *k.add(2) == addr[2]
+                && *k.add(3) == addr[3]
+        };
+        if same {
+            return Some(&slot.meta);
+        }
+    }
+    None
+}
+
+/// The installed service with this id (`VipMeta::id`), for an established flow's backend.
+#[inline(always)]
+pub fn by_id(id: u32) -> Option<&'static VipMeta> {
+    VIPS_BY_ID.get(id).filter(|m| m.flags & VIP_F_LIVE != 0)
 }
 
 /// Exact check that `addr` is a VIP address (its marker entry: port 0, protocol 0).

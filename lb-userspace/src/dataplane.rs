@@ -20,9 +20,12 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, ConnEntry, Counter, CounterValue, FlowKey, IfaceConfig, LbConfig, VipFilter, VipKey,
-    VipMeta, globals, names,
+    Backend, ConnEntry, Counter, CounterValue, FlowKey, IfaceConfig, IfaceSlot, LbConfig,
+    VipFilter, VipKey, VipMeta, VipSlot, globals, names,
 };
+
+/// Largest `max_vips` (the VIP index has 8 slots per VIP).
+pub const MAX_VIPS_LIMIT: u32 = 1 << 20;
 
 /// Map sizes and the Maglev table size, fixed when the program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,12 @@ impl DataplaneLimits {
                 "{} rings of {} slots exceed the ring map's size limit",
                 self.max_rings,
                 self.ring_size
+            );
+        }
+        if self.max_vips > MAX_VIPS_LIMIT {
+            bail!(
+                "max_vips {} is over the limit of {MAX_VIPS_LIMIT}",
+                self.max_vips
             );
         }
         for (what, v) in [
@@ -100,6 +109,13 @@ fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, usize, u32)
             size_of::<VipMeta>(),
             limits.max_vips * 2,
         ),
+        (names::VIPS_BY_ID, 4, size_of::<VipMeta>(), limits.max_vips),
+        (
+            names::VIP_INDEX,
+            4,
+            size_of::<VipSlot>(),
+            lb_common::vip_index_size(limits.max_vips),
+        ),
         (
             names::BACKENDS,
             4,
@@ -134,7 +150,7 @@ fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, usize, u32)
         (
             names::IFACES,
             4,
-            size_of::<IfaceConfig>(),
+            size_of::<IfaceSlot>(),
             lb_common::DEFAULT_MAX_IFACES,
         ),
     ]
@@ -197,6 +213,8 @@ impl Dataplane {
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(globals::RING_SIZE, &limits.ring_size, true);
+        let vip_index_size = lb_common::vip_index_size(limits.max_vips);
+        loader.override_global(globals::VIP_INDEX_SIZE, &vip_index_size, true);
         for (name, _, _, entries) in &layout {
             loader.map_max_entries(name, *entries);
         }
@@ -324,25 +342,62 @@ impl Dataplane {
             .context("writing LB_CONFIG")
     }
 
-    /// The link layer of the NIC with this ifindex.
+    /// The link layer of the NIC with this ifindex: its slot if it has one, else the first
+    /// free slot among its probes (`lb_common::iface_slot`).
     pub fn set_iface(&mut self, ifindex: u32, iface: IfaceConfig) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map(names::IFACES)?)?;
-        map.insert(ifindex, iface, 0)
-            .with_context(|| format!("writing IFACES[{ifindex}]"))
+        if ifindex == 0 {
+            bail!("ifindex 0 is not a NIC");
+        }
+        let mut map = self.array::<IfaceSlot>(names::IFACES)?;
+        let probes: Vec<(u32, IfaceSlot)> = (0..lb_common::IFACE_PROBES)
+            .map(|p| {
+                let i = lb_common::iface_slot(ifindex, p);
+                Ok((i, map.get(&i, 0)?))
+            })
+            .collect::<Result<_>>()?;
+        let slot = probes
+            .iter()
+            .find(|(_, s)| s.ifindex == ifindex)
+            .or_else(|| probes.iter().find(|(_, s)| s.ifindex == 0))
+            .map(|(i, _)| *i);
+        let Some(slot) = slot else {
+            let taken: Vec<String> = probes.iter().map(|(_, s)| s.ifindex.to_string()).collect();
+            bail!(
+                "no free IFACES slot for ifindex {ifindex}: its {} slots hold the NICs with \
+                 ifindex {}",
+                lb_common::IFACE_PROBES,
+                taken.join(", ")
+            );
+        };
+        map.set(
+            slot,
+            IfaceSlot {
+                ifindex,
+                config: iface,
+            },
+            0,
+        )
+        .with_context(|| format!("writing IFACES[{slot}] for ifindex {ifindex}"))
     }
 
     pub fn ifaces(&mut self) -> Result<Vec<(u32, IfaceConfig)>> {
-        let map: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map(names::IFACES)?)?;
-        Ok(map.iter().filter_map(|r| r.ok()).collect())
+        let map = self.array::<IfaceSlot>(names::IFACES)?;
+        Ok(map
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|s| s.ifindex != 0)
+            .map(|s| (s.ifindex, s.config))
+            .collect())
     }
 
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map(names::IFACES)?)?;
-        map.remove(&ifindex)
-            .with_context(|| format!("removing IFACES[{ifindex}]"))
+        let mut map = self.array::<IfaceSlot>(names::IFACES)?;
+        let slot = (0..lb_common::IFACE_PROBES)
+            .map(|p| lb_common::iface_slot(ifindex, p))
+            .find(|i| map.get(i, 0).is_ok_and(|s| s.ifindex == ifindex))
+            .with_context(|| format!("ifindex {ifindex} has no IFACES slot"))?;
+        map.set(slot, IfaceSlot::default(), 0)
+            .with_context(|| format!("clearing IFACES[{slot}]"))
     }
 
     pub fn config(&mut self) -> Result<LbConfig> {
@@ -481,10 +536,34 @@ impl Dataplane {
             proto: 0,
             ..vip
         };
+        // Its index slot first (read only): a service that finds none changes nothing.
+        let slot = self.vip_index_slot(&vip)?;
         let mut vips: HashMap<&mut MapData, VipKey, VipMeta> =
             HashMap::try_from(self.map(names::VIPS)?)?;
-        let existed = vips.get(&vip, 0).is_ok();
+        let old = vips.get(&vip, 0).ok();
+        let existed = old.is_some();
         vips.insert(vip, meta, 0).context("writing the VIP")?;
+        self.array::<VipSlot>(names::VIP_INDEX)?
+            .set(slot, VipSlot { key: vip, meta }, 0)
+            .context("writing VIP_INDEX")?;
+        let mut by_id = self.array::<VipMeta>(names::VIPS_BY_ID)?;
+        if let Some(old) = old.filter(|o| o.id != meta.id) {
+            by_id
+                .set(old.id, VipMeta::default(), 0)
+                .context("clearing VIPS_BY_ID")?;
+        }
+        by_id
+            .set(
+                meta.id,
+                VipMeta {
+                    flags: meta.flags | lb_common::VIP_F_LIVE,
+                    ..meta
+                },
+                0,
+            )
+            .context("writing VIPS_BY_ID")?;
+        let mut vips: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(names::VIPS)?)?;
         // The marker carries the address's own flags (ICMP echo): keep them.
         let flags = vips.get(&marker, 0).map_or(0, |m| m.flags);
         vips.insert(
@@ -500,6 +579,42 @@ impl Dataplane {
             *self.addresses.entry(addr).or_default() += 1;
         }
         self.write_filter()
+    }
+
+    /// The `VIP_INDEX` slot holding `vip`, if any.
+    fn vip_index_find(&mut self, vip: &VipKey) -> Result<Option<u32>> {
+        let size = lb_common::vip_index_size(self.limits.max_vips);
+        let hash = lb_common::vip_index_hash(vip);
+        let index = self.array::<VipSlot>(names::VIP_INDEX)?;
+        for probe in 0..lb_common::VIP_PROBES {
+            let slot = lb_common::vip_index_slot(hash, probe, size);
+            if index.get(&slot, 0)?.key == *vip {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where `vip` goes in `VIP_INDEX`: its own slot, else the first free one of its probes.
+    fn vip_index_slot(&mut self, vip: &VipKey) -> Result<u32> {
+        if let Some(slot) = self.vip_index_find(vip)? {
+            return Ok(slot);
+        }
+        let size = lb_common::vip_index_size(self.limits.max_vips);
+        let hash = lb_common::vip_index_hash(vip);
+        let index = self.array::<VipSlot>(names::VIP_INDEX)?;
+        for probe in 0..lb_common::VIP_PROBES {
+            let slot = lb_common::vip_index_slot(hash, probe, size);
+            if index.get(&slot, 0)?.key.proto == 0 {
+                return Ok(slot);
+            }
+        }
+        bail!(
+            "the VIP index has no free slot among the {} for this service (max_vips {} gives \
+             {size} slots); raise max_vips",
+            lb_common::VIP_PROBES,
+            self.limits.max_vips
+        )
     }
 
     /// Sets the flags of a VIP address's marker entry (e.g. `VIP_F_NO_ECHO`); false if the
@@ -541,7 +656,21 @@ impl Dataplane {
         let last_service = self.addresses.get(&addr) == Some(&1);
         let mut vips: HashMap<&mut MapData, VipKey, VipMeta> =
             HashMap::try_from(self.map(names::VIPS)?)?;
+        let id = vips.get(&vip, 0).ok().map(|m| m.id);
         vips.remove(&vip).context("removing the VIP")?;
+        if let Some(slot) = self.vip_index_find(&vip)? {
+            self.array::<VipSlot>(names::VIP_INDEX)?
+                .set(slot, VipSlot::default(), 0)
+                .context("clearing VIP_INDEX")?;
+        }
+        if let Some(id) = id {
+            // Established flows of its backends now take the slow path and find no VIP.
+            self.array::<VipMeta>(names::VIPS_BY_ID)?
+                .set(id, VipMeta::default(), 0)
+                .context("clearing VIPS_BY_ID")?;
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, VipMeta> =
+            HashMap::try_from(self.map(names::VIPS)?)?;
         if last_service {
             vips.remove(&VipKey {
                 port: 0,

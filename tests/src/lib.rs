@@ -86,14 +86,22 @@ impl Lb {
 
     /// A load balancer from a given build of the XDP object.
     pub fn with_object(object: &[u8], ring_size: u32, max_conns: u32) -> Result<Self> {
+        Self::with_limits(
+            object,
+            DataplaneLimits {
+                ring_size,
+                max_vips: 16,
+                max_rings: 8,
+                max_backends: 256,
+                max_conns,
+            },
+        )
+    }
+
+    /// A load balancer with the given map sizes (the bench's scale runs).
+    pub fn with_limits(object: &[u8], limits: DataplaneLimits) -> Result<Self> {
         require_root();
-        let limits = DataplaneLimits {
-            ring_size,
-            max_vips: 16,
-            max_rings: 8,
-            max_backends: 256,
-            max_conns,
-        };
+        let ring_size = limits.ring_size;
         let mut dp = Dataplane::load_object(object, limits)?;
         let cfg = LbConfig {
             src_ip6: v6_words(lb_tunnel_addr()),
@@ -134,17 +142,24 @@ impl Lb {
     }
 
     pub fn install_backend_generation(&mut self, id: u32, generation: u32) {
+        self.install_backend_of(id, generation, 0);
+    }
+
+    /// Installs backend `id` serving the VIP with id `vip` (what an established flow's fast
+    /// path reads its VIP from).
+    pub fn install_backend_of(&mut self, id: u32, generation: u32, vip: u32) {
         let b = Backend {
             addr: v6_words(backend_addr(id)),
             flags: BACKEND_F_VALID,
             generation,
-            vip: 0,
+            vip,
             weight: 1,
         };
         self.dp.set_backend(id, &b).unwrap();
     }
 
-    /// Installs backends `ids` (weight each) and fills `ring` with their Maglev table.
+    /// Installs backends `ids` (weight each) for the VIP with id `ring` and fills `ring` with
+    /// their Maglev table.
     /// Returns the table and the member-index -> backend-id mapping.
     pub fn fill_ring(&mut self, ring: u32, backends: &[(u32, u32)]) -> Installed {
         let members: Vec<MaglevMember> = backends
@@ -166,8 +181,9 @@ impl Lb {
                     .0
             })
             .collect();
+        // By convention here, VIP `id` uses ring `id` (`add_vip`).
         for &id in &ids {
-            self.install_backend(id);
+            self.install_backend_of(id, 1, ring);
         }
         let slots = table.slots_as_ids(&ids);
         self.dp.write_ring(ring, &slots).unwrap();

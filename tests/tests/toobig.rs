@@ -24,12 +24,14 @@ const DNS: u16 = 53;
 /// all over backends 1, 2, 3; the NIC's MTU is 1500.
 fn lb() -> Lb {
     let mut lb = Lb::new(RING);
-    let b = [(1, 1), (2, 1), (3, 1)];
-    lb.add_vip(VIP4.parse().unwrap(), HTTP, PROTO_TCP, 0, false, &b);
-    lb.add_vip(VIP6.parse().unwrap(), HTTP, PROTO_TCP, 1, false, &b);
-    lb.add_vip(VIP4.parse().unwrap(), HTTPS_GUE, PROTO_TCP, 2, true, &b);
-    lb.add_vip(VIP6.parse().unwrap(), HTTPS_GUE, PROTO_TCP, 3, true, &b);
-    lb.add_vip(VIP4.parse().unwrap(), DNS, PROTO_UDP, 4, false, &b);
+    // Each VIP has its own backends (ids 3k+1..3k+3), as the agent installs them: an
+    // established flow finds its VIP through its backend.
+    let b = |k: u32| [(3 * k + 1, 1), (3 * k + 2, 1), (3 * k + 3, 1)];
+    lb.add_vip(VIP4.parse().unwrap(), HTTP, PROTO_TCP, 0, false, &b(0));
+    lb.add_vip(VIP6.parse().unwrap(), HTTP, PROTO_TCP, 1, false, &b(1));
+    lb.add_vip(VIP4.parse().unwrap(), HTTPS_GUE, PROTO_TCP, 2, true, &b(2));
+    lb.add_vip(VIP6.parse().unwrap(), HTTPS_GUE, PROTO_TCP, 3, true, &b(3));
+    lb.add_vip(VIP4.parse().unwrap(), DNS, PROTO_UDP, 4, false, &b(4));
     lb.set_mtu(MTU);
     lb
 }
