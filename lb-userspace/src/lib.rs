@@ -28,6 +28,10 @@ pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 /// `xdp_pass`, for the receiving end of veth pairs in labs and tests.
 pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-pass"));
 
+/// `cargo xtask bench` only: the input-restoring harness, the floor and the empty program.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench-harness"));
+
 /// Loads `xdp_pass` and attaches it to `iface` (in the calling thread's network namespace).
 /// Detached when the returned handle is dropped.
 pub fn attach_pass(iface: &str) -> anyhow::Result<aya::Ebpf> {

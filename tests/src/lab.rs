@@ -803,17 +803,7 @@ impl Lab {
     }
 
     fn start_agents(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {
-        let key: String = lb_userspace::sync::wire::nonce()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(self.key_file())?;
-        writeln!(f, "{key}")?;
+        write_fleet_key(&self.key_file())?;
         for i in 1..=self.opts.lbs {
             self.start_agent(i)?;
         }
@@ -1024,4 +1014,21 @@ pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
         .with_context(|| format!("no HTTP header in {resp:?}"))?;
     ensure!(head.starts_with("HTTP/1.1 200"), "answer: {head}");
     Ok(body.trim().to_string())
+}
+
+/// Writes a fresh random fleet key (hex, mode 0600) for peer sync to `path`.
+pub fn write_fleet_key(path: &std::path::Path) -> Result<()> {
+    let key: String = lb_userspace::sync::wire::nonce()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing the fleet key {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    Ok(())
 }

@@ -57,6 +57,27 @@ impl Netns {
         File::open(format!("/run/netns/{}", self.name)).context("opening the netns")
     }
 
+    /// Starts `cmd` inside this namespace (only its network namespace changes: the mount
+    /// namespace stays, so its bpffs pins are where this process reads them).
+    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
+        let ns_file = self.file()?;
+        let raw = ns_file.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; `ns_file` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?} in {}", cmd.get_program(), self.name))?;
+        drop(ns_file);
+        Ok(child)
+    }
+
     pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
         let out = self.ip(&["-j", "link", "show", iface])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
@@ -387,7 +408,6 @@ impl AgentFiles {
 
     pub fn start(&self, ns: &Netns, n: u32) -> Result<Agent> {
         let log = self.dir.join(format!("agent-{n}.log"));
-        let ns_file = ns.file()?;
         let mut cmd = Command::new(lb_bin());
         cmd.args(["agent", "--config"])
             .arg(&self.config)
@@ -395,17 +415,7 @@ impl AgentFiles {
             .env("NO_COLOR", "1")
             .stdout(File::create(&log)?)
             .stderr(File::create(&log)?.try_clone()?);
-        let raw = ns_file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; only the child's network namespace changes.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().context("starting lb agent")?;
+        let child = ns.spawn(&mut cmd)?;
         let mut agent = Agent {
             child,
             socket: self.socket.clone(),

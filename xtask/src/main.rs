@@ -34,12 +34,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (root). By default the connection-table layouts under concurrent inserts and
-    /// hits; with `--sync`, instead, what peer flow sync costs per 10,000 new flows/s (a lab
-    /// with release agents; a few minutes).
+    /// Benchmarks (root). By default the bench of BENCHMARKS.md, printed as one markdown table:
+    /// dataplane cost per packet (BPF_PROG_TEST_RUN, ratios to a floor program), scale, live
+    /// XDP_TX throughput, control-plane times and kernel map memory (about 3 minutes). With
+    /// `--conntrack`, the connection-table layouts; with `--sync`, what peer flow sync costs.
     Bench {
-        /// New flows per CPU in each scenario.
-        #[arg(long, default_value_t = 100_000)]
+        /// Only these sections: dataplane, scale, live, control, memory (default: all).
+        #[arg(value_parser = ["dataplane", "scale", "live", "control", "memory"])]
+        sections: Vec<String>,
+        /// Compare the connection-table layouts under concurrent inserts and hits instead.
+        #[arg(long, conflicts_with = "sync")]
+        conntrack: bool,
+        /// With --conntrack: new flows per CPU in each scenario.
+        #[arg(long, default_value_t = 100_000, requires = "conntrack")]
         flows: u32,
         /// Run the flow-sync cost bench (lb-sync-bench) instead.
         #[arg(long)]
@@ -151,13 +158,17 @@ fn main() -> Result<()> {
             rates,
             secs,
             json,
+            sections,
+            conntrack,
         } => {
             setup::run(false)?;
             setup::require_root("the benchmarks load XDP programs")?;
             if sync {
                 bench_sync(&rates, secs, json)
+            } else if conntrack {
+                bench_conntrack(flows)
             } else {
-                bench(flows)
+                bench(&sections)
             }
         }
         Cmd::Test { args } => {
@@ -228,7 +239,44 @@ const CONN_VARIANTS: &[(&str, &str)] = &[
     ("per-CPU tables", "conns-percpu-lru"),
 ];
 
-fn bench(flows: u32) -> Result<()> {
+/// The bench of BENCHMARKS.md (tests/src/bin/lb_bench.rs): release builds, because the
+/// control-plane section runs the real `lb` agent.
+fn bench(sections: &[String]) -> Result<()> {
+    run_release_bin(
+        "lb-bench",
+        sections,
+        "running the bench (progress on stderr, the table on stdout)",
+    )
+}
+
+/// Builds the release binaries (lb, the bench runners, the XDP objects with them) and runs
+/// `target/release/<bin> <args>`.
+fn run_release_bin(bin: &str, args: &[String], what: &str) -> Result<()> {
+    step("building the release binaries (lb, lb-echo, the bench runners)");
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "tests",
+        "--bins",
+    ])?;
+    step(what);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release")
+        .join(bin);
+    let status = Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", path.display()))?;
+    if !status.success() {
+        bail!("{bin} failed ({status})");
+    }
+    Ok(())
+}
+
+fn bench_conntrack(flows: u32) -> Result<()> {
     let mut specs = Vec::new();
     for (label, feature) in CONN_VARIANTS {
         step(&format!(
@@ -289,6 +337,7 @@ fn bench(flows: u32) -> Result<()> {
         "--bin",
         "lb-bench",
         "--",
+        "conntrack",
     ];
     let flows = flows.to_string();
     args.push(&flows);
@@ -298,37 +347,22 @@ fn bench(flows: u32) -> Result<()> {
 
 /// The flow-sync cost bench: release agents in the lab (tests/src/bin/lb_sync_bench.rs).
 fn bench_sync(rates: &[u32], secs: Option<f64>, json: bool) -> Result<()> {
-    step("building the release binaries (lb, lb-echo, lb-sync-bench)");
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "lb-userspace",
-        "-p",
-        "tests",
-        "--bins",
-    ])?;
-    step("running the flow-sync bench: lab lbsb, SYNs at each rate into lb1, synced to lb2");
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb-sync-bench");
-    let mut cmd = Command::new(&bin);
+    let mut args = Vec::new();
     if !rates.is_empty() {
         let list: Vec<String> = rates.iter().map(u32::to_string).collect();
-        cmd.args(["--rates", &list.join(",")]);
+        args.extend(["--rates".to_string(), list.join(",")]);
     }
     if let Some(s) = secs {
-        cmd.args(["--secs", &s.to_string()]);
+        args.extend(["--secs".to_string(), s.to_string()]);
     }
     if json {
-        cmd.arg("--json");
+        args.push("--json".to_string());
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    if !status.success() {
-        bail!("the flow-sync bench failed ({status})");
-    }
-    Ok(())
+    run_release_bin(
+        "lb-sync-bench",
+        &args,
+        "running the flow-sync bench: lab lbsb, SYNs at each rate into lb1, synced to lb2",
+    )
 }
 
 fn build(release: bool) -> Result<()> {

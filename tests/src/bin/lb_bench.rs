@@ -1,6 +1,11 @@
-//! Benchmark runner for `cargo xtask bench` (root). Today: the connection-table layouts.
+//! Benchmark runner for `cargo xtask bench` (root).
 //!
-//! For each XDP object given, two threads (pinned to CPU 0 and CPU 1) run the program through
+//! `lb-bench [--object <lb-xdp>] [section...]`: the bench of BENCHMARKS.md, as one markdown
+//! table: dataplane cost per packet (BPF_PROG_TEST_RUN), scale, live throughput (XDP live
+//! frames into a veth), control plane times and kernel map memory.
+//!
+//! `lb-bench conntrack <flows> <label=object>...`: the connection-table layouts. For each XDP
+//! object given, two threads (pinned to CPU 0 and CPU 1) run the program through
 //! BPF_PROG_TEST_RUN concurrently: first a SYN for each of N new flows (a table insert), then a
 //! data packet of each flow (a table hit). The kernel's own per-run duration is recorded and the
 //! median, p90 and p99 reported. Every run's verdict and the counters are checked: a scenario
@@ -12,6 +17,17 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, PROTO_TCP};
 use tests::*;
+
+#[path = "lb_bench/control.rs"]
+mod control;
+#[path = "lb_bench/dataplane.rs"]
+mod dataplane;
+#[path = "lb_bench/live.rs"]
+mod live;
+#[path = "lb_bench/memory.rs"]
+mod memory;
+#[path = "lb_bench/report.rs"]
+mod report;
 
 const VIP: &str = "192.0.2.10";
 
@@ -130,11 +146,79 @@ fn bench_object(path: &str, flows: u32) -> Result<Vec<Phase>> {
     ])
 }
 
+/// Sections of the default bench, in table order.
+const SECTIONS: &[&str] = &["dataplane", "scale", "live", "control", "memory"];
+
 fn main() -> Result<()> {
     require_root();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut object: Option<Vec<u8>> = None;
+    let mut sections: Vec<String> = Vec::new();
+    let mut rest = args.iter();
+    match args.first().map(String::as_str) {
+        Some("conntrack") => return conntrack_main(&args[1..]),
+        Some("compare") => {
+            let objects = args[1..]
+                .iter()
+                .map(|spec| {
+                    let (label, path) = spec.split_once('=').context("compare label=object...")?;
+                    let object = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                    Ok((label.to_string(), object))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            ensure!(!objects.is_empty(), "compare needs label=object arguments");
+            println!("{}", report::table(&dataplane::compare(&objects)?));
+            return Ok(());
+        }
+        Some("-h" | "--help") => {
+            println!(
+                "usage: lb-bench [--object <lb-xdp object>] [section...]\n       \
+                 lb-bench conntrack <flows per CPU> <label=object>...\n       \
+                 lb-bench compare <label=lb-xdp object>...\n\
+                 sections: {} (default: all)",
+                SECTIONS.join(", ")
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    while let Some(a) = rest.next() {
+        if a == "--object" {
+            // Another build of lb-xdp: profiling experiments, before/after figures.
+            let path = rest.next().context("--object needs a path")?;
+            object = Some(std::fs::read(path).with_context(|| format!("reading {path}"))?);
+        } else if SECTIONS.contains(&a.as_str()) {
+            sections.push(a.clone());
+        } else {
+            bail!("unknown section {a:?} (sections: {})", SECTIONS.join(", "));
+        }
+    }
+    if sections.is_empty() {
+        sections = SECTIONS.iter().map(|s| s.to_string()).collect();
+    }
+    let lb_object = object.as_deref().unwrap_or(lb_userspace::EBPF_OBJECT);
+    let mut rows = Vec::new();
+    for section in &sections {
+        eprintln!("==> section: {section}");
+        rows.extend(match section.as_str() {
+            "dataplane" => dataplane::run(lb_object)?,
+            "scale" => dataplane::scale(lb_object)?,
+            "live" => live::run(lb_object)?,
+            "control" => control::run()?,
+            "memory" => memory::run(lb_object)?,
+            _ => unreachable!(),
+        });
+    }
+    println!("{}", report::table(&rows));
+    for line in dataplane::targets(&rows) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn conntrack_main(args: &[String]) -> Result<()> {
     if args.len() < 2 {
-        bail!("usage: lb-bench <flows per CPU> <label=object>...");
+        bail!("usage: lb-bench conntrack <flows per CPU> <label=object>...");
     }
     let flows: u32 = args[0].parse().context("flows per CPU")?;
     println!("| connection table | path | median ns | p90 ns | p99 ns |");

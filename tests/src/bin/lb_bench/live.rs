@@ -1,0 +1,605 @@
+//! Live throughput: frames pushed through the real XDP_TX path with BPF_PROG_RUN's XDP live
+//! frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`), on one pinned CPU.
+//!
+//! Topology: one namespace `lbbl-<pid>` holding a veth pair. `lbl0` is the load balancer's NIC
+//! (MAC `NIC_MAC`; the load balancer's interface config for its ifindex says so, with the next
+//! hop `NEXT_HOP_MAC`), `lbl1` is the next hop (MAC `NEXT_HOP_MAC`). The program runs as if the
+//! frame had arrived on `lbl0` (`ingress_ifindex` in the context); XDP_TX sends it out of
+//! `lbl0`, so it arrives on `lbl1`, which needs an XDP program of its own to receive it.
+//!
+//! Kernel rules this relies on (Documentation/bpf/bpf_prog_run.rst, net/bpf/test_run.c):
+//! - `data_out` and `ctx_out` must be unset; the context (`struct xdp_md`) gives the ingress
+//!   ifindex (`data` 0, `data_end` the frame length), looked up in the caller's network
+//!   namespace: the thread that runs the test must be in the veth's namespace.
+//! - XDP_TX becomes a redirect to the ingress device (`ndo_xdp_xmit`), transmitted at the end
+//!   of each batch (default 64 frames, at most 256). The softirqs that follow (the peer's veth
+//!   NAPI poll) run on the same CPU when the batch ends, so the receiver's cost is part of the
+//!   wall time: the receiver here is a two-instruction XDP_DROP program, the cheapest there is.
+//! - Each frame is a page from a page pool, initialised from `data_in` when the pool first
+//!   hands it out. A recycled page is NOT rewritten: only the data pointers are reset. An
+//!   encapsulating program overwrites the original Ethernet header (the new headers end 14
+//!   bytes into the old frame), so from the first recycled page on it would see a frame with a
+//!   garbage Ethernet header and take another path. Programs that change the frame therefore
+//!   run through the bench harness (lb-ebpf/src/bench_harness.rs), which rewrites the original
+//!   frame before tail-calling them; the empty program runs alone (and through the harness, to
+//!   show the harness's cost here).
+//!
+//! Checks: one live frame of each scenario is captured on `lbl1` (AF_PACKET, with `xdp_pass`
+//! attached there for that step) and must equal the expected frame byte for byte; in every
+//! measured run the load balancer's counters (tx, LRU hit, the verdict counters together) rise
+//! by exactly the frame count, and `lbl1` must count as received what was sent (a shortfall is
+//! reported in the row, and the figure is then the received rate).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use lb_common::{Counter, IfaceConfig, PROTO_TCP};
+use tests::netns::{Netns, Wire};
+use tests::*;
+
+use super::dataplane::Harness;
+use super::report::{Figure, Row};
+
+const SECTION: &str = "live";
+const RUNS: usize = 5;
+/// Frames per measured run (fewer when the warm-up run shows a slow path, see `frames_for`).
+const FRAMES: u32 = 5_000_000;
+const WARMUP_FRAMES: u32 = 1_000_000;
+/// Frames per batch: the kernel's default (the NAPI budget).
+const BATCH: u32 = 64;
+/// Target wall time of one measured run when the path is slow.
+const RUN_TARGET: Duration = Duration::from_secs(2);
+/// The whole section stops measuring (FAILED rows) past this.
+const SECTION_BUDGET: Duration = Duration::from_secs(90);
+const IF_LB: &str = "lbl0";
+const IF_RX: &str = "lbl1";
+const PAYLOAD: &[u8] = b"bench!"; // IPv4 + TCP frames of 60 bytes
+
+/// A two-instruction XDP program returning XDP_DROP, loaded and attached with raw bpf(2)
+/// calls (no object file needed): the cheapest receiver for the veth peer. Its bpf_link is
+/// detached when this is dropped.
+struct DropProg {
+    _link: OwnedFd,
+    _prog: OwnedFd,
+}
+
+impl DropProg {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<OwnedFd> {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size we pass.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr),
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    fn put(attr: &mut [u64; 16], off: usize, bytes: &[u8]) {
+        // SAFETY: a byte view of the attribute buffer; `off + len` is within its 128 bytes.
+        let b = unsafe { std::slice::from_raw_parts_mut(attr.as_mut_ptr().cast::<u8>(), 128) };
+        b[off..off + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Loads the program and attaches it (driver mode) to `ifindex` in the calling thread's
+    /// network namespace.
+    fn attach(ifindex: u32) -> Result<Self> {
+        // r0 = XDP_DROP (1); exit.
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = b"GPL\0";
+        let mut attr = [0u64; 16];
+        Self::put(&mut attr, 0, &Self::BPF_PROG_TYPE_XDP.to_ne_bytes());
+        Self::put(&mut attr, 4, &2u32.to_ne_bytes());
+        Self::put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
+        Self::put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
+        Self::put(&mut attr, 48, b"lbbl_drop");
+        let prog =
+            Self::bpf(Self::BPF_PROG_LOAD, &mut attr).context("loading the XDP_DROP program")?;
+        let mut attr = [0u64; 16];
+        Self::put(&mut attr, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
+        Self::put(&mut attr, 4, &ifindex.to_ne_bytes());
+        Self::put(&mut attr, 8, &Self::BPF_XDP.to_ne_bytes());
+        Self::put(&mut attr, 12, &Self::XDP_FLAGS_DRV_MODE.to_ne_bytes());
+        let link = Self::bpf(Self::BPF_LINK_CREATE, &mut attr)
+            .context("attaching the XDP_DROP program (driver mode)")?;
+        Ok(Self {
+            _link: link,
+            _prog: prog,
+        })
+    }
+}
+
+/// The namespace with its veth pair; deleted (with everything in it) on drop.
+struct Env {
+    /// The receiver's XDP program, while measuring (dropped before the namespace).
+    drop_prog: Option<DropProg>,
+    file: File,
+    lb_ifindex: u32,
+    rx_ifindex: u32,
+    cpu: usize,
+    ns: Netns,
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Env {
+    fn new(cpu: usize) -> Result<Self> {
+        let ns = Netns::new(&format!("lbbl-{}", std::process::id()))?;
+        // No IPv6 autoconfiguration chatter on the link: only the bench's frames cross it.
+        ns.sysctl(&[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+        ])?;
+        ns.ip(&[
+            "link",
+            "add",
+            IF_LB,
+            "address",
+            &mac_str(NIC_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            IF_RX,
+            "address",
+            &mac_str(NEXT_HOP_MAC),
+        ])?;
+        ns.ip(&["link", "set", IF_LB, "up"])?;
+        ns.ip(&["link", "set", IF_RX, "up"])?;
+        let ifindex = |name: &str| -> Result<u32> {
+            let out = ns.ip(&["-j", "link", "show", name])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(v[0]["ifindex"].as_u64().context("no ifindex")? as u32)
+        };
+        let (lb_ifindex, rx_ifindex) = (ifindex(IF_LB)?, ifindex(IF_RX)?);
+        Ok(Self {
+            drop_prog: None,
+            file: ns.file()?,
+            lb_ifindex,
+            rx_ifindex,
+            cpu,
+            ns,
+        })
+    }
+
+    /// Runs `f` on a thread inside the namespace, pinned to the bench CPU.
+    fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let (file, cpu) = (&self.file, self.cpu);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                tests::netns::enter(file).context("entering the bench namespace")?;
+                super::pin_to_cpu(cpu)?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("the bench thread panicked"))?
+        })
+    }
+
+    /// Frames the receiving veth has counted (XDP-dropped ones included).
+    fn rx_packets(&self) -> Result<u64> {
+        let out = self.ns.ip(&["-s", "-j", "link", "show", IF_RX])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .context("no rx packet count for the receiving veth")
+    }
+}
+
+/// One live-frames run of `repeat` frames: (wall time of the call, the kernel's ns per frame).
+fn live_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(Duration, u64)> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let start = Instant::now();
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..Default::default()
+        })
+        .context("BPF_PROG_RUN in live frames mode")?;
+    Ok((start.elapsed(), r.duration.as_nanos() as u64))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Which {
+    Empty,
+    Floor,
+    Lb,
+}
+
+struct Scenario {
+    name: &'static str,
+    which: Which,
+    harness: bool,
+    /// The frame the receiver must get from one live run.
+    expected: Vec<u8>,
+}
+
+fn counters(lb: &mut Lb) -> Result<Vec<(Counter, u64)>> {
+    Ok(lb
+        .dp
+        .counters()?
+        .into_iter()
+        .map(|(c, v)| (c, v.packets))
+        .collect())
+}
+
+/// The load balancer's tx and LRU-hit counters rose by exactly `n`, the verdict counters
+/// together by `n` too.
+fn check_counters(before: &[(Counter, u64)], after: &[(Counter, u64)], n: u64) -> Result<()> {
+    let delta = |c: Counter| -> u64 {
+        let get = |v: &[(Counter, u64)]| v.iter().find(|(x, _)| *x == c).map_or(0, |p| p.1);
+        get(after) - get(before)
+    };
+    for c in [Counter::Tx, Counter::LruHit] {
+        ensure!(delta(c) == n, "{} rose by {}, want {n}", c.name(), delta(c));
+    }
+    let verdicts: u64 = Counter::ALL
+        .iter()
+        .filter(|&&c| is_verdict_counter(c))
+        .map(|&c| delta(c))
+        .sum();
+    ensure!(
+        verdicts == n,
+        "verdict counters rose by {verdicts} in all, want {n}"
+    );
+    Ok(())
+}
+
+struct Measured {
+    mpps: Vec<f64>,
+    sent: u64,
+    received: u64,
+}
+
+/// Everything the scenarios share.
+struct Bench<'a> {
+    env: &'a Env,
+    lb: Lb,
+    h: Harness,
+    frame: Vec<u8>,
+}
+
+impl Bench<'_> {
+    /// Points the harness at the scenario's program (when it runs through the harness).
+    fn setup(&mut self, s: &Scenario) -> Result<()> {
+        if s.harness {
+            let target = match s.which {
+                Which::Lb => self.lb.dp.program().fd()?.try_clone()?,
+                Which::Floor => self.h.prog("bench_floor").fd()?.try_clone()?,
+                Which::Empty => self.h.prog("bench_empty").fd()?.try_clone()?,
+            };
+            self.h.prepare(&target, &self.frame, 0)?;
+        }
+        Ok(())
+    }
+
+    fn prog(&self, s: &Scenario) -> &Xdp {
+        match (s.harness, s.which) {
+            (true, _) => self.h.prog("bench_harness"),
+            (false, Which::Lb) => self.lb.dp.program(),
+            (false, Which::Floor) => self.h.prog("bench_floor"),
+            (false, Which::Empty) => self.h.prog("bench_empty"),
+        }
+    }
+
+    /// One checked live run: (wall time, kernel ns per frame, frames the receiver counted).
+    fn run(&mut self, s: &Scenario, n: u32) -> Result<(Duration, u64, u64)> {
+        let is_lb = s.which == Which::Lb;
+        let before = if is_lb {
+            counters(&mut self.lb)?
+        } else {
+            vec![]
+        };
+        let rx_before = self.env.rx_packets()?;
+        let (prog, frame, ifindex) = (self.prog(s), &self.frame, self.env.lb_ifindex);
+        let (wall, kns) = self.env.run(|| live_run(prog, frame, ifindex, n))?;
+        let received = self.env.rx_packets()? - rx_before;
+        if is_lb {
+            check_counters(&before, &counters(&mut self.lb)?, n as u64)?;
+        }
+        Ok((wall, kns, received))
+    }
+
+    /// One live frame, captured on the receiver (which runs xdp_pass for this), must be the
+    /// expected frame.
+    fn capture_check(&mut self, s: &Scenario, wire: &Wire) -> Result<()> {
+        self.setup(s)?;
+        // Anything left over from an earlier step.
+        let _ = wire.recv_until_quiet(Duration::from_millis(50), 64);
+        let (_, _, received) = self.run(s, 1)?;
+        ensure!(
+            received == 1,
+            "one live frame: the receiver counted {received}"
+        );
+        let frames = wire.recv_until_quiet(Duration::from_millis(300), 64);
+        let same: Vec<&Vec<u8>> = frames
+            .iter()
+            .filter(|f| f.len() >= 14 && f[12..14] == s.expected[12..14])
+            .collect();
+        ensure!(
+            same.len() == 1,
+            "one live frame: {} frames of its ethertype captured on the receiver",
+            same.len()
+        );
+        if *same[0] != s.expected {
+            let why = match (decode(same[0]), decode(&s.expected)) {
+                (Ok(g), Ok(e)) => format!(
+                    "outer destination {}, expected {}",
+                    g.backend(),
+                    e.backend()
+                ),
+                (Err(e), _) => format!("{e:#}"),
+                (_, Err(_)) => "not encapsulated".into(),
+            };
+            let at = same[0]
+                .iter()
+                .zip(&s.expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(same[0].len().min(s.expected.len()));
+            eprintln!(
+                "    got      {:02x?}\n    expected {:02x?}",
+                same[0], s.expected
+            );
+            bail!(
+                "the frame the receiver got ({} bytes) differs from the expected packet ({} \
+                 bytes) from byte {at} on ({why})",
+                same[0].len(),
+                s.expected.len()
+            );
+        }
+        Ok(())
+    }
+
+    fn measure(&mut self, s: &Scenario, deadline: Instant) -> Result<Measured> {
+        self.setup(s)?;
+        // Warm-up (checked, not reported); it also sizes the measured runs.
+        let (wall, _, _) = self.run(s, WARMUP_FRAMES)?;
+        let n = frames_for(wall);
+        let mut m = Measured {
+            mpps: Vec::with_capacity(RUNS),
+            sent: 0,
+            received: 0,
+        };
+        let mut kernel_ns = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            ensure!(
+                Instant::now() < deadline,
+                "the section's time budget ({} s) ran out",
+                SECTION_BUDGET.as_secs()
+            );
+            let (wall, kns, received) = self.run(s, n)?;
+            ensure!(
+                received <= n as u64,
+                "the receiver counted {received} frames, more than the {n} sent"
+            );
+            m.sent += n as u64;
+            m.received += received;
+            m.mpps.push(received as f64 / wall.as_secs_f64() / 1e6);
+            kernel_ns.push(kns);
+        }
+        eprintln!(
+            "    {n} frames x {RUNS}: {} Mpps received (wall); kernel's own ns/frame: {kernel_ns:?}",
+            m.mpps
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(m)
+    }
+}
+
+/// Frames per measured run: `FRAMES`, or fewer so a run of a slow path takes about
+/// `RUN_TARGET` (never under the warm-up's count).
+fn frames_for(warmup_wall: Duration) -> u32 {
+    let per_frame = warmup_wall.as_secs_f64() / WARMUP_FRAMES as f64;
+    let fit = (RUN_TARGET.as_secs_f64() / per_frame.max(1e-12)) as u64;
+    fit.clamp(WARMUP_FRAMES as u64, FRAMES as u64) as u32
+}
+
+const EMPTY: &str = "empty program (XDP_TX), alone: veth round trip";
+const EMPTY_H: &str = "empty program, through the harness";
+const FLOOR: &str = "floor: parse + IPv6 encap + XDP_TX (harness)";
+const EST: &str = "TCP established, IPv4 VIP, 1 flow (harness)";
+
+/// Section "live": Mpps on one core through XDP_TX into a veth, ratios to the floor.
+pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
+    let started = Instant::now();
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let cpu = cpus - 1;
+    let names = [EMPTY, EMPTY_H, FLOOR, EST];
+    let all_failed = |e: &anyhow::Error| -> Vec<Row> {
+        eprintln!("    FAILED: live setup: {e:#}");
+        names.iter().map(|n| Row::failed(SECTION, *n, e)).collect()
+    };
+    let mut env = match Env::new(cpu) {
+        Ok(e) => e,
+        Err(e) => {
+            return Ok(all_failed(
+                &e.context("creating the namespace and veth pair"),
+            ));
+        }
+    };
+    eprintln!(
+        "==> live: namespace {} ({IF_LB} -> {IF_RX}), pinned to CPU {cpu}, batches of {BATCH}",
+        env.ns.name
+    );
+    let rows = match run_in(&mut env, lb_object, started) {
+        Ok(rows) => rows,
+        Err(e) => all_failed(&e),
+    };
+    // The receiver's program first, then the namespace (Env's drop order does the same).
+    env.drop_prog = None;
+    drop(env);
+    Ok(rows)
+}
+
+fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>> {
+    let mut lb = Lb::with_object(lb_object, 65537, 1 << 16)?;
+    let installed = lb.add_vip(
+        "192.0.2.10".parse().unwrap(),
+        80,
+        PROTO_TCP,
+        0,
+        false,
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+    // The NIC the live frames arrive on: its MAC, and the next hop's.
+    lb.dp.set_iface(
+        env.lb_ifindex,
+        IfaceConfig {
+            src_mac: NIC_MAC,
+            dst_mac: NEXT_HOP_MAC,
+            mtu: 0,
+            _pad: 0,
+        },
+    )?;
+    let flow = Flow::new("198.51.100.7", 40000, "192.0.2.10", 80);
+    let (syn, ack) = (flow.tcp(Tcp::Syn, PAYLOAD), flow.tcp(Tcp::Ack, PAYLOAD));
+    let key = flow.key(PROTO_TCP);
+    // The flow's connection-table entry, made by an ordinary (not live) run of its SYN.
+    let r = lb.run(&syn);
+    ensure!(r.verdict == XDP_TX, "priming SYN: verdict {}", r.verdict);
+    let est_expected = expected_encap(
+        &ack,
+        backend_addr(installed.backend_for(&key)),
+        lb_common::flow_hash(&key, SEED),
+        false,
+    );
+    let floor_expected = {
+        // bench_floor's fixed outer header: 2001:db8:1b::1 -> 2001:db8:be::1, label 1, MACs
+        // swapped.
+        let mut e = expected_encap(&ack, backend_addr(1), 1, false);
+        e[0..6].copy_from_slice(&CLIENT_MAC);
+        e[6..12].copy_from_slice(&NIC_MAC);
+        e[14] = 0x60;
+        e[15] = 0;
+        e
+    };
+    let scenarios = [
+        Scenario {
+            name: EMPTY,
+            which: Which::Empty,
+            harness: false,
+            expected: ack.clone(),
+        },
+        Scenario {
+            name: EMPTY_H,
+            which: Which::Empty,
+            harness: true,
+            expected: ack.clone(),
+        },
+        Scenario {
+            name: FLOOR,
+            which: Which::Floor,
+            harness: true,
+            expected: floor_expected,
+        },
+        Scenario {
+            name: EST,
+            which: Which::Lb,
+            harness: true,
+            expected: est_expected,
+        },
+    ];
+    let mut bench = Bench {
+        env,
+        lb,
+        h: Harness::load(lb_userspace::BENCH_OBJECT)?,
+        frame: ack,
+    };
+
+    // Step 1: the receiver passes frames to the stack, where a packet socket sees them.
+    eprintln!("==> live: one frame of each scenario, captured on {IF_RX}");
+    let rx = bench.env.rx_ifindex;
+    let (pass, wire) = bench.env.run(|| {
+        let pass = lb_userspace::attach_pass(IF_RX)?;
+        let wire = Wire::open(IF_RX)?;
+        ensure!(
+            lb_userspace::neighbour::ifindex(IF_RX)? == rx,
+            "{IF_RX} changed its ifindex"
+        );
+        Ok((pass, wire))
+    })?;
+    let checked: Vec<Result<()>> = scenarios
+        .iter()
+        .map(|s| {
+            bench
+                .capture_check(s, &wire)
+                .with_context(|| format!("{}: capture check", s.name))
+        })
+        .collect();
+    drop(wire);
+    drop(pass);
+
+    // Step 2: the receiver drops in XDP (its cheapest path), and the runs are timed.
+    let drop_prog = bench.env.run(|| DropProg::attach(rx))?;
+    let deadline = started + SECTION_BUDGET;
+    let mut results: Vec<Result<Measured>> = Vec::new();
+    for (s, check) in scenarios.iter().zip(checked) {
+        eprintln!("==> live: {}", s.name);
+        results.push(check.and_then(|()| bench.measure(s, deadline)));
+    }
+    drop(bench);
+    env.drop_prog = Some(drop_prog);
+
+    let floor = results[2].as_ref().ok().map(|m| median(&m.mpps));
+    let rows = scenarios
+        .iter()
+        .zip(results)
+        .map(|(s, r)| {
+            let figure = r.map(|m| {
+                let mut f = Figure::of(&m.mpps, "Mpps");
+                let mut notes = Vec::new();
+                if let Some(b) = floor {
+                    notes.push(format!("{:.2}× floor", f.median / b));
+                }
+                if m.received < m.sent {
+                    notes.push(format!(
+                        "receiver got {:.1}% (rate received)",
+                        100.0 * m.received as f64 / m.sent as f64
+                    ));
+                }
+                f.ratio = notes.join("; ");
+                f
+            });
+            Row::from_result(SECTION, s.name, figure)
+        })
+        .collect();
+    Ok(rows)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
