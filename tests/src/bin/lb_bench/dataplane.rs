@@ -154,7 +154,7 @@ struct Measured {
     ns: Vec<u64>,
 }
 
-fn counters(lb: &mut Lb) -> Result<Vec<(Counter, u64)>> {
+pub(super) fn counters(lb: &mut Lb) -> Result<Vec<(Counter, u64)>> {
     Ok(lb
         .dp
         .counters()?
@@ -164,7 +164,7 @@ fn counters(lb: &mut Lb) -> Result<Vec<(Counter, u64)>> {
 }
 
 /// Checks that `want` each rose by exactly `n` and the verdict counters together by `n`.
-fn check_counters(
+pub(super) fn check_counters(
     before: &[(Counter, u64)],
     after: &[(Counter, u64)],
     want: &[Counter],
