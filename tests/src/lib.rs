@@ -76,6 +76,8 @@ pub struct Lb {
     pub dp: Dataplane,
     pub ring_size: u32,
     pub cfg: LbConfig,
+    /// Backend id -> the VIP (ring) it was installed for by `fill_ring`.
+    owners: std::collections::HashMap<u32, u32>,
 }
 
 impl Lb {
@@ -124,7 +126,12 @@ impl Lb {
                 _pad: 0,
             },
         )?;
-        Ok(Self { dp, ring_size, cfg })
+        Ok(Self {
+            dp,
+            ring_size,
+            cfg,
+            owners: Default::default(),
+        })
     }
 
     pub fn set_config(&mut self, f: impl FnOnce(&mut LbConfig)) {
@@ -181,8 +188,14 @@ impl Lb {
                     .0
             })
             .collect();
-        // By convention here, VIP `id` uses ring `id` (`add_vip`).
+        // By convention here, VIP `id` uses ring `id` (`add_vip`). As in the agent, a backend
+        // id serves one VIP: an established flow finds its VIP through its backend.
         for &id in &ids {
+            let owner = *self.owners.entry(id).or_insert(ring);
+            assert_eq!(
+                owner, ring,
+                "backend id {id} already serves VIP {owner}; give each VIP its own backend ids"
+            );
             self.install_backend_of(id, 1, ring);
         }
         let slots = table.slots_as_ids(&ids);

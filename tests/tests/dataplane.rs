@@ -16,11 +16,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// A load balancer with an IPv4 and an IPv6 TCP VIP on port 80 over backends 1, 2, 3.
+/// A load balancer with an IPv4 TCP VIP on port 80 over backends 1, 2, 3 and an IPv6 one over
+/// backends 4, 5, 6.
 fn lb_two_vips() -> (Lb, Installed, Installed) {
     let mut lb = Lb::new(RING);
     let v4 = lb.add_vip(ip(VIP4), 80, PROTO_TCP, 0, false, &[(1, 1), (2, 1), (3, 1)]);
-    let v6 = lb.add_vip(ip(VIP6), 80, PROTO_TCP, 1, false, &[(1, 1), (2, 1), (3, 1)]);
+    let v6 = lb.add_vip(ip(VIP6), 80, PROTO_TCP, 1, false, &[(4, 1), (5, 1), (6, 1)]);
     (lb, v4, v6)
 }
 
@@ -94,7 +95,7 @@ fn ipv6_tcp_is_encapsulated_in_ipv6_exactly() {
 fn gue_adds_udp_with_flow_source_port_and_zero_checksum() {
     let mut lb = Lb::new(RING);
     let t4 = lb.add_vip(ip(VIP4), 443, PROTO_TCP, 0, true, &[(1, 1), (2, 1), (3, 1)]);
-    let t6 = lb.add_vip(ip(VIP6), 443, PROTO_TCP, 1, true, &[(1, 1), (2, 1), (3, 1)]);
+    let t6 = lb.add_vip(ip(VIP6), 443, PROTO_TCP, 1, true, &[(4, 1), (5, 1), (6, 1)]);
     for (flow, table) in [
         (Flow::new("203.0.113.9", 50000, VIP4, 443), &t4),
         (Flow::new("2001:db8:c11e::9", 50000, VIP6, 443), &t6),
@@ -300,7 +301,7 @@ fn connection_table_pins_flows_across_table_changes() {
     assert_eq!(entry.hash, lb_common::flow_hash(&key, SEED));
 
     // Replace the table with backends that exclude the original one.
-    let others: Vec<(u32, u32)> = [1, 2, 3, 4]
+    let others: Vec<(u32, u32)> = [1, 2, 3, 7]
         .iter()
         .filter(|&&b| b != original)
         .map(|&b| (b, 1))
@@ -401,7 +402,7 @@ fn udp_flows_are_pinned_until_idle() {
     assert_eq!(lb.counter(Counter::LruMissUdp), 1);
     assert_eq!(lb.dp.conn(&key).unwrap().unwrap().backend, original);
 
-    let others: Vec<(u32, u32)> = [1, 2, 3, 4]
+    let others: Vec<(u32, u32)> = [1, 2, 3, 7]
         .iter()
         .filter(|&&b| b != original)
         .map(|&b| (b, 1))

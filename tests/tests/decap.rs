@@ -188,14 +188,23 @@ fn the_load_balancers_own_output_round_trips() {
             PROTO_TCP,
             i as u32,
             gue,
-            &[(1, 1), (2, 1)],
+            &[(2 * i as u32 + 1, 1), (2 * i as u32 + 2, 1)],
         );
     }
     for (i, (vip, gue)) in [(VIP4, true), (VIP6, true)].into_iter().enumerate() {
         let id = i as u32 + 2;
-        lb.add_vip(vip.parse().unwrap(), 443, PROTO_TCP, id, gue, &[(3, 1)]);
+        lb.add_vip(
+            vip.parse().unwrap(),
+            443,
+            PROTO_TCP,
+            id,
+            gue,
+            &[(id + 3, 1)],
+        );
     }
-    for id in 1..=3 {
+    // Each VIP has its own backends, as the agent installs them: 1..=4 on port 80, 5 and 6
+    // on 443.
+    for id in 1..=6 {
         backends.push(backend_addr(id).to_string());
     }
     let refs: Vec<&str> = backends.iter().map(String::as_str).collect();

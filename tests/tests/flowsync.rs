@@ -23,16 +23,34 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// A TCP VIP (IPv4 and IPv6) on backends 1..=3 and a UDP VIP on 4..=5, flow export on or off,
-/// and the ring buffer's reader.
-fn lb(export: bool) -> (Lb, Installed, RingBuf<MapData>) {
+/// A TCP VIP on backends 1..=3 (IPv4) and 6..=8 (IPv6) and a UDP VIP on 4..=5, flow export on
+/// or off, and the ring buffer's reader.
+fn lb(export: bool) -> (Lb, TcpTables, RingBuf<MapData>) {
     let mut lb = Lb::new(RING);
-    let tcp = lb.add_vip(ip(VIP4), 80, PROTO_TCP, 0, false, &[(1, 1), (2, 1), (3, 1)]);
-    lb.add_vip(ip(VIP6), 80, PROTO_TCP, 1, false, &[(1, 1), (2, 1), (3, 1)]);
+    let tcp = TcpTables {
+        v4: lb.add_vip(ip(VIP4), 80, PROTO_TCP, 0, false, &[(1, 1), (2, 1), (3, 1)]),
+        v6: lb.add_vip(ip(VIP6), 80, PROTO_TCP, 1, false, &[(6, 1), (7, 1), (8, 1)]),
+    };
     lb.add_vip(ip(VIP4), 53, PROTO_UDP, 2, false, &[(4, 1), (5, 1)]);
     lb.set_config(|c| c.flags = if export { LB_F_FLOW_EVENTS } else { 0 });
     let events = lb.dp.take_flow_events().unwrap();
     (lb, tcp, events)
+}
+
+/// The TCP VIPs' Maglev tables, by the flow's family.
+struct TcpTables {
+    v4: Installed,
+    v6: Installed,
+}
+
+impl TcpTables {
+    fn backend_for(&self, key: &lb_common::FlowKey) -> u32 {
+        if key.family == lb_common::FAMILY_V4 {
+            self.v4.backend_for(key)
+        } else {
+            self.v6.backend_for(key)
+        }
+    }
 }
 
 /// Everything waiting on the ring buffer.
@@ -144,7 +162,7 @@ fn a_peer_entry_steers_established_packets_away_from_the_table() {
     let mut table = lb.dp.flow_table().unwrap();
     let flow = Flow::new("198.51.100.7", 40006, VIP4, 80);
     let key = flow.key(PROTO_TCP);
-    let b = other_backend(&t, &key);
+    let b = other_backend(&t.v4, &key);
     // CLOCK_MONOTONIC: up to a tick ahead of the program's coarse clock, still fresh there.
     let installed = peer_entry(b, monotonic_ns());
     table.insert(&key, &installed).unwrap();
@@ -173,7 +191,7 @@ fn local_traffic_takes_over_a_peer_entry_when_it_refreshes_it() {
     // Refresh branch: an entry idle longer than the atime granularity.
     let flow = Flow::new("198.51.100.7", 40007, VIP4, 80);
     let key = flow.key(PROTO_TCP);
-    let b = other_backend(&t, &key);
+    let b = other_backend(&t.v4, &key);
     const { assert!(2 * SEC > ATIME_GRANULARITY_NS) };
     let old = now - 2 * SEC;
     table.insert(&key, &peer_entry(b, old)).unwrap();
@@ -186,7 +204,7 @@ fn local_traffic_takes_over_a_peer_entry_when_it_refreshes_it() {
     // Closing branch: the client's FIN marks a fresh entry closing and takes it over too.
     let fin = Flow::new("198.51.100.7", 40008, VIP4, 80);
     let fin_key = fin.key(PROTO_TCP);
-    let b = other_backend(&t, &fin_key);
+    let b = other_backend(&t.v4, &fin_key);
     table
         .insert(&fin_key, &peer_entry(b, monotonic_ns()))
         .unwrap();

@@ -19,7 +19,11 @@ const CLIENT4: &str = "198.51.100.7";
 const CLIENT6: &str = "2001:db8:c11e::7";
 const ROUTER4: &str = "203.0.113.1";
 const ROUTER6: &str = "2001:db8:e::1";
-const BACKENDS: [(u32, u32); 3] = [(1, 1), (2, 1), (3, 1)];
+/// The backends of the VIP with id `id`: 3id+1..=3id+3. Each VIP has its own, as the agent
+/// installs them (an established flow finds its VIP through its backend).
+fn backends(id: u32) -> [(u32, u32); 3] {
+    [(3 * id + 1, 1), (3 * id + 2, 1), (3 * id + 3, 1)]
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -66,12 +70,12 @@ const UDP6: Svc = Svc {
 };
 const SERVICES: [Svc; 4] = [TCP4, TCP6_GUE, UDP4_GUE, UDP6];
 
-/// A load balancer with the four services, each on its own ring over backends 1, 2, 3.
+/// A load balancer with the four services, each on its own ring over its own 3 backends.
 fn lb() -> (Lb, Vec<Installed>) {
     let mut lb = Lb::new(RING);
     let tables = SERVICES
         .iter()
-        .map(|s| lb.add_vip(ip(s.vip), s.port, s.proto, s.id, s.gue, &BACKENDS))
+        .map(|s| lb.add_vip(ip(s.vip), s.port, s.proto, s.id, s.gue, &backends(s.id)))
         .collect();
     (lb, tables)
 }
@@ -242,7 +246,7 @@ fn echo_off_for_an_address_drops_its_echo_requests() {
     // Another address is not affected.
     assert_eq!(lb.run(&v6).verdict, XDP_TX);
     // Another service on the address keeps the address's flags.
-    lb.add_vip(ip(VIP4), 8080, PROTO_TCP, 4, false, &BACKENDS);
+    lb.add_vip(ip(VIP4), 8080, PROTO_TCP, 4, false, &backends(4));
     assert_eq!(lb.run(&v4).verdict, XDP_DROP);
     assert_eq!(lb.counter(Counter::DropIcmpEchoOff), 2);
     // Errors about flows are still forwarded: the flag is only about echo.
@@ -350,7 +354,7 @@ fn errors_without_an_entry_follow_maglev_like_the_flows_own_packets() {
 /// A VIP on backends 1..=3, one flow pinned by its SYN, then a ring without that backend.
 fn pinned_then_moved(svc: Svc, port: u16) -> (Lb, Flow, u32, u32) {
     let mut lb = Lb::new(RING);
-    let t = lb.add_vip(ip(svc.vip), svc.port, svc.proto, 0, svc.gue, &BACKENDS);
+    let t = lb.add_vip(ip(svc.vip), svc.port, svc.proto, 0, svc.gue, &backends(0));
     let f = flow(svc, client_of(svc), port, None);
     let key = f.key(svc.proto);
     let pinned = t.backend_for(&key);
@@ -462,7 +466,7 @@ fn with_ipv4_option(reply: &[u8]) -> Vec<u8> {
 #[test]
 fn malformed_quotes_are_dropped_and_flows_without_service_too() {
     let (mut lb, _) = lb();
-    lb.add_vip(ip("192.0.2.20"), 80, PROTO_TCP, 4, false, &[(1, 0)]); // an empty ring
+    lb.add_vip(ip("192.0.2.20"), 80, PROTO_TCP, 4, false, &[(13, 0)]); // an empty ring (its own backend, weight 0)
     let mut cases: Vec<(String, Vec<u8>, Counter)> = Vec::new();
     for svc in [TCP4, TCP6_GUE, UDP4_GUE, UDP6] {
         let vip = ip(svc.vip);

@@ -13,11 +13,12 @@ const VIP6: &str = "2001:db8:f00d::10";
 
 fn lb() -> Lb {
     let mut lb = Lb::new(4099);
-    let b = [(1, 1), (2, 1), (3, 1)];
-    lb.add_vip(VIP4.parse().unwrap(), 80, PROTO_TCP, 0, false, &b);
-    lb.add_vip(VIP6.parse().unwrap(), 80, PROTO_TCP, 1, true, &b);
-    lb.add_vip(VIP4.parse().unwrap(), 53, PROTO_UDP, 2, false, &b);
-    lb.add_vip(VIP6.parse().unwrap(), 53, PROTO_UDP, 3, false, &b);
+    // Each VIP has its own backends (ids 2k+1, 2k+2), as the agent installs them.
+    let b = |k: u32| [(2 * k + 1, 1), (2 * k + 2, 1)];
+    lb.add_vip(VIP4.parse().unwrap(), 80, PROTO_TCP, 0, false, &b(0));
+    lb.add_vip(VIP6.parse().unwrap(), 80, PROTO_TCP, 1, true, &b(1));
+    lb.add_vip(VIP4.parse().unwrap(), 53, PROTO_UDP, 2, false, &b(2));
+    lb.add_vip(VIP6.parse().unwrap(), 53, PROTO_UDP, 3, false, &b(3));
     lb
 }
 

@@ -324,7 +324,7 @@ fn a_too_big_syn_pins_its_flow_and_too_big_data_leaves_the_entry_alone() {
     let key = flow.key(PROTO_TCP);
     let pinned = table.backend_for(&key);
     expect_encap(&mut lb, &flow.tcp(Tcp::Syn, &[]), &flow, PROTO_TCP, false);
-    let others: Vec<(u32, u32)> = [1, 2, 3, 4]
+    let others: Vec<(u32, u32)> = [1, 2, 3, 16]
         .into_iter()
         .filter(|&b| b != pinned)
         .map(|b| (b, 1))
