@@ -622,6 +622,21 @@ fn basic_scenarios(installed: &Installed, pass: bool) -> Vec<(Scenario, Prep<'st
     v
 }
 
+/// A load balancer from `object` with one TCP VIP, 192.0.2.10:80, over backends 1..=3 (the
+/// flows of `basic_scenarios`).
+pub(super) fn lb_with_one_vip(object: &[u8]) -> Result<(Lb, Installed)> {
+    let mut lb = Lb::with_object(object, 65537, 1 << 16)?;
+    let installed = lb.add_vip(
+        "192.0.2.10".parse().unwrap(),
+        80,
+        PROTO_TCP,
+        0,
+        false,
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+    Ok((lb, installed))
+}
+
 /// `lb-bench compare label=object...`: builds of lb_xdp side by side (before/after figures,
 /// profiling experiments). Rounds interleave the builds, so machine noise hits them alike.
 pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
@@ -637,15 +652,7 @@ pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
     }
     let mut builds = Vec::new();
     for (label, object) in objects {
-        let mut lb = Lb::with_object(object, 65537, 1 << 16)?;
-        let installed = lb.add_vip(
-            "192.0.2.10".parse().unwrap(),
-            80,
-            PROTO_TCP,
-            0,
-            false,
-            &[(1, 1), (2, 1), (3, 1)],
-        );
+        let (lb, installed) = lb_with_one_vip(object)?;
         let scenarios = basic_scenarios(&installed, true);
         let n = scenarios.len();
         builds.push(Build {

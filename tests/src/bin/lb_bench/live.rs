@@ -40,7 +40,7 @@ use lb_common::{Counter, IfaceConfig, PROTO_TCP};
 use tests::netns::{Netns, Wire};
 use tests::*;
 
-use super::dataplane::{Harness, check_counters, counters};
+use super::dataplane::{Harness, check_counters, counters, lb_with_one_vip};
 use super::report::{Figure, Row};
 
 const SECTION: &str = "live";
@@ -438,15 +438,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
 }
 
 fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>> {
-    let mut lb = Lb::with_object(lb_object, 65537, 1 << 16)?;
-    let installed = lb.add_vip(
-        "192.0.2.10".parse().unwrap(),
-        80,
-        PROTO_TCP,
-        0,
-        false,
-        &[(1, 1), (2, 1), (3, 1)],
-    );
+    let (mut lb, installed) = lb_with_one_vip(lb_object)?;
     // The NIC the live frames arrive on: its MAC, and the next hop's.
     lb.dp.set_iface(
         env.lb_ifindex,
