@@ -29,7 +29,7 @@ pub fn ring_size() -> u32 {
 static VIP_INDEX_SIZE: u32 = vip_index_size(DEFAULT_MAX_VIPS);
 
 #[inline(always)]
-pub fn vip_index_size_now() -> u32 {
+pub fn vip_index_slots() -> u32 {
     unsafe { core::ptr::read_volatile(&VIP_INDEX_SIZE) }
 }
 

@@ -9,7 +9,7 @@ use lb_common::{
     vip_index_hash_words, vip_index_slot, vip_key_tail,
 };
 
-use crate::maps::{VIP_FILTER, VIP_INDEX, VIPS, VIPS_BY_ID, vip_index_size_now};
+use crate::maps::{VIP_FILTER, VIP_INDEX, VIPS, VIPS_BY_ID, vip_index_slots};
 
 /// Whether the destination address may be a VIP (false: it certainly is not).
 #[inline(always)]
@@ -38,7 +38,7 @@ pub fn lookup(key: &FlowKey) -> Option<&'static VipMeta> {
 /// array reads, each compared as five words (no key is built on the stack).
 #[inline(always)]
 fn indexed(addr: &[u32; 4], tail: u32) -> Option<&'static VipMeta> {
-    let size = vip_index_size_now();
+    let size = vip_index_slots();
     let hash = vip_index_hash_words(addr, tail);
     for probe in 0..VIP_PROBES {
         let slot = VIP_INDEX.get(vip_index_slot(hash, probe, size))?;

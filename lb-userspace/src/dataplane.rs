@@ -349,19 +349,14 @@ impl Dataplane {
             bail!("ifindex 0 is not a NIC");
         }
         let mut map = self.array::<IfaceSlot>(names::IFACES)?;
-        let probes: Vec<(u32, IfaceSlot)> = (0..lb_common::IFACE_PROBES)
-            .map(|p| {
-                let i = lb_common::iface_slot(ifindex, p);
-                Ok((i, map.get(&i, 0)?))
-            })
-            .collect::<Result<_>>()?;
-        let slot = probes
-            .iter()
-            .find(|(_, s)| s.ifindex == ifindex)
-            .or_else(|| probes.iter().find(|(_, s)| s.ifindex == 0))
-            .map(|(i, _)| *i);
-        let Some(slot) = slot else {
-            let taken: Vec<String> = probes.iter().map(|(_, s)| s.ifindex.to_string()).collect();
+        let probed = Probed::read(
+            &map,
+            iface_probes(ifindex),
+            |s| s.ifindex == ifindex,
+            |s| s.ifindex == 0,
+        )?;
+        let Some(slot) = probed.placement() else {
+            let taken: Vec<String> = probed.seen.iter().map(|s| s.ifindex.to_string()).collect();
             bail!(
                 "no free IFACES slot for ifindex {ifindex}: its {} slots hold the NICs with \
                  ifindex {}",
@@ -392,10 +387,14 @@ impl Dataplane {
 
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
         let mut map = self.array::<IfaceSlot>(names::IFACES)?;
-        let slot = (0..lb_common::IFACE_PROBES)
-            .map(|p| lb_common::iface_slot(ifindex, p))
-            .find(|i| map.get(i, 0).is_ok_and(|s| s.ifindex == ifindex))
-            .with_context(|| format!("ifindex {ifindex} has no IFACES slot"))?;
+        let slot = Probed::read(
+            &map,
+            iface_probes(ifindex),
+            |s| s.ifindex == ifindex,
+            |_| false,
+        )?
+        .own
+        .with_context(|| format!("ifindex {ifindex} has no IFACES slot"))?;
         map.set(slot, IfaceSlot::default(), 0)
             .with_context(|| format!("clearing IFACES[{slot}]"))
     }
@@ -581,40 +580,26 @@ impl Dataplane {
         self.write_filter()
     }
 
-    /// The `VIP_INDEX` slot holding `vip`, if any.
-    fn vip_index_find(&mut self, vip: &VipKey) -> Result<Option<u32>> {
+    /// `vip`'s probe slots in `VIP_INDEX`, read once.
+    fn vip_index_probe(&mut self, vip: &VipKey) -> Result<Probed<VipSlot>> {
         let size = lb_common::vip_index_size(self.limits.max_vips);
         let hash = lb_common::vip_index_hash(vip);
+        let probes = (0..lb_common::VIP_PROBES).map(|p| lb_common::vip_index_slot(hash, p, size));
         let index = self.array::<VipSlot>(names::VIP_INDEX)?;
-        for probe in 0..lb_common::VIP_PROBES {
-            let slot = lb_common::vip_index_slot(hash, probe, size);
-            if index.get(&slot, 0)?.key == *vip {
-                return Ok(Some(slot));
-            }
-        }
-        Ok(None)
+        Probed::read(&index, probes, |s| s.key == *vip, |s| s.key.proto == 0)
     }
 
     /// Where `vip` goes in `VIP_INDEX`: its own slot, else the first free one of its probes.
     fn vip_index_slot(&mut self, vip: &VipKey) -> Result<u32> {
-        if let Some(slot) = self.vip_index_find(vip)? {
-            return Ok(slot);
-        }
-        let size = lb_common::vip_index_size(self.limits.max_vips);
-        let hash = lb_common::vip_index_hash(vip);
-        let index = self.array::<VipSlot>(names::VIP_INDEX)?;
-        for probe in 0..lb_common::VIP_PROBES {
-            let slot = lb_common::vip_index_slot(hash, probe, size);
-            if index.get(&slot, 0)?.key.proto == 0 {
-                return Ok(slot);
-            }
-        }
-        bail!(
-            "the VIP index has no free slot among the {} for this service (max_vips {} gives \
-             {size} slots); raise max_vips",
-            lb_common::VIP_PROBES,
-            self.limits.max_vips
-        )
+        self.vip_index_probe(vip)?.placement().with_context(|| {
+            format!(
+                "the VIP index has no free slot among the {} for this service (max_vips {} gives \
+                 {} slots); raise max_vips",
+                lb_common::VIP_PROBES,
+                self.limits.max_vips,
+                lb_common::vip_index_size(self.limits.max_vips)
+            )
+        })
     }
 
     /// Sets the flags of a VIP address's marker entry (e.g. `VIP_F_NO_ECHO`); false if the
@@ -658,7 +643,7 @@ impl Dataplane {
             HashMap::try_from(self.map(names::VIPS)?)?;
         let id = vips.get(&vip, 0).ok().map(|m| m.id);
         vips.remove(&vip).context("removing the VIP")?;
-        if let Some(slot) = self.vip_index_find(&vip)? {
+        if let Some(slot) = self.vip_index_probe(&vip)?.own {
             self.array::<VipSlot>(names::VIP_INDEX)?
                 .set(slot, VipSlot::default(), 0)
                 .context("clearing VIP_INDEX")?;
@@ -932,6 +917,49 @@ pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
 
 /// Checks maps pinned by a previous agent against this build's layout and these limits.
 /// Returns whether there was anything to adopt.
+/// The `IFACES` probe slots of `ifindex`.
+fn iface_probes(ifindex: u32) -> impl Iterator<Item = u32> {
+    (0..lb_common::IFACE_PROBES).map(move |p| lb_common::iface_slot(ifindex, p))
+}
+
+/// One read of an open-addressed array's probe slots for a key (`IFACES`, `VIP_INDEX`): the
+/// slot that holds the key, the first free one, and what the slots hold.
+struct Probed<T> {
+    own: Option<u32>,
+    free: Option<u32>,
+    seen: Vec<T>,
+}
+
+impl<T: aya::Pod> Probed<T> {
+    fn read(
+        map: &Array<&mut MapData, T>,
+        probes: impl Iterator<Item = u32>,
+        is_own: impl Fn(&T) -> bool,
+        is_free: impl Fn(&T) -> bool,
+    ) -> Result<Self> {
+        let mut p = Self {
+            own: None,
+            free: None,
+            seen: Vec::new(),
+        };
+        for slot in probes {
+            let v = map.get(&slot, 0)?;
+            if p.own.is_none() && is_own(&v) {
+                p.own = Some(slot);
+            } else if p.free.is_none() && is_free(&v) {
+                p.free = Some(slot);
+            }
+            p.seen.push(v);
+        }
+        Ok(p)
+    }
+
+    /// Where the key goes: its own slot, else the first free one.
+    fn placement(&self) -> Option<u32> {
+        self.own.or(self.free)
+    }
+}
+
 fn check_pinned_layout(dir: &Path, limits: &DataplaneLimits) -> Result<bool> {
     let mut found = 0;
     for (name, key, value, entries) in map_layout(limits) {
