@@ -437,6 +437,17 @@ fn health_checks_take_down_backends_out_and_withdraw_dead_vips() {
         },
     );
     eprintln!("health: servers restarted; both load balancers announced again after {back:?}");
+    // A VIP is announced as soon as one backend is healthy; the others may need one more
+    // check interval before they are back in the ring.
+    wait_until(
+        "every HTTP backend healthy on both load balancers",
+        Duration::from_secs(20),
+        || {
+            (1..=2).all(|i| {
+                (1..=3).all(|j| health_of(i, &http4, j) == "up" && health_of(i, &http6, j) == "up")
+            })
+        },
+    );
     let results = http_requests(&lab, http, 60);
     let seen: std::collections::BTreeSet<&str> = results.iter().map(|(_, b)| b.as_str()).collect();
     assert_eq!(seen.len(), 3, "all backends serve again: {seen:?}");
