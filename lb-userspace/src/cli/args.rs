@@ -178,9 +178,7 @@ pub fn interval(s: &str) -> Result<f64, ArgError> {
         .parse()
         .map_err(|_| ArgError::Interval(format!("`{s}` is not a number of seconds")))?;
     if !(0.1..=3600.0).contains(&secs) {
-        return Err(ArgError::Interval(format!(
-            "--interval {s}: use 0.1 to 3600 seconds"
-        )));
+        return Err(ArgError::Interval("use 0.1 to 3600 seconds".into()));
     }
     Ok(secs)
 }
