@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{
-    BackendInfo, BgpStatus, ChangeReply, ChangeRequest, CounterInfo, InterfaceStatus, NodeReply,
-    ReloadReply, Stats, Status, VipInfo,
+    BackendInfo, BgpStatus, ChangeReply, CounterInfo, InterfaceStatus, NodeReply, ReloadReply,
+    Stats, Status, VipInfo,
 };
 use crate::config::{AttachMode, Config, format_mac, parse_mac};
 use crate::dataplane::{Attachment, Dataplane, FlowCounts, monotonic_ns};
@@ -1158,14 +1158,11 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
                     .map(|r| Response::json(200, &r)),
             )
         }
-        ("POST", ["v1", object @ ("vip" | "backend"), verb]) => {
-            let body: ChangeRequest = match serde_json::from_slice(&req.body) {
-                Ok(b) => b,
-                Err(e) => return Response::error(400, format!("request body: {e}")),
-            };
-            let change = match body.to_change(object, verb) {
+        ("POST", ["v1", "change"]) => {
+            // Deserializing checks the VIP; the actor's `DesiredState::apply` checks the rest.
+            let change: Change = match serde_json::from_slice(&req.body) {
                 Ok(c) => c,
-                Err(e) => return Response::error(error_status(&e), format!("{e:#}")),
+                Err(e) => return Response::error(400, format!("request body: {e}")),
             };
             reply(
                 ask(tx, |r| Command::Change(change, r))
@@ -1177,10 +1174,9 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
             _,
             [
                 "v1",
-                "status" | "vips" | "backends" | "stats" | "reload" | "peers",
+                "status" | "vips" | "backends" | "stats" | "reload" | "peers" | "change",
             ],
         )
-        | (_, ["v1", "vip" | "backend", _])
         | (_, ["v1", "node", "drain" | "undrain"]) => Response::error(
             405,
             format!("{} is not allowed on {}", req.method, req.path),

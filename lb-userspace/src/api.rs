@@ -7,117 +7,23 @@
 //! | GET | /v1/vips | | `[VipInfo]` |
 //! | GET | /v1/backends[?vip=V] | | `[BackendInfo]` (with live flow counts) |
 //! | GET | /v1/stats | | `Stats` |
-//! | POST | /v1/vip/add, /v1/vip/remove | `ChangeRequest` | `ChangeReply` |
-//! | POST | /v1/backend/{add,remove,drain,undrain,weight} | `ChangeRequest` | `ChangeReply` |
+//! | POST | /v1/change | `state::Change` | `ChangeReply` |
 //! | POST | /v1/reload | | `ReloadReply` |
 //! | POST | /v1/node/drain, /v1/node/undrain | | `NodeReply` |
 //! | GET | /v1/peers | | `SyncStatus` (404 without `[sync]`) |
 //!
-//! Errors answer 4xx/5xx with `{"error": "..."}` naming the problem.
+//! A change's body is `state::Change` itself, e.g. `{"op": "set_weight", "vip":
+//! "192.0.2.10:80/tcp", "backend": "2001:db8::1", "weight": 300}`; the CLI builds it from
+//! arguments it has already parsed, and the agent validates it again (any client may call).
+//!
+//! Errors answer 4xx/5xx with `{"error": "..."}` naming the problem: 400 for a malformed or
+//! invalid request, 404 for an unknown endpoint or a missing VIP or backend, 409 for one that
+//! exists already.
 
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::ApplyReport;
-use crate::state::{BackendState, Change, Vip, check_weight, not_found, parse_backend};
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeRequest {
-    pub vip: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gue: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<BackendState>,
-}
-
-impl ChangeRequest {
-    /// The change an `POST /v1/{object}/{verb}` with this body asks for.
-    pub fn to_change(&self, object: &str, verb: &str) -> anyhow::Result<Change> {
-        use anyhow::anyhow;
-        let vip: Vip = self.vip.parse()?;
-        let backend = || {
-            self.backend
-                .as_deref()
-                .ok_or_else(|| anyhow!("`backend` is missing"))
-                .and_then(parse_backend)
-        };
-        let weight = || self.weight.ok_or_else(|| anyhow!("`weight` is missing"));
-        let no = |field: &str, present: bool| {
-            if present {
-                Err(anyhow!("`{field}` does not apply to {object} {verb}"))
-            } else {
-                Ok(())
-            }
-        };
-        Ok(match (object, verb) {
-            ("vip", "add") => {
-                no("backend", self.backend.is_some())?;
-                no("weight", self.weight.is_some())?;
-                no("state", self.state.is_some())?;
-                Change::AddVip {
-                    vip,
-                    gue: self.gue.unwrap_or(false),
-                }
-            }
-            ("vip", "remove") => {
-                no("backend", self.backend.is_some())?;
-                no("weight", self.weight.is_some())?;
-                no("gue", self.gue.is_some())?;
-                no("state", self.state.is_some())?;
-                Change::RemoveVip { vip }
-            }
-            ("backend", verb) => {
-                no("gue", self.gue.is_some())?;
-                let backend = backend()?;
-                match verb {
-                    "add" => {
-                        let weight = self.weight.unwrap_or(100);
-                        check_weight(weight)?;
-                        Change::AddBackend {
-                            vip,
-                            backend,
-                            weight,
-                            state: self.state.unwrap_or_default(),
-                        }
-                    }
-                    "weight" => {
-                        no("state", self.state.is_some())?;
-                        let weight = weight()?;
-                        check_weight(weight)?;
-                        Change::SetWeight {
-                            vip,
-                            backend,
-                            weight,
-                        }
-                    }
-                    "remove" | "drain" | "undrain" => {
-                        no("weight", self.weight.is_some())?;
-                        no("state", self.state.is_some())?;
-                        match verb {
-                            "remove" => Change::RemoveBackend { vip, backend },
-                            "drain" => Change::SetState {
-                                vip,
-                                backend,
-                                state: BackendState::Draining,
-                            },
-                            _ => Change::SetState {
-                                vip,
-                                backend,
-                                state: BackendState::Active,
-                            },
-                        }
-                    }
-                    _ => return Err(not_found(format!("unknown operation backend {verb}"))),
-                }
-            }
-            _ => return Err(not_found(format!("unknown operation {object} {verb}"))),
-        })
-    }
-}
+use crate::state::{BackendState, Vip};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChangeReply {

@@ -405,14 +405,10 @@ pub struct VipConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub address: String,
-    #[serde(default = "default_weight")]
+    #[serde(default = "crate::state::default_weight")]
     pub weight: u32,
     #[serde(default)]
     pub state: BackendState,
-}
-
-fn default_weight() -> u32 {
-    100
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {

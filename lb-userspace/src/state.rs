@@ -137,11 +137,25 @@ pub fn parse_backend(s: &str) -> Result<Ipv6Addr> {
     let addr: Ipv6Addr = s.parse().map_err(|_| {
         anyhow!("backend `{s}` is not an IPv6 address (backends are reached through IPv6 tunnels)")
     })?;
+    check_backend(&addr)?;
+    Ok(addr)
+}
+
+/// Refuses addresses a tunnel cannot be sent to.
+pub fn check_backend(addr: &Ipv6Addr) -> Result<()> {
     ensure!(
         !addr.is_unspecified() && !addr.is_multicast() && !addr.is_loopback(),
         "backend {addr} cannot be a tunnel endpoint"
     );
-    Ok(addr)
+    Ok(())
+}
+
+/// The weight of a backend given without one (config file, CLI, control API).
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// [`DEFAULT_WEIGHT`], for serde's `default = "..."`.
+pub fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
 }
 
 pub fn check_weight(weight: u32) -> Result<()> {
@@ -197,12 +211,16 @@ pub struct DesiredState {
     pub vips: BTreeMap<Vip, VipSpec>,
 }
 
-/// One operator change.
+/// One operator change. Its JSON form is the control API's `POST /v1/change` body, e.g.
+/// `{"op": "add_backend", "vip": "192.0.2.10:80/tcp", "backend": "2001:db8::1"}`; an omitted
+/// `gue`, `weight` or `state` takes its default. Deserializing checks the VIP;
+/// [`Change::validate`] (run by [`DesiredState::apply`]) checks the rest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     AddVip {
         vip: Vip,
+        #[serde(default)]
         gue: bool,
     },
     RemoveVip {
@@ -211,7 +229,9 @@ pub enum Change {
     AddBackend {
         vip: Vip,
         backend: Ipv6Addr,
+        #[serde(default = "default_weight")]
         weight: u32,
+        #[serde(default)]
         state: BackendState,
     },
     RemoveBackend {
@@ -228,6 +248,28 @@ pub enum Change {
         backend: Ipv6Addr,
         weight: u32,
     },
+}
+
+impl Change {
+    /// Checks what a change carries by itself, before it meets a state: a backend must be a
+    /// usable tunnel endpoint and a weight in range (a `Vip` is checked when it is parsed).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Change::AddVip { .. } | Change::RemoveVip { .. } => Ok(()),
+            Change::AddBackend {
+                backend, weight, ..
+            }
+            | Change::SetWeight {
+                backend, weight, ..
+            } => {
+                check_backend(backend)?;
+                check_weight(*weight)
+            }
+            Change::RemoveBackend { backend, .. } | Change::SetState { backend, .. } => {
+                check_backend(backend)
+            }
+        }
+    }
 }
 
 impl fmt::Display for Change {
@@ -328,6 +370,7 @@ impl DesiredState {
 
     /// Applies one change, or refuses it with the reason and changes nothing.
     pub fn apply(&mut self, change: &Change, cap: &Capacity) -> Result<()> {
+        change.validate()?;
         match change {
             Change::AddVip { vip, gue } => {
                 if self.vips.contains_key(vip) {
@@ -356,7 +399,6 @@ impl DesiredState {
                 weight,
                 state,
             } => {
-                check_weight(*weight)?;
                 let total = self.backend_count() as u32;
                 let spec = self.vip_mut(vip)?;
                 if spec.backends.contains_key(backend) {
@@ -393,10 +435,7 @@ impl DesiredState {
                 vip,
                 backend,
                 weight,
-            } => {
-                check_weight(*weight)?;
-                self.backend_mut(vip, backend)?.weight = *weight;
-            }
+            } => self.backend_mut(vip, backend)?.weight = *weight,
         }
         Ok(())
     }
@@ -520,6 +559,76 @@ mod tests {
                 .to_string()
                 .contains("cannot be a tunnel")
         );
+    }
+
+    #[test]
+    fn a_change_is_its_own_api_body() {
+        let v = vip("192.0.2.10:80/tcp");
+        let change: Change = serde_json::from_str(
+            r#"{"op":"add_backend","vip":"192.0.2.10:80/tcp","backend":"2001:db8:be::1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            change,
+            Change::AddBackend {
+                vip: v,
+                backend: b(1),
+                weight: DEFAULT_WEIGHT,
+                state: BackendState::Active,
+            },
+            "omitted weight and state take their defaults"
+        );
+        let json = serde_json::to_string(&change).unwrap();
+        assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), change);
+        for (body, why) in [
+            (r#"{"vip":"192.0.2.10:80/tcp"}"#, "missing field `op`"),
+            (r#"{"op":"add_vip"}"#, "missing field `vip`"),
+            (
+                r#"{"op":"explode","vip":"192.0.2.10:80/tcp"}"#,
+                "unknown variant `explode`",
+            ),
+            (
+                r#"{"op":"add_vip","vip":"192.0.2.10:80/tcp","colour":1}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"op":"add_vip","vip":"192.0.2.10:80"}"#,
+                "expected ADDR:PORT/tcp",
+            ),
+            (
+                r#"{"op":"remove_backend","vip":"192.0.2.10:80/tcp","backend":"192.0.2.1"}"#,
+                "invalid IPv6 address",
+            ),
+        ] {
+            let e = serde_json::from_str::<Change>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{body}: `{e}` should say `{why}`");
+        }
+    }
+
+    #[test]
+    fn apply_refuses_what_a_raw_change_could_carry() {
+        let mut s = DesiredState::default();
+        let v = vip("192.0.2.10:80/tcp");
+        s.apply(&Change::AddVip { vip: v, gue: false }, &CAP)
+            .unwrap();
+        let before = s.clone();
+        for backend in [
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::LOCALHOST,
+            "ff02::1".parse().unwrap(),
+        ] {
+            let change = Change::AddBackend {
+                vip: v,
+                backend,
+                weight: DEFAULT_WEIGHT,
+                state: BackendState::Active,
+            };
+            let e = s.apply(&change, &CAP).unwrap_err().to_string();
+            assert!(e.contains("cannot be a tunnel endpoint"), "{change}: {e}");
+        }
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -561,44 +561,45 @@ fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
     }
     assert_eq!(snapshot(), before, "refused CLI requests changed the state");
 
-    // The API itself, without the CLI's own checks.
+    // The API itself, without the CLI's own checks: a change's body is `state::Change`.
     let vip = format!("\"vip\":\"{VIP_SVC}\"");
+    let be1 = "\"backend\":\"2001:db8:be::1\"";
+    let change = |fields: &str| post("/v1/change", &format!("{{{fields}}}"));
     for (req, status, why) in [
-        (post("/v1/vip/add", "{not json"), 400, "request body"),
+        (post("/v1/change", "{not json"), 400, "request body"),
         (
-            post("/v1/vip/add", &format!("{{{vip},\"colour\":1}}")),
+            change(&format!("\"op\":\"add_vip\",{vip},\"colour\":1")),
             400,
             "unknown field `colour`",
         ),
-        (post("/v1/vip/add", "{}"), 400, "missing field `vip`"),
+        (change("\"op\":\"add_vip\""), 400, "missing field `vip`"),
+        (change(&vip), 400, "missing field `op`"),
         (
-            post("/v1/backend/add", &format!("{{{vip}}}")),
+            change(&format!("\"op\":\"add_backend\",{vip}")),
             400,
-            "`backend` is missing",
+            "missing field `backend`",
         ),
         (
-            post(
-                "/v1/backend/weight",
-                &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
-            ),
+            change(&format!("\"op\":\"set_weight\",{vip},{be1}")),
             400,
-            "`weight` is missing",
+            "missing field `weight`",
         ),
         (
-            post(
-                "/v1/backend/drain",
-                &format!("{{{vip},\"backend\":\"2001:db8:be::1\",\"weight\":5}}"),
-            ),
+            change(&format!(
+                "\"op\":\"set_state\",{vip},{be1},\"state\":\"draining\",\"weight\":5"
+            )),
             400,
-            "does not apply",
+            "unknown field `weight`",
         ),
         (
-            post(
-                "/v1/backend/add",
-                &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
-            ),
+            change(&format!("\"op\":\"add_backend\",{vip},{be1}")),
             409,
             "already has backend",
+        ),
+        (
+            change(&format!("\"op\":\"explode\",{vip},{be1}")),
+            400,
+            "unknown variant `explode`",
         ),
         (
             post(
@@ -606,12 +607,44 @@ fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
                 &format!("{{{vip},\"backend\":\"2001:db8:be::1\"}}"),
             ),
             404,
-            "unknown operation",
+            "no such endpoint",
         ),
         (
-            post("/v1/vip/remove", "{\"vip\":\"192.0.2.99:1/tcp\"}"),
+            change("\"op\":\"remove_vip\",\"vip\":\"192.0.2.99:1/tcp\""),
             404,
             "no VIP",
+        ),
+        // What the CLI's value parsers refuse, the agent refuses as well.
+        (
+            change("\"op\":\"add_vip\",\"vip\":\"192.0.2.10:80\""),
+            400,
+            "expected ADDR:PORT/tcp",
+        ),
+        (
+            change(&format!(
+                "\"op\":\"remove_backend\",{vip},\"backend\":\"::\""
+            )),
+            400,
+            "cannot be a tunnel endpoint",
+        ),
+        (
+            change(&format!(
+                "\"op\":\"add_backend\",{vip},\"backend\":\"2001:db8:be::9\",\"weight\":0"
+            )),
+            400,
+            "outside 1..=1000",
+        ),
+        (
+            change(&format!(
+                "\"op\":\"set_weight\",{vip},{be1},\"weight\":1001"
+            )),
+            400,
+            "outside 1..=1000",
+        ),
+        (
+            b"GET /v1/change HTTP/1.1\r\n\r\n".to_vec(),
+            405,
+            "not allowed",
         ),
         (
             b"GET /v1/nothing HTTP/1.1\r\n\r\n".to_vec(),
@@ -635,12 +668,12 @@ fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
         ),
         (b"HELLO\r\n\r\n".to_vec(), 400, "malformed request line"),
         (
-            b"POST /v1/vip/add HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            b"POST /v1/change HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
             413,
             "too large",
         ),
         (
-            b"POST /v1/vip/add HTTP/1.1\r\nContent-Length: 50\r\n\r\n{}".to_vec(),
+            b"POST /v1/change HTTP/1.1\r\nContent-Length: 50\r\n\r\n{}".to_vec(),
             400,
             "shorter than Content-Length",
         ),

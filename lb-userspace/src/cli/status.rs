@@ -1,0 +1,121 @@
+//! `lb status`: the agent, its dataplane, interfaces, BGP, sync and runtime drift.
+
+use anyhow::Result;
+
+use super::client::Client;
+use super::peer::peer_table;
+use super::print_json;
+use super::table::table;
+use crate::api::Status;
+
+pub async fn run(client: &Client, json: bool) -> Result<()> {
+    let s: Status = client.get("/v1/status").await?;
+    if json {
+        return print_json(&s);
+    }
+    println!(
+        "agent        lb {} (pid {}), up {} s",
+        s.version, s.pid, s.uptime_secs
+    );
+    println!("config       {}", s.config);
+    println!(
+        "dataplane    pinned at {}{}",
+        s.pin_dir,
+        if s.adopted {
+            " (adopted from a previous agent)"
+        } else {
+            ""
+        }
+    );
+    println!("tunnel src   {}", s.tunnel_source);
+    println!(
+        "maglev       {} slots per VIP, table version {}",
+        s.ring_size, s.table_version
+    );
+    println!(
+        "services     {} VIPs, {} backends, up to {} flows",
+        s.vips, s.backends, s.max_flows
+    );
+    println!("metrics      {}", s.metrics.as_deref().unwrap_or("off"));
+    let rows: Vec<Vec<String>> = s
+        .interfaces
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.ifindex.to_string(),
+                i.attachment.clone(),
+                i.next_hop_mac.clone(),
+                i.mtu.to_string(),
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table(&["INTERFACE", "IFINDEX", "XDP", "NEXT HOP", "MTU"], &rows)
+    );
+    println!();
+    println!(
+        "node         {}",
+        match (&s.dataplane_fault, s.node_drained) {
+            (Some(f), _) => format!("NOT FORWARDING: {f}; every VIP withdrawn"),
+            (None, true) => "drained (`lb node undrain` announces again)".into(),
+            (None, false) => "serving".into(),
+        }
+    );
+    let announcing = if s.announcing.is_empty() {
+        "nothing".to_string()
+    } else {
+        s.announcing.join(", ")
+    };
+    match &s.bgp {
+        None => println!(
+            "bgp          not driven (no [bgp] in the config); would announce {announcing}"
+        ),
+        Some(b) => {
+            println!("bgp          announcing {announcing}");
+            if let Some(e) = &b.error {
+                println!("             BIRD refused or is unreachable (retrying): {e}");
+            } else if b.announced != s.announcing {
+                println!("             BIRD last told: {}", b.announced.join(", "));
+            }
+        }
+    }
+    match &s.sync {
+        None => println!("sync         off (no [sync] in the config)"),
+        Some(y) => {
+            let agree = y.peers.iter().filter(|p| p.state_match).count();
+            println!(
+                "sync         node {}, state version {} ({}), tables {}; {} of {} peers agree{}",
+                y.node,
+                y.version,
+                y.state_digest,
+                y.table_digest,
+                agree,
+                y.peers.len(),
+                if y.flows {
+                    "; flows shared"
+                } else {
+                    "; flows not shared"
+                }
+            );
+            if !y.peers.is_empty() {
+                print!("{}", peer_table(y));
+            }
+            if !y.waiting_for.is_empty() {
+                println!(
+                    "             just started: VIPs unannounced until caught up with {}",
+                    y.waiting_for.join(", ")
+                );
+            }
+        }
+    }
+    if !s.drift.is_empty() {
+        println!("\nruntime changes not in the config file (a reload or restart reverts them):");
+        for d in &s.drift {
+            println!("  {d}");
+        }
+    }
+    Ok(())
+}
