@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use tracing::{error, info, warn};
 
-use super::Agent;
+use super::actor::Agent;
 use crate::api::SyncStatus;
 use crate::config::Config;
 use crate::reconcile::ApplyReport;
@@ -192,6 +192,7 @@ impl Agent {
             flows_dropped_queue: c.flows_dropped_queue.load(Ordering::Relaxed),
             flows_dropped_import: c.flows_dropped_import.load(Ordering::Relaxed),
             flows_untranslated: c.flows_untranslated.load(Ordering::Relaxed),
+            flows_unknown_id: c.flows_unknown_id.load(Ordering::Relaxed),
             refused: c
                 .refused()
                 .into_iter()
