@@ -264,7 +264,7 @@ impl ReplicatedState {
                 "VIP {vip} cannot be a VIP"
             );
             ensure!(
-                crate::sync::wire::valid_name(&e.exists.stamp.node),
+                crate::config::valid_name(&e.exists.stamp.node),
                 "VIP {vip}: bad node name in its stamp"
             );
         }

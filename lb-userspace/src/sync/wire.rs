@@ -24,6 +24,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub use crate::config::{MAX_NAME, valid_name};
+
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MAGIC: &[u8; 8] = b"LBSYNC/1";
@@ -185,8 +187,6 @@ fn tags_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub const MAX_NAME: usize = 64;
-
 async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
@@ -210,15 +210,6 @@ async fn read_name<R: AsyncRead + Unpin>(r: &mut R) -> Result<String> {
         return Err(refused(Refusal::Handshake, format!("bad name {name:?}")));
     }
     Ok(name)
-}
-
-/// Node names: 1-64 of `A-Za-z0-9._-`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn put_name(buf: &mut Vec<u8>, name: &str) {
