@@ -25,7 +25,8 @@ pub(super) async fn ask<T>(
         .map_err(|_| anyhow!("the agent is shutting down"))?
 }
 
-/// Backends with their live flow counts (the walk runs off the dataplane task).
+/// Backends with their live flow counts (the walk runs here, off the actor, on the pinned
+/// connection table's own file descriptor).
 async fn backends_with_flows(
     tx: &mpsc::Sender<Command>,
     vip: Option<Vip>,

@@ -28,10 +28,8 @@ mod fault;
 mod fleet;
 mod metrics;
 mod nic;
+mod peers;
 mod report;
 mod spawn;
 
-pub use actor::Command;
-pub use fault::{Fault, NicFault};
-pub use metrics::render as render_metrics;
 pub use spawn::{AgentArgs, run};

@@ -1,7 +1,5 @@
 //! What an absent field means.
 
-use super::sections::AgentConfig;
-
 pub const DEFAULT_API_SOCKET: &str = "/run/lb/lb.sock";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 
@@ -19,17 +17,6 @@ pub(super) fn default_flow_queue() -> usize {
 
 pub(super) fn default_startup_wait_secs() -> u64 {
     10
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            api_socket: DEFAULT_API_SOCKET.into(),
-            pin_dir: DEFAULT_PIN_DIR.into(),
-            metrics: None,
-            neighbour_refresh_secs: 10,
-        }
-    }
 }
 
 pub(super) fn default_ring_size() -> u32 {

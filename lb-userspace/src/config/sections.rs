@@ -8,9 +8,10 @@ use serde::Deserialize;
 
 use super::checks::HealthOverride;
 use super::defaults::{
-    default_flow_queue, default_gue_port, default_max_backends, default_max_flows,
-    default_max_vips, default_refresh_secs, default_ring_size, default_startup_wait_secs,
-    default_tcp_closing, default_tcp_idle, default_udp_idle, default_weight, yes,
+    DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port,
+    default_max_backends, default_max_flows, default_max_vips, default_refresh_secs,
+    default_ring_size, default_startup_wait_secs, default_tcp_closing, default_tcp_idle,
+    default_udp_idle, default_weight, yes,
 };
 use crate::state::BackendState;
 
@@ -77,6 +78,17 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Seconds between next-hop MAC lookups for interfaces configured with `gateway`.
     pub neighbour_refresh_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            api_socket: DEFAULT_API_SOCKET.into(),
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            metrics: None,
+            neighbour_refresh_secs: 10,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
