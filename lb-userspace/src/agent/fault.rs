@@ -29,3 +29,25 @@ impl fmt::Display for Fault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lb status` shows these texts as `dataplane_fault`, as before faults were typed.
+    #[test]
+    fn faults_read_as_before() {
+        let cases = [
+            (Fault::MapWrite("EINVAL".into()), "map write failed: EINVAL"),
+            (
+                Fault::Nic(NicFault::Replaced("eth1".into())),
+                "eth1 was replaced (new ifindex)",
+            ),
+            (Fault::Nic(NicFault::Gone("eth1".into())), "eth1 is gone"),
+            (Fault::Nic(NicFault::Down("eth1".into())), "eth1 is down"),
+        ];
+        for (fault, text) in cases {
+            assert_eq!(fault.to_string(), text);
+        }
+    }
+}

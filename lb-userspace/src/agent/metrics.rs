@@ -347,3 +347,33 @@ fn sync(o: &mut String, y: &SyncStatus) {
             .map(|(r, n)| (format!("reason=\"{r}\""), *n)),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_health_encap_counters_and_unknown_flow_ids() {
+        let stats = Stats {
+            health_encap: vec![CounterInfo {
+                name: "encapsulated".into(),
+                packets: 4,
+                bytes: 0,
+            }],
+            sync: Some(SyncStatus {
+                flows_unknown_id: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&stats, &[]);
+        assert!(
+            text.contains("lb_health_encap_packets_total{result=\"encapsulated\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_sync_flows_dropped_total{reason=\"unknown_backend_id\"} 3"),
+            "{text}"
+        );
+    }
+}
