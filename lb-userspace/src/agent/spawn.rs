@@ -64,6 +64,7 @@ fn bind_api(socket: &Path) -> Result<UnixListener> {
     // SAFETY: umask only changes this process's file creation mask.
     let old = unsafe { libc::umask(0o177) };
     let listener = UnixListener::bind(socket);
+    // SAFETY: restores the mask read above; umask has no other effect.
     unsafe { libc::umask(old) };
     let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;

@@ -179,8 +179,9 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
             return false;
         };
-        // SAFETY: statfs fills the struct for a NUL-terminated path.
+        // SAFETY: statfs is plain data; all zeroes is a valid value.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is NUL-terminated and `st` is a valid statfs for the kernel to fill.
         unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
     };
     let root = Path::new("/sys/fs/bpf");
