@@ -9,7 +9,8 @@
 //! The health task owns the TC program and writes its target maps (`HC_TARGETS`, `HC_VIPS`).
 //! It runs one small loop per check and sends transitions only ([`Transition`], on the channel
 //! the agent hands [`run`]); the agent takes a down backend out of the Maglev table like a
-//! drained one. The agent keeps [`EncapCounters`] to report the TC program's counters.
+//! drained one. [`spawn`] starts it and returns the agent's [`Handle`]: the checks it wants,
+//! the transitions, and the TC program's counters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -153,6 +154,36 @@ pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
             .with_context(|| format!("attaching the health-check encapsulation to {iface}"))?;
     }
     Ok(ebpf)
+}
+
+/// What the agent keeps of the health task.
+pub struct Handle {
+    /// The checks to run; the task follows every change.
+    pub checks: watch::Sender<Vec<CheckSpec>>,
+    /// Each check's changes of state.
+    pub transitions: mpsc::Receiver<Transition>,
+    /// The TC program's counters (None, logged, if its map could not be taken).
+    pub counters: Option<EncapCounters>,
+}
+
+/// Loads and attaches the TC program on `ifaces` and starts the health task with no checks.
+pub fn spawn(ifaces: &[String], tunnel: Tunnel) -> Result<Handle> {
+    let mut ebpf = load_encap(ifaces)?;
+    let counters = match EncapCounters::take(&mut ebpf) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!("health-check counters unavailable: {e:#}");
+            None
+        }
+    };
+    let (checks, wanted) = watch::channel(Vec::new());
+    let (tx, transitions) = mpsc::channel(64);
+    tokio::spawn(run(ebpf, tunnel, wanted, tx));
+    Ok(Handle {
+        checks,
+        transitions,
+        counters,
+    })
 }
 
 /// The TC program's packet counters (`HC_STATS`), taken out of its object so the agent can

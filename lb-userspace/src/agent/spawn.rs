@@ -22,7 +22,7 @@ use crate::api::BgpStatus;
 use crate::bgp::{self, Bird};
 use crate::config::{AttachMode, Config, parse_mac};
 use crate::dataplane::{Dataplane, ensure_bpffs, unpin_link};
-use crate::health::{self, EncapCounters, Transition};
+use crate::health;
 use crate::neighbour::{self, NextHop};
 use crate::reconcile::Reconciler;
 use crate::sync::{self, wire::FleetKey};
@@ -209,28 +209,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::spawn(neighbour::follow(gateways, every, next_hops));
     }
     let socket = config.agent.api_socket.clone();
-    let (checks, checks_rx) = watch::channel(Vec::new());
-    let (transitions, transitions_rx) = mpsc::channel::<Transition>(64);
-    let mut health_ebpf = health::load_encap(
+    let health = health::spawn(
         &config
             .interfaces
             .iter()
             .map(|i| i.name.clone())
             .collect::<Vec<_>>(),
+        health::Tunnel {
+            source: config.dataplane.tunnel_source,
+            gue_port: config.dataplane.gue_port,
+            iface: config.interfaces[0].name.clone(),
+        },
     )?;
-    let health_encap = match EncapCounters::take(&mut health_ebpf) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            warn!("health-check counters unavailable: {e:#}");
-            None
-        }
-    };
-    let tunnel = health::Tunnel {
-        source: config.dataplane.tunnel_source,
-        gue_port: config.dataplane.gue_port,
-        iface: config.interfaces[0].name.clone(),
-    };
-    tokio::spawn(health::run(health_ebpf, tunnel, checks_rx, transitions));
     let (announce, announce_rx) = watch::channel(BTreeSet::new());
     let (outcomes, outcomes_rx) = mpsc::channel::<bgp::Outcome>(16);
     let bird = config
@@ -255,8 +245,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         started: Instant::now(),
         ifaces,
         health: BTreeMap::new(),
-        checks,
-        health_encap,
+        checks: health.checks,
+        health_encap: health.counters,
         node_drained: false,
         fault: None,
         announce,
@@ -299,7 +289,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     agent
         .run(Inputs {
             commands: commands_rx,
-            transitions: transitions_rx,
+            transitions: health.transitions,
             next_hops: next_hops_rx,
             bgp: outcomes_rx,
             sync: sync_events_rx,
