@@ -77,6 +77,9 @@ pub struct Status {
     pub bgp: Option<BgpStatus>,
     /// Peer sync, when configured.
     pub sync: Option<SyncStatus>,
+    /// The health-check encapsulation program's packet counts (`HC_STATS`).
+    #[serde(default)]
+    pub health_encap: Vec<CounterInfo>,
 }
 
 /// This agent's place in the fleet, and what it knows of each peer.
@@ -93,7 +96,7 @@ pub struct SyncStatus {
     pub flows: bool,
     /// Peers this agent, just started, still waits for before it announces its VIPs.
     pub waiting_for: Vec<String>,
-    pub peers: Vec<crate::sync::PeerStatus>,
+    pub peers: Vec<PeerStatus>,
     pub flows_exported: u64,
     pub flows_imported: u64,
     /// Flow batches not queued for a slow or absent peer, in flows.
@@ -102,8 +105,48 @@ pub struct SyncStatus {
     pub flows_dropped_import: u64,
     /// Received flows for a VIP or backend this agent does not have.
     pub flows_untranslated: u64,
+    /// New flows not exported because their backend id no longer names a backend here.
+    #[serde(default)]
+    pub flows_unknown_id: u64,
     /// Links refused, by reason.
     pub refused: Vec<(String, u64)>,
+}
+
+/// What this agent knows of one peer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: String,
+    /// Our link to it is up (handshake done).
+    pub outbound: bool,
+    /// Why our link to it is not up, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_error: Option<String>,
+    /// Its link to us is up.
+    pub inbound: bool,
+    /// How many of its links to us are up (a reconnect may overlap the old link's end).
+    #[serde(skip)]
+    pub inbound_links: u32,
+    /// Milliseconds since its last message (None: never heard from).
+    pub last_heard_ms: Option<u64>,
+    /// Its last summary.
+    pub summary: Option<PeerSummary>,
+    pub state_match: bool,
+    pub table_match: bool,
+    pub flows_sent: u64,
+    pub flows_received: u64,
+    pub flows_dropped: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// What a peer last said of its state (its sync summary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSummary {
+    pub version: u64,
+    pub state_digest: String,
+    pub table_digest: String,
+    pub flows: bool,
 }
 
 /// The BGP task's last exchange with BIRD.
@@ -168,6 +211,9 @@ pub struct Stats {
     pub vips: Vec<(Vip, CounterInfo)>,
     pub backends: Vec<(Vip, String, CounterInfo)>,
     pub sync: Option<SyncStatus>,
+    /// The health-check encapsulation program's packet counts (`HC_STATS`).
+    #[serde(default)]
+    pub health_encap: Vec<CounterInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,9 +6,11 @@
 //! packets to that backend like client packets, and the backend answers directly. A passing
 //! check therefore proves the backend's decapsulation, VIP on `lo`, service and return path.
 //!
-//! The health task owns the TC program and its map. It runs one small loop per check and
-//! tells the dataplane task about transitions only (`Command::Health`); the dataplane task
-//! takes a down backend out of the Maglev table like a drained one.
+//! The health task owns the TC program and writes its target maps (`HC_TARGETS`, `HC_VIPS`).
+//! It runs one small loop per check and sends transitions only ([`Transition`], on the channel
+//! the agent hands [`run`]); the agent takes a down backend out of the Maglev table like a
+//! drained one. [`spawn`] starts it and returns the agent's [`Handle`]: the checks it wants,
+//! the transitions, and the TC program's counters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -17,9 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcTarget, MAX_HC_TARGETS, names};
+use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, MAX_HC_TARGETS, names};
 use lb_common::v6_words;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,7 +97,7 @@ impl std::fmt::Display for Health {
     }
 }
 
-/// A check's transition, sent to the dataplane task.
+/// A check's transition: what the health task tells the agent.
 #[derive(Clone, Debug)]
 pub struct Transition {
     pub vip: Vip,
@@ -154,6 +156,65 @@ pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// What the agent keeps of the health task.
+pub struct Handle {
+    /// The checks to run; the task follows every change.
+    pub checks: watch::Sender<Vec<CheckSpec>>,
+    /// Each check's changes of state.
+    pub transitions: mpsc::Receiver<Transition>,
+    /// The TC program's counters (None, logged, if its map could not be taken).
+    pub counters: Option<EncapCounters>,
+}
+
+/// Loads and attaches the TC program on `ifaces` and starts the health task with no checks.
+pub fn spawn(ifaces: &[String], tunnel: Tunnel) -> Result<Handle> {
+    let mut ebpf = load_encap(ifaces)?;
+    let counters = match EncapCounters::take(&mut ebpf) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!("health-check counters unavailable: {e:#}");
+            None
+        }
+    };
+    let (checks, wanted) = watch::channel(Vec::new());
+    let (tx, transitions) = mpsc::channel(64);
+    tokio::spawn(run(ebpf, tunnel, wanted, tx));
+    Ok(Handle {
+        checks,
+        transitions,
+        counters,
+    })
+}
+
+/// The TC program's packet counters (`HC_STATS`), taken out of its object so the agent can
+/// read them while the health task owns the rest.
+pub struct EncapCounters(PerCpuArray<MapData, u64>);
+
+impl EncapCounters {
+    /// Every counter by name, in `HcCounter` order.
+    pub const NAMES: [(HcCounter, &'static str); 4] = [
+        (HcCounter::Encapsulated, "encapsulated"),
+        (HcCounter::DropNoTarget, "drop_no_target"),
+        (HcCounter::DropEncap, "drop_encap"),
+        (HcCounter::DropStrayReset, "drop_stray_reset"),
+    ];
+
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(names::HC_STATS)
+            .with_context(|| format!("map {} missing from the object", names::HC_STATS))?;
+        Ok(Self(PerCpuArray::try_from(map)?))
+    }
+
+    /// Each counter summed over CPUs.
+    pub fn read(&self) -> Result<Vec<(&'static str, u64)>> {
+        Self::NAMES
+            .iter()
+            .map(|(c, name)| Ok((*name, self.0.get(&(*c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
 /// The tunnel parameters every check shares.
 #[derive(Clone, Debug)]
 pub struct Tunnel {
@@ -175,7 +236,7 @@ pub async fn run(
     mut ebpf: Ebpf,
     tunnel: Tunnel,
     mut wanted: watch::Receiver<Vec<CheckSpec>>,
-    tx: mpsc::Sender<crate::agent::Command>,
+    tx: mpsc::Sender<Transition>,
 ) {
     let mut targets: BpfHashMap<_, u32, HcTarget> =
         match ebpf.take_map(names::HC_TARGETS).map(BpfHashMap::try_from) {
@@ -258,12 +319,7 @@ pub async fn run(
     }
 }
 
-async fn check_loop(
-    spec: CheckSpec,
-    mark: u32,
-    iface: String,
-    tx: mpsc::Sender<crate::agent::Command>,
-) {
+async fn check_loop(spec: CheckSpec, mark: u32, iface: String, tx: mpsc::Sender<Transition>) {
     let mut state = Hysteresis::default();
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,7 +340,7 @@ async fn check_loop(
                 health,
                 detail,
             };
-            if tx.send(crate::agent::Command::Health(t)).await.is_err() {
+            if tx.send(t).await.is_err() {
                 return;
             }
         }

@@ -3,14 +3,13 @@
 
 pub mod agent;
 pub mod api;
-pub mod bird;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod http;
-pub mod metrics;
 pub mod neighbour;
 pub mod reconcile;
 pub mod state;

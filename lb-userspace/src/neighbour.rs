@@ -1,11 +1,15 @@
-//! NIC facts from the kernel: ifindex, MAC, and the next hop's MAC from the neighbour table.
+//! NIC facts from the kernel: ifindex, MAC, and the next hop's MAC from the neighbour table;
+//! and the gateway follower, which reports each gateway's MAC as a [`NextHop`].
 //! Everything here works in the caller's network namespace (no /sys/class/net, which shows the
 //! namespace sysfs was mounted in).
 
 use std::net::{IpAddr, UdpSocket};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::config::parse_mac;
 
@@ -132,4 +136,42 @@ pub fn resolve(gateway: IpAddr, iface: &str, tries: u32) -> Result<Option<[u8; 6
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     lookup(gateway, iface)
+}
+
+/// A gateway's MAC as the neighbour table has it now: what the follower tells the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub iface: String,
+    pub mac: [u8; 6],
+}
+
+/// Looks each `(NIC, gateway)` up every `every`, sending what it finds (the receiver ignores
+/// repeats); asks the kernel to resolve gateways missing from the table. Ends when the
+/// receiver is gone.
+pub async fn follow(gateways: Vec<(String, IpAddr)>, every: Duration, tx: mpsc::Sender<NextHop>) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for (iface, gw) in &gateways {
+            let (iface2, gw2) = (iface.clone(), *gw);
+            let found = tokio::task::spawn_blocking(move || lookup(gw2, &iface2)).await;
+            match found {
+                Ok(Ok(Some(mac))) => {
+                    let hop = NextHop {
+                        iface: iface.clone(),
+                        mac,
+                    };
+                    if tx.send(hop).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    warn!(iface, %gw, "the gateway's MAC is not in the neighbour table; asking the kernel to resolve it");
+                    provoke(*gw);
+                }
+                Ok(Err(e)) => warn!(iface, "neighbour lookup: {e:#}"),
+                Err(_) => return,
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Makes the dataplane's maps equal to a desired state with the fewest writes, in an order that
-//! keeps every packet on a valid backend:
+//! keeps every packet on a valid backend. This is where the write order across maps lives
+//! (`Dataplane` keeps each map consistent on its own):
 //!
-//! 1. removed VIPs become unreachable first (VIP entry deleted);
+//! 1. removed VIPs, and VIPs whose encapsulation changes (re-created), become unreachable
+//!    first (VIP entry deleted);
 //! 2. new backends are installed (BACKENDS entry, fresh generation) before any slot names them;
 //! 3. only the Maglev slots whose backend changed are rewritten;
 //! 4. a new VIP's entry is written only after its whole ring is;
@@ -9,8 +11,10 @@
 //!    not reused within the same pass, and a reused id gets a new generation, so connection
 //!    entries of its previous owner fall back to Maglev instead of following the id.
 //!
-//! Every Maglev table is built before the first write, so a change that cannot be built is
-//! refused with nothing written.
+//! The capacity checks and every Maglev table come before the first write, so a state that
+//! does not fit or cannot be built is refused (`state::Refused`) with nothing written. Other
+//! errors (a failed map write, running out of free backend ids because a pass cannot reuse the
+//! ids it frees) can stop a pass midway; the agent then reports a map-write fault.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
@@ -78,7 +82,9 @@ pub struct InstalledVip {
     pub id: u32,
     pub gue: bool,
     pub backends: BTreeMap<Ipv6Addr, InstalledBackend>,
-    /// The ring as written (backend id per slot); None until the whole ring has been written.
+    /// What the ring holds (backend id per slot) as this agent last wrote or read it; None
+    /// while unknown, so the next pass writes every slot. A new VIP on a reused ring starts
+    /// with its previous VIP's slots and rewrites only those that differ.
     pub slots: Option<Vec<u32>>,
     /// The Maglev members the ring was built from (None: unknown, e.g. adopted maps).
     pub members: Option<Vec<MaglevMember>>,
@@ -449,296 +455,4 @@ impl Reconciler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::{Capacity, Change};
-    use std::collections::HashMap;
-
-    /// Records writes and checks, at every write, the invariants the XDP program relies on.
-    #[derive(Default)]
-    struct Recorder {
-        backends: HashMap<u32, Backend>,
-        rings: HashMap<u32, Vec<u32>>,
-        vips: HashMap<VipKey, VipMeta>,
-        slot_writes: u64,
-        ring_size: u32,
-    }
-
-    impl Recorder {
-        fn check(&self) {
-            for meta in self.vips.values() {
-                let ring = &self.rings[&meta.ring];
-                assert_eq!(
-                    ring.len(),
-                    self.ring_size as usize,
-                    "reachable VIP with a partial ring"
-                );
-                for &id in ring {
-                    assert!(
-                        id == NO_BACKEND
-                            || self
-                                .backends
-                                .get(&id)
-                                .is_some_and(|b| b.flags & BACKEND_F_VALID != 0),
-                        "a reachable slot names uninstalled backend {id}"
-                    );
-                }
-            }
-        }
-    }
-
-    impl MapWriter for Recorder {
-        fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-            self.backends.insert(id, *backend);
-            self.check();
-            Ok(())
-        }
-        fn clear_backend(&mut self, id: u32) -> Result<()> {
-            let g = self.backends.get(&id).map_or(0, |b| b.generation);
-            self.backends.insert(
-                id,
-                Backend {
-                    generation: g,
-                    ..Default::default()
-                },
-            );
-            self.check();
-            Ok(())
-        }
-        fn backend_generation(&mut self, id: u32) -> Result<u32> {
-            Ok(self.backends.get(&id).map_or(0, |b| b.generation))
-        }
-        fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
-            let m = self.ring_size as usize;
-            let r = self
-                .rings
-                .entry(ring)
-                .or_insert_with(|| vec![NO_BACKEND; m]);
-            for &(s, id) in slots {
-                r[s as usize] = id;
-                self.slot_writes += 1;
-            }
-            // Check after the whole batch too (the real writes are one slot at a time, and
-            // each one names an installed backend, which `check` verifies for reachable VIPs).
-            self.check();
-            Ok(())
-        }
-        fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {
-            self.rings.entry(meta.ring).or_default();
-            self.vips.insert(key, meta);
-            self.check();
-            Ok(())
-        }
-        fn remove_vip(&mut self, key: VipKey) -> Result<()> {
-            self.vips.remove(&key);
-            Ok(())
-        }
-        fn reset_vip_counter(&mut self, _: u32) -> Result<()> {
-            Ok(())
-        }
-        fn reset_backend_counter(&mut self, _: u32) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    const M: u32 = 4099;
-    const CAP: Capacity = Capacity {
-        vips: 4,
-        backends: 64,
-        backends_per_vip: 100,
-    };
-
-    fn b(i: u16) -> Ipv6Addr {
-        Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, i)
-    }
-
-    fn setup() -> (Reconciler, Recorder, DesiredState, Vip) {
-        let r = Reconciler::new(M, 42, 4, 64);
-        let rec = Recorder {
-            ring_size: M,
-            ..Default::default()
-        };
-        let mut s = DesiredState::default();
-        let vip: Vip = "192.0.2.10:80/tcp".parse().unwrap();
-        s.apply(&Change::AddVip { vip, gue: false }, &CAP).unwrap();
-        for i in 1..=4 {
-            s.apply(
-                &Change::AddBackend {
-                    vip,
-                    backend: b(i),
-                    weight: 1,
-                    state: BackendState::Active,
-                },
-                &CAP,
-            )
-            .unwrap();
-        }
-        (r, rec, s, vip)
-    }
-
-    #[test]
-    fn a_change_writes_exactly_the_slots_maglev_moves() {
-        let (mut r, mut rec, mut s, vip) = setup();
-        let rep = r.apply(&mut rec, &s).unwrap();
-        assert_eq!(
-            rep.slot_writes, M as u64,
-            "a new VIP writes its whole ring once"
-        );
-        assert_eq!(rep.vips_added, 1);
-        let members_before = members(&s.vips[&vip].backends);
-        let table_before = MaglevTable::build(M, 42, &members_before).unwrap();
-        for change in [
-            Change::AddBackend {
-                vip,
-                backend: b(5),
-                weight: 1,
-                state: BackendState::Active,
-            },
-            Change::SetWeight {
-                vip,
-                backend: b(2),
-                weight: 3,
-            },
-            Change::SetState {
-                vip,
-                backend: b(3),
-                state: BackendState::Draining,
-            },
-            Change::RemoveBackend { vip, backend: b(1) },
-        ] {
-            let before = MaglevTable::build(M, 42, &members(&s.vips[&vip].backends)).unwrap();
-            s.apply(&change, &CAP).unwrap();
-            let after = MaglevTable::build(M, 42, &members(&s.vips[&vip].backends)).unwrap();
-            // Slots whose backend (by address) differs between the two tables.
-            let moved = before
-                .slots()
-                .iter()
-                .zip(after.slots())
-                .filter(|(x, y)| {
-                    before.members()[**x as usize].addr != after.members()[**y as usize].addr
-                })
-                .count() as u64;
-            let writes_before = rec.slot_writes;
-            let rep = r.apply(&mut rec, &s).unwrap();
-            assert_eq!(rep.slot_writes, moved, "{change}");
-            assert_eq!(rec.slot_writes - writes_before, moved, "{change}");
-            assert!(
-                moved > 0 && moved < M as u64 / 2,
-                "{change}: {moved} slots moved"
-            );
-        }
-        let _ = table_before;
-        // Nothing to do: nothing written, version unchanged.
-        let v = r.version;
-        assert!(r.apply(&mut rec, &s).unwrap().is_empty());
-        assert_eq!(r.version, v);
-    }
-
-    #[test]
-    fn removed_backends_are_uninstalled_after_their_slots_move_and_ids_get_new_generations() {
-        let (mut r, mut rec, mut s, vip) = setup();
-        r.apply(&mut rec, &s).unwrap();
-        let id1 = r.vips()[&vip].backends[&b(1)].id;
-        let g1 = r.vips()[&vip].backends[&b(1)].generation;
-        s.apply(&Change::RemoveBackend { vip, backend: b(1) }, &CAP)
-            .unwrap();
-        let rep = r.apply(&mut rec, &s).unwrap();
-        assert_eq!(rep.backends_removed, 1);
-        assert_eq!(rec.backends[&id1].flags, 0);
-        assert!(!rec.rings[&0].contains(&id1));
-        // Fill every other id, so the next backend must reuse id1: a new generation.
-        for i in 10..(10 + 64 - 3) {
-            s.apply(
-                &Change::AddBackend {
-                    vip,
-                    backend: b(i),
-                    weight: 1,
-                    state: BackendState::Active,
-                },
-                &CAP,
-            )
-            .unwrap();
-        }
-        r.apply(&mut rec, &s).unwrap();
-        let reused = r.vips()[&vip]
-            .backends
-            .values()
-            .find(|x| x.id == id1)
-            .unwrap();
-        assert_ne!(reused.generation, g1);
-    }
-
-    #[test]
-    fn vips_come_and_go_in_a_safe_order() {
-        let (mut r, mut rec, mut s, vip) = setup();
-        r.apply(&mut rec, &s).unwrap();
-        let vip2: Vip = "[2001:db8::10]:443/tcp".parse().unwrap();
-        s.apply(
-            &Change::AddVip {
-                vip: vip2,
-                gue: true,
-            },
-            &CAP,
-        )
-        .unwrap();
-        s.apply(
-            &Change::AddBackend {
-                vip: vip2,
-                backend: b(1),
-                weight: 1,
-                state: BackendState::Active,
-            },
-            &CAP,
-        )
-        .unwrap();
-        r.apply(&mut rec, &s).unwrap();
-        assert_eq!(rec.vips[&vip2.key()].flags, VIP_F_GUE);
-        // The same address in two VIPs gets two ids (per-VIP stats, per-VIP removal).
-        assert_ne!(
-            r.vips()[&vip].backends[&b(1)].id,
-            r.vips()[&vip2].backends[&b(1)].id
-        );
-        s.apply(&Change::RemoveVip { vip }, &CAP).unwrap();
-        let rep = r.apply(&mut rec, &s).unwrap();
-        assert_eq!((rep.vips_removed, rep.backends_removed), (1, 4));
-        assert!(!rec.vips.contains_key(&vip.key()));
-        // Its ring is reused by the next VIP, which writes only the slots that differ.
-        let vip3: Vip = "192.0.2.11:80/tcp".parse().unwrap();
-        s.apply(
-            &Change::AddVip {
-                vip: vip3,
-                gue: false,
-            },
-            &CAP,
-        )
-        .unwrap();
-        r.apply(&mut rec, &s).unwrap();
-        assert!(
-            rec.rings[&r.vips()[&vip3].id]
-                .iter()
-                .all(|&x| x == NO_BACKEND)
-        );
-    }
-
-    #[test]
-    fn an_impossible_state_is_refused_before_any_write() {
-        let (mut r, mut rec, s, _) = setup();
-        r.apply(&mut rec, &s).unwrap();
-        let mut big = s.clone();
-        let cap = Capacity {
-            vips: 10,
-            backends: 100,
-            backends_per_vip: 100,
-        };
-        for i in 0..5 {
-            let v: Vip = format!("192.0.2.{}:80/tcp", 20 + i).parse().unwrap();
-            big.apply(&Change::AddVip { vip: v, gue: false }, &cap)
-                .unwrap();
-        }
-        let writes = rec.slot_writes;
-        let e = r.apply(&mut rec, &big).unwrap_err().to_string();
-        assert!(e.contains("more VIPs"), "{e}");
-        assert_eq!(rec.slot_writes, writes);
-        assert_eq!(r.installed_state(), s);
-    }
-}
+mod tests;

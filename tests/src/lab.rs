@@ -684,7 +684,7 @@ impl Lab {
             let lb = lb_name(i);
             let ((r4, l4), (r6, l6)) = (lb_link4(i), lb_link6(i));
             let routes = self.dir(&lb).join("vips.conf");
-            lb_userspace::bird::write_initial_routes(&routes)?;
+            lb_userspace::bgp::write_initial_routes(&routes)?;
             let conf = format!(
                 "router id {l4};\nlog \"{}\" all;\nprotocol device {{ scan time 5; }}\n\
                  # The agent owns this file: protocols lb_vips4 and lb_vips6 hold the VIPs it announces.\n\

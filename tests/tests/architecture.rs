@@ -26,7 +26,10 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Source with comments, string and char literals blanked out (a `{` in a format string or a
@@ -58,7 +61,9 @@ fn code_only(src: &str) -> String {
                 }
             }
             out.push(' ');
-        } else if c == b'r' && matches!(b.get(i + 1), Some(b'#') | Some(b'"')) && !ident_before(b, i)
+        } else if c == b'r'
+            && matches!(b.get(i + 1), Some(b'#') | Some(b'"'))
+            && !ident_before(b, i)
         {
             // Raw string: r"..." or r#"..."#.
             let mut j = i + 1;
@@ -173,9 +178,6 @@ fn tokens(code: &str) -> Vec<Tok> {
 /// One module file of a crate target: its path from the target root (`agent::actor`).
 struct ModuleFile {
     path: Vec<String>,
-    file: PathBuf,
-    /// Child modules declared with `mod name;` (files) or `mod name { .. }` (inline).
-    children: BTreeSet<String>,
     /// Every path the file names that starts at `crate`, `super`, `self` or a child module,
     /// resolved to absolute segments.
     refs: Vec<Vec<String>>,
@@ -305,12 +307,7 @@ fn scan_module(file: &Path, path: Vec<String>) -> ModuleFile {
         }
         i += 1;
     }
-    ModuleFile {
-        path,
-        file: file.to_path_buf(),
-        children,
-        refs,
-    }
+    ModuleFile { path, refs }
 }
 
 /// Every module file reachable from a target's root through `mod name;` declarations.
@@ -373,7 +370,6 @@ fn import_graph(modules: &[ModuleFile]) -> BTreeMap<String, BTreeSet<String>> {
                 edges.insert(show(&target));
             }
         }
-        let _ = &m.children;
         graph.insert(show(&m.path), edges);
     }
     graph
@@ -454,11 +450,21 @@ struct Package {
 
 fn packages() -> Vec<Package> {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
         .current_dir(workspace())
         .output()
         .expect("running cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let members: BTreeSet<&str> = meta["workspace_members"]
         .as_array()
@@ -478,7 +484,9 @@ fn packages() -> Vec<Package> {
             .iter()
             .filter(|t| {
                 let kinds = t["kind"].as_array().unwrap();
-                !kinds.iter().any(|k| k == "test" || k == "bench" || k == "example")
+                !kinds
+                    .iter()
+                    .any(|k| k == "test" || k == "bench" || k == "example")
             })
             .map(|t| {
                 (
@@ -608,7 +616,10 @@ fn the_cycle_check_sees_cycles_and_ignores_comments() {
     std::fs::create_dir_all(dir.join("b")).unwrap();
     let write = |p: &str, s: &str| std::fs::write(dir.join(p), s).unwrap();
     write("lib.rs", "mod a;\nmod b;\nmod c;\n");
-    write("a.rs", "use crate::b::{x::Y, self};\n// crate::c in a comment\n");
+    write(
+        "a.rs",
+        "use crate::b::{x::Y, self};\n// crate::c in a comment\n",
+    );
     write("b/mod.rs", "pub mod x;\nuse x::Z;\n");
     write(
         "b/x.rs",

@@ -18,7 +18,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lb_userspace::bird::{self, Bird, BirdError};
+use lb_userspace::bgp::{self, Bird, BirdError};
 use tests::netns::{Netns, sh};
 
 const VIP4: &str = "192.0.2.10";
@@ -207,13 +207,13 @@ fn announce_and_withdraw_through_bird() -> Result<()> {
     let ns = Netns::new(&format!("lbt-bird-aw-{}", std::process::id()))?;
     let dir = Dir::new("aw")?;
     let routes = dir.0.join("lb-vips.conf");
-    assert!(bird::write_initial_routes(&routes)?);
+    assert!(bgp::write_initial_routes(&routes)?);
     let proc = BirdProc::start(&ns, &dir.0, "lb", &lb_conf("203.0.113.1", &routes, ""))?;
     let bird = Bird::new(&proc.socket, &routes);
 
     // Both static protocols exist and are up from the initial (empty) file.
     let protocols = rt.block_on(bird.protocols())?;
-    for name in [bird::PROTO_V4, bird::PROTO_V6] {
+    for name in [bgp::PROTO_V4, bgp::PROTO_V6] {
         let p = protocols
             .iter()
             .find(|p| p.name == name)
@@ -225,11 +225,8 @@ fn announce_and_withdraw_through_bird() -> Result<()> {
 
     let both = vips(&[VIP4, VIP6]);
     let reply = rt.block_on(bird.announce(&both))?;
-    assert!(bird::configure_succeeded(reply.code()), "{reply:?}");
-    assert_eq!(
-        std::fs::read_to_string(&routes)?,
-        bird::render_routes(&both)
-    );
+    assert!(bgp::configure_succeeded(reply.code()), "{reply:?}");
+    assert_eq!(std::fs::read_to_string(&routes)?, bgp::render_routes(&both));
     let v4 = birdc(&proc.socket, "show route protocol lb_vips4")?;
     assert!(v4.contains("192.0.2.10/32"), "{v4}");
     let v6 = birdc(&proc.socket, "show route protocol lb_vips6")?;
@@ -278,7 +275,7 @@ fn broken_routes_file_is_refused_and_bird_keeps_running() -> Result<()> {
     let ns = Netns::new(&format!("lbt-bird-br-{}", std::process::id()))?;
     let dir = Dir::new("br")?;
     let routes = dir.0.join("lb-vips.conf");
-    bird::write_initial_routes(&routes)?;
+    bgp::write_initial_routes(&routes)?;
     let mut proc = BirdProc::start(&ns, &dir.0, "lb", &lb_conf("203.0.113.1", &routes, ""))?;
     let bird = Bird::new(&proc.socket, &routes);
     rt.block_on(bird.announce(&vips(&[VIP4])))?;
@@ -308,7 +305,7 @@ fn broken_routes_file_is_refused_and_bird_keeps_running() -> Result<()> {
     let reply = rt
         .block_on(bird.sync(&vips(&[VIP4, VIP6])))?
         .expect("configured");
-    assert!(bird::configure_succeeded(reply.code()));
+    assert!(bgp::configure_succeeded(reply.code()));
     assert_eq!(rt.block_on(bird.announced())?, vips(&[VIP4, VIP6]));
     assert_eq!(rt.block_on(bird.check_config())?.code(), 20);
     Ok(())
@@ -364,7 +361,7 @@ fn router_learns_and_forgets_vips_over_bgp() -> Result<()> {
 
     let dir = Dir::new("bgp")?;
     let routes = dir.0.join("lb-vips.conf");
-    bird::write_initial_routes(&routes)?;
+    bgp::write_initial_routes(&routes)?;
     let timers = "connect delay time 1; connect retry time 2; error wait time 1, 4;";
     let lb_extra = format!(
         "protocol bgp router4 {{\n\
@@ -375,8 +372,8 @@ fn router_learns_and_forgets_vips_over_bgp() -> Result<()> {
            local 2001:db8:ff::1 as 65001; neighbor 2001:db8:ff::2 as 65000; {timers}\n\
            ipv6 {{ import none; export where proto = \"{v6}\"; }};\n\
          }}\n",
-        v4 = bird::PROTO_V4,
-        v6 = bird::PROTO_V6,
+        v4 = bgp::PROTO_V4,
+        v6 = bgp::PROTO_V6,
     );
     let router_conf = format!(
         "router id 203.0.113.2;\n\

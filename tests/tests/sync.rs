@@ -134,23 +134,25 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
         agree(&lab)
     });
 
-    // Concurrent: both set the same field at once; the higher node name wins on both.
+    // Concurrent: both set the same field while neither can hear the other, so both stamp
+    // it with the same clock; the higher node name (lb2 > lb1) wins on both.
     let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
-    std::thread::scope(|s| {
-        let (l, v) = (&lab, &v6);
-        let a = s.spawn(move || ok(l, 1, &["backend", "weight", v, &backend(3), "7"]));
-        let b = s.spawn(move || ok(l, 2, &["backend", "weight", v, &backend(3), "9"]));
-        a.join().unwrap();
-        b.join().unwrap();
-    });
-    wait_until("the peers to agree", Duration::from_secs(10), || {
+    let before = peers(&lab, 1)["version"].as_u64().unwrap();
+    lab.set_sync_link(1, false).unwrap();
+    ok(&lab, 1, &["backend", "weight", &v6, &backend(3), "7"]);
+    ok(&lab, 2, &["backend", "weight", &v6, &backend(3), "9"]);
+    lab.set_sync_link(1, true).unwrap();
+    wait_until("the peers to agree", Duration::from_secs(20), || {
         agree(&lab)
     });
     let (w1, w2) = (weight_of(&lab, 1, &v6, 3), weight_of(&lab, 2, &v6, 3));
     assert_eq!(w1, w2, "both resolved the conflict the same way");
-    // Same clock (concurrent): lb2 > lb1 by name. (If one change saw the other first, its
-    // clock is higher and it wins; either way both agree, asserted above.)
-    assert!(w1 == Some(9) || w1 == Some(7), "{w1:?}");
+    assert_eq!(
+        peers(&lab, 1)["version"].as_u64().unwrap(),
+        before + 1,
+        "both changes carry the same clock"
+    );
+    assert_eq!(w1, Some(9), "the same clock: lb2's write wins by node name");
 
     let ms: Vec<u128> = times.iter().map(|t| t.as_millis()).collect();
     eprintln!(

@@ -36,12 +36,13 @@ pub async fn run(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
         .map(|(r, n)| format!("{r} {n}"))
         .collect();
     println!(
-        "\nflows exported {}, imported {}, dropped (queue full) {}, dropped (import queue) {}, unknown VIP/backend {}",
+        "\nflows exported {}, imported {}, dropped (queue full) {}, dropped (import queue) {}, unknown VIP/backend {}, unknown backend id {}",
         s.flows_exported,
         s.flows_imported,
         s.flows_dropped_queue,
         s.flows_dropped_import,
-        s.flows_untranslated
+        s.flows_untranslated,
+        s.flows_unknown_id
     );
     println!(
         "links refused: {}",

@@ -37,6 +37,17 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         s.vips, s.backends, s.max_flows
     );
     println!("metrics      {}", s.metrics.as_deref().unwrap_or("off"));
+    if !s.health_encap.is_empty() {
+        let counts: Vec<String> = s
+            .health_encap
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.packets))
+            .collect();
+        println!(
+            "checks       tunnelled by lb_hc_encap: {}",
+            counts.join(", ")
+        );
+    }
     let rows: Vec<Vec<String>> = s
         .interfaces
         .iter()

@@ -1,8 +1,48 @@
-//! Prometheus text exposition of the agent's counters.
+//! The metrics endpoint: Prometheus text exposition of the agent's counters on
+//! `GET /metrics` (`agent.metrics` in the config).
 
 use std::fmt::Write;
 
-use crate::api::{BackendInfo, CounterInfo, Stats};
+use tokio::sync::mpsc;
+
+use super::actor::Command;
+use super::api_server::ask;
+use crate::api::{BackendInfo, CounterInfo, PeerStatus, Stats, SyncStatus};
+use crate::http::{self, Response};
+use crate::state::Vip;
+
+pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::Sender<Command>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let resp = match http::read_request(&mut stream).await {
+                Err(http::HttpError(s, m)) => Response::error(s, m),
+                Ok(req) if req.method == "GET" && req.path == "/metrics" => {
+                    let stats = ask(&tx, Command::Stats).await;
+                    // No flow counts here: walking the connection table on every scrape costs
+                    // too much; `lb backend list` has them.
+                    let backends = ask(&tx, |r| Command::Backends(None, r))
+                        .await
+                        .map(|rows| rows.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
+                    match (stats, backends) {
+                        (Ok(s), Ok(b)) => {
+                            Response::text(200, "text/plain; version=0.0.4", render(&s, &b))
+                        }
+                        (Err(e), _) | (_, Err(e)) => Response::error(500, format!("{e:#}")),
+                    }
+                }
+                Ok(req) => Response::error(
+                    404,
+                    format!("only GET /metrics here, not {} {}", req.method, req.path),
+                ),
+            };
+            let _ = http::write_response(&mut stream, &resp).await;
+        });
+    }
+}
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
@@ -53,8 +93,8 @@ fn relabel<'a>(
 
 pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     let mut o = String::new();
-    let vip = |v: &crate::state::Vip| format!("vip=\"{}\"", escape(&v.to_string()));
-    let backend = |v: &crate::state::Vip, b: &str| format!("{},backend=\"{b}\"", vip(v));
+    let vip = |v: &Vip| format!("vip=\"{}\"", escape(&v.to_string()));
+    let backend = |v: &Vip, b: &str| format!("{},backend=\"{b}\"", vip(v));
     family(
         &mut o,
         "lb_vip_packets_total",
@@ -180,6 +220,16 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_health_encap_packets_total",
+        "counter",
+        "Health-check packets the TC encapsulation program handled, by result.",
+        stats
+            .health_encap
+            .iter()
+            .map(|c| (format!("result=\"{}\"", c.name), c.packets)),
+    );
+    family(
+        &mut o,
         "lb_table_version",
         "gauge",
         "Bumped by every change the agent wrote to the dataplane.",
@@ -191,8 +241,8 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     o
 }
 
-fn sync(o: &mut String, y: &crate::api::SyncStatus) {
-    let peer = |p: &crate::sync::PeerStatus| format!("peer=\"{}\"", escape(&p.name));
+fn sync(o: &mut String, y: &SyncStatus) {
+    let peer = |p: &PeerStatus| format!("peer=\"{}\"", escape(&p.name));
     family(
         o,
         "lb_sync_state_version",
@@ -267,7 +317,7 @@ fn sync(o: &mut String, y: &crate::api::SyncStatus) {
         o,
         "lb_sync_flows_dropped_total",
         "counter",
-        "Flows not shared or not installed, by reason (overload policy: drop and count).",
+        "Flows not shared or not installed, by reason (overload policy: drop and count; unknown_backend_id: a new flow whose backend id no longer names a backend here, not exported).",
         [
             (
                 "reason=\"send_queue_full\"".to_string(),
@@ -281,6 +331,10 @@ fn sync(o: &mut String, y: &crate::api::SyncStatus) {
                 "reason=\"unknown_vip_or_backend\"".to_string(),
                 y.flows_untranslated,
             ),
+            (
+                "reason=\"unknown_backend_id\"".to_string(),
+                y.flows_unknown_id,
+            ),
         ],
     );
     family(
@@ -292,4 +346,34 @@ fn sync(o: &mut String, y: &crate::api::SyncStatus) {
             .iter()
             .map(|(r, n)| (format!("reason=\"{r}\""), *n)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_health_encap_counters_and_unknown_flow_ids() {
+        let stats = Stats {
+            health_encap: vec![CounterInfo {
+                name: "encapsulated".into(),
+                packets: 4,
+                bytes: 0,
+            }],
+            sync: Some(SyncStatus {
+                flows_unknown_id: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&stats, &[]);
+        assert!(
+            text.contains("lb_health_encap_packets_total{result=\"encapsulated\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_sync_flows_dropped_total{reason=\"unknown_backend_id\"} 3"),
+            "{text}"
+        );
+    }
 }

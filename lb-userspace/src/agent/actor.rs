@@ -1,0 +1,466 @@
+//! The actor: the one task that owns the dataplane handle, the desired state and the
+//! reconciler. It takes requests from the control API and the metrics endpoint ([`Command`]s)
+//! and the workers' events (health transitions, next hops, BIRD's outcomes, peer sync), and
+//! tells the workers what it wants through watch channels (checks to run, VIPs to announce).
+//!
+//! It writes the forwarding maps (through the reconciler, which orders the writes; see
+//! `crate::reconcile`) and `IFACES`. Other tasks write other maps: the health task its TC
+//! program's maps, and peer sync's importer the connection table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use lb_common::{LbConfig, v6_words};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::fault::Fault;
+use super::fleet;
+use super::nic::{Iface, egress_mtu};
+use crate::api::{
+    BackendInfo, BgpStatus, ChangeReply, NodeReply, ReloadReply, Stats, Status, VipInfo,
+};
+use crate::bgp;
+use crate::config::{Config, format_mac, parse_mac};
+use crate::dataplane::Dataplane;
+use crate::health::{CheckSpec, EncapCounters, Health, Transition};
+use crate::neighbour::{self, NextHop};
+use crate::reconcile::{ApplyReport, Reconciler};
+use crate::state::{BackendState, Change, DesiredState, Refused, Vip, not_found};
+use crate::sync;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests to the actor, each with the channel for its reply.
+pub enum Command {
+    Change(Change, Reply<ChangeReply>),
+    Reload(Reply<ReloadReply>),
+    Status(Reply<Status>),
+    Vips(Reply<Vec<VipInfo>>),
+    /// Backends (of one VIP, or all), without flow counts, plus (id, generation) per entry.
+    Backends(Option<Vip>, Reply<Vec<(BackendInfo, u32)>>),
+    Stats(Reply<Stats>),
+    /// `lb node drain` (true) / `undrain` (false): withdraw or announce every VIP.
+    NodeDrain(bool, Reply<NodeReply>),
+    /// `lb peer list`.
+    Peers(Reply<crate::api::SyncStatus>),
+}
+
+/// Everything that reaches the actor: requests and the workers' events.
+pub(super) struct Inputs {
+    pub commands: mpsc::Receiver<Command>,
+    pub transitions: mpsc::Receiver<Transition>,
+    pub next_hops: mpsc::Receiver<NextHop>,
+    pub bgp: mpsc::Receiver<bgp::Outcome>,
+    pub sync: mpsc::Receiver<sync::Event>,
+}
+
+/// A backend's last known check result.
+#[derive(Clone, Debug, Default)]
+pub(super) struct BackendHealth {
+    pub health: Health,
+    pub detail: String,
+}
+
+pub(super) struct Agent {
+    pub dp: Dataplane,
+    pub reconciler: Reconciler,
+    pub desired: DesiredState,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub started: Instant,
+    pub ifaces: Vec<Iface>,
+    pub health: BTreeMap<(Vip, Ipv6Addr), BackendHealth>,
+    pub checks: watch::Sender<Vec<CheckSpec>>,
+    /// The health-check program's counters (None if its map could not be taken).
+    pub health_encap: Option<EncapCounters>,
+    /// `lb node drain`: every VIP withdrawn, the tables untouched.
+    pub node_drained: bool,
+    /// Why the dataplane cannot forward, if it cannot (a NIC vanished, a map write failed).
+    pub fault: Option<Fault>,
+    pub announce: watch::Sender<BTreeSet<IpAddr>>,
+    pub bgp: BgpStatus,
+    /// Peer sync, with `[sync]`.
+    pub fleet: Option<fleet::Fleet>,
+}
+
+/// The dataplane's settings for this config.
+pub(super) fn lb_config(cfg: &Config) -> LbConfig {
+    let d = &cfg.dataplane;
+    let s = 1_000_000_000u64;
+    LbConfig {
+        src_ip6: v6_words(d.tunnel_source),
+        hash_seed: d.seed,
+        udp_timeout_ns: d.udp_idle_timeout_secs * s,
+        tcp_idle_timeout_ns: d.tcp_idle_timeout_secs * s,
+        tcp_closing_timeout_ns: d.tcp_closing_timeout_secs * s,
+        gue_port: d.gue_port.to_be(),
+        flags: if cfg.sync.as_ref().is_some_and(|s| s.flows) {
+            lb_common::LB_F_FLOW_EVENTS
+        } else {
+            0
+        },
+        _pad: [0; 2],
+    }
+}
+
+impl Agent {
+    /// Serves requests and events until SIGTERM or SIGINT; SIGHUP reloads the config.
+    pub async fn run(&mut self, mut inputs: Inputs) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                Some(cmd) = inputs.commands.recv() => self.handle(cmd),
+                Some(t) = inputs.transitions.recv() => self.health_transition(t),
+                Some(hop) = inputs.next_hops.recv() => {
+                    if let Err(e) = self.set_next_hop(&hop.iface, hop.mac) {
+                        error!(iface = hop.iface, "updating the next hop: {e:#}");
+                    }
+                }
+                Some(outcome) = inputs.bgp.recv() => self.bgp_outcome(outcome),
+                Some(ev) = inputs.sync.recv() => match ev {
+                    sync::Event::PeerState { from, state } => self.peer_state(&from, state),
+                    sync::Event::PeerSynced(from) => self.peer_synced(&from),
+                    sync::Event::WaitOver => self.sync_wait_over(),
+                },
+                _ = watchdog.tick() => self.watchdog(),
+                _ = hup.recv() => {
+                    match self.reload() {
+                        Ok(r) => info!(changes = r.changes.len(), report = ?r.report, "reloaded {}", self.config_path.display()),
+                        Err(e) => error!("reload refused, nothing changed: {e:#}"),
+                    }
+                }
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Change(change, reply) => {
+                let r = self.change(&change);
+                if let Err(e) = &r {
+                    warn!("refused: {change}: {e:#}");
+                } else {
+                    info!("applied: {change}");
+                }
+                let _ = reply.send(r);
+            }
+            Command::Reload(reply) => {
+                let r = self.reload();
+                match &r {
+                    Ok(r) => info!(
+                        changes = r.changes.len(),
+                        "reloaded {}",
+                        self.config_path.display()
+                    ),
+                    Err(e) => error!("reload refused, nothing changed: {e:#}"),
+                }
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Vips(reply) => {
+                let _ = reply.send(self.vips());
+            }
+            Command::Backends(vip, reply) => {
+                let _ = reply.send(self.backends(vip));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::NodeDrain(drain, reply) => {
+                if drain != self.node_drained {
+                    info!(
+                        "node {}",
+                        if drain {
+                            "drained: withdrawing every VIP"
+                        } else {
+                            "undrained"
+                        }
+                    );
+                }
+                self.node_drained = drain;
+                self.publish();
+                let _ = reply.send(Ok(NodeReply {
+                    drained: drain,
+                    announcing: self
+                        .announcements()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                }));
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(
+                    self.sync_status()
+                        .ok_or_else(|| not_found("peer sync is not configured ([sync])".into())),
+                );
+            }
+        }
+    }
+
+    fn bgp_outcome(&mut self, outcome: bgp::Outcome) {
+        let bgp::Outcome { announced, result } = outcome;
+        match &result {
+            Ok(_) => {
+                if self.bgp.error.is_some() || self.bgp.announced.len() != announced.len() {
+                    info!(vips = ?announced, "BIRD announces");
+                }
+            }
+            Err(e) => error!("BIRD: {e}"),
+        }
+        self.bgp.announced = announced.iter().map(ToString::to_string).collect();
+        self.bgp.error = result.err();
+    }
+
+    /// The state written to the maps: the operators' state with down backends drained.
+    pub fn effective(&self, desired: &DesiredState) -> DesiredState {
+        let mut out = desired.clone();
+        for (vip, spec) in out.vips.iter_mut() {
+            for (addr, b) in spec.backends.iter_mut() {
+                if self
+                    .health
+                    .get(&(*vip, *addr))
+                    .is_some_and(|h| h.health == Health::Down)
+                {
+                    b.state = BackendState::Draining;
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `next` (with health applied) to the maps; on success it becomes the desired state.
+    pub fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
+        let effective = self.effective(&next);
+        match self.reconciler.apply(&mut self.dp, &effective) {
+            Ok(report) => {
+                self.desired = next;
+                if let Err(e) = self.write_echo_flags() {
+                    error!("writing the ICMP echo switches: {e:#}");
+                }
+                if matches!(self.fault, Some(Fault::MapWrite(_))) {
+                    self.fault = None;
+                    info!("dataplane writes succeed again");
+                }
+                self.publish();
+                self.publish_fleet();
+                Ok(report)
+            }
+            Err(e) => {
+                // The reconciler writes nothing when it refuses a state (capacity, a table it
+                // cannot build); any other error is a failed write, and the dataplane may not
+                // match what we announce.
+                if e.downcast_ref::<Refused>().is_none() {
+                    self.fault = Some(Fault::MapWrite(format!("{e:#}")));
+                    self.publish();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Each VIP address answers ping unless a `[[vip]]` of it says `icmp_echo = false`.
+    fn write_echo_flags(&mut self) -> Result<()> {
+        let off = self.config.echo_off();
+        let addrs: BTreeSet<IpAddr> = self.desired.vips.keys().map(|v| v.addr).collect();
+        for addr in addrs {
+            let flags = if off.contains(&addr) {
+                lb_common::VIP_F_NO_ECHO
+            } else {
+                0
+            };
+            self.dp.set_address_flags(addr, flags)?;
+        }
+        Ok(())
+    }
+
+    fn health_transition(&mut self, t: Transition) {
+        let key = (t.vip, t.backend);
+        let before = self.health.get(&key).map(|h| h.health).unwrap_or_default();
+        if before != t.health {
+            if t.health == Health::Down {
+                warn!(vip = %t.vip, backend = %t.backend, detail = t.detail, "backend down: out of the table");
+            } else {
+                info!(vip = %t.vip, backend = %t.backend, "backend healthy");
+            }
+        }
+        self.health.insert(
+            key,
+            BackendHealth {
+                health: t.health,
+                detail: t.detail,
+            },
+        );
+        let desired = self.desired.clone();
+        if let Err(e) = self.install(desired) {
+            error!("applying a health change: {e:#}");
+        }
+    }
+
+    /// Tells the health task which checks to run and the BGP task what to announce.
+    pub fn publish(&mut self) {
+        let mut specs = Vec::new();
+        for (vip, spec) in &self.desired.vips {
+            let cfg = self.config.health_for(vip);
+            for addr in spec.backends.keys() {
+                if let Some(c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                    specs.push(c);
+                }
+            }
+        }
+        // Forget the health of backends no longer checked (removed, or checks turned off).
+        self.health
+            .retain(|k, _| specs.iter().any(|s| (s.vip, s.backend) == *k));
+        self.checks.send_if_modified(|cur| {
+            let changed = *cur != specs;
+            if changed {
+                *cur = specs;
+            }
+            changed
+        });
+        let want = self.announcements();
+        self.announce.send_if_modified(|cur| {
+            let changed = *cur != want;
+            if changed {
+                *cur = want;
+            }
+            changed
+        });
+    }
+
+    /// VIP addresses to announce: those with a service that has an active backend not known
+    /// to be down, unless the node is drained or its dataplane is broken.
+    pub fn announcements(&self) -> BTreeSet<IpAddr> {
+        if self.node_drained || self.fault.is_some() || !self.caught_up() {
+            return BTreeSet::new();
+        }
+        self.desired
+            .vips
+            .iter()
+            .filter(|(vip, spec)| {
+                spec.backends.iter().any(|(addr, b)| {
+                    b.state == BackendState::Active
+                        && self
+                            .health
+                            .get(&(**vip, *addr))
+                            .is_none_or(|h| h.health != Health::Down)
+                })
+            })
+            .map(|(vip, _)| vip.addr)
+            .collect()
+    }
+
+    /// Every second: is each NIC still there, with the index we attached to, and up? A
+    /// map-write fault stays until a write succeeds.
+    fn watchdog(&mut self) {
+        if matches!(self.fault, Some(Fault::MapWrite(_))) {
+            return;
+        }
+        let mut nic = None;
+        for i in &self.ifaces {
+            match i.check() {
+                // As before: a NIC that is down is reported only if no earlier one failed.
+                Some(super::fault::NicFault::Down(_)) if nic.is_some() => {}
+                Some(f) => nic = Some(f),
+                None => {}
+            }
+        }
+        let fault = nic.map(Fault::Nic);
+        if fault != self.fault {
+            match &fault {
+                Some(f) => error!("dataplane cannot forward: {f}; withdrawing every VIP"),
+                None => info!("dataplane NICs are back"),
+            }
+            self.fault = fault;
+            self.publish();
+        }
+    }
+
+    fn change(&mut self, change: &Change) -> Result<ChangeReply> {
+        let mut next = self.desired.clone();
+        next.apply(change, &self.config.capacity())?;
+        let report = if self.fleet.is_some() {
+            self.commit_changes(std::slice::from_ref(change))?
+        } else {
+            self.install(next)?
+        };
+        Ok(ChangeReply {
+            change: change.to_string(),
+            report,
+            table_version: self.reconciler.version,
+        })
+    }
+
+    pub fn reload(&mut self) -> Result<ReloadReply> {
+        let new = Config::load(&self.config_path)?;
+        if let Some(what) = self.config.restart_only_difference(&new) {
+            bail!("{what} changed; that needs an agent restart (and, for map sizes, `lb detach`)");
+        }
+        let desired = new.desired_state()?;
+        let diff = self.desired.changes_to(&desired);
+        let changes: Vec<String> = diff.iter().map(ToString::to_string).collect();
+        // Next hops first (a resolution failure must not leave half a reload behind).
+        let mut hops = Vec::new();
+        for (iface, cfg) in self.ifaces.iter().zip(&new.interfaces) {
+            let mac = match (&cfg.next_hop_mac, cfg.gateway) {
+                (Some(m), _) => Some(parse_mac(m)?),
+                (None, Some(gw)) => neighbour::lookup(gw, &iface.name)?.or(iface.next_hop),
+                _ => None,
+            };
+            hops.push(mac);
+        }
+        let old = std::mem::replace(&mut self.config, new.clone());
+        // With peers, the file's differences become operator changes the fleet shares.
+        let installed = if self.fleet.is_some() {
+            self.commit_changes(&diff)
+        } else {
+            self.install(desired)
+        };
+        let report = match installed {
+            Ok(r) => r,
+            Err(e) => {
+                self.config = old;
+                return Err(e);
+            }
+        };
+        self.dp.set_config(&lb_config(&new))?;
+        for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
+            iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
+            if let Some(mac) = mac {
+                iface.set_next_hop(&mut self.dp, mac)?;
+            }
+        }
+        for c in &changes {
+            info!("reload: {c}");
+        }
+        // New check settings take effect now.
+        self.publish();
+        Ok(ReloadReply {
+            changes,
+            report,
+            table_version: self.reconciler.version,
+        })
+    }
+
+    fn set_next_hop(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let iface = self
+            .ifaces
+            .iter_mut()
+            .find(|i| i.name == name)
+            .ok_or_else(|| anyhow!("no interface {name}"))?;
+        if iface.set_next_hop(&mut self.dp, mac)? {
+            info!(iface = name, mac = format_mac(&mac), "next hop MAC updated");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The control API server: HTTP on the unix socket, root only. Each route asks the actor with
+//! a [`Command`] and answers its reply as JSON (`crate::api` lists the routes).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use super::actor::{Command, Reply};
+use crate::api::BackendInfo;
+use crate::dataplane::{FlowCounts, flow_counts_pinned};
+use crate::http::{self, Request, Response};
+use crate::state::{Change, Refusal, Refused, Vip};
+
+pub(super) async fn ask<T>(
+    tx: &mpsc::Sender<Command>,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply))
+        .await
+        .map_err(|_| anyhow!("the agent is shutting down"))?;
+    rx.await
+        .map_err(|_| anyhow!("the agent is shutting down"))?
+}
+
+/// Backends with their live flow counts (the walk runs here, off the actor, on the pinned
+/// connection table's own file descriptor).
+async fn backends_with_flows(
+    tx: &mpsc::Sender<Command>,
+    vip: Option<Vip>,
+    pin_dir: &Path,
+) -> Result<Vec<BackendInfo>> {
+    let rows = ask(tx, |r| Command::Backends(vip, r)).await?;
+    let dir = pin_dir.to_path_buf();
+    let counts: FlowCounts =
+        tokio::task::spawn_blocking(move || flow_counts_pinned(&dir)).await??;
+    Ok(rows
+        .into_iter()
+        .map(|(mut b, generation)| {
+            b.flows = counts.live.get(&(b.id, generation)).copied().unwrap_or(0);
+            b
+        })
+        .collect())
+}
+
+pub(super) async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Command>, pin_dir: PathBuf) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let pin_dir = pin_dir.clone();
+        tokio::spawn(async move {
+            // The socket is mode 0600 already; the peer's uid is checked as well.
+            let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+            let resp = match http::read_request(&mut stream).await {
+                Err(http::HttpError(status, msg)) => Response::error(status, msg),
+                Ok(_) if !root => Response::error(403, "the control API is root-only"),
+                Ok(req) => route(&req, &tx, &pin_dir).await,
+            };
+            let _ = http::write_response(&mut stream, &resp).await;
+        });
+    }
+}
+
+fn error_status(e: &anyhow::Error) -> u16 {
+    match e.downcast_ref::<Refused>().map(|r| r.kind) {
+        Some(Refusal::NotFound) => 404,
+        Some(Refusal::Conflict) => 409,
+        None => 400,
+    }
+}
+
+async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Response {
+    let reply = |r: Result<Response>| match r {
+        Ok(resp) => resp,
+        Err(e) => Response::error(error_status(&e), format!("{e:#}")),
+    };
+    let path: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), path.as_slice()) {
+        ("GET", ["v1", "status"]) => reply(
+            ask(tx, Command::Status)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
+        ("GET", ["v1", "vips"]) => reply(
+            ask(tx, Command::Vips)
+                .await
+                .map(|v| Response::json(200, &v)),
+        ),
+        ("GET", ["v1", "backends"]) => {
+            let vip = match req.query.iter().find(|(k, _)| k == "vip") {
+                Some((_, v)) => match v.parse::<Vip>() {
+                    Ok(v) => Some(v),
+                    Err(e) => return Response::error(400, format!("{e:#}")),
+                },
+                None => None,
+            };
+            if let Some((k, _)) = req.query.iter().find(|(k, _)| k != "vip") {
+                return Response::error(400, format!("unknown query parameter `{k}`"));
+            }
+            reply(
+                backends_with_flows(tx, vip, pin_dir)
+                    .await
+                    .map(|b| Response::json(200, &b)),
+            )
+        }
+        ("GET", ["v1", "stats"]) => reply(
+            ask(tx, Command::Stats)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
+        ("GET", ["v1", "peers"]) => reply(
+            ask(tx, Command::Peers)
+                .await
+                .map(|s| Response::json(200, &s)),
+        ),
+        ("POST", ["v1", "reload"]) => reply(
+            ask(tx, Command::Reload)
+                .await
+                .map(|r| Response::json(200, &r)),
+        ),
+        ("POST", ["v1", "node", verb @ ("drain" | "undrain")]) => {
+            let drain = *verb == "drain";
+            reply(
+                ask(tx, |r| Command::NodeDrain(drain, r))
+                    .await
+                    .map(|r| Response::json(200, &r)),
+            )
+        }
+        ("POST", ["v1", "change"]) => {
+            // Deserializing checks the VIP; the actor's `DesiredState::apply` checks the rest.
+            let change: Change = match serde_json::from_slice(&req.body) {
+                Ok(c) => c,
+                Err(e) => return Response::error(400, format!("request body: {e}")),
+            };
+            reply(
+                ask(tx, |r| Command::Change(change, r))
+                    .await
+                    .map(|c| Response::json(200, &c)),
+            )
+        }
+        (
+            _,
+            [
+                "v1",
+                "status" | "vips" | "backends" | "stats" | "reload" | "peers" | "change",
+            ],
+        )
+        | (_, ["v1", "node", "drain" | "undrain"]) => Response::error(
+            405,
+            format!("{} is not allowed on {}", req.method, req.path),
+        ),
+        _ => Response::error(404, format!("no such endpoint {}", req.path)),
+    }
+}

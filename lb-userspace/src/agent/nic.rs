@@ -1,0 +1,85 @@
+//! The NICs the program is attached to: their link layer in `IFACES`, and the watchdog's check.
+
+use anyhow::Result;
+use lb_common::IfaceConfig;
+use tracing::{info, warn};
+
+use super::fault::NicFault;
+use crate::config::{InterfaceConfig, MIN_EGRESS_MTU};
+use crate::dataplane::{Attachment, Dataplane};
+use crate::neighbour;
+
+pub(super) struct Iface {
+    pub name: String,
+    pub ifindex: u32,
+    pub attachment: Option<Attachment>,
+    pub src_mac: [u8; 6],
+    pub next_hop: Option<[u8; 6]>,
+    /// Largest outer IP packet this NIC may send (`[[interface]] mtu`, else the NIC's MTU).
+    pub mtu: u16,
+}
+
+impl Iface {
+    /// Points the NIC's encapsulated packets at `mac`; true if that changed anything.
+    pub fn set_next_hop(&mut self, dp: &mut Dataplane, mac: [u8; 6]) -> Result<bool> {
+        if self.next_hop == Some(mac) {
+            return Ok(false);
+        }
+        self.write(dp, mac)?;
+        self.next_hop = Some(mac);
+        Ok(true)
+    }
+
+    /// A new egress MTU; written at once if the next hop is known.
+    pub fn set_mtu(&mut self, dp: &mut Dataplane, mtu: u16) -> Result<()> {
+        if self.mtu != mtu {
+            self.mtu = mtu;
+            if let Some(mac) = self.next_hop {
+                self.write(dp, mac)?;
+            }
+            info!(iface = self.name, mtu, "egress MTU set");
+        }
+        Ok(())
+    }
+
+    fn write(&self, dp: &mut Dataplane, mac: [u8; 6]) -> Result<()> {
+        dp.set_iface(
+            self.ifindex,
+            IfaceConfig {
+                src_mac: self.src_mac,
+                dst_mac: mac,
+                mtu: self.mtu,
+                _pad: 0,
+            },
+        )
+    }
+
+    /// Whether the NIC is still there, with the index we attached to, and up.
+    pub fn check(&self) -> Option<NicFault> {
+        match neighbour::ifindex(&self.name) {
+            Ok(idx) if idx == self.ifindex => {}
+            Ok(_) => return Some(NicFault::Replaced(self.name.clone())),
+            Err(_) => return Some(NicFault::Gone(self.name.clone())),
+        }
+        (!neighbour::is_up(&self.name)).then(|| NicFault::Down(self.name.clone()))
+    }
+}
+
+/// The egress MTU of a NIC: the config's, else the NIC's own.
+pub(super) fn egress_mtu(cfg: &InterfaceConfig) -> Result<u16> {
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => {
+            let m = neighbour::mtu(&cfg.name)?;
+            if m < MIN_EGRESS_MTU {
+                warn!(
+                    iface = cfg.name,
+                    mtu = m,
+                    "the NIC's MTU is below {MIN_EGRESS_MTU} bytes: IPv6 clients cannot be served through it",
+                );
+            }
+            m
+        }
+    };
+    Ok(mtu.min(u16::MAX as u32) as u16)
+}

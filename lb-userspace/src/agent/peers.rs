@@ -1,0 +1,143 @@
+//! How operator changes and peers' states enter the replicated state, and what the actor
+//! publishes for the sync tasks after every install.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use tracing::{error, info, warn};
+
+use super::actor::Agent;
+use super::fleet::{materialize, persist};
+use crate::api::SyncStatus;
+use crate::reconcile::ApplyReport;
+use crate::state::Change;
+use crate::sync::flows::{FlowIndex, table_digest};
+use crate::sync::replicated::{ReplicatedState, state_digest};
+use crate::sync::{Local, Summary};
+
+impl Agent {
+    /// What the sync tasks need to know of this agent now.
+    pub(super) fn local(&self, replicated: &ReplicatedState) -> Local {
+        let d = &self.config.dataplane;
+        Local {
+            state: Arc::new(replicated.clone()),
+            summary: Summary {
+                version: replicated.version(),
+                state_digest: state_digest(&self.desired),
+                table_digest: table_digest(&self.effective(&self.desired), d.ring_size, d.seed),
+                flows: self.config.sync.as_ref().is_some_and(|s| s.flows),
+            },
+            index: Arc::new(FlowIndex::from_reconciler(&self.reconciler)),
+        }
+    }
+
+    /// Tells the sync tasks about the state just installed.
+    pub(super) fn publish_fleet(&mut self) {
+        let Some(f) = &self.fleet else { return };
+        let local = self.local(&f.replicated);
+        let f = self.fleet.as_ref().expect("checked");
+        f.sync.local.send_replace(local);
+    }
+
+    /// Installs what a replicated state describes and makes it ours: persisted and published.
+    /// A state the dataplane cannot take is still kept (it is the fleet's); the error says why
+    /// this agent's tables lag.
+    fn commit(&mut self, replicated: ReplicatedState) -> Result<ApplyReport> {
+        let next = materialize(&self.config, &replicated);
+        let f = self.fleet.as_mut().expect("fleet");
+        f.replicated = replicated;
+        if let Err(e) = persist(&f.state_file, &f.replicated) {
+            error!("persisting the replicated state: {e:#}");
+        }
+        // install publishes on success; a refused install must still share the new state.
+        let result = self.install(next);
+        if result.is_err() {
+            self.publish_fleet();
+        }
+        result
+    }
+
+    /// An operator's change (already accepted against the desired state), stamped and shared.
+    pub(super) fn commit_changes(&mut self, changes: &[Change]) -> Result<ApplyReport> {
+        let f = self.fleet.as_ref().expect("fleet");
+        let mut next = f.replicated.clone();
+        for c in changes {
+            let stamp = next.next_stamp(&f.sync.node);
+            next.record(c, &stamp);
+        }
+        self.commit(next)
+    }
+
+    pub(super) fn peer_state(&mut self, from: &str, state: ReplicatedState) {
+        let Some(f) = &self.fleet else { return };
+        let mut next = f.replicated.clone();
+        if !next.merge(&state) {
+            return;
+        }
+        let version = next.version();
+        let changes = self.desired.changes_to(&materialize(&self.config, &next));
+        match self.commit(next) {
+            Ok(_) => {
+                for c in &changes {
+                    info!(peer = from, version, "replicated: {c}");
+                }
+            }
+            Err(e) => error!(
+                peer = from,
+                version, "a replicated change does not install: {e:#}"
+            ),
+        }
+    }
+
+    /// False while this agent, just started, still waits for its peers' state and flows.
+    pub(super) fn caught_up(&self) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.waiting.is_empty())
+    }
+
+    pub(super) fn peer_synced(&mut self, from: &str) {
+        let Some(f) = &mut self.fleet else { return };
+        if f.waiting.remove(from) {
+            info!(peer = from, "caught up with peer");
+            if f.waiting.is_empty() {
+                info!("caught up with every peer: announcing");
+                self.publish();
+            }
+        }
+    }
+
+    pub(super) fn sync_wait_over(&mut self) {
+        let Some(f) = &mut self.fleet else { return };
+        if !f.waiting.is_empty() {
+            warn!(peers = ?f.waiting, "peers not heard from in time; announcing without their flows");
+            f.waiting.clear();
+            self.publish();
+        }
+    }
+
+    pub(super) fn sync_status(&self) -> Option<SyncStatus> {
+        let f = self.fleet.as_ref()?;
+        let local = f.sync.local.borrow().clone();
+        let c = &f.sync.counters;
+        Some(SyncStatus {
+            node: f.sync.node.clone(),
+            version: local.summary.version,
+            state_digest: local.summary.state_digest,
+            table_digest: local.summary.table_digest,
+            flows: f.sync.flows,
+            waiting_for: f.waiting.iter().cloned().collect(),
+            peers: f.sync.peer_status(),
+            flows_exported: c.flows_exported.load(Ordering::Relaxed),
+            flows_imported: c.flows_imported.load(Ordering::Relaxed),
+            flows_dropped_queue: c.flows_dropped_queue.load(Ordering::Relaxed),
+            flows_dropped_import: c.flows_dropped_import.load(Ordering::Relaxed),
+            flows_untranslated: c.flows_untranslated.load(Ordering::Relaxed),
+            flows_unknown_id: c.flows_unknown_id.load(Ordering::Relaxed),
+            refused: c
+                .refused()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,45 @@
+//! What an absent field means.
+
+pub const DEFAULT_API_SOCKET: &str = "/run/lb/lb.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) fn default_refresh_secs() -> u64 {
+    300
+}
+
+pub(super) fn default_flow_queue() -> usize {
+    1024
+}
+
+pub(super) fn default_startup_wait_secs() -> u64 {
+    10
+}
+
+pub(super) fn default_ring_size() -> u32 {
+    lb_common::DEFAULT_RING_SIZE
+}
+pub(super) fn default_max_vips() -> u32 {
+    lb_common::DEFAULT_MAX_RINGS
+}
+pub(super) fn default_max_backends() -> u32 {
+    lb_common::DEFAULT_MAX_BACKENDS
+}
+pub(super) fn default_max_flows() -> u32 {
+    lb_common::DEFAULT_MAX_CONNS
+}
+pub(super) fn default_gue_port() -> u16 {
+    lb_common::DEFAULT_GUE_PORT
+}
+pub(super) fn default_udp_idle() -> u64 {
+    lb_common::DEFAULT_UDP_TIMEOUT_NS / 1_000_000_000
+}
+pub(super) fn default_tcp_idle() -> u64 {
+    lb_common::DEFAULT_TCP_IDLE_TIMEOUT_NS / 1_000_000_000
+}
+pub(super) fn default_tcp_closing() -> u64 {
+    lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS / 1_000_000_000
+}

@@ -1,0 +1,174 @@
+//! The file's schema: one struct per table (`[agent]`, `[dataplane]`, `[[interface]]`,
+//! `[[vip]]` with its `[[vip.backend]]`s, `[bgp]`, `[sync]` with its `[[sync.peer]]`s).
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::checks::HealthOverride;
+use super::defaults::{
+    DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port,
+    default_max_backends, default_max_flows, default_max_vips, default_refresh_secs,
+    default_ring_size, default_startup_wait_secs, default_tcp_closing, default_tcp_idle,
+    default_udp_idle, yes,
+};
+use crate::state::BackendState;
+
+/// `[sync]`: see docs/sync.md.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// This load balancer's name in the fleet: unique, 1-64 of `A-Za-z0-9._-`.
+    pub node: String,
+    /// Where peers' links arrive (TCP).
+    pub listen: SocketAddr,
+    /// The fleet's pre-shared key: 64+ hex digits in a file only root can read.
+    pub key_file: PathBuf,
+    /// The replicated state, rewritten on every change and read at start, so a restarted
+    /// agent resumes from what the fleet last agreed rather than from this file's [[vip]]s.
+    pub state_file: PathBuf,
+    /// Share new flows with peers (off: only the desired state is replicated).
+    #[serde(default = "yes")]
+    pub flows: bool,
+    /// Every this many seconds, re-send the flows active since the last time, so peers'
+    /// copies of long-lived flows do not idle out: keep it well under
+    /// `dataplane.tcp_idle_timeout_secs` (the copies' timeout).
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Flow batches queued per peer before new ones are dropped (and counted).
+    #[serde(default = "default_flow_queue")]
+    pub flow_queue: usize,
+    /// Received flow batches queued for installation before new ones are dropped.
+    #[serde(default = "default_flow_queue")]
+    pub import_queue: usize,
+    /// At start, VIPs are announced only once every peer has sent its state and flows, or
+    /// after this many seconds (a peer that is down must not keep this node out).
+    #[serde(default = "default_startup_wait_secs")]
+    pub startup_wait_secs: u64,
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// The peer's `[sync] listen` address.
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    /// BIRD's control socket.
+    pub bird_socket: PathBuf,
+    /// The file bird.conf includes; the agent owns it and writes the VIP routes there.
+    pub routes_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The control API's unix socket (root only).
+    pub api_socket: PathBuf,
+    /// bpffs directory for the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Prometheus `/metrics` listen address; absent = no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// Seconds between next-hop MAC lookups for interfaces configured with `gateway`.
+    pub neighbour_refresh_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            api_socket: DEFAULT_API_SOCKET.into(),
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            metrics: None,
+            neighbour_refresh_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// This load balancer's IPv6 address: the outer source of every tunnelled packet.
+    pub tunnel_source: Ipv6Addr,
+    /// Fleet-wide flow hash seed; every load balancer of the fleet must use the same one.
+    pub seed: u64,
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    #[serde(default = "default_max_vips")]
+    pub max_vips: u32,
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout_secs: u64,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    #[serde(default = "default_tcp_closing")]
+    pub tcp_closing_timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP, falling back to generic with a warning.
+    #[default]
+    Driver,
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: AttachMode,
+    /// The next hop's MAC; or leave it out and give `gateway`.
+    pub next_hop_mac: Option<String>,
+    /// The next hop's IP address, resolved to a MAC from the kernel's neighbour table.
+    pub gateway: Option<IpAddr>,
+    /// The largest IP packet (tunnel header included) that may leave this NIC towards the
+    /// backends. Default: the NIC's MTU. A client packet that would exceed it once
+    /// encapsulated is answered with ICMP "too big" (docs/dataplane.md).
+    pub mtu: Option<u32>,
+}
+
+/// The smallest egress MTU accepted: an IPv6 minimum-MTU packet (1280) plus GUE (48).
+pub const MIN_EGRESS_MTU: u32 = 1328;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: String,
+    #[serde(default)]
+    pub gue: bool,
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub health: HealthOverride,
+    /// Answer ICMP echo requests (ping) to this VIP's address. ICMP has no ports, so the
+    /// switch is per address: `false` on any service of an address turns echo off for it.
+    #[serde(default = "yes")]
+    pub icmp_echo: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: String,
+    #[serde(default = "crate::state::default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub state: BackendState,
+}

@@ -1,0 +1,237 @@
+use super::*;
+
+pub const EXAMPLE: &str = include_str!("../../../examples/lb.toml");
+
+#[test]
+fn the_example_config_is_valid() {
+    let cfg = Config::parse(EXAMPLE).unwrap();
+    let state = cfg.desired_state().unwrap();
+    assert_eq!(state.vips.len(), 2);
+    assert_eq!(cfg.interfaces[0].name, "eth1");
+    // The first VIP's [vip.health] overrides kind and path; the rest comes from [health].
+    let web = cfg.health_for(&"192.0.2.10:80/tcp".parse().unwrap());
+    assert_eq!(
+        (web.kind, web.http_path.as_str()),
+        (CheckKind::Http, "/healthz")
+    );
+    assert_eq!(
+        (web.interval_ms, web.timeout_ms, web.rise, web.fall),
+        (2000, 1000, 3, 3)
+    );
+    let other = cfg.health_for(&"[2001:db8:5::10]:443/tcp".parse().unwrap());
+    assert_eq!(other.kind, CheckKind::Tcp);
+    assert_eq!(
+        other.port_for(&"[2001:db8:5::10]:443/tcp".parse().unwrap()),
+        Some(443)
+    );
+    // A VIP added at run time gets [health]; UDP and every-port VIPs need a port.
+    assert_eq!(
+        cfg.health_for(&"192.0.2.99:53/udp".parse().unwrap())
+            .port_for(&"192.0.2.99:53/udp".parse().unwrap()),
+        None
+    );
+    assert!(cfg.bgp.is_some());
+    assert!(cfg.sync.is_none());
+    // The commented [sync] example is valid once uncommented.
+    let mut in_sync = false;
+    let text: String = EXAMPLE
+        .lines()
+        .map(|l| {
+            in_sync |= l == "# [sync]";
+            in_sync &= l.starts_with('#');
+            let l = if in_sync {
+                l.trim_start_matches('#').trim_start()
+            } else {
+                l
+            };
+            format!("{}\n", l.split(" #").next().unwrap())
+        })
+        .collect();
+    let with_sync = Config::parse(&text).unwrap();
+    let sync = with_sync.sync.expect("[sync] uncommented");
+    assert_eq!((sync.node.as_str(), sync.peers.len()), ("lb1", 1));
+}
+
+#[test]
+fn refuses_bad_sync_sections_with_the_reason() {
+    let base = r#"
+[dataplane]
+tunnel_source = "2001:db8:1b::1"
+seed = 7
+[[interface]]
+name = "eth1"
+next_hop_mac = "02:00:00:00:00:01"
+[sync]
+node = "lb1"
+listen = "[2001:db8:5::1]:7946"
+key_file = "/etc/lb/fleet.key"
+state_file = "/var/lib/lb/state.json"
+[[sync.peer]]
+name = "lb2"
+address = "[2001:db8:5::2]:7946"
+"#;
+    let ok = Config::parse(base).unwrap();
+    let sync = ok.sync.as_ref().unwrap();
+    assert!(sync.flows, "flow sync is on by default");
+    assert_eq!(
+        (sync.refresh_secs, sync.startup_wait_secs),
+        (300, 10),
+        "defaults"
+    );
+    for (edit, why) in [
+        (("node = \"lb1\"", "node = \"lb 1\""), "use 1-64 of"),
+        (("name = \"lb2\"", "name = \"lb1\""), "this node's own name"),
+        (
+            ("\"/etc/lb/fleet.key\"", "\"fleet.key\""),
+            "must be absolute",
+        ),
+        (
+            ("[2001:db8:5::2]:7946", "[::]:7946"),
+            "not an address to connect to",
+        ),
+        (
+            (
+                "address = \"[2001:db8:5::2]:7946\"",
+                "address = \"[2001:db8:5::2]:7946\"\n[[sync.peer]]\nname = \"lb2\"\naddress = \"[2001:db8:5::3]:7946\"",
+            ),
+            "listed twice",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nrefresh_secs = 0"),
+            "refresh_secs = 0",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nsecret = \"x\""),
+            "unknown field `secret`",
+        ),
+        (
+            ("listen = \"[2001:db8:5::1]:7946\"\n", ""),
+            "missing field `listen`",
+        ),
+    ] {
+        let text = base.replace(edit.0, edit.1);
+        assert_ne!(text, base, "edit {edit:?} applies");
+        let e = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(e.contains(why), "{edit:?}: `{e}` should say `{why}`");
+    }
+    // [sync] cannot change under a running agent.
+    let mut other = ok.clone();
+    other.sync.as_mut().unwrap().flows = false;
+    assert_eq!(
+        ok.restart_only_difference(&other).as_deref(),
+        Some("[sync]")
+    );
+}
+
+#[test]
+fn refuses_bad_configs_with_the_reason() {
+    let base = r#"
+[dataplane]
+tunnel_source = "2001:db8:1b::1"
+seed = 7
+[[interface]]
+name = "eth1"
+next_hop_mac = "02:00:00:00:00:01"
+[[vip]]
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "2001:db8:be::1"
+"#;
+    Config::parse(base).unwrap();
+    for (edit, why) in [
+        (("seed = 7", "seed = -1"), "invalid value"),
+        (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
+        (
+            ("seed = 7", "seed = 7\ncolour = 1"),
+            "unknown field `colour`",
+        ),
+        (("2001:db8:1b::1", "192.0.2.1"), "invalid IPv6 address"),
+        (("02:00:00:00:00:01", "02:00:00:00:01"), "not a MAC address"),
+        (
+            (
+                "next_hop_mac = \"02:00:00:00:00:01\"",
+                "next_hop_mac = \"02:00:00:00:00:01\"\nmtu = 1000",
+            ),
+            "outside 1328..=65535",
+        ),
+        (
+            ("next_hop_mac = \"02:00:00:00:00:01\"", ""),
+            "exactly one of next_hop_mac and gateway",
+        ),
+        (
+            ("protocol = \"tcp\"", "protocol = \"icmp\""),
+            "use tcp or udp",
+        ),
+        (
+            ("address = \"2001:db8:be::1\"", "address = \"192.0.2.5\""),
+            "not an IPv6",
+        ),
+        (
+            (
+                "address = \"2001:db8:be::1\"",
+                "address = \"2001:db8:be::1\"\nweight = 0",
+            ),
+            "outside 1..=1000",
+        ),
+        (
+            (
+                "address = \"2001:db8:be::1\"",
+                "address = \"2001:db8:be::1\"\n[[vip.backend]]\naddress = \"2001:db8:be::1\"",
+            ),
+            "already has backend",
+        ),
+        (
+            (
+                "address = \"2001:db8:be::1\"",
+                "address = \"2001:db8:be::1\"\n[[vip]]\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"",
+            ),
+            "already exists",
+        ),
+        (
+            ("name = \"eth1\"", "name = \"eth1/x\""),
+            "not a valid Linux interface",
+        ),
+        (("[dataplane]", "[dataplan]"), "unknown field `dataplan`"),
+        (
+            ("seed = 7", "seed = 7\ntcp_idle_timeout_secs = 0"),
+            "use 1 second",
+        ),
+        (
+            ("[dataplane]", "[health]\ninterval_ms = 50\n[dataplane]"),
+            "use 100 ms",
+        ),
+        (
+            ("[dataplane]", "[health]\ntimeout_ms = 3000\n[dataplane]"),
+            "up to interval_ms",
+        ),
+        (
+            ("[dataplane]", "[health]\nkind = \"icmp\"\n[dataplane]"),
+            "unknown variant `icmp`",
+        ),
+        (
+            ("[dataplane]", "[health]\nrise = 0\n[dataplane]"),
+            "rise and fall",
+        ),
+        (
+            (
+                "protocol = \"tcp\"",
+                "protocol = \"tcp\"\n[vip.health]\nhttp_path = \"/a b\"",
+            ),
+            "[vip.health]",
+        ),
+        (
+            (
+                "[dataplane]",
+                "[bgp]\nbird_socket = \"bird.ctl\"\nroutes_file = \"/etc/v.conf\"\n[dataplane]",
+            ),
+            "absolute paths",
+        ),
+    ] {
+        let text = base.replacen(edit.0, edit.1, 1);
+        assert_ne!(text, base, "edit {edit:?} did not apply");
+        let e = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(e.contains(why), "{edit:?}: `{e}` should say `{why}`");
+    }
+}

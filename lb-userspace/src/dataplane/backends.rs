@@ -1,0 +1,121 @@
+//! Backends and the Maglev rings that name them.
+
+use anyhow::{Context, Result, bail};
+use lb_common::{Backend, names};
+
+use super::handle::Dataplane;
+
+impl Dataplane {
+    /// Installs (or updates) backend `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.check_backend_id(id)?;
+        self.array::<Backend>(names::BACKENDS)?
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backend {id}"))
+    }
+
+    /// Every installed backend, by id.
+    pub fn read_backends(&mut self) -> Result<Vec<(u32, Backend)>> {
+        let n = self.limits.max_backends;
+        let map = self.array::<Backend>(names::BACKENDS)?;
+        let mut out = Vec::new();
+        for id in 0..n {
+            let b = map.get(&id, 0)?;
+            if b.flags & lb_common::BACKEND_F_VALID != 0 {
+                out.push((id, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The generation a backend id last had (kept when it is cleared, so reuse bumps it).
+    pub fn backend_generation(&mut self, id: u32) -> Result<u32> {
+        self.check_backend_id(id)?;
+        Ok(self
+            .array::<Backend>(names::BACKENDS)?
+            .get(&id, 0)?
+            .generation)
+    }
+
+    /// Uninstalls backend `id`: connection entries pointing at it fall back to Maglev.
+    /// Call only once no ring slot points at it.
+    pub fn clear_backend(&mut self, id: u32) -> Result<()> {
+        self.check_backend_id(id)?;
+        let mut map = self.array::<Backend>(names::BACKENDS)?;
+        let generation = map.get(&id, 0)?.generation;
+        map.set(
+            id,
+            Backend {
+                generation,
+                ..Default::default()
+            },
+            0,
+        )
+        .context("clearing backend")
+    }
+
+    fn check_backend_id(&self, id: u32) -> Result<()> {
+        if id >= self.limits.max_backends {
+            bail!(
+                "backend id {id} is beyond max_backends {}",
+                self.limits.max_backends
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_ring(&self, ring: u32) -> Result<()> {
+        if ring >= self.limits.max_rings {
+            bail!("ring {ring} is beyond max_rings {}", self.limits.max_rings);
+        }
+        Ok(())
+    }
+
+    /// Writes a whole ring (`slots.len()` must be the ring size).
+    pub fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
+        if slots.len() != self.limits.ring_size as usize {
+            bail!(
+                "a ring has {} slots, got {}",
+                self.limits.ring_size,
+                slots.len()
+            );
+        }
+        self.write_ring_slots(
+            ring,
+            slots
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, s)| (i as u32, s)),
+        )
+    }
+
+    /// Writes the given `(slot, backend id)` pairs of one ring.
+    pub fn write_ring_slots(
+        &mut self,
+        ring: u32,
+        slots: impl IntoIterator<Item = (u32, u32)>,
+    ) -> Result<()> {
+        self.check_ring(ring)?;
+        let m = self.limits.ring_size;
+        let mut rings = self.array::<u32>(names::RINGS)?;
+        for (slot, id) in slots {
+            if slot >= m {
+                bail!("slot {slot} is beyond the ring size {m}");
+            }
+            rings
+                .set(ring * m + slot, id, 0)
+                .context("writing a ring slot")?;
+        }
+        Ok(())
+    }
+
+    pub fn read_ring(&mut self, ring: u32) -> Result<Vec<u32>> {
+        self.check_ring(ring)?;
+        let m = self.limits.ring_size;
+        let rings = self.array::<u32>(names::RINGS)?;
+        (0..m)
+            .map(|s| rings.get(&(ring * m + s), 0).context("reading a ring slot"))
+            .collect()
+    }
+}

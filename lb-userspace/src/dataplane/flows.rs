@@ -1,0 +1,191 @@
+//! The connection table: the flow-event ring buffer, live-flow counts, and [`FlowTable`], a
+//! handle on its own file descriptors for peer sync.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+use lb_common::{ConnEntry, FlowKey, LbConfig, names};
+
+use super::handle::Dataplane;
+
+impl Dataplane {
+    /// Takes the `FLOW_EVENTS` ring buffer (new TCP flows, `FlowEvent` records, written while
+    /// `LB_F_FLOW_EVENTS` is set) out of the program object, for one reader to poll (its fd
+    /// becomes readable when records arrive). Can be taken once per load.
+    pub fn take_flow_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(names::FLOW_EVENTS).ok_or_else(|| {
+            anyhow!(
+                "map {} missing from the object (or already taken)",
+                names::FLOW_EVENTS
+            )
+        })?;
+        RingBuf::try_from(map).context("opening the flow event ring buffer")
+    }
+
+    /// A second handle on the connection table (and the config map), on its own file
+    /// descriptors: it can live in another task or thread than this `Dataplane`.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        let dup = |name: &str| -> Result<MapData> {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+            let data = match map {
+                Map::LruHashMap(m) | Map::HashMap(m) | Map::Array(m) => m,
+                _ => bail!("map {name} has an unexpected type"),
+            };
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .with_context(|| format!("duplicating the fd of {name}"))?;
+            MapData::from_fd(fd).with_context(|| format!("opening {name} from its fd"))
+        };
+        FlowTable::from_map_data(dup(names::CONNS)?, dup(names::CONFIG)?)
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conn(&mut self, key: &FlowKey) -> Result<Option<ConnEntry>> {
+        let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
+            HashMap::try_from(self.map(names::CONNS)?)?;
+        match conns.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Live connection-table entries per (backend id, generation).
+#[derive(Clone, Debug, Default)]
+pub struct FlowCounts {
+    pub live: std::collections::HashMap<(u32, u32), u64>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `ConnEntry::atime_ns` and of `Stats::time_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether the XDP program would still follow this entry at `now_ns` (CLOCK_MONOTONIC, which
+/// `bpf_ktime_get_coarse_ns` reads at tick granularity): the same idle timeouts. Backend
+/// validity and generation are not checked here.
+pub fn is_live(cfg: &LbConfig, key: &FlowKey, entry: &ConnEntry, now_ns: u64) -> bool {
+    let timeout = cfg.idle_timeout_ns(key.proto == lb_common::PROTO_TCP, entry.flags);
+    // The coarse clock may trail CLOCK_MONOTONIC by a tick: saturate rather than wrap.
+    now_ns.saturating_sub(entry.atime_ns) <= timeout
+}
+
+/// Counts entries the XDP program would still follow (`is_live`).
+fn count_flows(conns: &HashMap<MapData, FlowKey, ConnEntry>, cfg: &LbConfig) -> FlowCounts {
+    let now = monotonic_ns();
+    let mut counts = FlowCounts::default();
+    for (key, entry) in conns.iter().filter_map(|r| r.ok()) {
+        if is_live(cfg, &key, &entry, now) {
+            *counts
+                .live
+                .entry((entry.backend, entry.generation))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Walks a pinned connection table from its own file descriptor, so a long walk does not hold
+/// up the agent's writes to the other maps.
+pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
+    let conns = MapData::from_pin(pin_dir.join(names::CONNS))
+        .context("opening the pinned connection table")?;
+    let cfg_map =
+        MapData::from_pin(pin_dir.join(names::CONFIG)).context("opening the pinned config map")?;
+    let cfg_map: Array<MapData, LbConfig> = Array::try_from(aya::maps::Map::Array(cfg_map))?;
+    let cfg = cfg_map.get(&0, 0)?;
+    let conns: HashMap<MapData, FlowKey, ConnEntry> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(conns))?;
+    Ok(count_flows(&conns, &cfg))
+}
+
+/// A handle on the connection table for peer flow sync: installs flows received from peers and
+/// lists the live ones. It holds its own file descriptors, so it works alongside the agent's
+/// `Dataplane` (and outlives it, as long as the maps are pinned or a program holds them).
+pub struct FlowTable {
+    conns: HashMap<MapData, FlowKey, ConnEntry>,
+    config: Array<MapData, LbConfig>,
+}
+
+impl FlowTable {
+    /// Opens the connection table and config map pinned under `pin_dir`.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        let conns = MapData::from_pin(pin_dir.join(names::CONNS))
+            .context("opening the pinned connection table")?;
+        let config = MapData::from_pin(pin_dir.join(names::CONFIG))
+            .context("opening the pinned config map")?;
+        Self::from_map_data(conns, config)
+    }
+
+    fn from_map_data(conns: MapData, config: MapData) -> Result<Self> {
+        let conns = HashMap::try_from(Map::from_map_data(conns)?)
+            .context("the connection table is not a (shared LRU) hash map of flows")?;
+        let config = Array::try_from(Map::from_map_data(config)?)
+            .context("the config map is not an array")?;
+        Ok(Self { conns, config })
+    }
+
+    /// The load balancer's current settings (`LB_CONFIG[0]`), for `live`'s timeouts.
+    pub fn config(&self) -> Result<LbConfig> {
+        self.config.get(&0, 0).context("reading LB_CONFIG")
+    }
+
+    /// A flow's entry, if any.
+    pub fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>> {
+        match self.conns.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a connection entry"),
+        }
+    }
+
+    /// Installs or replaces a flow's entry (BPF_ANY). The entry's `atime_ns` must be on this
+    /// host's CLOCK_MONOTONIC (`monotonic_ns`) and its generation the local backend's.
+    pub fn insert(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<()> {
+        self.conns
+            .insert(key, entry, 0)
+            .context("writing a connection entry")
+    }
+
+    /// Installs flows one by one (aya 0.14 has no batch update). Returns how many were written;
+    /// an entry the kernel refuses is skipped, unless every one is refused (then the first error).
+    pub fn insert_batch(&mut self, flows: &[(FlowKey, ConnEntry)]) -> Result<usize> {
+        let mut written = 0;
+        let mut first_err = None;
+        for (key, entry) in flows {
+            match self.conns.insert(key, entry, 0) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) if written == 0 => Err(e).context("writing connection entries"),
+            _ => Ok(written),
+        }
+    }
+
+    /// Every entry the XDP program would still follow at `now_ns` (`is_live` under `cfg`).
+    pub fn live(&self, cfg: &LbConfig, now_ns: u64) -> Vec<(FlowKey, ConnEntry)> {
+        self.conns
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(key, entry)| is_live(cfg, key, entry, now_ns))
+            .collect()
+    }
+}

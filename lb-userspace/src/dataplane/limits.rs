@@ -1,0 +1,175 @@
+//! Map sizes and the Maglev table size, fixed at load, and the map layout they give (checked
+//! against maps a previous agent pinned).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use aya::maps::MapInfo;
+use lb_common::{
+    Backend, ConnEntry, CounterValue, FlowKey, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta,
+    VipSlot, names,
+};
+
+/// Largest `max_vips` (the VIP index has 8 slots per VIP).
+pub const MAX_VIPS_LIMIT: u32 = 1 << 20;
+
+/// Map sizes and the Maglev table size, fixed when the program is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneLimits {
+    pub ring_size: u32,
+    pub max_vips: u32,
+    pub max_rings: u32,
+    pub max_backends: u32,
+    pub max_conns: u32,
+}
+
+impl Default for DataplaneLimits {
+    fn default() -> Self {
+        Self {
+            ring_size: lb_common::DEFAULT_RING_SIZE,
+            max_vips: lb_common::DEFAULT_MAX_VIPS,
+            max_rings: lb_common::DEFAULT_MAX_RINGS,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            max_conns: lb_common::DEFAULT_MAX_CONNS,
+        }
+    }
+}
+
+impl DataplaneLimits {
+    pub fn validate(&self) -> Result<()> {
+        if !lb_common::maglev::is_prime(self.ring_size) {
+            bail!(
+                "ring size {} is not a prime (65537 is the default)",
+                self.ring_size
+            );
+        }
+        let ring_entries = self.ring_size as u64 * self.max_rings as u64;
+        if ring_entries > u32::MAX as u64 / 2 {
+            bail!(
+                "{} rings of {} slots exceed the ring map's size limit",
+                self.max_rings,
+                self.ring_size
+            );
+        }
+        if self.max_vips > MAX_VIPS_LIMIT {
+            bail!(
+                "max_vips {} is over the limit of {MAX_VIPS_LIMIT}",
+                self.max_vips
+            );
+        }
+        for (what, v) in [
+            ("max_vips", self.max_vips),
+            ("max_rings", self.max_rings),
+            ("max_backends", self.max_backends),
+            ("max_conns", self.max_conns),
+        ] {
+            if v == 0 {
+                bail!("{what} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The size every map must have for these limits: `(name, key size, value size, entries)`.
+/// Checked against pinned maps before a new agent adopts them.
+pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, usize, u32)> {
+    use std::mem::size_of;
+    vec![
+        (names::CONFIG, 4, size_of::<LbConfig>(), 1),
+        (names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
+        // Services plus one address marker per VIP address.
+        (
+            names::VIPS,
+            size_of::<VipKey>(),
+            size_of::<VipMeta>(),
+            limits.max_vips * 2,
+        ),
+        (names::VIPS_BY_ID, 4, size_of::<VipMeta>(), limits.max_vips),
+        (
+            names::VIP_INDEX,
+            4,
+            size_of::<VipSlot>(),
+            lb_common::vip_index_size(limits.max_vips),
+        ),
+        (
+            names::BACKENDS,
+            4,
+            size_of::<Backend>(),
+            limits.max_backends,
+        ),
+        (names::RINGS, 4, 4, limits.ring_size * limits.max_rings),
+        (
+            names::CONNS,
+            size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+            limits.max_conns,
+        ),
+        (
+            names::STATS,
+            4,
+            size_of::<CounterValue>(),
+            lb_common::stats::COUNTER_COUNT,
+        ),
+        (
+            names::VIP_STATS,
+            4,
+            size_of::<CounterValue>(),
+            limits.max_vips,
+        ),
+        (
+            names::BACKEND_STATS,
+            4,
+            size_of::<CounterValue>(),
+            limits.max_backends,
+        ),
+        (
+            names::IFACES,
+            4,
+            size_of::<IfaceSlot>(),
+            lb_common::DEFAULT_MAX_IFACES,
+        ),
+    ]
+}
+
+/// Checks maps pinned by a previous agent against this build's layout and these limits.
+/// Returns whether there was anything to adopt.
+pub(super) fn check_pinned_layout(dir: &Path, limits: &DataplaneLimits) -> Result<bool> {
+    let mut found = 0;
+    for (name, key, value, entries) in map_layout(limits) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found += 1;
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let have = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if have != (key, value, entries) {
+            bail!(
+                "the pinned map {} has key/value size {}/{} and {} entries, but this agent needs \
+                 {}/{} and {} (the map layout or a limit such as the ring size changed); \
+                 run `lb detach` first, which stops forwarding and drops connection state",
+                path.display(),
+                have.0,
+                have.1,
+                have.2,
+                key,
+                value,
+                entries
+            );
+        }
+    }
+    if found != 0 && found != names::PINNED.len() {
+        bail!(
+            "{} holds {found} of the {} maps: a partial pin set; run `lb detach` to clear it",
+            dir.display(),
+            names::PINNED.len()
+        );
+    }
+    Ok(found != 0)
+}

@@ -1,0 +1,36 @@
+//! Counters shared by the sync tasks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::wire::Refusal;
+
+/// The sync tasks' counters (read by `/metrics` and `lb peer list`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub flows_exported: AtomicU64,
+    pub flows_imported: AtomicU64,
+    /// A sender's queue was full (the peer is slow or away): the batch was not queued.
+    pub flows_dropped_queue: AtomicU64,
+    /// The importer's queue was full: a received batch was not installed.
+    pub flows_dropped_import: AtomicU64,
+    /// A received flow for a VIP or backend this agent does not have.
+    pub flows_untranslated: AtomicU64,
+    /// An exported flow whose backend id the agent no longer knows.
+    pub flows_unknown_id: AtomicU64,
+    pub refused: [AtomicU64; 8],
+}
+
+impl Counters {
+    pub(super) fn refuse(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).expect("listed");
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refused)
+            .map(|(r, c)| (r.name(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}

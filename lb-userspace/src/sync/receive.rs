@@ -1,0 +1,165 @@
+//! The listener and one receiver per inbound link: states go to the agent, summaries to the
+//! registry, flow batches to the importer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::counters::Counters;
+use super::flow_tasks::Import;
+use super::flows;
+use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, Summary, tune};
+use super::messages::Event;
+use super::registry::PeerEvent;
+use super::replicated::ReplicatedState;
+use super::wire::{self, FleetKey, Refusal, Refused};
+
+pub(super) struct Listener {
+    pub listener: TcpListener,
+    pub node: String,
+    pub key: FleetKey,
+    pub known: Vec<String>,
+    pub agent: mpsc::Sender<Event>,
+    pub import: Option<mpsc::Sender<Import>>,
+    pub events: mpsc::UnboundedSender<PeerEvent>,
+    pub counters: Arc<Counters>,
+}
+
+/// Logs and counts a refused link.
+pub(super) fn log_refusal(counters: &Counters, from: &str, e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<Refused>() {
+        Some(r) => {
+            counters.refuse(r.why);
+            warn!(peer = from, "sync link refused: {r}");
+            true
+        }
+        None => false,
+    }
+}
+
+pub(super) async fn run(l: Listener) {
+    let l = Arc::new(l);
+    loop {
+        let (stream, addr) = match l.listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("sync accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tune(&stream);
+        let l = l.clone();
+        tokio::spawn(async move {
+            let from = addr.to_string();
+            let known = |n: &str| l.known.iter().any(|k| k == n);
+            let (name, rx) = match wire::accept(stream, &l.key, &l.node, known).await {
+                Ok(x) => x,
+                Err(e) => {
+                    if !log_refusal(&l.counters, &from, &e) {
+                        debug!(peer = from, "sync handshake: {e:#}");
+                    }
+                    return;
+                }
+            };
+            info!(peer = name, from, "sync link from peer up");
+            let _ = l.events.send(PeerEvent::InboundUp(name.clone()));
+            if let Err(e) = receive(&l, &name, rx).await
+                && !log_refusal(&l.counters, &format!("{name} ({from})"), &e)
+            {
+                warn!(peer = name, "sync link from peer: {e:#}");
+            }
+            info!(peer = name, "sync link from peer down");
+            let _ = l.events.send(PeerEvent::InboundDown(name));
+        });
+    }
+}
+
+/// A peer that says nothing for this long (it sends a summary every second) is gone.
+const IDLE: Duration = Duration::from_secs(5);
+
+async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) -> Result<()> {
+    let malformed = |what: &str, e: &dyn std::fmt::Display| {
+        wire::refused(Refusal::Malformed, format!("{what}: {e}"))
+    };
+    loop {
+        let frame = match tokio::time::timeout(IDLE, rx.recv()).await {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("silent for {IDLE:?}"),
+        };
+        let Some((kind, body)) = frame else {
+            return Ok(());
+        };
+        let bytes = body.len() as u64 + 45;
+        match kind {
+            KIND_SUMMARY => {
+                let s: Summary =
+                    serde_json::from_slice(&body).map_err(|e| malformed("summary", &e))?;
+                let _ = l
+                    .events
+                    .send(PeerEvent::Heard(name.to_string(), Some(s), bytes));
+            }
+            KIND_STATE => {
+                let state: ReplicatedState =
+                    serde_json::from_slice(&body).map_err(|e| malformed("state", &e))?;
+                state.validate().map_err(|e| malformed("state", &e))?;
+                let _ = l
+                    .events
+                    .send(PeerEvent::Heard(name.to_string(), None, bytes));
+                l.agent
+                    .send(Event::PeerState {
+                        from: name.to_string(),
+                        state,
+                    })
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the agent stopped"))?;
+            }
+            KIND_FLOWS => {
+                let (mode, records) =
+                    flows::decode_batch(&body).map_err(|e| malformed("flows", &e))?;
+                let _ = l
+                    .events
+                    .send(PeerEvent::Heard(name.to_string(), None, bytes));
+                let n = records.len() as u64;
+                let _ = l.events.send(PeerEvent::Received(name.to_string(), n));
+                if let Some(import) = &l.import
+                    && import
+                        .try_send(Import::Flows(name.to_string(), mode, records))
+                        .is_err()
+                {
+                    l.counters
+                        .flows_dropped_import
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            KIND_SYNCED => {
+                ensure_empty(&body).map_err(|e| malformed("synced", &e))?;
+                let _ = l
+                    .events
+                    .send(PeerEvent::Heard(name.to_string(), None, bytes));
+                // Through the importer when there is one, so the agent hears of it only once
+                // the flows before it are installed.
+                let sent = match &l.import {
+                    Some(import) => import.send(Import::Synced(name.to_string())).await.is_ok(),
+                    None => l
+                        .agent
+                        .send(Event::PeerSynced(name.to_string()))
+                        .await
+                        .is_ok(),
+                };
+                anyhow::ensure!(sent, "the agent stopped");
+            }
+            k => return Err(malformed("message", &format!("unknown kind {k}"))),
+        }
+    }
+}
+
+fn ensure_empty(body: &[u8]) -> Result<()> {
+    anyhow::ensure!(body.is_empty(), "{} unexpected bytes", body.len());
+    Ok(())
+}

@@ -1,0 +1,192 @@
+use super::*;
+
+const CAP: Capacity = Capacity {
+    vips: 8,
+    backends: 64,
+    backends_per_vip: 32,
+};
+
+fn vip(s: &str) -> Vip {
+    s.parse().unwrap()
+}
+
+fn b(i: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, i)
+}
+
+fn stamp(clock: u64, node: &str) -> Stamp {
+    Stamp {
+        clock,
+        node: node.into(),
+    }
+}
+
+fn add(v: Vip, i: u16, weight: u32) -> Change {
+    Change::AddBackend {
+        vip: v,
+        backend: b(i),
+        weight,
+        state: BackendState::Active,
+    }
+}
+
+#[test]
+fn merge_is_order_independent_and_concurrent_writes_resolve_the_same_everywhere() {
+    let v = vip("192.0.2.10:80/tcp");
+    let mut base = ReplicatedState::default();
+    base.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+    base.record(&add(v, 1, 1), &stamp(2, "lb1"));
+    // Concurrent: lb1 weights b1 to 5, lb2 drains it and sets weight 7, lb3 adds b2.
+    let mut s1 = base.clone();
+    s1.record(
+        &Change::SetWeight {
+            vip: v,
+            backend: b(1),
+            weight: 5,
+        },
+        &stamp(3, "lb1"),
+    );
+    let mut s2 = base.clone();
+    s2.record(
+        &Change::SetState {
+            vip: v,
+            backend: b(1),
+            state: BackendState::Draining,
+        },
+        &stamp(3, "lb2"),
+    );
+    s2.record(
+        &Change::SetWeight {
+            vip: v,
+            backend: b(1),
+            weight: 7,
+        },
+        &stamp(3, "lb2"),
+    );
+    let mut s3 = base.clone();
+    s3.record(&add(v, 2, 1), &stamp(3, "lb3"));
+    let states = [s1, s2, s3];
+    let mut results = Vec::new();
+    for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]] {
+        let mut m = base.clone();
+        for i in order {
+            m.merge(&states[i]);
+            m.merge(&states[i]); // idempotent
+        }
+        results.push(m);
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    let (d, _) = results[0].materialize(&CAP);
+    let spec = &d.vips[&v];
+    // Same clock: the higher node name (lb2) wins the weight; the drain stays.
+    assert_eq!(spec.backends[&b(1)].weight, 7);
+    assert_eq!(spec.backends[&b(1)].state, BackendState::Draining);
+    assert!(spec.backends.contains_key(&b(2)));
+    assert_eq!(results[0].version(), 3);
+}
+
+#[test]
+fn removals_win_over_older_copies_and_a_recreated_vip_starts_empty() {
+    let v = vip("[2001:db8::10]:443/tcp");
+    let mut a = ReplicatedState::default();
+    a.record(&Change::AddVip { vip: v, gue: true }, &stamp(1, "lb1"));
+    a.record(&add(v, 1, 1), &stamp(2, "lb1"));
+    let old = a.clone();
+    a.record(&Change::RemoveVip { vip: v }, &stamp(3, "lb1"));
+    // A peer that still has the old copy cannot bring it back.
+    let mut peer = old.clone();
+    peer.merge(&a);
+    assert!(peer.materialize(&CAP).0.vips.is_empty());
+    let mut a2 = a.clone();
+    a2.merge(&old);
+    assert_eq!(a2, a);
+    // Re-created: the old backend does not reappear.
+    a.record(&Change::AddVip { vip: v, gue: false }, &stamp(4, "lb2"));
+    let (d, _) = a.materialize(&CAP);
+    assert!(d.vips[&v].backends.is_empty());
+    assert!(!d.vips[&v].gue);
+}
+
+#[test]
+fn materialized_state_matches_applying_the_changes_and_seeds_lose_to_changes() {
+    let cfg: DesiredState = {
+        let mut s = DesiredState::default();
+        let v = vip("192.0.2.10:80/tcp");
+        s.apply(&Change::AddVip { vip: v, gue: false }, &CAP)
+            .unwrap();
+        s.apply(&add(v, 1, 1), &CAP).unwrap();
+        s.apply(&add(v, 2, 3), &CAP).unwrap();
+        s
+    };
+    let r1 = ReplicatedState::seed(&cfg, "lb1");
+    let r2 = ReplicatedState::seed(&cfg, "lb2");
+    assert_eq!(r1.materialize(&CAP).0, cfg);
+    assert_eq!(
+        state_digest(&r1.materialize(&CAP).0),
+        state_digest(&r2.materialize(&CAP).0)
+    );
+    let mut m = r1.clone();
+    let v = vip("192.0.2.10:80/tcp");
+    let ch = Change::RemoveBackend {
+        vip: v,
+        backend: b(1),
+    };
+    m.record(&ch, &m.next_stamp("lb1"));
+    let mut expect = cfg.clone();
+    expect.apply(&ch, &CAP).unwrap();
+    // lb2 still seeds b1 from its config; the removal wins.
+    let mut two = r2.clone();
+    two.merge(&m);
+    assert_eq!(two.materialize(&CAP).0, expect);
+    assert_eq!(m.version(), 1);
+}
+
+#[test]
+fn capacity_drops_the_same_surplus_everywhere() {
+    let cap = Capacity {
+        vips: 1,
+        backends: 2,
+        backends_per_vip: 2,
+    };
+    let mut s = ReplicatedState::default();
+    let (v1, v2) = (vip("192.0.2.1:80/tcp"), vip("192.0.2.2:80/tcp"));
+    s.record(
+        &Change::AddVip {
+            vip: v2,
+            gue: false,
+        },
+        &stamp(1, "lb1"),
+    );
+    s.record(
+        &Change::AddVip {
+            vip: v1,
+            gue: false,
+        },
+        &stamp(1, "lb2"),
+    );
+    for i in [3, 1, 2] {
+        s.record(&add(v1, i, 1), &stamp(2, "lb1"));
+    }
+    let (d, skipped) = s.materialize(&cap);
+    assert_eq!(d.vips.keys().collect::<Vec<_>>(), vec![&v1]);
+    assert_eq!(
+        d.vips[&v1].backends.keys().copied().collect::<Vec<_>>(),
+        vec![b(1), b(2)]
+    );
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+}
+
+#[test]
+fn states_round_trip_through_json_and_bad_values_are_refused() {
+    let v = vip("192.0.2.10:80/tcp");
+    let mut s = ReplicatedState::default();
+    s.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+    s.record(&add(v, 1, 4), &stamp(2, "lb1"));
+    let json = serde_json::to_string(&s).unwrap();
+    let back: ReplicatedState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    back.validate().unwrap();
+    let mut bad = s.clone();
+    bad.backends.values_mut().next().unwrap().weight.value = 0;
+    assert!(bad.validate().is_err());
+}
