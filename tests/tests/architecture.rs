@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["lb-ebpf", "lb-objects"],
     &["lb-decap"],
     &["lb-userspace"],
-    &["lb-lab"],
+    &["lb-lab", "lb-testkit"],
     &["lb-bench", "tests"],
 ];
 
