@@ -133,7 +133,7 @@ fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, usize, u32)
             names::STATS,
             4,
             size_of::<CounterValue>(),
-            lb_common::stats::COUNTER_COUNT,
+            lb_common::Counter::COUNT,
         ),
         (
             names::VIP_STATS,

@@ -2,7 +2,7 @@
 //!
 //! Each (VIP, backend) gets a check: a TCP connection to the VIP's port, optionally with an
 //! HTTP GET, made by the agent's own kernel stack. The socket carries a mark that names the
-//! backend; the `lb_hc_encap` TC egress program (lb-ebpf/src/healthcheck.rs) encapsulates its
+//! backend; the `lb_health_encap` TC egress program (lb-ebpf/src/bin/lb_health_encap.rs) encapsulates its
 //! packets to that backend like client packets, and the backend answers directly. A passing
 //! check therefore proves the backend's decapsulation, VIP on `lo`, service and return path.
 //!
@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
 use aya::maps::HashMap as BpfHashMap;
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcTarget, MAX_HC_TARGETS, names};
+use lb_common::health::{HC_F_GUE, HC_MARK_BASE, HcTarget, MAX_HC_TARGETS, names};
 use lb_common::v6_words;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -138,15 +138,15 @@ impl Hysteresis {
     }
 }
 
-/// Loads `lb_hc_encap` and attaches it to the egress of each NIC (TCX links, owned by the
+/// Loads `lb_health_encap` and attaches it to the egress of each NIC (TCX links, owned by the
 /// returned object: they go away with the agent, and so do the checks).
 pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(crate::HC_OBJECT).context("loading the health-check program")?;
     let prog: &mut SchedClassifier = ebpf
-        .program_mut("lb_hc_encap")
-        .context("lb_hc_encap missing from the object")?
+        .program_mut("lb_health_encap")
+        .context("lb_health_encap missing from the object")?
         .try_into()?;
-    prog.load().context("verifying lb_hc_encap")?;
+    prog.load().context("verifying lb_health_encap")?;
     for iface in ifaces {
         prog.attach(iface, TcAttachType::Egress)
             .with_context(|| format!("attaching the health-check encapsulation to {iface}"))?;
