@@ -89,37 +89,31 @@ counter_enum! {
     }
 }
 
+/// Test helper for any `counter_enum!` enum: `ALL` is in index order, `COUNT` matches, and
+/// the names are distinct (they are keys in JSON and Prometheus).
+#[cfg(test)]
+pub(crate) fn check_counters(indices: &[u32], names: &[&str], count: u32) {
+    assert_eq!(indices.len() as u32, count);
+    for (i, &index) in indices.iter().enumerate() {
+        assert_eq!(index, i as u32);
+    }
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "duplicate counter name");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decap::DecapCounter;
-    use crate::health::HcCounter;
-
-    /// Each enum's `ALL` is in index order and its names are distinct (labels are keys).
-    fn check(all: &[u32], names: &[&str], count: u32) {
-        assert_eq!(all.len() as u32, count);
-        for (i, &index) in all.iter().enumerate() {
-            assert_eq!(index, i as u32);
-        }
-        let mut sorted = names.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), names.len(), "duplicate counter name");
-    }
 
     #[test]
     fn counters_are_numbered_in_order_with_distinct_names() {
-        let lb: Vec<u32> = Counter::ALL.iter().map(|&c| c as u32).collect();
-        let lb_names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
-        check(&lb, &lb_names, Counter::COUNT);
-        let d: Vec<u32> = DecapCounter::ALL.iter().map(|&c| c as u32).collect();
-        let d_names: Vec<&str> = DecapCounter::ALL.iter().map(|c| c.name()).collect();
-        check(&d, &d_names, DecapCounter::COUNT);
-        let h: Vec<u32> = HcCounter::ALL.iter().map(|&c| c as u32).collect();
-        let h_names: Vec<&str> = HcCounter::ALL.iter().map(|c| c.name()).collect();
-        check(&h, &h_names, HcCounter::COUNT);
-        // Indices the agents of earlier releases wrote: appended counters never move them.
+        let indices: Vec<u32> = Counter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        check_counters(&indices, &names, Counter::COUNT);
+        // Indices earlier releases wrote: appended counters never move them.
         assert_eq!(Counter::DropNoIface as u32, 19);
-        assert_eq!(HcCounter::DropStrayReset as u32, 3);
+        assert_eq!(Counter::DropTooBigNoDf as u32, 29);
     }
 }

@@ -63,3 +63,16 @@ counter_enum! {
         DropError = "drop_error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_numbered_in_order_with_distinct_names() {
+        let indices: Vec<u32> = DecapCounter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = DecapCounter::ALL.iter().map(|c| c.name()).collect();
+        crate::counters::check_counters(&indices, &names, DecapCounter::COUNT);
+        assert_eq!(DecapCounter::DropError as u32, 7);
+    }
+}

@@ -61,3 +61,16 @@ counter_enum! {
         DropStrayReset = "drop_stray_reset",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_numbered_in_order_with_distinct_names() {
+        let indices: Vec<u32> = HcCounter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = HcCounter::ALL.iter().map(|c| c.name()).collect();
+        crate::counters::check_counters(&indices, &names, HcCounter::COUNT);
+        assert_eq!(HcCounter::DropStrayReset as u32, 3);
+    }
+}

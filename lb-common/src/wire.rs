@@ -28,6 +28,8 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const NEXT_HEADER_IPIP: u8 = 4;
 pub const NEXT_HEADER_IPV6: u8 = 41;
 pub const NEXT_HEADER_UDP: u8 = PROTO_UDP;
+/// IPv6 fragment header: only the first fragment has ports, so no fragment can be balanced.
+pub const NEXT_HEADER_FRAGMENT: u8 = 44;
 
 /// TTL / hop limit of every header the programs write (tunnel headers, ICMP replies).
 pub const HOP_LIMIT: u8 = 64;

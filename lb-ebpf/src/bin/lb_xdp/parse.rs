@@ -9,16 +9,13 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::wire::{
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPV4_FRAG_MASK, IPV4_HLEN, IPV6_HLEN,
-    PROTO_ICMP, PROTO_ICMPV6, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
+    NEXT_HEADER_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, fold_v6};
 use lb_ebpf::load;
 
 use crate::packet::{NotBalanced, Parsed, Verdict};
 use crate::vip;
-
-/// The IPv6 fragment header's next header number.
-const NEXT_HEADER_FRAGMENT: u8 = 44;
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, NotBalanced> {
