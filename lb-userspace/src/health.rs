@@ -2,9 +2,10 @@
 //!
 //! Each (VIP, backend) gets a check: a TCP connection to the VIP's port, optionally with an
 //! HTTP GET, made by the agent's own kernel stack. The socket carries a mark that names the
-//! backend; the `lb_health_encap` TC egress program (lb-ebpf/src/bin/lb_health_encap.rs) encapsulates its
-//! packets to that backend like client packets, and the backend answers directly. A passing
-//! check therefore proves the backend's decapsulation, VIP on `lo`, service and return path.
+//! backend; the `lb_health_encap` TC egress program (lb-ebpf/src/bin/lb_health_encap.rs)
+//! encapsulates its packets to that backend like client packets, and the backend answers
+//! directly. A passing check therefore proves the backend's decapsulation, VIP on `lo`,
+//! service and return path.
 //!
 //! The health task owns the TC program and its map. It runs one small loop per check and
 //! tells the dataplane task about transitions only (`Command::Health`); the dataplane task

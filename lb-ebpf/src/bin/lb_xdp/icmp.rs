@@ -47,7 +47,10 @@ pub enum Handled {
 /// to keep it in one piece, so the forwarding path's code stays as without ICMP.
 #[inline(never)]
 pub fn handle(xdp_md: *mut xdp_md, addr_flags: u32) -> Handled {
-    let ctx = &XdpContext::new(xdp_md);
+    // `black_box` keeps the argument the context pointer: as this function only reads through
+    // it, LLVM would otherwise pass `data` and `data_end` loaded by the caller, and the verifier
+    // rejects the arithmetic that widens `data_end` here.
+    let ctx = &XdpContext::new(core::hint::black_box(xdp_md));
     let data = ctx.data();
     let end = ctx.data_end();
     // parse.rs checked all of this; the verifier needs to see it again.
