@@ -2,7 +2,9 @@
 //! configuration and its counters, shared by the XDP program and `lb decap`.
 //!
 //! Addresses are keyed like the load balancer's: the raw network-order bytes read as
-//! native-endian `u32` words (`maps::v6_words`), exactly what the program loads from the packet.
+//! native-endian `u32` words (`addr::v6_words`), exactly what the program loads from the packet.
+
+use crate::counters::counter_enum;
 
 /// Map names, as the program defines them and userspace opens and pins them.
 pub mod names {
@@ -31,50 +33,46 @@ pub struct DecapConfig {
     pub _pad: [u8; 6],
 }
 
-macro_rules! decap_counters {
-    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
-        /// Per-CPU counters by outcome (`DECAP_STATS[DecapCounter as u32]`); every packet moves
-        /// exactly one.
-        #[repr(u32)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum DecapCounter { $($(#[$doc])* $variant,)* }
-
-        impl DecapCounter {
-            pub const ALL: &'static [DecapCounter] = &[$(DecapCounter::$variant,)*];
-            /// The counter's stable name (CLI and JSON).
-            pub const fn name(self) -> &'static str {
-                match self { $(DecapCounter::$variant => $name,)* }
-            }
-        }
-    };
-}
-
-decap_counters! {
-    /// IPv4 in IPv6 (next header 4), decapsulated.
-    DecapIpip = "decap_ipip",
-    /// IPv6 in IPv6 (next header 41), decapsulated.
-    DecapIp6ip6 = "decap_ip6ip6",
-    /// GUE variant 1 carrying IPv4, decapsulated.
-    DecapGueV4 = "decap_gue_v4",
-    /// GUE variant 1 carrying IPv6, decapsulated.
-    DecapGueV6 = "decap_gue_v6",
-    /// Not a tunnel packet (not IPv6, another next header or UDP port, too short to tell):
-    /// passed untouched.
-    PassNotTunnel = "pass_not_tunnel",
-    /// A tunnel packet for an address that is not ours: passed untouched.
-    PassOtherAddress = "pass_other_address",
-    /// A tunnel packet for our address that cannot be decapsulated: the inner header is cut
-    /// short or is not the IP version the outer header announces, or the outer payload length
-    /// runs past the frame. Dropped.
-    DropMalformed = "drop_malformed",
-    /// `bpf_xdp_adjust_head` failed after the checks (cannot happen on a checked frame).
-    /// Dropped, since the Ethernet header was already moved.
-    DropError = "drop_error",
-}
-
-pub const DECAP_COUNTER_COUNT: u32 = DecapCounter::ALL.len() as u32;
-
+// SAFETY: repr(C), no implicit padding, every bit pattern valid.
 #[cfg(feature = "user")]
-mod user {
-    unsafe impl aya::Pod for super::DecapConfig {}
+unsafe impl aya::Pod for DecapConfig {}
+
+counter_enum! {
+    /// Per-CPU counters by outcome (`DECAP_STATS[DecapCounter as u32]`); every packet moves
+    /// exactly one.
+    pub enum DecapCounter {
+        /// IPv4 in IPv6 (next header 4), decapsulated.
+        DecapIpip = "decap_ipip",
+        /// IPv6 in IPv6 (next header 41), decapsulated.
+        DecapIp6ip6 = "decap_ip6ip6",
+        /// GUE variant 1 carrying IPv4, decapsulated.
+        DecapGueV4 = "decap_gue_v4",
+        /// GUE variant 1 carrying IPv6, decapsulated.
+        DecapGueV6 = "decap_gue_v6",
+        /// Not a tunnel packet (not IPv6, another next header or UDP port, too short to tell):
+        /// passed untouched.
+        PassNotTunnel = "pass_not_tunnel",
+        /// A tunnel packet for an address that is not ours: passed untouched.
+        PassOtherAddress = "pass_other_address",
+        /// A tunnel packet for our address that cannot be decapsulated: the inner header is cut
+        /// short or is not the IP version the outer header announces, or the outer payload length
+        /// runs past the frame. Dropped.
+        DropMalformed = "drop_malformed",
+        /// `bpf_xdp_adjust_head` failed after the checks (cannot happen on a checked frame).
+        /// Dropped, since the Ethernet header was already moved.
+        DropError = "drop_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_numbered_in_order_with_distinct_names() {
+        let indices: Vec<u32> = DecapCounter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = DecapCounter::ALL.iter().map(|c| c.name()).collect();
+        crate::counters::check_counters(&indices, &names, DecapCounter::COUNT);
+        assert_eq!(DecapCounter::DropError as u32, 7);
+    }
 }

@@ -5,7 +5,7 @@
 //! it and it costs a few nanoseconds. Every load balancer of a fleet uses the same seed, so
 //! a flow picks the same Maglev slot wherever anycast delivers it.
 
-use crate::maps::FlowKey;
+use crate::conn::FlowKey;
 
 const K1: u64 = 0x9E37_79B9_7F4A_7C15;
 const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;

@@ -7,8 +7,8 @@
 
 use std::net::Ipv6Addr;
 
+use crate::backend::NO_BACKEND;
 use crate::hash::hash_words;
-use crate::maps::NO_BACKEND;
 
 /// Largest accepted weight: keeps a round of turns short and tables balanced.
 pub const MAX_WEIGHT: u32 = 1000;

@@ -2,9 +2,10 @@
 //!
 //! Each (VIP, backend) gets a check: a TCP connection to the VIP's port, optionally with an
 //! HTTP GET, made by the agent's own kernel stack. The socket carries a mark that names the
-//! backend; the `lb_hc_encap` TC egress program (lb-ebpf/src/healthcheck.rs) encapsulates its
-//! packets to that backend like client packets, and the backend answers directly. A passing
-//! check therefore proves the backend's decapsulation, VIP on `lo`, service and return path.
+//! backend; the `lb_health_encap` TC egress program (lb-ebpf/src/bin/lb_health_encap.rs)
+//! encapsulates its packets to that backend like client packets, and the backend answers
+//! directly. A passing check therefore proves the backend's decapsulation, VIP on `lo`,
+//! service and return path.
 //!
 //! The health task owns the TC program and writes its target maps (`HC_TARGETS`, `HC_VIPS`).
 //! It runs one small loop per check and sends transitions only ([`Transition`], on the channel
@@ -21,7 +22,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, MAX_HC_TARGETS, names};
+use lb_common::health::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, MAX_HC_TARGETS, names};
 use lb_common::v6_words;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -140,15 +141,15 @@ impl Hysteresis {
     }
 }
 
-/// Loads `lb_hc_encap` and attaches it to the egress of each NIC (TCX links, owned by the
+/// Loads `lb_health_encap` and attaches it to the egress of each NIC (TCX links, owned by the
 /// returned object: they go away with the agent, and so do the checks).
 pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(crate::HC_OBJECT).context("loading the health-check program")?;
     let prog: &mut SchedClassifier = ebpf
-        .program_mut("lb_hc_encap")
-        .context("lb_hc_encap missing from the object")?
+        .program_mut("lb_health_encap")
+        .context("lb_health_encap missing from the object")?
         .try_into()?;
-    prog.load().context("verifying lb_hc_encap")?;
+    prog.load().context("verifying lb_health_encap")?;
     for iface in ifaces {
         prog.attach(iface, TcAttachType::Egress)
             .with_context(|| format!("attaching the health-check encapsulation to {iface}"))?;
@@ -191,14 +192,6 @@ pub fn spawn(ifaces: &[String], tunnel: Tunnel) -> Result<Handle> {
 pub struct EncapCounters(PerCpuArray<MapData, u64>);
 
 impl EncapCounters {
-    /// Every counter by name, in `HcCounter` order.
-    pub const NAMES: [(HcCounter, &'static str); 4] = [
-        (HcCounter::Encapsulated, "encapsulated"),
-        (HcCounter::DropNoTarget, "drop_no_target"),
-        (HcCounter::DropEncap, "drop_encap"),
-        (HcCounter::DropStrayReset, "drop_stray_reset"),
-    ];
-
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let map = ebpf
             .take_map(names::HC_STATS)
@@ -208,9 +201,9 @@ impl EncapCounters {
 
     /// Each counter summed over CPUs.
     pub fn read(&self) -> Result<Vec<(&'static str, u64)>> {
-        Self::NAMES
+        HcCounter::ALL
             .iter()
-            .map(|(c, name)| Ok((*name, self.0.get(&(*c as u32), 0)?.iter().sum())))
+            .map(|&c| Ok((c.name(), self.0.get(&(c as u32), 0)?.iter().sum())))
             .collect()
     }
 }

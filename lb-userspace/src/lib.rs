@@ -18,8 +18,9 @@ pub mod sync;
 /// The compiled XDP object (built by build.rs through aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
 
-/// `lb_hc_encap`, the TC egress program that tunnels health checks to their backend.
-pub static HC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-hc"));
+/// `lb_health_encap`, the TC egress program that tunnels health checks to their backend.
+pub static HC_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-health-encap"));
 
 /// `lb_decap`, the backends' XDP decapsulation program (`lb decap`).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));

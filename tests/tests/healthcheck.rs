@@ -1,4 +1,4 @@
-//! `lb_hc_encap`, the TC egress program that tunnels health checks, through BPF_PROG_TEST_RUN
+//! `lb_health_encap`, the TC egress program that tunnels health checks, through BPF_PROG_TEST_RUN
 //! with the socket mark set in the `__sk_buff` context: exact output frames and verdicts.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use aya::maps::{HashMap, PerCpuArray};
 use aya::programs::SchedClassifier;
 use etherparse::PacketBuilder;
-use lb_common::healthcheck::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, names};
+use lb_common::health::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, names};
 use lb_common::v6_words;
 use tests::test_run_ctx;
 
@@ -36,8 +36,11 @@ impl Hc {
     fn load() -> Hc {
         tests::require_root();
         let mut ebpf = aya::Ebpf::load(lb_userspace::HC_OBJECT).unwrap();
-        let prog: &mut SchedClassifier =
-            ebpf.program_mut("lb_hc_encap").unwrap().try_into().unwrap();
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("lb_health_encap")
+            .unwrap()
+            .try_into()
+            .unwrap();
         prog.load().unwrap();
         Hc { ebpf }
     }
@@ -65,7 +68,7 @@ impl Hc {
     fn run(&self, frame: &[u8], mark: u32) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self
             .ebpf
-            .program("lb_hc_encap")
+            .program("lb_health_encap")
             .unwrap()
             .try_into()
             .unwrap();

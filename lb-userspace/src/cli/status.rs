@@ -44,7 +44,7 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
             .map(|c| format!("{} {}", c.name, c.packets))
             .collect();
         println!(
-            "checks       tunnelled by lb_hc_encap: {}",
+            "checks       tunnelled by lb_health_encap: {}",
             counts.join(", ")
         );
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::maglev::{MaglevMember, MaglevTable};
-use lb_common::maps::names;
+use lb_common::names;
 use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, VipKey, VipMeta, v6_words};
 use tests::netns::Netns;
 

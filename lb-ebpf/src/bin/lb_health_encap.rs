@@ -1,10 +1,14 @@
-//! `lb_hc_encap`: TC egress on the load balancer's NIC. Packets of the agent's health-check
+//! `lb_health_encap`: TC egress on the load balancer's NIC. Packets of the agent's health-check
 //! sockets (marked `HC_MARK_BASE | index`) are encapsulated to the backend `HC_TARGETS[mark]`
 //! names, in the same IPv6 (or IPv6 + UDP for GUE) header the XDP program writes for client
 //! packets. So a check connection to the VIP travels the tunnel like real traffic, and the
 //! backend's reply comes back directly, as for a client. Every other packet passes untouched.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values stay borrowed: passed by value, LLVM emits different code"
+)]
 
 use aya_ebpf::{
     bindings::{
@@ -15,23 +19,33 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
-use lb_common::healthcheck::{
-    HC_COUNTER_COUNT, HC_F_GUE, HC_MARK_BASE, HC_MARK_MASK, HcCounter, HcTarget, MAX_HC_TARGETS,
-    MAX_HC_VIPS,
+use lb_common::health::{
+    HC_F_GUE, HC_MARK_BASE, HC_MARK_MASK, HcCounter, HcTarget, MAX_HC_TARGETS, MAX_HC_VIPS,
 };
-
-mod wire;
-
-use wire::{
+use lb_common::wire::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
-    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, UDP_HLEN,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, PROTO_TCP, TCP_RST, UDP_HLEN,
 };
+// The panic handler.
+use lb_ebpf as _;
+
+/// The verdicts as the program returns them.
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "TC_ACT_* are i32 in some architectures' bindings, u32 in others"
+)]
+const OK: i32 = TC_ACT_OK as i32;
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "TC_ACT_* are i32 in some architectures' bindings, u32 in others"
+)]
+const SHOT: i32 = TC_ACT_SHOT as i32;
 
 #[map]
 static HC_TARGETS: HashMap<u32, HcTarget> = HashMap::with_max_entries(MAX_HC_TARGETS, 0);
 
 #[map]
-static HC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HC_COUNTER_COUNT, 0);
+static HC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HcCounter::COUNT, 0);
 
 /// The checked VIP addresses (IPv4 in the first word, the rest zero).
 #[map]
@@ -59,34 +73,37 @@ struct UdpHeader {
 #[inline(always)]
 fn count(c: HcCounter) {
     if let Some(v) = HC_STATS.get_ptr_mut(c as u32) {
+        // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
         unsafe { *v += 1 };
     }
 }
 
 #[classifier]
-pub fn lb_hc_encap(ctx: TcContext) -> i32 {
+pub fn lb_health_encap(ctx: TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for the program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
     if mark & HC_MARK_MASK != HC_MARK_BASE {
         if is_stray_reset(&ctx) {
             count(HcCounter::DropStrayReset);
-            return TC_ACT_SHOT as i32;
+            return SHOT;
         }
-        return TC_ACT_OK as i32;
+        return OK;
     }
     // A check packet must never leave unencapsulated: the router would send it to the VIP
     // through any load balancer and the check would pass for the wrong backend.
+    // SAFETY: the value is read at once, before anything could delete it.
     let Some(target) = (unsafe { HC_TARGETS.get(&mark) }) else {
         count(HcCounter::DropNoTarget);
-        return TC_ACT_SHOT as i32;
+        return SHOT;
     };
     match encapsulate(&ctx, target) {
         Ok(()) => {
             count(HcCounter::Encapsulated);
-            TC_ACT_OK as i32
+            OK
         }
         Err(()) => {
             count(HcCounter::DropEncap);
-            TC_ACT_SHOT as i32
+            SHOT
         }
     }
 }
@@ -94,6 +111,7 @@ pub fn lb_hc_encap(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
     // skb->protocol holds the ethertype in network order, like the wire constants.
+    // SAFETY: the context's skb pointer is valid for the program run.
     let next_header = match unsafe { (*ctx.skb.skb).protocol } as u16 {
         ETH_P_IP => NEXT_HEADER_IPIP,
         ETH_P_IPV6 => NEXT_HEADER_IPV6,
@@ -139,14 +157,13 @@ fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
 /// a backend's segment that arrived after the check's socket was gone.
 #[inline(always)]
 fn is_stray_reset(ctx: &TcContext) -> bool {
-    const TCP: u8 = 6;
-    const RST: u8 = 0x04;
+    // SAFETY: the context's skb pointer is valid for the program run.
     let (dst, flags_at) = match unsafe { (*ctx.skb.skb).protocol } as u16 {
         ETH_P_IP => {
             let Ok(vihl) = ctx.load::<u8>(ETH_HLEN) else {
                 return false;
             };
-            if ctx.load::<u8>(ETH_HLEN + 9) != Ok(TCP) {
+            if ctx.load::<u8>(ETH_HLEN + 9) != Ok(PROTO_TCP) {
                 return false;
             }
             let Ok(d) = ctx.load::<u32>(ETH_HLEN + 16) else {
@@ -155,7 +172,7 @@ fn is_stray_reset(ctx: &TcContext) -> bool {
             ([d, 0, 0, 0], ETH_HLEN + (vihl as usize & 0x0f) * 4 + 13)
         }
         ETH_P_IPV6 => {
-            if ctx.load::<u8>(ETH_HLEN + 6) != Ok(TCP) {
+            if ctx.load::<u8>(ETH_HLEN + 6) != Ok(PROTO_TCP) {
                 return false;
             }
             let Ok(d) = ctx.load::<[u32; 4]>(ETH_HLEN + 24) else {
@@ -168,7 +185,8 @@ fn is_stray_reset(ctx: &TcContext) -> bool {
     if flags_at > ETH_HLEN + 60 + 13 {
         return false;
     }
-    matches!(ctx.load::<u8>(flags_at), Ok(f) if f & RST != 0)
+    matches!(ctx.load::<u8>(flags_at), Ok(f) if f & TCP_RST != 0)
+        // SAFETY: the value is only tested for presence, never read.
         && unsafe { HC_VIPS.get(&dst) }.is_some()
 }
 
@@ -176,11 +194,6 @@ fn is_stray_reset(ctx: &TcContext) -> bool {
 /// index keeps each check on one RSS queue.
 #[inline(always)]
 fn mark_port(ctx: &TcContext) -> u16 {
+    // SAFETY: the context's skb pointer is valid for the program run.
     (unsafe { (*ctx.skb.skb).mark } & 0xFFFF) as u16
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    unsafe { core::hint::unreachable_unchecked() }
 }

@@ -2,6 +2,7 @@
 //! next header 4 for IPv4, 41 for IPv6), or behind IPv6 + UDP for GUE variant 1 (the inner IP
 //! header directly after UDP). Then out of the same NIC with XDP_TX.
 
+use core::mem::offset_of;
 use core::ptr::{read_unaligned, write as store};
 
 use aya_ebpf::{
@@ -9,16 +10,19 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{
-    Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta,
+use lb_common::wire::{
+    ENCAP_GUE_LEN, ENCAP_IP6_LEN, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
 };
+use lb_common::{Counter, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta};
 
-use crate::wire::{
-    self, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, NEXT_HEADER_IPIP, NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
-};
-use crate::{conntrack::Target, parse::Parsed, stats};
+use crate::packet::{Parsed, Target};
+use crate::stats;
 
-const UDP_HLEN: u16 = wire::UDP_HLEN as u16;
+const UDP_HLEN: u16 = lb_common::wire::UDP_HLEN as u16;
+/// Where the MACs lie in `IfaceConfig`, for the word reads below.
+const SRC_MAC: usize = offset_of!(IfaceConfig, src_mac);
+const DST_MAC: usize = offset_of!(IfaceConfig, dst_mac);
 
 #[inline(always)]
 pub fn encapsulate(
@@ -34,11 +38,13 @@ pub fn encapsulate(
     let ip_end = pkt.l3_off + pkt.ip_len as usize;
     let frame_len = pkt.frame_len as usize;
     if frame_len > ip_end
+        // SAFETY: a helper call on this program's own context; it checks the new length.
         && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - ip_end) as i32)) } != 0
     {
         return stats::drop(Counter::DropEncap);
     }
     let grow = if gue { ENCAP_GUE_LEN } else { ENCAP_IP6_LEN };
+    // SAFETY: a helper call on this program's own context; it checks the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return stats::drop(Counter::DropEncap);
     }
@@ -66,7 +72,7 @@ fn write_outer<const L3: usize, const GUE: bool>(
 ) -> bool {
     let data = ctx.data();
     let udp_len = if GUE { UDP_HLEN as usize } else { 0 };
-    if data + L3 + 40 + udp_len > ctx.data_end() {
+    if data + L3 + IPV6_HLEN + udp_len > ctx.data_end() {
         return false;
     }
     // RFC 6438: the flow label carries the flow's hash so routers and backend NICs can spread
@@ -84,19 +90,21 @@ fn write_outer<const L3: usize, const GUE: bool>(
     } else {
         NEXT_HEADER_IPV6
     };
+    // SAFETY: the new headers are in the frame (checked above); the MAC reads stay inside
+    // `*iface` (two 6-byte arrays, read as 2 + 4 and 4 + 2 bytes).
     unsafe {
         // Word stores: an array store compiles to a byte-by-byte memmove call in BPF.
-        // IfaceConfig: src_mac at 0..6, dst_mac at 6..12.
-        let macs = iface as *const IfaceConfig as *const u8;
-        store(data as *mut u16, read_unaligned(macs.add(6) as *const u16));
+        let cfg_bytes = iface as *const IfaceConfig as *const u8;
+        let (src, dst) = (cfg_bytes.add(SRC_MAC), cfg_bytes.add(DST_MAC));
+        store(data as *mut u16, read_unaligned(dst as *const u16));
         store(
             (data + 2) as *mut u32,
-            read_unaligned(macs.add(8) as *const u32),
+            read_unaligned(dst.add(2) as *const u32),
         );
-        store((data + 6) as *mut u32, read_unaligned(macs as *const u32));
+        store((data + 6) as *mut u32, read_unaligned(src as *const u32));
         store(
             (data + 10) as *mut u16,
-            read_unaligned(macs.add(4) as *const u16),
+            read_unaligned(src.add(4) as *const u16),
         );
         if L3 == 18 {
             store((data + 12) as *mut u16, ETH_P_8021Q);
@@ -113,7 +121,7 @@ fn write_outer<const L3: usize, const GUE: bool>(
             store((ip + 24 + 4 * i) as *mut u32, target.addr[i]);
         }
         if GUE {
-            let udp = ip + 40;
+            let udp = ip + IPV6_HLEN;
             // Source port from the flow hash (ephemeral range) for RSS on the backend's NIC.
             let sport = 0xC000u16 | ((target.hash >> 20) as u16 & 0x3FFF);
             store(udp as *mut u16, sport.to_be());

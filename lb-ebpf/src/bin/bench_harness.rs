@@ -26,6 +26,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
+// The panic handler.
+use lb_ebpf as _;
 
 /// Largest frame the harness restores.
 const FRAME_MAX: usize = 256;
@@ -59,7 +61,9 @@ pub fn bench_harness(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     // One load each, so the bounds checked below are the ones the helpers get.
+    // SAFETY: a valid pointer to the map's only value (checked above).
     let len = unsafe { core::ptr::read_volatile(&(*frame).len) };
+    // SAFETY: as above.
     let flows = unsafe { core::ptr::read_volatile(&(*frame).flows) };
     if !(14..=FRAME_MAX as u32).contains(&len) {
         return xdp_action::XDP_ABORTED;
@@ -67,19 +71,24 @@ pub fn bench_harness(ctx: XdpContext) -> u32 {
     // Undo the previous repetition's head move (encapsulation grows the frame at the front).
     let have = (ctx.data_end() - ctx.data()) as i64;
     let delta = have - len as i64;
+    // SAFETY: a helper call on this program's own context; it checks the new start.
     if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
     // The same value as `len` (checked above), in a form whose bounds the verifier can see
     // (14..=269): the compiler may check a copy of `len` rather than the register it passes.
     let n = ((len - 14) & 0xFF) + 14;
+    // SAFETY: a valid pointer to the map's only value (checked above).
     let bytes = unsafe { (*frame).bytes.as_mut_ptr() } as *mut c_void;
+    // SAFETY: `n` bytes at `bytes` are in the value (n <= 269 < FRAME_BUF); the helper checks
+    // the packet side.
     if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, bytes, n) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
     if flows != 0 && !vary(&ctx, flows) {
         return xdp_action::XDP_ABORTED;
     }
+    // SAFETY: a tail call with this program's own context; on return it failed (no program).
     unsafe { BENCH_PROGS.tail_call(&ctx, 0) };
     // Empty slot or tail-call limit.
     xdp_action::XDP_ABORTED
@@ -94,14 +103,17 @@ fn vary(ctx: &XdpContext, flows: u32) -> bool {
     let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
     let i = unsafe { *seq };
     let next = i + 1;
+    // SAFETY: as above.
     unsafe { *seq = if next >= flows { 0 } else { next } };
     let (octet, port) = ((i >> 12) as u16, (i & 0xFFF) as u16);
     let data = ctx.data();
     if data + 14 + 20 + 20 > ctx.data_end() {
         return false;
     }
+    // SAFETY: every offset below + 2 is within the 54 bytes checked above.
     let add = |off: usize, v: i32| unsafe {
         let p = (data + off) as *mut [u8; 2];
         let old = u16::from_be_bytes(*p) as i32;
@@ -121,6 +133,7 @@ pub fn bench_floor(ctx: XdpContext) -> u32 {
     if data + 14 + 20 + 20 > end {
         return xdp_action::XDP_PASS;
     }
+    // SAFETY: all within the 54 bytes checked above.
     let (ethertype, vihl, proto, ip_len) = unsafe {
         (
             *((data + 12) as *const [u8; 2]),
@@ -132,6 +145,7 @@ pub fn bench_floor(ctx: XdpContext) -> u32 {
     if ethertype != [0x08, 0x00] || vihl != 0x45 || proto != 6 {
         return xdp_action::XDP_PASS;
     }
+    // SAFETY: a helper call on this program's own context; it checks the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -40) } != 0 {
         return xdp_action::XDP_DROP;
     }
@@ -141,6 +155,7 @@ pub fn bench_floor(ctx: XdpContext) -> u32 {
     }
     // Word stores throughout, as in encap.rs: array stores compile to byte-by-byte memmove
     // calls in BPF and would make the floor slower than it needs to be.
+    // SAFETY: all within the 54 bytes checked above.
     unsafe {
         // Ethernet: swap the MACs (the old header is now 40 bytes further); read them all
         // before writing, as the new IPv6 header overlaps the old Ethernet header.
@@ -175,10 +190,4 @@ pub fn bench_floor(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    unsafe { core::hint::unreachable_unchecked() }
 }

@@ -24,13 +24,17 @@ static CLOCK: PerCpuArray<Cached> = PerCpuArray::with_max_entries(1, 0);
 /// CLOCK_MONOTONIC (coarse) in ns.
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    // SAFETY: a helper call without arguments.
     let jiffies = unsafe { bpf_jiffies64() };
     let Some(c) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: a helper call without arguments.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
+    // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
     let c = unsafe { &mut *c };
     if c.jiffies != jiffies || c.ns == 0 {
         c.jiffies = jiffies;
+        // SAFETY: a helper call without arguments.
         c.ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
     c.ns

@@ -16,27 +16,18 @@
 //! Entries the agent installs from peers carry `CONN_F_PEER`, which the first local refresh of
 //! the entry's atime clears.
 //!
-//! `lookup_backend` is the read-only variant for ICMP errors about a flow (icmp.rs): the same
-//! choice a packet of the flow would get now, without creating or refreshing an entry.
+//! ICMP errors about a flow (`Kind::IcmpError`) read the same choice a packet of the flow would
+//! get now (`peek`, then Maglev through `new_flow`), without creating or refreshing an entry.
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
-    LB_F_FLOW_EVENTS, LbConfig, PROTO_TCP, VipMeta, flow_hash,
+    LB_F_FLOW_EVENTS, LbConfig, TcpEvent, VipMeta, flow_hash,
 };
 
+use crate::packet::{Kind, Target};
 use crate::{clock::now_ns, flowsync, maglev, maps::CONNS, stats, vip};
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-
-pub struct Target {
-    pub id: u32,
-    pub addr: [u32; 4],
-    pub hash: u32,
-}
 
 /// What the connection table says about a packet's flow.
 pub enum Found {
@@ -59,6 +50,8 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
     let Some(entry) = CONNS.get_ptr_mut(key) else {
         return Found::Miss;
     };
+    // SAFETY: a valid pointer to the entry's value; the kernel keeps it alive for the program
+    // run (an LRU eviction meanwhile only recycles it), and the program runs to completion.
     let entry = unsafe { &mut *entry };
     // The agent writes peers' entries with CLOCK_MONOTONIC, which runs up to a tick or two
     // ahead of the cached coarse clock: an atime in the future is idle 0, not expired.
@@ -102,18 +95,42 @@ pub struct FlowPacket {
 impl FlowPacket {
     #[inline(always)]
     pub fn new(is_tcp: bool, tcp_flags: u8) -> Self {
+        let TcpEvent { syn, rst, closing } = TcpEvent::of(is_tcp, tcp_flags);
         Self {
             is_tcp,
-            syn: is_tcp && tcp_flags & (TCP_SYN | TCP_RST) == TCP_SYN,
-            rst: is_tcp && tcp_flags & TCP_RST != 0,
-            closing: is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0,
+            syn,
+            rst,
+            closing,
             now: now_ns(),
         }
     }
 }
 
-/// Step 2, when step 1 found no live entry: the Maglev choice of `vip`'s ring, pinned with a
-/// new entry (except for RST). None: the ring has no backend for this hash.
+/// Step 1 for an ICMP error about a flow (`Kind::IcmpError`), read-only: the flow's entry if
+/// it is live and valid (the same rules as `established`), as `Pinned` (the error's VIP is
+/// always looked up by address), else `Miss`. Refreshes and counts nothing.
+#[inline(always)]
+pub fn peek(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
+    let Some(entry) = CONNS.get_ptr(key) else {
+        return Found::Miss;
+    };
+    // SAFETY: a valid pointer to the entry's value for the program run (see `established`).
+    let entry = unsafe { &*entry };
+    let idle = flow.now.saturating_sub(entry.atime_ns);
+    match entry_backend(entry, idle, flow.is_tcp, cfg) {
+        Ok(b) => Found::Pinned(Target {
+            id: entry.backend,
+            addr: b.addr,
+            hash: entry.hash,
+        }),
+        Err(_) => Found::Miss,
+    }
+}
+
+/// Step 2, when step 1 found no live entry: the Maglev choice of `vip`'s ring. A client
+/// packet's flow is pinned with a new entry (except for RST) and the miss counted; an ICMP
+/// error (`Kind::IcmpError`) only reads the choice. None: the ring has no backend for this
+/// hash.
 #[inline(always)]
 pub fn new_flow(
     ctx: &XdpContext,
@@ -121,9 +138,23 @@ pub fn new_flow(
     flow: &FlowPacket,
     vip: &VipMeta,
     cfg: &LbConfig,
+    kind: Kind,
 ) -> Option<Target> {
     let hash = flow_hash(key, cfg.hash_seed);
     let (id, b) = ring_backend(ctx, vip, hash)?;
+    if kind == Kind::Client {
+        pin(key, flow, cfg, id, b, hash);
+    }
+    Some(Target {
+        id,
+        addr: b.addr,
+        hash,
+    })
+}
+
+/// Counts a client packet's miss and, unless it is a reset, pins its flow to backend `id`.
+#[inline(always)]
+fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, hash: u32) {
     stats::count(if flow.syn {
         Counter::LruMissSyn
     } else if flow.is_tcp {
@@ -145,41 +176,6 @@ pub fn new_flow(
             flowsync::export(key, id, hash);
         }
     }
-    Some(Target {
-        id,
-        addr: b.addr,
-        hash,
-    })
-}
-
-/// Where a packet of this flow would go now, read-only: the connection entry if it is live
-/// and valid (the same rules as `established`), else the Maglev choice. Creates, refreshes and
-/// counts nothing: for ICMP errors about a flow, which must not pin or keep alive anything.
-#[inline(always)]
-pub fn lookup_backend(
-    ctx: &XdpContext,
-    key: &FlowKey,
-    vip: &VipMeta,
-    cfg: &LbConfig,
-) -> Option<Target> {
-    if let Some(entry) = CONNS.get_ptr(key) {
-        let entry = unsafe { &*entry };
-        let idle = now_ns().saturating_sub(entry.atime_ns);
-        if let Ok(b) = entry_backend(entry, idle, key.proto == PROTO_TCP, cfg) {
-            return Some(Target {
-                id: entry.backend,
-                addr: b.addr,
-                hash: entry.hash,
-            });
-        }
-    }
-    let hash = flow_hash(key, cfg.hash_seed);
-    let (id, b) = ring_backend(ctx, vip, hash)?;
-    Some(Target {
-        id,
-        addr: b.addr,
-        hash,
-    })
 }
 
 /// The backend of a connection entry idle for `idle` ns, or why the entry no longer counts:
@@ -207,12 +203,18 @@ fn entry_backend(
 fn ring_backend(ctx: &XdpContext, vip: &VipMeta, hash: u32) -> Option<(u32, &'static Backend)> {
     let id = maglev::ring_lookup(vip.ring, hash)?;
     let Some(b) = maglev::backend(id) else {
-        // The agent installs a backend before any slot points at it; this is a bug alarm.
-        warn!(
-            ctx,
-            "ring {} points at backend id {}, which is not installed", vip.ring, id
-        );
+        uninstalled_backend(ctx, vip.ring, id);
         return None;
     };
     Some((id, b))
+}
+
+/// The agent installs a backend before any slot points at it; this is a bug alarm, the one log
+/// line of the forwarding path. Out of line: the logging code stays out of the hot function.
+#[inline(never)]
+fn uninstalled_backend(ctx: &XdpContext, ring: u32, id: u32) {
+    warn!(
+        ctx,
+        "ring {} points at backend id {}, which is not installed", ring, id
+    );
 }

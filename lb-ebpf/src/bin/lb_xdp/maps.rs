@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
-    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
-    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta, VipSlot,
-    iface_slot, stats::COUNTER_COUNT, vip_index_size,
+    Backend, ConnEntry, Counter, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS,
+    DEFAULT_MAX_IFACES, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES,
+    FlowKey, IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta, VipSlot,
+    iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -21,6 +21,7 @@ static RING_SIZE: u32 = DEFAULT_RING_SIZE;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
+    // SAFETY: a read of a plain u32 static; volatile so the loader's value is used.
     unsafe { core::ptr::read_volatile(&RING_SIZE) }
 }
 
@@ -30,6 +31,7 @@ static VIP_INDEX_SIZE: u32 = vip_index_size(DEFAULT_MAX_VIPS);
 
 #[inline(always)]
 pub fn vip_index_slots() -> u32 {
+    // SAFETY: a read of a plain u32 static; volatile so the loader's value is used.
     unsafe { core::ptr::read_volatile(&VIP_INDEX_SIZE) }
 }
 
@@ -88,7 +90,7 @@ pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 
 #[map]
-pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<CounterValue> =
@@ -107,10 +109,10 @@ pub fn config() -> Option<&'static LbConfig> {
 #[inline(always)]
 pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
     for probe in 0..IFACE_PROBES {
-        if let Some(slot) = IFACES.get(iface_slot(ifindex, probe)) {
-            if slot.ifindex == ifindex {
-                return Some(&slot.config);
-            }
+        if let Some(slot) = IFACES.get(iface_slot(ifindex, probe))
+            && slot.ifindex == ifindex
+        {
+            return Some(&slot.config);
         }
     }
     None

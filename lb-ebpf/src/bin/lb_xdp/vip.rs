@@ -43,6 +43,7 @@ fn indexed(addr: &[u32; 4], tail: u32) -> Option<&'static VipMeta> {
     for probe in 0..VIP_PROBES {
         let slot = VIP_INDEX.get(vip_index_slot(hash, probe, size))?;
         let k = &slot.key as *const VipKey as *const u32;
+        // SAFETY: VipKey is repr(C), 20 bytes, 4-byte aligned: five u32 words.
         let same = unsafe {
             *k.add(4) == tail
                 && *k == addr[0]
@@ -79,6 +80,8 @@ pub fn address_marker(family: u8, addr: &[u32; 4]) -> Option<&'static VipMeta> {
     // the BPF backend emits as a byte-by-byte loop of some 75 instructions.
     let mut marker = MaybeUninit::<VipKey>::uninit();
     let words = marker.as_mut_ptr() as *mut u32;
+    // SAFETY: the five word stores cover all 20 bytes of the repr(C) VipKey (4-byte aligned)
+    // before it is read.
     unsafe {
         for (i, w) in addr.iter().enumerate() {
             write_volatile(words.add(i), *w);

@@ -6,8 +6,14 @@
 //! header in place and returns XDP_PASS, so the kernel receives the client's own packet as if it
 //! had arrived directly, and the reply goes straight to the client (direct server return).
 //! Everything else passes untouched. No loops over packet data, no logging.
+//!
+//! The counters, config and map names are in `lb_common::decap`; `lb decap` loads it.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values stay borrowed: passed by value, LLVM emits different code"
+)]
 
 use core::ptr::write as store;
 
@@ -18,17 +24,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
+use lb_common::wire::{
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, IPV4_HLEN, IPV6_HLEN, NEXT_HEADER_IPIP,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, VLAN_HLEN,
+};
 use lb_common::{
     CounterValue,
-    decap::{DECAP_COUNTER_COUNT, DECAP_MAX_ADDRS, DecapConfig, DecapCounter},
+    decap::{DECAP_MAX_ADDRS, DecapConfig, DecapCounter},
 };
-
-mod wire;
-
-use wire::{
-    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, IPV4_HLEN, IPV6_HLEN, NEXT_HEADER_IPIP,
-    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, VLAN_HLEN, load,
-};
+use lb_ebpf::load;
 
 /// The backend's own tunnel addresses (key: address words as loaded from the packet).
 #[map]
@@ -39,7 +43,7 @@ static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static DECAP_STATS: PerCpuArray<CounterValue> =
-    PerCpuArray::with_max_entries(DECAP_COUNTER_COUNT, 0);
+    PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
 
 /// The inner IP version the outer header announces.
 #[derive(Clone, Copy)]
@@ -62,7 +66,8 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (verdict, counter) = decap(&ctx);
     if let Some(c) = DECAP_STATS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: plain adds, no atomics.
+        // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile
+        // (per-CPU: plain adds, no atomics).
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
@@ -79,11 +84,13 @@ fn decap(ctx: &XdpContext) -> Outcome {
     if data + ETH_HLEN > end {
         return NOT_TUNNEL;
     }
+    // SAFETY: the Ethernet header is in the frame (checked above).
     let ethertype: u16 = unsafe { load(data + 12) };
     if ethertype == ETH_P_8021Q {
         if data + ETH_HLEN + VLAN_HLEN > end {
             return NOT_TUNNEL;
         }
+        // SAFETY: the VLAN tag is in the frame (checked above).
         let inner: u16 = unsafe { load(data + 16) };
         if inner != ETH_P_IPV6 {
             return NOT_TUNNEL;
@@ -104,6 +111,7 @@ fn outer<const L2: usize>(ctx: &XdpContext, data: usize, end: usize) -> Outcome 
     if ip + IPV6_HLEN > end {
         return NOT_TUNNEL;
     }
+    // SAFETY: the IPv6 header is in the frame (checked above).
     let next_header: u8 = unsafe { load(ip + 6) };
     let inner = match next_header {
         NEXT_HEADER_IPIP => Inner::V4,
@@ -112,6 +120,7 @@ fn outer<const L2: usize>(ctx: &XdpContext, data: usize, end: usize) -> Outcome 
             if ip + GUE_HLEN > end {
                 return NOT_TUNNEL;
             }
+            // SAFETY: the UDP header is in the frame (checked above).
             let dport: u16 = unsafe { load(ip + IPV6_HLEN + 2) };
             let gue_port = DECAP_CONFIG.get(0).map_or(0, |c| c.gue_port);
             if gue_port == 0 || dport != gue_port {
@@ -124,10 +133,13 @@ fn outer<const L2: usize>(ctx: &XdpContext, data: usize, end: usize) -> Outcome 
         _ => return NOT_TUNNEL,
     };
     // Other addresses' tunnel packets are the kernel's business (it may route them on).
+    // SAFETY: in the IPv6 header (checked above).
     let dst: [u32; 4] = unsafe { load(ip + 24) };
+    // SAFETY: the value is only tested for presence, never read.
     if unsafe { DECAP_ADDRS.get(&dst) }.is_none() {
         return (XDP_PASS, DecapCounter::PassOtherAddress);
     }
+    // SAFETY: in the IPv6 header (checked above).
     let payload_len = u16::from_be(unsafe { load(ip + 4) }) as usize;
     match inner {
         Inner::Either => strip::<L2, GUE_HLEN>(ctx, data, end, payload_len, inner),
@@ -150,6 +162,7 @@ fn strip<const L2: usize, const OUTER: usize>(
     if inner + 1 > end {
         return MALFORMED;
     }
+    // SAFETY: the inner header's first byte is in the frame (checked above).
     let first: u8 = unsafe { load(inner) };
     let gue = OUTER == GUE_HLEN;
     let (ethertype, min_len, counter) = match (first >> 4, expect) {
@@ -186,6 +199,8 @@ fn strip<const L2: usize, const OUTER: usize>(
     if new + L2 > end {
         return MALFORMED;
     }
+    // SAFETY: both link-layer headers, old at `data` and new at `new`, are in the frame
+    // (checked above).
     unsafe {
         // The regions do not overlap (OUTER >= 40 > L2), so read-then-write is a plain copy.
         let macs: [u32; 3] = load(data);
@@ -197,16 +212,10 @@ fn strip<const L2: usize, const OUTER: usize>(
         }
         store((new + L2 - 2) as *mut u16, ethertype);
     }
+    // SAFETY: a helper call on this program's own context; it checks the new start.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER as i32) } != 0 {
         // The copy above already overwrote the outer header: the frame cannot go on.
         return (XDP_DROP, DecapCounter::DropError);
     }
     (XDP_PASS, counter)
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach this; it is never linked in.
-    unsafe { core::hint::unreachable_unchecked() }
 }

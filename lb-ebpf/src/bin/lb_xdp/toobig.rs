@@ -11,6 +11,10 @@
 //! limit), so the verifier sees fixed sizes only.
 //!
 //! Fast path: `check` costs one compare for a packet that fits (or when the MTU is 0, unset).
+//!
+//! The sizes and decisions (overhead, quote, who may be answered) are pure functions in
+//! `lb_common::toobig` and `lb_common::checksum`, tested on the host; this module builds the
+//! message.
 
 use core::ptr::{null_mut, write as store};
 
@@ -19,40 +23,20 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{
-    Counter, ENCAP_GUE_LEN, ENCAP_IP6_LEN, FAMILY_V4, IfaceConfig, PROTO_TCP, PROTO_UDP, VIP_F_GUE,
-    VipMeta,
+use lb_common::checksum::{fold, ipv4_icmp_header_checksum};
+use lb_common::toobig::{
+    GROW4, GROW6, ICMP_FRAG_NEEDED_WORD, ICMPV6_TOO_BIG_WORD, QUOTE4_FULL, QUOTE4_MIN, QUOTE6_FULL,
+    QUOTE6_MIN, Quote, advertised_mtu, exceeds, is_unicast_v4, is_unicast_v6, overhead, quote,
 };
+use lb_common::wire::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, HOP_LIMIT, ICMP_HLEN, IPV4_DF, IPV4_HLEN, IPV6_HLEN,
+    PROTO_ICMP, PROTO_ICMPV6,
+};
+use lb_common::{Counter, FAMILY_V4, IfaceConfig, PROTO_TCP, PROTO_UDP, VipMeta};
+use lb_ebpf::load;
 
-use crate::wire::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, load};
-use crate::{parse::Parsed, stats};
-
-/// ICMP / ICMPv6 header: type, code, checksum, 4 bytes (unused + next-hop MTU, or the MTU).
-const ICMP_HLEN: usize = 8;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
-/// TTL / hop limit of the ICMP messages.
-const TTL: u8 = 64;
-/// Destination unreachable, fragmentation needed and DF set (RFC 792, RFC 1191).
-const ICMP_FRAG_NEEDED: u16 = 0x0304;
-/// Packet too big, code 0 (RFC 4443 3.2).
-const ICMPV6_PACKET_TOO_BIG: u16 = 0x0200;
-/// IPv4 "don't fragment" flag (network order, as loaded).
-const IPV4_DF: u16 = 0x4000u16.to_be();
-
-/// RFC 1812 4.3.2.3: an ICMPv4 error quotes as much of the original as fits in 576 bytes.
-const ICMP4_MAX: usize = 576;
-/// RFC 4443 2.4 (c): an ICMPv6 error quotes as much as fits in the IPv6 minimum MTU.
-const ICMP6_MAX: usize = 1280;
-/// The quotes: the full one (the ICMP message at its maximum size), or the minimum one (IP
-/// header + 8 bytes, RFC 792 / RFC 4443), for MTUs too small to carry the full message.
-const QUOTE4_FULL: usize = ICMP4_MAX - IPV4_HLEN - ICMP_HLEN;
-const QUOTE4_MIN: usize = IPV4_HLEN + 8;
-const QUOTE6_FULL: usize = ICMP6_MAX - IPV6_HLEN - ICMP_HLEN;
-const QUOTE6_MIN: usize = IPV6_HLEN + 8;
-/// Bytes the reply puts in front of the quote.
-const GROW4: usize = IPV4_HLEN + ICMP_HLEN;
-const GROW6: usize = IPV6_HLEN + ICMP_HLEN;
+use crate::packet::Parsed;
+use crate::stats;
 
 /// `bpf_csum_diff` sums at most 512 bytes per call, in multiples of 4.
 const CSUM_CHUNK: usize = 512;
@@ -75,115 +59,27 @@ pub fn check(ctx: &XdpContext, pkt: &Parsed, vip: &VipMeta, iface: &IfaceConfig)
     Some(reply(ctx, pkt, iface.mtu, overhead))
 }
 
-/// Bytes the encapsulation adds for a VIP with these flags.
-#[inline(always)]
-pub fn overhead(vip_flags: u32) -> u32 {
-    if vip_flags & VIP_F_GUE != 0 {
-        ENCAP_GUE_LEN as u32
-    } else {
-        ENCAP_IP6_LEN as u32
-    }
-}
-
-/// Whether the encapsulated packet (`ip_len + overhead`) would exceed `mtu`; never for mtu 0.
-/// One compare: mtu 0 wraps to u32::MAX, and `ip_len + overhead >= 40` cannot wrap.
-#[inline(always)]
-pub fn exceeds(ip_len: u16, overhead: u32, mtu: u16) -> bool {
-    ip_len as u32 + overhead - 1 > (mtu as u32).wrapping_sub(1)
-}
-
-/// The next-hop MTU to advertise: what is left for the client's packet (no underflow).
-#[inline(always)]
-pub fn advertised_mtu(mtu: u16, overhead: u32) -> u32 {
-    (mtu as u32).saturating_sub(overhead)
-}
-
-/// How much of the original packet the reply quotes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Quote {
-    /// The ICMP message at its maximum size (576 / 1280 bytes).
-    Full,
-    /// IP header + 8 bytes: the packet is shorter than the full quote, or the NIC's MTU is
-    /// smaller than the full message (only when the agent's MTU validation was bypassed).
-    Min,
-    /// Not even the minimum message fits the NIC's MTU.
-    None,
-}
-
-#[inline(always)]
-fn quote(ip_len: u16, mtu: u16, full: usize, min: usize, grow: usize) -> Quote {
-    let (ip_len, mtu) = (ip_len as usize, mtu as usize);
-    if ip_len >= full && mtu >= grow + full {
-        Quote::Full
-    } else if ip_len >= min && mtu >= grow + min {
-        Quote::Min
-    } else {
-        Quote::None
-    }
-}
-
-/// RFC 1812 4.3.2.7 / RFC 1122: no ICMP error to a source that is not one host (0/8, 127/8,
-/// multicast, class E and broadcast).
-#[inline(always)]
-pub fn is_unicast_v4(addr: u32) -> bool {
-    let first = u32::from_be(addr) >> 24;
-    !(first == 0 || first == 127 || first >= 224)
-}
-
-/// RFC 4443 2.4 (e): no ICMPv6 error to the unspecified, loopback or a multicast source.
-#[inline(always)]
-pub fn is_unicast_v6(addr: &[u32; 4]) -> bool {
-    if u32::from_be(addr[0]) >> 24 == 0xFF {
-        return false;
-    }
-    let high_zero = addr[0] | addr[1] | addr[2] == 0;
-    !(high_zero && u32::from_be(addr[3]) <= 1)
-}
-
-/// Folds a one's-complement sum of 16-bit words (in memory order) to 16 bits.
-#[inline(always)]
-pub fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xFFFF_FFFF) + (sum >> 32);
-    sum = (sum & 0xFFFF) + (sum >> 16);
-    sum = (sum & 0xFFFF) + (sum >> 16);
-    sum = (sum & 0xFFFF) + (sum >> 16);
-    sum as u16
-}
-
-/// The two 16-bit words of a 32-bit value as loaded from memory, summed.
-#[inline(always)]
-fn sum32(w: u32) -> u64 {
-    (w & 0xFFFF) as u64 + (w >> 16) as u64
-}
-
-/// Checksum of the reply's IPv4 header (version 4, IHL 5, TOS 0, no fragment bits, TTL 64,
-/// ICMP); `tot_len` and `id` as stored, addresses as loaded from the packet.
-#[inline(always)]
-pub fn ipv4_header_checksum(tot_len: u16, id: u16, saddr: u32, daddr: u32) -> u16 {
-    let sum = 0x4500u16.to_be() as u64
-        + tot_len as u64
-        + id as u64
-        + (((TTL as u16) << 8) | PROTO_ICMP as u16).to_be() as u64
-        + sum32(saddr)
-        + sum32(daddr);
-    !fold(sum)
-}
-
 /// Sums `len` bytes at `p` (a constant multiple of 4, at most three chunks, already checked
 /// against the packet end by the caller).
 #[inline(always)]
 unsafe fn sum_bytes(p: usize, len: usize) -> u64 {
+    /// # Safety
+    /// `n` bytes at `p` are in the packet.
     #[inline(always)]
     unsafe fn chunk(p: usize, n: usize) -> u64 {
-        // Sizes are compile-time multiples of 4 within the helper's limit: it cannot fail.
+        // SAFETY: in the packet (the caller's check). Sizes are compile-time multiples of 4
+        // within the helper's limit: it cannot fail.
         unsafe { bpf_csum_diff(null_mut(), 0, p as *mut u32, n as u32, 0) as u32 as u64 }
     }
+    // SAFETY: each chunk lies within the `len` bytes the caller checked.
     let mut sum = unsafe { chunk(p, if len < CSUM_CHUNK { len } else { CSUM_CHUNK }) };
     if len > CSUM_CHUNK {
         let n = len - CSUM_CHUNK;
+        // SAFETY: see above.
         sum += unsafe { chunk(p + CSUM_CHUNK, if n < CSUM_CHUNK { n } else { CSUM_CHUNK }) };
     }
     if len > 2 * CSUM_CHUNK {
+        // SAFETY: see above.
         sum += unsafe { chunk(p + 2 * CSUM_CHUNK, len - 2 * CSUM_CHUNK) };
     }
     sum
@@ -206,11 +102,13 @@ fn reply_v4<const L3: usize>(ctx: &XdpContext, pkt: &Parsed, mtu: u16, adv: u16)
     if ip + IPV4_HLEN > ctx.data_end() {
         return stats::drop(Counter::DropTruncated);
     }
+    // SAFETY: in the IPv4 header, in the frame (checked above).
     let frag: u16 = unsafe { load(ip + 6) };
     if frag & IPV4_DF == 0 {
         // The load balancer does not fragment: see docs/dataplane.md.
         return stats::drop(Counter::DropTooBigNoDf);
     }
+    // SAFETY: in the IPv4 header (see above).
     if !answerable(unsafe { load(ip + 9) }) {
         return stats::drop(Counter::DropEncap);
     }
@@ -230,6 +128,7 @@ fn reply_v6<const L3: usize>(ctx: &XdpContext, pkt: &Parsed, mtu: u16, adv: u32)
     if ip + IPV6_HLEN > ctx.data_end() {
         return stats::drop(Counter::DropTruncated);
     }
+    // SAFETY: in the IPv6 header, in the frame (checked above).
     if !answerable(unsafe { load(ip + 6) }) {
         return stats::drop(Counter::DropEncap);
     }
@@ -257,17 +156,23 @@ fn reshape<const L3: usize>(ctx: &XdpContext, pkt: &Parsed, quote: usize, grow: 
     let keep = L3 + quote;
     let frame_len = pkt.frame_len as usize;
     if frame_len > keep
+        // SAFETY: a helper call on this program's own context; it checks the new length.
         && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((frame_len - keep) as i32)) } != 0
     {
         return false;
     }
+    // SAFETY: a helper call on this program's own context; it checks the headroom.
     unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) == 0 }
 }
 
 /// The reply's link layer: the received frame's MACs swapped, its VLAN tag kept. The old
 /// header is `grow` bytes further in; it is read before anything overwrites it.
+///
+/// # Safety
+/// The frame holds `L3` bytes at `data` and the old Ethernet header at `data + grow`.
 #[inline(always)]
 unsafe fn write_l2<const L3: usize>(data: usize, grow: usize, ethertype: u16, vlan_tci: u16) {
+    // SAFETY: both headers are in the frame (the caller's check).
     unsafe {
         // Scalar loads and stores: a [u8; 6] copy between packet bytes becomes a memcpy call.
         let old = data + grow;
@@ -288,8 +193,12 @@ unsafe fn write_l2<const L3: usize>(data: usize, grow: usize, ethertype: u16, vl
 }
 
 /// An IPv6 address, word by word (an array store to the packet would become a memcpy call).
+///
+/// # Safety
+/// 16 bytes at `p` are in the frame.
 #[inline(always)]
 unsafe fn store_addr(p: usize, addr: &[u32; 4]) {
+    // SAFETY: in the frame (the caller's check).
     unsafe {
         store(p as *mut u32, addr[0]);
         store((p + 4) as *mut u32, addr[1]);
@@ -312,7 +221,9 @@ fn build_v4<const L3: usize, const Q: usize>(ctx: &XdpContext, pkt: &Parsed, adv
     let daddr = pkt.key.src[0];
     let tot_len = ((GROW4 + Q) as u16).to_be();
     // DF clear (a router may fragment this small message), so a fresh id (RFC 6864).
+    // SAFETY: a helper call without arguments.
     let id = unsafe { bpf_get_prandom_u32() } as u16;
+    // SAFETY: the reply's headers and the quote are in the frame (checked above).
     unsafe {
         write_l2::<L3>(data, GROW4, ETH_P_IP, pkt.vlan_tci);
         let ip = data + L3;
@@ -320,16 +231,16 @@ fn build_v4<const L3: usize, const Q: usize>(ctx: &XdpContext, pkt: &Parsed, adv
         store((ip + 2) as *mut u16, tot_len);
         store((ip + 4) as *mut u16, id);
         store((ip + 6) as *mut u16, 0);
-        store((ip + 8) as *mut u8, TTL);
+        store((ip + 8) as *mut u8, HOP_LIMIT);
         store((ip + 9) as *mut u8, PROTO_ICMP);
         store(
             (ip + 10) as *mut u16,
-            ipv4_header_checksum(tot_len, id, saddr, daddr),
+            ipv4_icmp_header_checksum(tot_len, id, saddr, daddr),
         );
         store((ip + 12) as *mut u32, saddr);
         store((ip + 16) as *mut u32, daddr);
         let icmp = ip + IPV4_HLEN;
-        store(icmp as *mut u16, ICMP_FRAG_NEEDED.to_be());
+        store(icmp as *mut u16, ICMP_FRAG_NEEDED_WORD.to_be());
         store((icmp + 2) as *mut u16, 0);
         store((icmp + 4) as *mut u16, 0);
         store((icmp + 6) as *mut u16, adv.to_be());
@@ -351,17 +262,18 @@ fn build_v6<const L3: usize, const Q: usize>(ctx: &XdpContext, pkt: &Parsed, adv
         return stats::drop(Counter::DropEncap);
     }
     let payload_len = ((ICMP_HLEN + Q) as u16).to_be();
+    // SAFETY: the reply's headers and the quote are in the frame (checked above).
     unsafe {
         write_l2::<L3>(data, GROW6, ETH_P_IPV6, pkt.vlan_tci);
         let ip = data + L3;
         store(ip as *mut u32, (6u32 << 28).to_be());
         store((ip + 4) as *mut u16, payload_len);
         store((ip + 6) as *mut u8, PROTO_ICMPV6);
-        store((ip + 7) as *mut u8, TTL);
+        store((ip + 7) as *mut u8, HOP_LIMIT);
         store_addr(ip + 8, &pkt.key.dst);
         store_addr(ip + 24, &pkt.key.src);
         let icmp = ip + IPV6_HLEN;
-        store(icmp as *mut u16, ICMPV6_PACKET_TOO_BIG.to_be());
+        store(icmp as *mut u16, ICMPV6_TOO_BIG_WORD.to_be());
         store((icmp + 2) as *mut u16, 0);
         store((icmp + 4) as *mut u32, adv.to_be());
         // Pseudo-header (RFC 8200 8.1): the addresses are summed in place with the message;

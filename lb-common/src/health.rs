@@ -4,7 +4,12 @@
 //! tests the backend's decapsulation, its VIP on `lo` and its direct return path, not just
 //! that something listens on its unicast address.
 
-/// Map names in the `lb-hc` object.
+use crate::counters::counter_enum;
+
+/// The TC program's name in the `lb-health-encap` object.
+pub const PROGRAM_NAME: &str = "lb_health_encap";
+
+/// Map names in the `lb-health-encap` object.
 pub mod names {
     pub const HC_TARGETS: &str = "HC_TARGETS";
     pub const HC_STATS: &str = "HC_STATS";
@@ -37,23 +42,35 @@ pub struct HcTarget {
     pub _pad: u32,
 }
 
-/// `HC_STATS` indices (per-CPU packet counts).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HcCounter {
-    /// Check packets encapsulated.
-    Encapsulated = 0,
-    /// Check packets with a check mark but no target: dropped, never sent unencapsulated.
-    DropNoTarget = 1,
-    /// The kernel refused to grow or rewrite the packet.
-    DropEncap = 2,
-    /// An unmarked TCP reset from this host to a VIP: the kernel answering a backend's late
-    /// segment of a finished check (no socket, so no mark). Dropped: it would otherwise reach
-    /// the VIP untunnelled through the router.
-    DropStrayReset = 3,
-}
-
-pub const HC_COUNTER_COUNT: u32 = 4;
-
+// SAFETY: repr(C), no implicit padding, every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HcTarget {}
+
+counter_enum! {
+    /// `HC_STATS` indices (per-CPU packet counts).
+    pub enum HcCounter {
+        /// Check packets encapsulated.
+        Encapsulated = "encapsulated",
+        /// Check packets with a check mark but no target: dropped, never sent unencapsulated.
+        DropNoTarget = "drop_no_target",
+        /// The kernel refused to grow or rewrite the packet.
+        DropEncap = "drop_encap",
+        /// An unmarked TCP reset from this host to a VIP: the kernel answering a backend's late
+        /// segment of a finished check (no socket, so no mark). Dropped: it would otherwise reach
+        /// the VIP untunnelled through the router.
+        DropStrayReset = "drop_stray_reset",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_numbered_in_order_with_distinct_names() {
+        let indices: Vec<u32> = HcCounter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = HcCounter::ALL.iter().map(|c| c.name()).collect();
+        crate::counters::check_counters(&indices, &names, HcCounter::COUNT);
+        assert_eq!(HcCounter::DropStrayReset as u32, 3);
+    }
+}

@@ -8,6 +8,7 @@ use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
 #[inline(always)]
 fn add(map: &PerCpuArray<CounterValue>, index: u32, bytes: u64) {
     if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;

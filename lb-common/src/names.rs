@@ -1,0 +1,47 @@
+//! Names in the `lb-xdp` object: its maps, as the XDP program defines them and userspace opens
+//! them, and (`globals`) the globals the loader sets.
+
+pub const CONFIG: &str = "LB_CONFIG";
+pub const VIP_FILTER: &str = "VIP_FILTER";
+pub const VIPS: &str = "VIPS";
+/// `VipMeta` by `VipMeta::id`, for established flows: their backend names the VIP, so
+/// they skip the `VIPS` hash lookup.
+pub const VIPS_BY_ID: &str = "VIPS_BY_ID";
+/// The services of `VIPS` again, in an open-addressed array (`VipSlot`): the hot path's
+/// lookup by address costs array reads and word compares, not a kernel hash lookup.
+pub const VIP_INDEX: &str = "VIP_INDEX";
+pub const BACKENDS: &str = "BACKENDS";
+pub const RINGS: &str = "RINGS";
+pub const CONNS: &str = "CONNS";
+pub const STATS: &str = "STATS";
+pub const VIP_STATS: &str = "VIP_STATS";
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
+pub const IFACES: &str = "IFACES";
+/// Ring buffer of `FlowEvent`s (new TCP flows) for peer flow sync. Not pinned: each
+/// program load gets a fresh one, read by the agent that loaded it.
+pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+
+/// The maps that hold state worth keeping across an agent restart or upgrade; the agent
+/// pins them in bpffs and a new agent's program reuses them.
+pub const PINNED: &[&str] = &[
+    CONFIG,
+    VIP_FILTER,
+    VIPS,
+    VIPS_BY_ID,
+    VIP_INDEX,
+    BACKENDS,
+    RINGS,
+    CONNS,
+    STATS,
+    VIP_STATS,
+    BACKEND_STATS,
+    IFACES,
+];
+
+/// Globals set at load time (`EbpfLoader::set_global`).
+pub mod globals {
+    /// Maglev table size M shared by all rings (a prime).
+    pub const RING_SIZE: &str = "RING_SIZE";
+    /// Slots of `VIP_INDEX` (a power of two).
+    pub const VIP_INDEX_SIZE: &str = "VIP_INDEX_SIZE";
+}
