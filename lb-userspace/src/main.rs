@@ -70,7 +70,7 @@ enum Command {
     },
     /// On a backend: attach the XDP decapsulation program to a NIC (it stays attached, pinned,
     /// after `lb` exits), or show its counters (--stats), or remove it (--detach).
-    Decap(lb_userspace::decap::DecapArgs),
+    Decap(lb_decap::DecapArgs),
     /// Load the XDP program, let the kernel verify it, and print its map limits.
     Check {
         /// Maglev table size (a prime).
@@ -132,7 +132,7 @@ async fn main() -> Result<()> {
         Command::Node(cmd) => cli::node(&client, cmd, args.json).await,
         Command::Peer(cmd) => cli::peer(&client, cmd, args.json).await,
         Command::Detach { config, pin_dir } => detach(config, pin_dir, args.socket).await,
-        Command::Decap(a) => lb_userspace::decap::run(a, args.json),
+        Command::Decap(a) => lb_decap::run(a, args.json),
         Command::Check { ring_size } => {
             let dp = Dataplane::load(DataplaneLimits {
                 ring_size,

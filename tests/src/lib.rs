@@ -16,9 +16,9 @@ use lb_common::{
 };
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
-pub mod capture;
+pub use lb_lab as lab;
+pub use lb_lab::capture;
 pub mod e2e;
-pub mod lab;
 pub mod netns;
 
 pub const XDP_DROP: u32 = 1;
@@ -82,7 +82,7 @@ pub struct Lb {
 
 impl Lb {
     pub fn new(ring_size: u32) -> Self {
-        Self::with_object(lb_userspace::EBPF_OBJECT, ring_size, 200_000)
+        Self::with_object(lb_objects::EBPF_OBJECT, ring_size, 200_000)
             .expect("loading the XDP program")
     }
 

@@ -1,124 +1,20 @@
-//! Real-network test support: namespaces, veth pairs, an `lb agent` process, packet sockets.
+//! Real-network test support: a client/load-balancer topology, a packet wire, an `lb agent`
+//! process and the `lb` CLI against it. The namespaces themselves are the lab's
+//! (`lb_lab::netns`, re-exported here).
 //!
 //! Everything is named per test and removed by name (namespaces) or PID (agents) on drop.
-//! Only documentation addresses are used. The agent is started with only its *network*
-//! namespace switched (not `ip netns exec`, which also switches the mount namespace and would
-//! hide the agent's bpffs pins from its successor).
+//! Only documentation addresses are used.
 
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> Result<Self> {
-        // A leftover of an interrupted run with the same name goes first.
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        sh("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.into() };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut a = vec!["-n", self.name.as_str()];
-        a.extend_from_slice(args);
-        sh("ip", &a)
-    }
-
-    pub fn file(&self) -> Result<File> {
-        File::open(format!("/run/netns/{}", self.name)).context("opening the netns")
-    }
-
-    /// Starts `cmd` inside this namespace (only its network namespace changes: the mount
-    /// namespace stays, so its bpffs pins are where this process reads them).
-    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
-        let ns_file = self.file()?;
-        let raw = ns_file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; `ns_file` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?} in {}", cmd.get_program(), self.name))?;
-        drop(ns_file);
-        Ok(child)
-    }
-
-    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no address")?)
-    }
-
-    /// The id of the XDP program attached to `iface`, if any.
-    pub fn xdp_prog_id(&self, iface: &str) -> Result<Option<u64>> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v[0]["xdp"]["prog"]["id"].as_u64())
-    }
-
-    /// Runs `f` on a thread inside this namespace (sockets it makes stay in it).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        in_ns(&self.name, f)
-    }
-
-    pub fn sysctl(&self, settings: &[(&str, &str)]) -> Result<()> {
-        sysctl(&self.name, settings)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Runs `f` on a thread inside namespace `ns` (sockets it makes stay in it).
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    std::thread::spawn(move || {
-        enter(&file).expect("setns");
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))
-}
+pub use lb_lab::netns::*;
 
 /// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9450) inside namespace `ns`.
 pub fn metrics_in(ns: &str) -> Result<String> {
@@ -134,34 +30,20 @@ pub fn metrics_in(ns: &str) -> Result<String> {
     .context("GET /metrics")
 }
 
-/// Writes `net.x.y = v` settings under /proc/sys as seen from namespace `ns`.
-pub fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
-    for (k, v) in settings {
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        let v = v.to_string();
-        in_ns(ns, move || std::fs::write(&path, v))?
-            .with_context(|| format!("sysctl {k} in {ns}"))?;
-    }
-    Ok(())
-}
-
-/// Moves the calling thread into the namespace behind `file`.
-pub fn enter(file: &File) -> std::io::Result<()> {
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The `lb` binary built next to this test.
 pub fn lb_bin() -> PathBuf {
+    built_bin("lb")
+}
+
+/// A binary of the workspace (another package's, so not `CARGO_BIN_EXE_*`) in the target
+/// directory of this test (target/<profile>/); `cargo xtask test` builds lb, lb-echo, lb-bench.
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("lb");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run the suite with `cargo xtask test` (it builds lb)",
+        "{} is missing: run the suite with `cargo xtask test` (it builds {name})",
         bin.display()
     );
     bin
@@ -226,7 +108,8 @@ impl Topology {
             "nodad",
         ])?;
         lb.ip(&["link", "set", "l0", "up"])?;
-        let pass = client.run(|| lb_userspace::attach_pass("c0").map_err(|e| e.to_string()))?;
+        let pass =
+            client.run(|| lb_objects::testing::attach_pass("c0").map_err(|e| e.to_string()))?;
         let pass = pass.map_err(anyhow::Error::msg)?;
         Ok(Self {
             client_mac: client.mac("c0")?,

@@ -370,7 +370,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     let cpu = cpus - 1;
     super::pin_to_cpu(cpu)?;
     let mut lb = Lb::with_object(lb_object, 65537, 2 * FLOWS)?;
-    let mut h = Harness::load(lb_userspace::BENCH_OBJECT)?;
+    let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
 
     let v4: IpAddr = "192.0.2.10".parse().unwrap();
     let v6: IpAddr = "2001:db8:10::10".parse().unwrap();
@@ -642,7 +642,7 @@ pub(super) fn lb_with_one_vip(object: &[u8]) -> Result<(Lb, Installed)> {
 pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     super::pin_to_cpu(cpus - 1)?;
-    let mut h = Harness::load(lb_userspace::BENCH_OBJECT)?;
+    let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
     struct Build {
         label: String,
         lb: Lb,
@@ -734,7 +734,7 @@ fn floor_output(frame: &[u8]) -> Vec<u8> {
 pub fn scale(lb_object: &[u8]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     super::pin_to_cpu(cpus - 1)?;
-    let mut h = Harness::load(lb_userspace::BENCH_OBJECT)?;
+    let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
     let mut rows = Vec::new();
     // (label, VIPs, backends of the measured VIP)
     let configs: [(&str, u32, u32); 5] = [

@@ -34,7 +34,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::maglev::{MaglevMember, MaglevTable};
 use lb_common::maps::names;
 use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, VipKey, VipMeta, v6_words};
-use tests::netns::Netns;
+use lb_lab::netns::Netns;
 
 use super::report::{Figure, Row};
 
@@ -659,7 +659,7 @@ fn sync_applied(lb: &Path) -> Result<Figure> {
     let ns1 = agent_ns("lb1")?;
     let ns2 = agent_ns("lb2")?;
     // The peer link: one veth between the two namespaces.
-    tests::netns::sh(
+    lb_lab::netns::sh(
         "ip",
         &[
             "link", "add", "sy", "netns", &ns1.name, "type", "veth", "peer", "name", "sy", "netns",
@@ -679,7 +679,7 @@ fn sync_applied(lb: &Path) -> Result<Figure> {
         ns.ip(&["link", "set", "sy", "up"])?;
     }
     let key_file = dir.0.join("fleet.key");
-    tests::lab::write_fleet_key(&key_file)?;
+    lb_lab::write_fleet_key(&key_file)?;
     let mut agents = Vec::new();
     for (i, ns) in [(1usize, &ns1), (2, &ns2)] {
         let name = format!("lb{i}");

@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use lb_lab::netns::sh;
+use lb_lab::{self as lab, HTTP_PORT, Lab, LabOptions, VIP4, in_ns};
 use lb_userspace::api::{Stats, SyncStatus};
 use serde_json::{Value, json};
-use tests::lab::{self, HTTP_PORT, Lab, LabOptions, VIP4, in_ns};
-use tests::netns::sh;
 use tests::{Flow, Tcp, check_inner_checksums, ip_packet};
 
 const PREFIX: &str = "lbsb";

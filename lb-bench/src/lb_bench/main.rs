@@ -18,15 +18,10 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, PROTO_TCP};
 use tests::*;
 
-#[path = "lb_bench/control.rs"]
 mod control;
-#[path = "lb_bench/dataplane.rs"]
 mod dataplane;
-#[path = "lb_bench/live.rs"]
 mod live;
-#[path = "lb_bench/memory.rs"]
 mod memory;
-#[path = "lb_bench/report.rs"]
 mod report;
 
 const VIP: &str = "192.0.2.10";
@@ -196,7 +191,7 @@ fn main() -> Result<()> {
     if sections.is_empty() {
         sections = SECTIONS.iter().map(|s| s.to_string()).collect();
     }
-    let lb_object = object.as_deref().unwrap_or(lb_userspace::EBPF_OBJECT);
+    let lb_object = object.as_deref().unwrap_or(lb_objects::EBPF_OBJECT);
     let mut rows = Vec::new();
     for section in &sections {
         eprintln!("==> section: {section}");

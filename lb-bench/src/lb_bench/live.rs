@@ -190,7 +190,7 @@ impl Env {
         let (file, cpu) = (&self.file, self.cpu);
         std::thread::scope(|s| {
             s.spawn(move || {
-                tests::netns::enter(file).context("entering the bench namespace")?;
+                lb_lab::netns::enter(file).context("entering the bench namespace")?;
                 super::pin_to_cpu(cpu)?;
                 f()
             })
@@ -500,7 +500,7 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
     let mut bench = Bench {
         env,
         lb,
-        h: Harness::load(lb_userspace::BENCH_OBJECT)?,
+        h: Harness::load(lb_objects::testing::BENCH_OBJECT)?,
         frame: ack,
     };
 
@@ -508,7 +508,7 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
     eprintln!("==> live: one frame of each scenario, captured on {IF_RX}");
     let rx = bench.env.rx_ifindex;
     let (pass, wire) = bench.env.run(|| {
-        let pass = lb_userspace::attach_pass(IF_RX)?;
+        let pass = lb_objects::testing::attach_pass(IF_RX)?;
         let wire = Wire::open(IF_RX)?;
         ensure!(
             lb_userspace::neighbour::ifindex(IF_RX)? == rx,
