@@ -5,10 +5,9 @@
 //! run attaches it (driver mode, else generic) and pins the link; a re-run switches the pinned
 //! link to the new program with `bpf_link_update`, so the address set and GUE port change in one
 //! atomic step. The maps are pinned next to the link so `--stats` can read them.
-
 //!
-//! The crate is `lb decap`: the `lb` binary's `decap` subcommand delegates to [`run`]. It
-//! depends on lb-common (the map contract) and aya only, never on the agent.
+//! The `lb` binary's `decap` subcommand delegates to [`run`]. This crate depends on lb-common
+//! (the map contract), lb-objects (the compiled program) and aya, never on the agent.
 
 mod attach;
 mod kernel;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 
 use crate::netns::{in_ns, sh};
-
 use crate::process::*;
 use crate::*;
 
