@@ -11,17 +11,30 @@ use anyhow::{Context, Result, bail};
 
 /// A command whose child runs in namespace `ns` (network only: bpffs pins stay visible),
 /// in its own session so it outlives the command that started it.
+///
+/// The child keeps only stdin, stdout and stderr: a daemon that outlives `lb-lab up` must not
+/// hold what its caller had open, such as the file of `flock /tmp/lb-test.lock cargo xtask lab
+/// up`, whose lock would otherwise stay taken until `lab down` (which waits for that lock).
 pub(crate) fn command_in(ns: &str, program: &Path) -> Result<Command> {
     let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
     let mut cmd = Command::new(program);
-    // SAFETY: setns and setsid are async-signal-safe; the fd stays open until spawn returns
-    // because `file` moves into the closure.
+    // SAFETY: setns, setsid and close_range are async-signal-safe; the namespace fd stays open
+    // until spawn returns because `file` moves into the closure.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::setsid();
+            // Close-on-exec rather than close: the spawn's own error pipe stays usable.
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
