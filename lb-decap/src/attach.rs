@@ -12,17 +12,10 @@ use aya::programs::{
 };
 use serde_json::json;
 
-use crate::LINK_PIN;
 use crate::kernel::{ensure_bpffs, iface_xdp, ifindex, xdp_link_info};
+use crate::pins::{LINK_PIN, remove_if_present};
 use crate::program::Decap;
-
-pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-}
+use crate::table::join;
 
 /// What `lb decap` did.
 #[derive(Debug)]
@@ -66,14 +59,6 @@ impl AttachReport {
             self.pin_dir.display()
         )
     }
-}
-
-pub(crate) fn join(addrs: &[Ipv6Addr]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Loads, configures and attaches (or atomically replaces) the program on `iface`.

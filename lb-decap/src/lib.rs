@@ -11,6 +11,7 @@
 
 mod attach;
 mod kernel;
+mod pins;
 mod program;
 mod status;
 mod table;
@@ -29,8 +30,6 @@ pub use status::{DecapStatus, status};
 
 /// Where `lb decap` pins an interface's link and maps unless told otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
-/// The pinned link's file name in the pin directory.
-const LINK_PIN: &str = "link";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DecapArgs {

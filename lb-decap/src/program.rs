@@ -15,7 +15,7 @@ use lb_common::{
     v6_words,
 };
 
-use crate::attach::remove_if_present;
+use crate::pins::remove_if_present;
 
 /// A loaded (verified, not attached) decapsulation program with its own, new maps.
 pub struct Decap {

@@ -12,10 +12,10 @@ use lb_common::{
 };
 use serde_json::json;
 
-use crate::LINK_PIN;
-use crate::attach::join;
 use crate::kernel::{iface_xdp, xdp_link_info};
+use crate::pins::LINK_PIN;
 use crate::program::read_counters;
+use crate::table::{join, table};
 
 /// The pinned program's state: settings from its maps, whether it runs on `iface`, counters.
 #[derive(Debug)]
@@ -116,7 +116,7 @@ impl DecapStatus {
             self.pin_dir.display(),
             join(&self.addresses),
             self.gue_port,
-            crate::table::table(&["COUNTER", "PACKETS", "BYTES"], &rows)
+            table(&["COUNTER", "PACKETS", "BYTES"], &rows)
         )
     }
 }

@@ -1,4 +1,7 @@
-//! The counters table of `lb decap --stats` (the same layout as the `lb` CLI's tables).
+//! Text output: the counters table of `lb decap --stats` (the same layout as the `lb` CLI's
+//! tables) and address lists.
+
+use std::net::Ipv6Addr;
 
 /// Rows under headers, columns padded to their widest cell, two spaces apart.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -25,6 +28,14 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+pub(crate) fn join(addrs: &[Ipv6Addr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

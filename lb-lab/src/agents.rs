@@ -3,14 +3,16 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
+use crate::cli::{lb_cmd, lb_json};
+use crate::plan::*;
 use crate::process::*;
-use crate::*;
+use crate::topology::Lab;
 
 impl Lab {
     pub fn agent_config(&self, i: usize) -> String {
@@ -157,29 +159,6 @@ impl Lab {
     pub fn lb_json(&self, i: usize, args: &[&str]) -> Result<serde_json::Value> {
         lb_json(&self.opts.lb_bin, &self.socket(i), args)
     }
-}
-
-pub fn lb_cmd(bin: &Path, socket: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running lb")
-}
-
-pub fn lb_json(bin: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = lb_cmd(bin, socket, &a);
-    ensure!(
-        out.status.success(),
-        "lb {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Writes a fresh random fleet key (hex, mode 0600) for peer sync to `path`.

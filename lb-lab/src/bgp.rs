@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
+use crate::plan::*;
 use crate::process::*;
-use crate::*;
+use crate::topology::Lab;
 
 impl Lab {
     pub(crate) fn start_bird(&self, progress: &mut dyn FnMut(&str)) -> Result<()> {

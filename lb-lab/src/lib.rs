@@ -15,20 +15,23 @@
 //! Documentation addresses only.
 //!
 //! Modules: [`plan`] (addresses, names, options), [`topology`] (the lab: build, wire, down),
-//! [`services`] (backends), [`bgp`] (BIRD), [`agents`] (load balancers), [`process`] (what
-//! runs in the namespaces), [`netns`] (namespaces), [`capture`] (packet capture in a namespace).
+//! [`services`] (backends), [`bgp`] (BIRD), [`agents`] (load balancers), [`cli`] (`lb` against
+//! an agent), [`process`] (what runs in the namespaces), [`netns`] (namespaces), [`capture`]
+//! (packet capture in a namespace).
 //! The binaries are `lb-lab` (`cargo xtask lab`) and `lb-echo` (the backends' echo service).
 
 pub mod agents;
 pub mod bgp;
 pub mod capture;
+pub mod cli;
 pub mod netns;
 pub mod plan;
 pub mod process;
 pub mod services;
 pub mod topology;
 
-pub use agents::{lb_cmd, lb_json, write_fleet_key};
+pub use agents::write_fleet_key;
+pub use cli::{lb_cmd, lb_json};
 pub use netns::in_ns;
 pub use plan::*;
 pub use process::alive;

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
+use crate::cli::lb_json;
 use crate::netns::{in_ns, sh};
+use crate::plan::*;
 use crate::process::*;
-use crate::*;
 
 pub struct Lab {
     pub opts: LabOptions,

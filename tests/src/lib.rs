@@ -1,68 +1,13 @@
-//! Shared test support: a loaded XDP program with small maps ([`harness`]), frame builders
-//! (etherparse, [`frames`], [`icmp`]), and a decoder that checks an encapsulated output frame
-//! field by field ([`encap`]); the lab and its namespaces are lb-lab's (re-exported as `lab`,
-//! `capture` and, with the tests' own topology and agent helpers, `netns`). The bench uses
-//! these helpers too.
+//! The tests' helpers: lb-testkit's (the XDP program under BPF_PROG_TEST_RUN with small maps,
+//! frame builders and decoders, a packet socket; re-exported here), the lab's (`lab`,
+//! `capture`, and its namespaces in `netns`), a topology and an agent for the agent tests
+//! (`netns`), and a lab per end-to-end test (`e2e`).
 //!
 //! Every test needing BPF must run as root: `require_root` fails the test loudly otherwise.
 
-use std::net::{IpAddr, Ipv6Addr};
-
 pub use lb_lab as lab;
 pub use lb_lab::capture;
+pub use lb_testkit::*;
+
 pub mod e2e;
 pub mod netns;
-
-pub mod encap;
-pub mod frames;
-pub mod harness;
-pub mod icmp;
-
-pub use encap::*;
-pub use frames::*;
-pub use harness::*;
-pub use icmp::*;
-
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-
-pub const NIC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x01];
-pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0xfe];
-pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xc1, 0x01];
-pub const SEED: u64 = 0x0123_4567_89ab_cdef;
-pub const GUE_PORT: u16 = 6080;
-
-pub fn lb_tunnel_addr() -> Ipv6Addr {
-    "2001:db8:1b::1".parse().unwrap()
-}
-
-/// Backend `i`'s tunnel address: 2001:db8:be::i.
-pub fn backend_addr(i: u32) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, (i >> 16) as u16, i as u16)
-}
-
-/// The IP source and destination of a parsed frame (the outer header, for a tunnelled one).
-pub fn ip_endpoints(p: &etherparse::SlicedPacket) -> Option<(IpAddr, IpAddr)> {
-    use etherparse::NetSlice;
-    match p.net.as_ref()? {
-        NetSlice::Ipv4(ip) => Some((
-            ip.header().source_addr().into(),
-            ip.header().destination_addr().into(),
-        )),
-        NetSlice::Ipv6(ip) => Some((
-            ip.header().source_addr().into(),
-            ip.header().destination_addr().into(),
-        )),
-        _ => None,
-    }
-}
-
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test loads XDP programs and needs root (CAP_BPF, CAP_NET_ADMIN); run it as root"
-    );
-}

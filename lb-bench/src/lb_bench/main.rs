@@ -16,7 +16,7 @@ use std::sync::Barrier;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, PROTO_TCP};
-use tests::*;
+use lb_testkit::*;
 
 mod control;
 mod dataplane;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use lb_lab::netns::sh;
 use lb_lab::{self as lab, HTTP_PORT, Lab, VIP4, in_ns};
+use lb_testkit::{Flow, Tcp, check_inner_checksums, ip_packet};
 use serde_json::Value;
-use tests::{Flow, Tcp, check_inner_checksums, ip_packet};
 
 use crate::*;
 

@@ -8,7 +8,7 @@ use aya::{
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::Counter;
-use tests::*;
+use lb_testkit::*;
 
 use crate::report::{Figure, Row};
 

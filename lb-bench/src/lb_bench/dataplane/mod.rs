@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result, ensure};
 use lb_common::{Counter, PROTO_TCP, PROTO_UDP};
-use tests::*;
+use lb_testkit::*;
 
 use crate::report::{Figure, Row};
 

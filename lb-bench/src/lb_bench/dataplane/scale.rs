@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 use lb_common::PROTO_TCP;
-use tests::*;
+use lb_testkit::*;
 
 use crate::report::{Figure, Row};
 

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, anyhow};
-use tests::netns::Netns;
-use tests::*;
+use lb_lab::netns::Netns;
+use lb_testkit::*;
 
 use super::*;
 

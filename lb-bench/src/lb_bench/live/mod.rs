@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use lb_common::{Counter, IfaceConfig, PROTO_TCP};
-use tests::netns::Wire;
-use tests::*;
+use lb_testkit::af_packet::Wire;
+use lb_testkit::*;
 
 use crate::dataplane::{Harness, check_counters, counters, lb_with_one_vip};
 use crate::report::{Figure, Row};

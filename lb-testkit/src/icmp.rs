@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use anyhow::{Result, bail, ensure};
 use etherparse::PacketBuilder;
 
-use crate::*;
+use crate::fixture::*;
 
 /// MAC of a router that sends ICMP errors towards a VIP (tests/tests/icmp.rs).
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0e, 0x01];

@@ -13,7 +13,7 @@ use lb_common::{
 };
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
-use crate::*;
+use crate::fixture::*;
 
 /// The verdict and output frame of one BPF_PROG_TEST_RUN.
 pub struct Run {

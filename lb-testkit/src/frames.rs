@@ -6,7 +6,7 @@ use anyhow::{Result, ensure};
 use etherparse::PacketBuilder;
 use lb_common::FlowKey;
 
-use crate::*;
+use crate::fixture::*;
 
 /// TCP flags for the frame builders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

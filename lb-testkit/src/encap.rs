@@ -6,7 +6,8 @@ use anyhow::{Result, bail, ensure};
 use etherparse::{Ipv6Header, SingleVlanHeader, UdpHeader};
 use lb_common::FlowKey;
 
-use crate::*;
+use crate::fixture::*;
+use crate::frames::*;
 
 /// An output frame taken apart: outer Ethernet, VLAN, IPv6, optional UDP, and the inner packet.
 #[derive(Debug)]
