@@ -9,7 +9,12 @@ use lb_lab::netns::sh;
 use lb_lab::{HTTP_PORT, Lab, VIP4};
 use serde_json::{Value, json};
 
-use crate::*;
+use crate::params::*;
+use crate::port::*;
+use crate::readings::*;
+use crate::report::*;
+use crate::row::*;
+use crate::steps::*;
 
 /// Idle agents: what to subtract from every window.
 #[derive(Clone, Copy, Debug, Default)]

@@ -10,7 +10,8 @@ use lb_lab::{self as lab, HTTP_PORT, Lab, VIP4, in_ns};
 use lb_testkit::{Flow, Tcp, check_inner_checksums, ip_packet};
 use serde_json::Value;
 
-use crate::*;
+use crate::params::*;
+use crate::steps::*;
 
 /// A packet socket that only sends (protocol 0: it receives nothing, so it adds no tap on the
 /// interface), bound to the router's veth towards one load balancer.

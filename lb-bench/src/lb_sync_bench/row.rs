@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::*;
+use crate::port::*;
 
 #[derive(Debug)]
 pub(crate) struct Row {

@@ -6,7 +6,12 @@ use anyhow::{Context, Result, bail, ensure};
 use lb_lab::in_ns;
 use serde_json::{Value, json};
 
-use crate::*;
+use crate::measure::*;
+use crate::params::*;
+use crate::port::*;
+use crate::readings::*;
+use crate::row::*;
+use crate::steps::*;
 
 impl Bench<'_> {
     pub(crate) fn snapshot(&self) -> Result<Snapshot> {

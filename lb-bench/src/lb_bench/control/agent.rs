@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use lb_lab::netns::Netns;
 
-use super::*;
+use super::ring::Ring;
+use super::setup::*;
 
 /// `lb`, built next to this bench (`cargo build --release -p lb-userspace -p lb-lab -p lb-bench --bins`).
 pub(crate) fn lb_bin() -> Result<PathBuf> {

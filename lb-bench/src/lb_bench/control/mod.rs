@@ -22,7 +22,7 @@
 //! all removed on every path by Drop guards; agents are stopped by their own PID.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,21 +34,16 @@ use crate::report::{Figure, Row};
 
 mod agent;
 mod ring;
+mod setup;
 
 use agent::*;
 use ring::*;
+use setup::*;
 
 const SECTION: &str = "control plane";
 const RUNS: usize = 5;
-const SEED: u64 = 20_261_123;
-const RING: u32 = 65_537;
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const PORT: u16 = 80;
-const BACKENDS: u32 = 10;
 /// The backend drained (1-based, of `BACKENDS`).
 const DRAINED: u32 = 4;
-const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL_SLEEP: Duration = Duration::from_micros(200);
 const MAGLEV_TARGET_MS: f64 = 20.0;
 
 pub fn run() -> Result<Vec<Row>> {

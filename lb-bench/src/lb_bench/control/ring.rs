@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::maps::names;
 use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, VipKey, VipMeta, v6_words};
 
-use super::*;
+use super::setup::*;
 
 /// An agent's pinned maps: its VIP's ring and the backend ids.
 pub(crate) struct Ring {

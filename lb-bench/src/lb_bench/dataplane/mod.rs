@@ -17,11 +17,10 @@ use lb_testkit::*;
 use crate::report::{Figure, Row};
 
 mod harness;
-mod scale;
+pub(crate) mod scale;
 
 use harness::*;
 pub(crate) use harness::{Harness, check_counters, counters};
-pub(crate) use scale::{compare, scale};
 
 // Row names the targets refer to.
 const EMPTY: &str = "empty program (XDP_TX), alone";
@@ -42,7 +41,7 @@ const SECTION: &str = "dataplane";
 pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let cpu = cpus - 1;
-    crate::pin_to_cpu(cpu)?;
+    crate::cpu::pin_to_cpu(cpu)?;
     let mut lb = Lb::with_object(lb_object, 65537, 2 * FLOWS)?;
     let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
 

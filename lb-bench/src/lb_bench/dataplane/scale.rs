@@ -8,13 +8,14 @@ use lb_testkit::*;
 
 use crate::report::{Figure, Row};
 
-use super::*;
+use super::harness::*;
+use super::{FLOOR, basic_scenarios, lb_with_one_vip};
 
 /// `lb-bench compare label=object...`: builds of lb_xdp side by side (before/after figures,
 /// profiling experiments). Rounds interleave the builds, so machine noise hits them alike.
 pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    crate::pin_to_cpu(cpus - 1)?;
+    crate::cpu::pin_to_cpu(cpus - 1)?;
     let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
     struct Build {
         label: String,
@@ -95,7 +96,7 @@ pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
 /// 1,000 backends; each configuration is a fresh program with its own maps.
 pub fn scale(lb_object: &[u8]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    crate::pin_to_cpu(cpus - 1)?;
+    crate::cpu::pin_to_cpu(cpus - 1)?;
     let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
     let mut rows = Vec::new();
     // (label, VIPs, backends of the measured VIP)

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, anyhow};
 use lb_lab::netns::Netns;
 use lb_testkit::*;
 
-use super::*;
+/// The load balancer's NIC and the next hop's, a veth pair.
+pub(crate) const IF_LB: &str = "lbl0";
+pub(crate) const IF_RX: &str = "lbl1";
 
 /// A two-instruction XDP program returning XDP_DROP, loaded and attached with raw bpf(2)
 /// calls (no object file needed): the cheapest receiver for the veth peer. Its bpf_link is
@@ -142,7 +144,7 @@ impl Env {
         std::thread::scope(|s| {
             s.spawn(move || {
                 lb_lab::netns::enter(file).context("entering the bench namespace")?;
-                crate::pin_to_cpu(cpu)?;
+                crate::cpu::pin_to_cpu(cpu)?;
                 f()
             })
             .join()

@@ -56,8 +56,6 @@ const BATCH: u32 = 64;
 const RUN_TARGET: Duration = Duration::from_secs(2);
 /// The whole section stops measuring (FAILED rows) past this.
 const SECTION_BUDGET: Duration = Duration::from_secs(90);
-const IF_LB: &str = "lbl0";
-const IF_RX: &str = "lbl1";
 const PAYLOAD: &[u8] = b"bench!"; // IPv4 + TCP frames of 60 bytes
 
 /// One live-frames run of `repeat` frames: (wall time of the call, the kernel's ns per frame).
