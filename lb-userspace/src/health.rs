@@ -144,7 +144,8 @@ impl Hysteresis {
 /// Loads `lb_health_encap` and attaches it to the egress of each NIC (TCX links, owned by the
 /// returned object: they go away with the agent, and so do the checks).
 pub fn load_encap(ifaces: &[String]) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(crate::HC_OBJECT).context("loading the health-check program")?;
+    let mut ebpf =
+        Ebpf::load(crate::HEALTH_ENCAP_OBJECT).context("loading the health-check program")?;
     let prog: &mut SchedClassifier = ebpf
         .program_mut("lb_health_encap")
         .context("lb_health_encap missing from the object")?

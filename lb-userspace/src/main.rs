@@ -56,7 +56,7 @@ enum Command {
     Detach(DetachArgs),
     /// On a backend: attach the XDP decapsulation program to a NIC (it stays attached, pinned,
     /// after `lb` exits), or show its counters (--stats), or remove it (--detach).
-    Decap(lb_userspace::decap::DecapArgs),
+    Decap(lb_decap::DecapArgs),
     /// Load the XDP program, let the kernel verify it, and print its map limits.
     Check(CheckArgs),
 }
@@ -83,7 +83,7 @@ async fn main() -> Result<()> {
         Command::Node(cmd) => cli::node::run(&client, cmd, json).await,
         Command::Peer(cmd) => cli::peer::run(&client, cmd, json).await,
         Command::Detach(a) => cli::detach::run(a, args.socket).await,
-        Command::Decap(a) => lb_userspace::decap::run(a, args.json),
+        Command::Decap(a) => lb_decap::run(a, args.json),
         Command::Check(a) => cli::check::run(a),
     }
 }

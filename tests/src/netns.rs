@@ -1,124 +1,20 @@
-//! Real-network test support: namespaces, veth pairs, an `lb agent` process, packet sockets.
+//! Real-network test support: a client/load-balancer topology, a packet wire, an `lb agent`
+//! process and the `lb` CLI against it. The namespaces themselves are the lab's
+//! (`lb_lab::netns`, re-exported here).
 //!
 //! Everything is named per test and removed by name (namespaces) or PID (agents) on drop.
-//! Only documentation addresses are used. The agent is started with only its *network*
-//! namespace switched (not `ip netns exec`, which also switches the mount namespace and would
-//! hide the agent's bpffs pins from its successor).
+//! Only documentation addresses are used.
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> Result<Self> {
-        // A leftover of an interrupted run with the same name goes first.
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        sh("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.into() };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut a = vec!["-n", self.name.as_str()];
-        a.extend_from_slice(args);
-        sh("ip", &a)
-    }
-
-    pub fn file(&self) -> Result<File> {
-        File::open(format!("/run/netns/{}", self.name)).context("opening the netns")
-    }
-
-    /// Starts `cmd` inside this namespace (only its network namespace changes: the mount
-    /// namespace stays, so its bpffs pins are where this process reads them).
-    pub fn spawn(&self, cmd: &mut Command) -> Result<std::process::Child> {
-        let ns_file = self.file()?;
-        let raw = ns_file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; `ns_file` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?} in {}", cmd.get_program(), self.name))?;
-        drop(ns_file);
-        Ok(child)
-    }
-
-    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no address")?)
-    }
-
-    /// The id of the XDP program attached to `iface`, if any.
-    pub fn xdp_prog_id(&self, iface: &str) -> Result<Option<u64>> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v[0]["xdp"]["prog"]["id"].as_u64())
-    }
-
-    /// Runs `f` on a thread inside this namespace (sockets it makes stay in it).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        in_ns(&self.name, f)
-    }
-
-    pub fn sysctl(&self, settings: &[(&str, &str)]) -> Result<()> {
-        sysctl(&self.name, settings)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Runs `f` on a thread inside namespace `ns` (sockets it makes stay in it).
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    std::thread::spawn(move || {
-        enter(&file).expect("setns");
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))
-}
+pub use lb_lab::netns::*;
+pub use lb_testkit::af_packet::Wire;
 
 /// `GET /metrics` from the agent's metrics endpoint (127.0.0.1:9450) inside namespace `ns`.
 pub fn metrics_in(ns: &str) -> Result<String> {
@@ -134,34 +30,20 @@ pub fn metrics_in(ns: &str) -> Result<String> {
     .context("GET /metrics")
 }
 
-/// Writes `net.x.y = v` settings under /proc/sys as seen from namespace `ns`.
-pub fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
-    for (k, v) in settings {
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        let v = v.to_string();
-        in_ns(ns, move || std::fs::write(&path, v))?
-            .with_context(|| format!("sysctl {k} in {ns}"))?;
-    }
-    Ok(())
-}
-
-/// Moves the calling thread into the namespace behind `file`.
-pub fn enter(file: &File) -> std::io::Result<()> {
-    // SAFETY: setns on a valid namespace fd affects only the calling thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// The `lb` binary built next to this test.
 pub fn lb_bin() -> PathBuf {
+    built_bin("lb")
+}
+
+/// A binary of the workspace (another package's, so not `CARGO_BIN_EXE_*`) in the target
+/// directory of this test (target/<profile>/); `cargo xtask test` builds lb, lb-echo, lb-bench.
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("lb");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run the suite with `cargo xtask test` (it builds lb)",
+        "{} is missing: run the suite with `cargo xtask test` (it builds {name})",
         bin.display()
     );
     bin
@@ -226,7 +108,8 @@ impl Topology {
             "nodad",
         ])?;
         lb.ip(&["link", "set", "l0", "up"])?;
-        let pass = client.run(|| lb_userspace::attach_pass("c0").map_err(|e| e.to_string()))?;
+        let pass =
+            client.run(|| lb_objects::testing::attach_pass("c0").map_err(|e| e.to_string()))?;
         let pass = pass.map_err(anyhow::Error::msg)?;
         Ok(Self {
             client_mac: client.mac("c0")?,
@@ -242,115 +125,6 @@ impl Topology {
         self.client
             .run(|| Wire::open("c0").map_err(|e| e.to_string()))?
             .map_err(anyhow::Error::msg)
-    }
-}
-
-/// An AF_PACKET socket bound to one interface.
-pub struct Wire {
-    fd: OwnedFd,
-    ifindex: i32,
-}
-
-impl Wire {
-    pub fn open(iface: &str) -> Result<Self> {
-        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-        // SAFETY: plain socket creation; the fd is owned right away.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        ensure!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let ifindex = lb_userspace::neighbour::ifindex(iface)? as i32;
-        // SAFETY: a zeroed sockaddr_ll with family, protocol and ifindex set.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto as u16;
-        sll.sll_ifindex = ifindex;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "binding the packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let buf: libc::c_int = 8 << 20;
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &buf as *const _ as *const libc::c_void,
-                4,
-            );
-        }
-        Ok(Self { fd, ifindex })
-    }
-
-    pub fn send(&self, frame: &[u8]) -> Result<()> {
-        // SAFETY: sends from a valid buffer on a valid socket.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        ensure!(
-            n == frame.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
-    }
-
-    /// Frames received until `timeout` passes without one, or `max` frames.
-    pub fn recv_until_quiet(&self, timeout: Duration, max: usize) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while out.len() < max {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-            if r <= 0 {
-                break;
-            }
-            // SAFETY: receives into our buffer; MSG_DONTWAIT after poll said readable.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    &mut sll as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
-            };
-            if n <= 0 {
-                continue;
-            }
-            // Only what arrived on our interface (not our own transmissions).
-            if sll.sll_ifindex == self.ifindex && sll.sll_pkttype != libc::PACKET_OUTGOING {
-                out.push(buf[..n as usize].to_vec());
-            }
-        }
-        out
-    }
-
-    /// Encapsulated frames (outer IPv6 carrying IPv4, IPv6 or UDP) among `frames`.
-    pub fn tunnelled(frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-        frames
-            .into_iter()
-            .filter(|f| f.len() > 54 && f[12..14] == [0x86, 0xdd] && matches!(f[20], 4 | 41 | 17))
-            .filter(|f| crate::decode(f).is_ok())
-            .collect()
     }
 }
 

@@ -1,4 +1,4 @@
-//! End to end, in the anycast lab (tests/src/lab.rs): client, BGP router with ECMP, two load
+//! End to end, in the anycast lab (the lb-lab crate): client, BGP router with ECMP, two load
 //! balancers with agents and BIRD, three backends with `lb decap`, nginx and lb-echo. Each test
 //! builds its own lab and checks afterwards that nothing of it is left (issue 4, test 6).
 

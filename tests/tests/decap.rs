@@ -17,7 +17,7 @@ use lb_common::{
     PROTO_TCP,
     decap::{DecapCounter, DecapCounter as C},
 };
-use lb_userspace::decap::Decap;
+use lb_decap::Decap;
 use serde_json::Value;
 use tests::netns::*;
 use tests::*;
@@ -658,7 +658,7 @@ fn lb_decap_attaches_replaces_reports_and_detaches() {
 
     // Another XDP program on an interface is not ours to replace.
     let pass = ns
-        .run(|| lb_userspace::attach_pass("d1").map_err(|e| e.to_string()))
+        .run(|| lb_objects::testing::attach_pass("d1").map_err(|e| e.to_string()))
         .unwrap()
         .unwrap();
     let pins_d1 = Pins::new("cli1", &ns, "d1");

@@ -35,7 +35,7 @@ struct Hc {
 impl Hc {
     fn load() -> Hc {
         tests::require_root();
-        let mut ebpf = aya::Ebpf::load(lb_userspace::HC_OBJECT).unwrap();
+        let mut ebpf = aya::Ebpf::load(lb_objects::HEALTH_ENCAP_OBJECT).unwrap();
         let prog: &mut SchedClassifier = ebpf
             .program_mut("lb_health_encap")
             .unwrap()

@@ -24,7 +24,7 @@ fn service(i: u32) -> (IpAddr, u16) {
 
 fn lb_with_limits(max_vips: u32) -> Lb {
     Lb::with_limits(
-        lb_userspace::EBPF_OBJECT,
+        lb_objects::EBPF_OBJECT,
         DataplaneLimits {
             ring_size: 4099,
             max_vips,

@@ -27,7 +27,7 @@ fn serving(s: &DesiredState, vip: &Vip) -> BTreeSet<Ipv6Addr> {
 
 #[test]
 fn changes_under_traffic_only_ever_reach_current_backends() {
-    let mut lb = Lb::with_object(lb_userspace::EBPF_OBJECT, RING, 50_000).unwrap();
+    let mut lb = Lb::with_object(lb_objects::EBPF_OBJECT, RING, 50_000).unwrap();
     let vip: Vip = "192.0.2.10:80/tcp".parse().unwrap();
     let cap = Capacity {
         vips: 8,

@@ -3,7 +3,10 @@
 //! Every command except `setup` first checks the prerequisites and installs what is missing,
 //! so a fresh Debian machine needs nothing but `cargo xtask test` (as root).
 
+mod progress;
 mod setup;
+
+use progress::step;
 
 use std::process::Command;
 
@@ -185,15 +188,22 @@ fn main() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The agent tests run the `lb` binary itself; cargo test alone does not build it.
+    // The tests run binaries of other packages, which cargo test alone does not build: `lb`
+    // (agent tests), `lb-echo` (end-to-end labs) and `lb-bench` (the bench's self-check). They
+    // find them next to their own directory (target/<profile>/).
     let mut build = Command::new(&cargo);
     build.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
-    build.args(["--package", "tests", "--bin", "lb-echo"]);
+    build.args(["--package", "lb-lab", "--bin", "lb-echo"]);
+    build.args(["--package", "lb-bench", "--bin", "lb-bench"]);
     if extra.iter().any(|a| a == "--release") {
         build.arg("--release");
     }
-    if !build.status().context("building lb")?.success() {
-        bail!("building lb failed");
+    if !build
+        .status()
+        .context("building lb, lb-echo, lb-bench")?
+        .success()
+    {
+        bail!("building lb, lb-echo and lb-bench failed");
     }
     let mut child = Command::new(cargo)
         .args(["test", "--no-fail-fast"])
@@ -239,7 +249,7 @@ const CONN_VARIANTS: &[(&str, &str)] = &[
     ("per-CPU tables", "conns-percpu-lru"),
 ];
 
-/// The bench of BENCHMARKS.md (tests/src/bin/lb_bench.rs): release builds, because the
+/// The bench of BENCHMARKS.md (lb-bench/src/lb_bench/): release builds, because the
 /// control-plane section runs the real `lb` agent.
 fn bench(sections: &[String]) -> Result<()> {
     run_release_bin(
@@ -259,7 +269,9 @@ fn run_release_bin(bin: &str, args: &[String], what: &str) -> Result<()> {
         "-p",
         "lb-userspace",
         "-p",
-        "tests",
+        "lb-lab",
+        "-p",
+        "lb-bench",
         "--bins",
     ])?;
     step(what);
@@ -333,7 +345,7 @@ fn bench_conntrack(flows: u32) -> Result<()> {
         "--quiet",
         "--release",
         "-p",
-        "tests",
+        "lb-bench",
         "--bin",
         "lb-bench",
         "--",
@@ -345,7 +357,7 @@ fn bench_conntrack(flows: u32) -> Result<()> {
     cargo(&args)
 }
 
-/// The flow-sync cost bench: release agents in the lab (tests/src/bin/lb_sync_bench.rs).
+/// The flow-sync cost bench: release agents in the lab (lb-bench/src/lb_sync_bench/).
 fn bench_sync(rates: &[u32], secs: Option<f64>, json: bool) -> Result<()> {
     let mut args = Vec::new();
     if !rates.is_empty() {
@@ -367,23 +379,19 @@ fn bench_sync(rates: &[u32], secs: Option<f64>, json: bool) -> Result<()> {
 
 fn build(release: bool) -> Result<()> {
     step("building the XDP object (nightly, bpfel-unknown-none) and the userspace binaries");
-    // lb (agent, CLI, decap) and lb-echo (the lab's echo service).
+    // lb (agent, CLI, decap), and lb-lab with lb-echo (the lab and its echo service).
     let mut args = vec![
         "build",
         "--package",
         "lb-userspace",
         "--package",
-        "tests",
+        "lb-lab",
         "--bins",
     ];
     if release {
         args.push("--release");
     }
     cargo(&args)
-}
-
-pub fn step(msg: &str) {
-    eprintln!("==> {msg}");
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::step;
+use crate::progress::step;
 
 /// Debian packages the build and the tests need. util-linux: nsenter (lab) and setpriv (tests);
 /// iproute2: ip (the agent's neighbour lookup, the lab, the tests); bird2 and nginx-light: the

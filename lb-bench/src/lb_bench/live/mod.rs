@@ -30,18 +30,20 @@
 //! by exactly the frame count, and `lbl1` must count as received what was sent (a shortfall is
 //! reported in the row, and the figure is then the received rate).
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use lb_common::{Counter, IfaceConfig, PROTO_TCP};
-use tests::netns::{Netns, Wire};
-use tests::*;
+use lb_testkit::af_packet::Wire;
+use lb_testkit::*;
 
-use super::dataplane::{Harness, check_counters, counters, lb_with_one_vip};
-use super::report::{Figure, Row};
+use crate::dataplane::{Harness, check_counters, counters, lb_with_one_vip};
+use crate::report::{Figure, Row};
+
+mod env;
+
+use env::*;
 
 const SECTION: &str = "live";
 const RUNS: usize = 5;
@@ -54,160 +56,7 @@ const BATCH: u32 = 64;
 const RUN_TARGET: Duration = Duration::from_secs(2);
 /// The whole section stops measuring (FAILED rows) past this.
 const SECTION_BUDGET: Duration = Duration::from_secs(90);
-const IF_LB: &str = "lbl0";
-const IF_RX: &str = "lbl1";
 const PAYLOAD: &[u8] = b"bench!"; // IPv4 + TCP frames of 60 bytes
-
-/// A two-instruction XDP program returning XDP_DROP, loaded and attached with raw bpf(2)
-/// calls (no object file needed): the cheapest receiver for the veth peer. Its bpf_link is
-/// detached when this is dropped.
-struct DropProg {
-    _link: OwnedFd,
-    _prog: OwnedFd,
-}
-
-impl DropProg {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-
-    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<OwnedFd> {
-        // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size we pass.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(attr),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-
-    fn put(attr: &mut [u64; 16], off: usize, bytes: &[u8]) {
-        // SAFETY: a byte view of the attribute buffer; `off + len` is within its 128 bytes.
-        let b = unsafe { std::slice::from_raw_parts_mut(attr.as_mut_ptr().cast::<u8>(), 128) };
-        b[off..off + bytes.len()].copy_from_slice(bytes);
-    }
-
-    /// Loads the program and attaches it (driver mode) to `ifindex` in the calling thread's
-    /// network namespace.
-    fn attach(ifindex: u32) -> Result<Self> {
-        // r0 = XDP_DROP (1); exit.
-        let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
-        let license = b"GPL\0";
-        let mut attr = [0u64; 16];
-        Self::put(&mut attr, 0, &Self::BPF_PROG_TYPE_XDP.to_ne_bytes());
-        Self::put(&mut attr, 4, &2u32.to_ne_bytes());
-        Self::put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
-        Self::put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
-        Self::put(&mut attr, 48, b"lbbl_drop");
-        let prog =
-            Self::bpf(Self::BPF_PROG_LOAD, &mut attr).context("loading the XDP_DROP program")?;
-        let mut attr = [0u64; 16];
-        Self::put(&mut attr, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
-        Self::put(&mut attr, 4, &ifindex.to_ne_bytes());
-        Self::put(&mut attr, 8, &Self::BPF_XDP.to_ne_bytes());
-        Self::put(&mut attr, 12, &Self::XDP_FLAGS_DRV_MODE.to_ne_bytes());
-        let link = Self::bpf(Self::BPF_LINK_CREATE, &mut attr)
-            .context("attaching the XDP_DROP program (driver mode)")?;
-        Ok(Self {
-            _link: link,
-            _prog: prog,
-        })
-    }
-}
-
-/// The namespace with its veth pair; deleted (with everything in it) on drop.
-struct Env {
-    /// The receiver's XDP program, while measuring (dropped before the namespace).
-    drop_prog: Option<DropProg>,
-    file: File,
-    lb_ifindex: u32,
-    rx_ifindex: u32,
-    cpu: usize,
-    ns: Netns,
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-impl Env {
-    fn new(cpu: usize) -> Result<Self> {
-        let ns = Netns::new(&format!("lbbl-{}", std::process::id()))?;
-        // No IPv6 autoconfiguration chatter on the link: only the bench's frames cross it.
-        ns.sysctl(&[
-            ("net.ipv6.conf.all.disable_ipv6", "1"),
-            ("net.ipv6.conf.default.disable_ipv6", "1"),
-        ])?;
-        ns.ip(&[
-            "link",
-            "add",
-            IF_LB,
-            "address",
-            &mac_str(NIC_MAC),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            IF_RX,
-            "address",
-            &mac_str(NEXT_HOP_MAC),
-        ])?;
-        ns.ip(&["link", "set", IF_LB, "up"])?;
-        ns.ip(&["link", "set", IF_RX, "up"])?;
-        let ifindex = |name: &str| -> Result<u32> {
-            let out = ns.ip(&["-j", "link", "show", name])?;
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            Ok(v[0]["ifindex"].as_u64().context("no ifindex")? as u32)
-        };
-        let (lb_ifindex, rx_ifindex) = (ifindex(IF_LB)?, ifindex(IF_RX)?);
-        Ok(Self {
-            drop_prog: None,
-            file: ns.file()?,
-            lb_ifindex,
-            rx_ifindex,
-            cpu,
-            ns,
-        })
-    }
-
-    /// Runs `f` on a thread inside the namespace, pinned to the bench CPU.
-    fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        let (file, cpu) = (&self.file, self.cpu);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                tests::netns::enter(file).context("entering the bench namespace")?;
-                super::pin_to_cpu(cpu)?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("the bench thread panicked"))?
-        })
-    }
-
-    /// Frames the receiving veth has counted (XDP-dropped ones included).
-    fn rx_packets(&self) -> Result<u64> {
-        let out = self.ns.ip(&["-s", "-j", "link", "show", IF_RX])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .context("no rx packet count for the receiving veth")
-    }
-}
 
 /// One live-frames run of `repeat` frames: (wall time of the call, the kernel's ns per frame).
 fn live_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(Duration, u64)> {
@@ -500,7 +349,7 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
     let mut bench = Bench {
         env,
         lb,
-        h: Harness::load(lb_userspace::BENCH_OBJECT)?,
+        h: Harness::load(lb_objects::testing::BENCH_OBJECT)?,
         frame: ack,
     };
 
@@ -508,7 +357,7 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
     eprintln!("==> live: one frame of each scenario, captured on {IF_RX}");
     let rx = bench.env.rx_ifindex;
     let (pass, wire) = bench.env.run(|| {
-        let pass = lb_userspace::attach_pass(IF_RX)?;
+        let pass = lb_objects::testing::attach_pass(IF_RX)?;
         let wire = Wire::open(IF_RX)?;
         ensure!(
             lb_userspace::neighbour::ifindex(IF_RX)? == rx,

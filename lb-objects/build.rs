@@ -1,5 +1,5 @@
-//! Builds the XDP object (lb-ebpf) with the nightly toolchain for bpfel-unknown-none and
-//! places it in OUT_DIR, where `lb_userspace::EBPF_OBJECT` embeds it.
+//! Builds the eBPF objects (lb-ebpf) with the nightly toolchain for bpfel-unknown-none and
+//! places them in OUT_DIR, where src/lib.rs embeds them.
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;

@@ -16,37 +16,22 @@ use std::sync::Barrier;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{Counter, PROTO_TCP};
-use tests::*;
+use lb_testkit::*;
 
-#[path = "lb_bench/control.rs"]
 mod control;
-#[path = "lb_bench/dataplane.rs"]
+mod cpu;
 mod dataplane;
-#[path = "lb_bench/live.rs"]
 mod live;
-#[path = "lb_bench/memory.rs"]
 mod memory;
-#[path = "lb_bench/report.rs"]
 mod report;
+
+use cpu::pin_to_cpu;
 
 const VIP: &str = "192.0.2.10";
 
 struct Phase {
     name: &'static str,
     ns: Vec<u64>,
-}
-
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0,
-            "pinning to CPU {cpu}"
-        );
-    }
-    Ok(())
 }
 
 fn frames(thread: u8, flows: u32, flags: Tcp) -> Vec<Vec<u8>> {
@@ -167,7 +152,7 @@ fn main() -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             ensure!(!objects.is_empty(), "compare needs label=object arguments");
-            println!("{}", report::table(&dataplane::compare(&objects)?));
+            println!("{}", report::table(&dataplane::scale::compare(&objects)?));
             return Ok(());
         }
         Some("-h" | "--help") => {
@@ -196,13 +181,13 @@ fn main() -> Result<()> {
     if sections.is_empty() {
         sections = SECTIONS.iter().map(|s| s.to_string()).collect();
     }
-    let lb_object = object.as_deref().unwrap_or(lb_userspace::EBPF_OBJECT);
+    let lb_object = object.as_deref().unwrap_or(lb_objects::EBPF_OBJECT);
     let mut rows = Vec::new();
     for section in &sections {
         eprintln!("==> section: {section}");
         rows.extend(match section.as_str() {
             "dataplane" => dataplane::run(lb_object)?,
-            "scale" => dataplane::scale(lb_object)?,
+            "scale" => dataplane::scale::scale(lb_object)?,
             "live" => live::run(lb_object)?,
             "control" => control::run()?,
             "memory" => memory::run(lb_object)?,

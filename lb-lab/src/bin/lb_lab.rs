@@ -1,4 +1,4 @@
-//! `lb-lab`, run by `cargo xtask lab`: the anycast lab (tests/src/lab.rs builds it) for people.
+//! `lb-lab`, run by `cargo xtask lab`: the anycast lab (the lb-lab library builds it) for people.
 //! `up` builds it and shows a live view; `view` shows it again; `shift` withdraws or restores
 //! one load balancer's routes; `down` removes everything it started.
 //!
@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tests::lab::{self, HealthTiming, Lab, LabOptions};
+use lb_lab::{self as lab, HealthTiming, Lab, LabOptions};
 
 const PREFIX: &str = "lblab";
 const RUN_DIR: &str = "/run/lb-lab";
@@ -317,7 +317,7 @@ fn print_view(
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests lives in the workspace")
+        .expect("lb-lab lives in the workspace")
         .to_path_buf()
 }
 

@@ -17,7 +17,7 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::{ConnEntry, FlowKey, PROTO_TCP, names};
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
-use super::report::{Figure, Row};
+use crate::report::{Figure, Row};
 
 const SECTION: &str = "memory";
 const MIB: f64 = 1024.0 * 1024.0;

@@ -21,34 +21,29 @@
 //! Namespaces `lbbc-<pid>-*`, pins `/sys/fs/bpf/lbbc-<pid>-*`, files in `$TMPDIR/lbbc-<pid>`:
 //! all removed on every path by Drop guards; agents are stopped by their own PID.
 
-use std::fmt::Write as _;
-use std::fs::File;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::Ipv6Addr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use aya::maps::{Array, HashMap, Map, MapData};
+use anyhow::{Context, Result, ensure};
+use lb_common::NO_BACKEND;
 use lb_common::maglev::{MaglevMember, MaglevTable};
-use lb_common::names;
-use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, VipKey, VipMeta, v6_words};
-use tests::netns::Netns;
 
-use super::report::{Figure, Row};
+use crate::report::{Figure, Row};
+
+mod agent;
+mod ring;
+mod setup;
+
+use agent::*;
+use ring::*;
+use setup::*;
 
 const SECTION: &str = "control plane";
 const RUNS: usize = 5;
-const SEED: u64 = 20_261_123;
-const RING: u32 = 65_537;
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const PORT: u16 = 80;
-const BACKENDS: u32 = 10;
 /// The backend drained (1-based, of `BACKENDS`).
 const DRAINED: u32 = 4;
-const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL_SLEEP: Duration = Duration::from_micros(200);
 const MAGLEV_TARGET_MS: f64 = 20.0;
 
 pub fn run() -> Result<Vec<Row>> {
@@ -171,389 +166,6 @@ fn check_table(t: &MaglevTable, m: u32, n: u32) -> Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Agents in namespaces
-
-/// `lb`, built next to this bench (`cargo build --release -p lb-userspace -p tests --bins`).
-fn lb_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("the bench's directory")?.join("lb");
-    ensure!(
-        bin.exists(),
-        "{} is missing: `cargo build --release -p lb-userspace -p tests --bins`",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-fn backend(j: u32) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0xb, j as u16, 0, 0, 0, 2)
-}
-
-fn vip_svc() -> String {
-    format!("{VIP}:{PORT}/tcp")
-}
-
-/// A running `lb agent`. Drop: SIGTERM (SIGKILL after 10 s) to its PID, then its pins go.
-struct Agent {
-    name: String,
-    child: Child,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(lb: &Path, ns: &Netns, name: &str, config: &Path, dir: &Path) -> Result<Agent> {
-        let pin_dir = pin_dir(name);
-        let socket = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log)?;
-        let mut cmd = Command::new(lb);
-        cmd.args(["agent", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = ns.spawn(&mut cmd)?;
-        let mut agent = Agent {
-            name: name.to_string(),
-            child,
-            socket,
-            pin_dir,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = agent.child.try_wait()? {
-                bail!("agent {name} exited ({st}):\n{}", agent.log_tail());
-            }
-            if lb_cmd(lb, &agent.socket, &["status"])?.status.success() {
-                return Ok(agent);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "agent {name} not ready in 20 s:\n{}",
-                agent.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn ring(&self) -> Result<Ring> {
-        Ring::open(&self.pin_dir)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signals our own child, by its PID.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Ok(None) = self.child.try_wait() {
-                eprintln!("    agent {} ignored SIGTERM: killing it", self.name);
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        // The agent is gone: unpinning the link detaches the program; the maps go with it.
-        if let Err(e) = lb_userspace::dataplane::detach_pinned(&self.pin_dir) {
-            eprintln!("    removing {}: {e:#}", self.pin_dir.display());
-        }
-    }
-}
-
-fn pin_dir(name: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/lbbc-{}-{name}", std::process::id()))
-}
-
-/// The bench's files; removed on drop.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("lbbc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn ns_name(node: &str) -> String {
-    format!("lbbc-{}-{node}", std::process::id())
-}
-
-/// A namespace with the agent's dataplane NIC: veth `l0` (XDP) with its peer `l1` beside it.
-fn agent_ns(node: &str) -> Result<Netns> {
-    let ns = Netns::new(&ns_name(node))?;
-    ns.ip(&["link", "add", "l0", "type", "veth", "peer", "name", "l1"])?;
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1b::1/64",
-        "dev",
-        "l0",
-        "nodad",
-    ])?;
-    ns.ip(&["link", "set", "l0", "up"])?;
-    ns.ip(&["link", "set", "l1", "up"])?;
-    Ok(ns)
-}
-
-fn agent_config(socket: &Path, pin_dir: &Path, sync: &str) -> String {
-    let mut c = format!(
-        "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\n\n\
-         [dataplane]\ntunnel_source = \"2001:db8:1b::1\"\nseed = {SEED}\nring_size = {RING}\n\
-         max_vips = 4\nmax_backends = 64\nmax_flows = 4096\n\n\
-         [[interface]]\nname = \"l0\"\nnext_hop_mac = \"02:00:00:00:0b:fe\"\n\n\
-         # Backends are addresses, not servers: no checks, every backend counts as up.\n\
-         [health]\nenabled = false\n\n{sync}\n\
-         [[vip]]\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\n",
-        socket.display(),
-        pin_dir.display(),
-    );
-    for j in 1..=BACKENDS {
-        let _ = writeln!(c, "  [[vip.backend]]\n  address = \"{}\"", backend(j));
-    }
-    c
-}
-
-fn lb_cmd(lb: &Path, socket: &Path, args: &[&str]) -> Result<Output> {
-    Command::new(lb)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .context("running lb")
-}
-
-fn lb_ok(lb: &Path, socket: &Path, args: &[&str]) -> Result<Output> {
-    let out = lb_cmd(lb, socket, args)?;
-    ensure!(
-        out.status.success(),
-        "lb {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(out)
-}
-
-fn lb_json(lb: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = lb_ok(lb, socket, &a)?;
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading the pinned dataplane
-
-/// An agent's pinned maps: its VIP's ring and the backend ids.
-struct Ring {
-    rings: Array<MapData, u32>,
-    backends: Array<MapData, Backend>,
-    vips: HashMap<MapData, VipKey, VipMeta>,
-}
-
-impl Ring {
-    fn open(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &str| {
-            MapData::from_pin(pin_dir.join(name))
-                .with_context(|| format!("opening the pinned {name} under {}", pin_dir.display()))
-        };
-        Ok(Self {
-            rings: Array::try_from(Map::Array(open(names::RINGS)?))?,
-            backends: Array::try_from(Map::Array(open(names::BACKENDS)?))?,
-            vips: HashMap::try_from(Map::HashMap(open(names::VIPS)?))?,
-        })
-    }
-
-    /// The first slot of the VIP's ring in `RINGS`.
-    fn base(&self) -> Result<u32> {
-        let meta = self
-            .vips
-            .get(&VipKey::new(IpAddr::V4(VIP), PORT, PROTO_TCP), 0)
-            .context("the VIP is not in the pinned VIPS map")?;
-        Ok(meta.ring * RING)
-    }
-
-    /// The dataplane id of backend `addr` (installed, valid).
-    fn backend_id(&self, addr: Ipv6Addr) -> Result<u32> {
-        let words = v6_words(addr);
-        for id in 0..self.backends.len() {
-            let b = self.backends.get(&id, 0)?;
-            if b.flags & BACKEND_F_VALID != 0 && b.addr == words {
-                return Ok(id);
-            }
-        }
-        bail!("backend {addr} is not installed in the pinned BACKENDS map")
-    }
-
-    fn slot(&self, base: u32, slot: u32) -> Result<u32> {
-        self.rings
-            .get(&(base + slot), 0)
-            .context("reading a ring slot")
-    }
-
-    fn read(&self, base: u32) -> Result<Vec<u32>> {
-        (0..RING).map(|s| self.slot(base, s)).collect()
-    }
-}
-
-/// The slots of one ring that must change, and what they must become.
-struct Watch<'a> {
-    ring: &'a Ring,
-    base: u32,
-    /// Ascending: the order the reconciler writes them.
-    slots: Vec<u32>,
-    id: u32,
-    /// true: each slot must stop pointing at `id` (drain); false: must point at it (undrain).
-    away: bool,
-    next: usize,
-    done: Option<Duration>,
-}
-
-impl<'a> Watch<'a> {
-    fn new(ring: &'a Ring, base: u32, slots: Vec<u32>, id: u32, away: bool) -> Self {
-        Self {
-            ring,
-            base,
-            slots,
-            id,
-            away,
-            next: 0,
-            done: None,
-        }
-    }
-
-    /// Advances over the slots seen changed; true once all were.
-    fn poll(&mut self) -> Result<bool> {
-        while self.next < self.slots.len() {
-            let v = self.ring.slot(self.base, self.slots[self.next])?;
-            if (v == self.id) == self.away {
-                return Ok(false);
-            }
-            self.next += 1;
-        }
-        Ok(true)
-    }
-}
-
-/// What one timed change gave: when each watch was complete and when the CLI exited.
-struct Timed {
-    watches: Vec<Duration>,
-    cli: Duration,
-}
-
-/// Spawns `lb ARGS` and polls `watches` until all are complete (bounded by `APPLY_TIMEOUT`).
-fn timed_change(lb: &Path, socket: &Path, args: &[&str], watches: &mut [Watch]) -> Result<Timed> {
-    let mut cmd = Command::new(lb);
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().context("running lb")?;
-    let mut cli: Option<Duration> = None;
-    let result = (|| -> Result<()> {
-        loop {
-            let mut all = true;
-            for w in watches.iter_mut() {
-                if w.done.is_none() {
-                    if w.poll()? {
-                        w.done = Some(start.elapsed());
-                    } else {
-                        all = false;
-                    }
-                }
-            }
-            if cli.is_none() && child.try_wait()?.is_some() {
-                cli = Some(start.elapsed());
-            }
-            if all && cli.is_some() {
-                return Ok(());
-            }
-            if start.elapsed() > APPLY_TIMEOUT {
-                let left: Vec<String> = watches
-                    .iter()
-                    .filter(|w| w.done.is_none())
-                    .map(|w| format!("{} of {} slots", w.slots.len() - w.next, w.slots.len()))
-                    .collect();
-                bail!(
-                    "not applied within {APPLY_TIMEOUT:?} (still waiting for {}; CLI {})",
-                    left.join(", "),
-                    if cli.is_some() { "exited" } else { "running" }
-                );
-            }
-            std::thread::sleep(POLL_SLEEP);
-        }
-    })();
-    if result.is_err() && cli.is_none() {
-        // Our own child, by PID.
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().context("waiting for lb")?;
-    result?;
-    ensure!(
-        out.status.success(),
-        "lb {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(Timed {
-        watches: watches.iter().map(|w| w.done.unwrap()).collect(),
-        cli: cli.unwrap(),
-    })
-}
-
-/// After a drain: no slot points at `id`, none is empty, and the others kept their backend
-/// unless Maglev moved them (a drain moves little besides the drained slots).
-fn check_drained(after: &[u32], before: &[u32], id: u32) -> Result<()> {
-    let left = after.iter().filter(|&&s| s == id).count();
-    let empty = after.iter().filter(|&&s| s == NO_BACKEND).count();
-    ensure!(
-        left == 0 && empty == 0,
-        "after the drain: {left} slots still point at it, {empty} empty"
-    );
-    let others_moved = before
-        .iter()
-        .zip(after)
-        .filter(|(b, a)| **b != id && b != a)
-        .count();
-    ensure!(
-        others_moved < RING as usize / 50,
-        "the drain moved {others_moved} slots of other backends"
-    );
-    Ok(())
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -659,7 +271,7 @@ fn sync_applied(lb: &Path) -> Result<Figure> {
     let ns1 = agent_ns("lb1")?;
     let ns2 = agent_ns("lb2")?;
     // The peer link: one veth between the two namespaces.
-    tests::netns::sh(
+    lb_lab::netns::sh(
         "ip",
         &[
             "link", "add", "sy", "netns", &ns1.name, "type", "veth", "peer", "name", "sy", "netns",
@@ -679,7 +291,7 @@ fn sync_applied(lb: &Path) -> Result<Figure> {
         ns.ip(&["link", "set", "sy", "up"])?;
     }
     let key_file = dir.0.join("fleet.key");
-    tests::lab::write_fleet_key(&key_file)?;
+    lb_lab::write_fleet_key(&key_file)?;
     let mut agents = Vec::new();
     for (i, ns) in [(1usize, &ns1), (2, &ns2)] {
         let name = format!("lb{i}");

@@ -1,0 +1,368 @@
+//! The dataplane cost per packet through BPF_PROG_TEST_RUN, measured so that every repetition
+//! takes the intended path (BENCHMARKS.md).
+//!
+//! `repeat` runs the program N times on the same buffer without restoring it, so the harness
+//! program (lb-ebpf/src/bench_harness.rs) rewrites the original frame before every repetition
+//! and tail-calls the program under test. Per scenario: one single run whose output frame must
+//! equal the expected packet, then 5 runs of 1,000,000 repetitions on one pinned CPU, each of
+//! which must raise the scenario's counters by exactly the repeat count (and the verdict
+//! counters, together, by exactly that much). A failed check prints FAILED, not a number.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result, ensure};
+use lb_common::{Counter, PROTO_TCP, PROTO_UDP};
+use lb_testkit::*;
+
+use crate::report::{Figure, Row};
+
+mod harness;
+pub(crate) mod scale;
+
+use harness::*;
+pub(crate) use harness::{Harness, check_counters, counters};
+
+// Row names the targets refer to.
+const EMPTY: &str = "empty program (XDP_TX), alone";
+const EMPTY_H: &str = "empty program, through the harness";
+const HARNESS: &str = "harness cost (the two rows above)";
+const FLOOR: &str = "floor: parse + IPv6 encap + XDP_TX";
+const SYN: &str = "TCP SYN, IPv4 VIP: Maglev + table insert";
+const SYN_1M: &str = "TCP SYN, IPv4 VIP, 1M distinct flows cycled";
+const EST: &str = "TCP established, IPv4 VIP, 1 flow";
+const EST_1M: &str = "TCP established, IPv4 VIP, 1M flows cycled";
+const GUE: &str = "TCP established, IPv4 VIP, GUE";
+const NOT_VIP: &str = "not a VIP: XDP_PASS, alone";
+const NOT_VIP_H: &str = "not a VIP: XDP_PASS, through the harness";
+
+const SECTION: &str = "dataplane";
+
+/// Section "dataplane": every scenario of BENCHMARKS.md, ratios to the floor.
+pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let cpu = cpus - 1;
+    crate::cpu::pin_to_cpu(cpu)?;
+    let mut lb = Lb::with_object(lb_object, 65537, 2 * FLOWS)?;
+    let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
+
+    let v4: IpAddr = "192.0.2.10".parse().unwrap();
+    let v6: IpAddr = "2001:db8:10::10".parse().unwrap();
+    let udp: IpAddr = "192.0.2.11".parse().unwrap();
+    let gue: IpAddr = "192.0.2.12".parse().unwrap();
+    let i4 = lb.add_vip(v4, 80, PROTO_TCP, 0, false, &[(1, 1), (2, 1), (3, 1)]);
+    let i6 = lb.add_vip(v6, 80, PROTO_TCP, 1, false, &[(4, 1), (5, 1), (6, 1)]);
+    let iu = lb.add_vip(udp, 53, PROTO_UDP, 2, false, &[(7, 1), (8, 1), (9, 1)]);
+    let ig = lb.add_vip(gue, 80, PROTO_TCP, 3, true, &[(10, 1), (11, 1), (12, 1)]);
+
+    let f4 = Flow::new("198.51.100.7", 40000, "192.0.2.10", 80);
+    let (syn4, ack4) = (f4.tcp(Tcp::Syn, PAYLOAD), f4.tcp(Tcp::Ack, PAYLOAD));
+    let k4 = f4.key(PROTO_TCP);
+    let f6 = Flow::new("2001:db8:c::7", 40000, "2001:db8:10::10", 80);
+    let (syn6, ack6) = (f6.tcp(Tcp::Syn, PAYLOAD), f6.tcp(Tcp::Ack, PAYLOAD));
+    let fu = Flow::new("198.51.100.7", 40000, "192.0.2.11", 53);
+    let udp_frame = fu.udp(b"bench-udp-64");
+    let fg = Flow::new("198.51.100.7", 40000, "192.0.2.12", 80);
+    let (syng, ackg) = (fg.tcp(Tcp::Syn, PAYLOAD), fg.tcp(Tcp::Ack, PAYLOAD));
+    let not_vip = Flow::new("198.51.100.7", 40000, "203.0.113.99", 80).tcp(Tcp::Ack, PAYLOAD);
+    let (vflow, vsyn) = varied_base("192.0.2.10", Tcp::Syn);
+    let (_, vack) = varied_base("192.0.2.10", Tcp::Ack);
+
+    use Counter::*;
+    let lb_scenario = |name, frame: &Vec<u8>, counters: Vec<Counter>, expected| Scenario {
+        name,
+        prog: Prog::Lb,
+        harness: true,
+        frame: frame.clone(),
+        flows: 0,
+        verdict: XDP_TX,
+        counters,
+        expected,
+    };
+    let empty = Scenario {
+        name: EMPTY,
+        prog: Prog::Empty,
+        harness: false,
+        frame: ack4.clone(),
+        flows: 0,
+        verdict: XDP_TX,
+        counters: vec![],
+        expected: ack4.clone(),
+    };
+    let floor = Scenario {
+        name: FLOOR,
+        prog: Prog::Floor,
+        harness: true,
+        expected: floor_output(&ack4),
+        ..empty.clone()
+    };
+    let pass = Scenario {
+        verdict: XDP_PASS,
+        harness: false,
+        ..lb_scenario(NOT_VIP, &not_vip, vec![PassNotVip], not_vip.clone())
+    };
+    let scenarios: Vec<(Scenario, Prep)> = vec![
+        (empty.clone(), no_prep()),
+        (
+            Scenario {
+                name: EMPTY_H,
+                harness: true,
+                ..empty
+            },
+            no_prep(),
+        ),
+        (floor, no_prep()),
+        (
+            lb_scenario(
+                SYN,
+                &syn4,
+                vec![LruMissSyn, Tx],
+                encap_of(&syn4, &k4, &i4, false),
+            ),
+            no_prep(),
+        ),
+        (
+            lb_scenario(
+                EST,
+                &ack4,
+                vec![LruHit, Tx],
+                encap_of(&ack4, &k4, &i4, false),
+            ),
+            Box::new(|lb, _| prime(lb, &syn4)),
+        ),
+        (
+            // New entries for real: 1M distinct flows, in a table sized for 2M.
+            Scenario {
+                flows: FLOWS,
+                ..lb_scenario(
+                    SYN_1M,
+                    &vsyn,
+                    vec![LruMissSyn, Tx],
+                    encap_of(&vsyn, &vflow.key(PROTO_TCP), &i4, false),
+                )
+            },
+            no_prep(),
+        ),
+        (
+            Scenario {
+                flows: FLOWS,
+                ..lb_scenario(
+                    EST_1M,
+                    &vack,
+                    vec![LruHit, Tx],
+                    encap_of(&vack, &vflow.key(PROTO_TCP), &i4, false),
+                )
+            },
+            // Pre-insert the 1M flows through the program's own SYN path.
+            Box::new(|lb, h| {
+                let fd = lb.dp.program().fd()?.try_clone()?;
+                h.prepare(&fd, &vsyn, FLOWS)?;
+                let before = counters(lb)?;
+                let (v, _, _) = test_run(h.prog("bench_harness"), &vsyn, FLOWS)?;
+                ensure!(v == XDP_TX, "pre-insert: verdict {v}");
+                check_counters(&before, &counters(lb)?, &[LruMissSyn, Tx], FLOWS as u64)
+                    .context("pre-inserting 1M flows")
+            }),
+        ),
+        (
+            lb_scenario(
+                "TCP established, IPv6 VIP",
+                &ack6,
+                vec![LruHit, Tx],
+                encap_of(&ack6, &f6.key(PROTO_TCP), &i6, false),
+            ),
+            Box::new(|lb, _| prime(lb, &syn6)),
+        ),
+        (
+            lb_scenario(
+                "UDP, IPv4 VIP, established",
+                &udp_frame,
+                vec![LruHit, Tx],
+                encap_of(&udp_frame, &fu.key(PROTO_UDP), &iu, false),
+            ),
+            Box::new(|lb, _| prime(lb, &udp_frame)),
+        ),
+        (
+            lb_scenario(
+                GUE,
+                &ackg,
+                vec![LruHit, TxGue],
+                encap_of(&ackg, &fg.key(PROTO_TCP), &ig, true),
+            ),
+            Box::new(|lb, _| prime(lb, &syng)),
+        ),
+        (pass.clone(), no_prep()),
+        (
+            Scenario {
+                name: NOT_VIP_H,
+                harness: true,
+                ..pass
+            },
+            no_prep(),
+        ),
+    ];
+
+    // Profiling experiments: LB_BENCH_ONLY=floor,established keeps the rows whose names
+    // contain one of the words.
+    let scenarios: Vec<(Scenario, Prep)> = match std::env::var("LB_BENCH_ONLY") {
+        Ok(only) => scenarios
+            .into_iter()
+            .filter(|(s, _)| only.split(',').any(|w| s.name.contains(w)))
+            .collect(),
+        Err(_) => scenarios,
+    };
+    eprintln!(
+        "==> {} scenarios, {RUNS} runs x {} repetitions each, pinned to CPU {cpu}",
+        scenarios.len(),
+        repeat()
+    );
+    let measured = measure_all(SECTION, &mut lb, &mut h, &scenarios);
+    // The harness's own cost: each run with it minus the same-numbered run without, sorted.
+    let harness_row = {
+        let get = |name| {
+            measured
+                .iter()
+                .find(|(r, _)| r.name == name)
+                .and_then(|(_, m)| m.as_ref())
+        };
+        let figure = match (get(EMPTY_H), get(EMPTY)) {
+            (Some(with), Some(alone)) => Ok(Figure::of(
+                &with
+                    .ns
+                    .iter()
+                    .zip(&alone.ns)
+                    .map(|(&w, &a)| w as f64 - a as f64)
+                    .collect::<Vec<_>>(),
+                "ns/packet",
+            )),
+            _ => Err(anyhow::anyhow!("the empty-program rows failed")),
+        };
+        Row::from_result(SECTION, HARNESS, figure)
+    };
+    let mut rows: Vec<Row> = measured.into_iter().map(|(r, _)| r).collect();
+    rows.insert(2, harness_row);
+    ratios(&mut rows, FLOOR, "floor");
+    Ok(rows)
+}
+
+/// SYN, established and (with `pass`) non-VIP scenarios against VIP 192.0.2.10:80 installed
+/// with `installed` (scale and compare).
+fn basic_scenarios(installed: &Installed, pass: bool) -> Vec<(Scenario, Prep<'static>)> {
+    let f = Flow::new("198.51.100.7", 40000, "192.0.2.10", 80);
+    let (syn, ack) = (f.tcp(Tcp::Syn, PAYLOAD), f.tcp(Tcp::Ack, PAYLOAD));
+    let key = f.key(PROTO_TCP);
+    let lb_scenario = |name, frame: &Vec<u8>, counters, expected| Scenario {
+        name,
+        prog: Prog::Lb,
+        harness: true,
+        frame: frame.clone(),
+        flows: 0,
+        verdict: XDP_TX,
+        counters,
+        expected,
+    };
+    let mut v: Vec<(Scenario, Prep)> = vec![
+        (
+            lb_scenario(
+                "SYN",
+                &syn,
+                vec![Counter::LruMissSyn, Counter::Tx],
+                encap_of(&syn, &key, installed, false),
+            ),
+            no_prep(),
+        ),
+        (
+            lb_scenario(
+                "established",
+                &ack,
+                vec![Counter::LruHit, Counter::Tx],
+                encap_of(&ack, &key, installed, false),
+            ),
+            Box::new(move |lb, _| prime(lb, &syn)),
+        ),
+    ];
+    if pass {
+        let not_vip = Flow::new("198.51.100.7", 40000, "203.0.113.99", 80).tcp(Tcp::Ack, PAYLOAD);
+        v.push((
+            Scenario {
+                name: "not a VIP, alone",
+                harness: false,
+                verdict: XDP_PASS,
+                ..lb_scenario("", &not_vip, vec![Counter::PassNotVip], not_vip.clone())
+            },
+            no_prep(),
+        ));
+    }
+    v
+}
+
+/// A load balancer from `object` with one TCP VIP, 192.0.2.10:80, over backends 1..=3 (the
+/// flows of `basic_scenarios`).
+pub(super) fn lb_with_one_vip(object: &[u8]) -> Result<(Lb, Installed)> {
+    let mut lb = Lb::with_object(object, 65537, 1 << 16)?;
+    let installed = lb.add_vip(
+        "192.0.2.10".parse().unwrap(),
+        80,
+        PROTO_TCP,
+        0,
+        false,
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+    Ok((lb, installed))
+}
+
+/// The targets, evaluated on this run's rows (lines to print after the table).
+pub fn targets(rows: &[Row]) -> Vec<String> {
+    let get = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.result.as_ref().ok())
+    };
+    let line = |label: &str, value: Option<&Figure>, base: Option<&Figure>, max: f64| match (
+        value, base,
+    ) {
+        (Some(v), Some(b)) => {
+            let r = v.ratio_to(b);
+            let verdict = if r <= max { "met" } else { "MISSED" };
+            format!("- {label}: {r:.2}× (limit {max}×): {verdict}")
+        }
+        _ => format!("- {label}: not measured"),
+    };
+    if get(FLOOR).is_none() {
+        return vec![];
+    }
+    vec![
+        "Targets (median of the run-by-run ratios; runs of one round are moments apart):".into(),
+        line("established ≤ 2.0× floor", get(EST), get(FLOOR), 2.0),
+        line(
+            "SYN with a table insert ≤ 4.0× floor",
+            get(SYN),
+            get(FLOOR),
+            4.0,
+        ),
+        line(
+            "non-VIP pass ≤ 2× the empty program (both alone)",
+            get(NOT_VIP),
+            get(EMPTY),
+            2.0,
+        ),
+        line(
+            "non-VIP pass ≤ 2× the empty program (both through the harness)",
+            get(NOT_VIP_H),
+            get(EMPTY_H),
+            2.0,
+        ),
+        line(
+            "GUE ≤ 1.1× plain IPv6 encapsulation (established)",
+            get(GUE),
+            get(EST),
+            1.1,
+        ),
+        format!(
+            "- 1M flows cycled vs 1 flow (cache-cold table): {}",
+            match (get(EST_1M), get(EST)) {
+                (Some(a), Some(b)) => format!("{:.2}×", a.ratio_to(b)),
+                _ => "not measured".into(),
+            }
+        ),
+    ]
+}
