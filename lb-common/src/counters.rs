@@ -1,7 +1,7 @@
 //! Per-CPU counters: the value every counter map holds, the macro that declares each
 //! program's counter enum, and the load balancer's own (`Counter`, `STATS[Counter as u32]`).
 //! The other programs declare theirs beside their maps: `DecapCounter` (decap.rs) and
-//! `HcCounter` (health.rs).
+//! `HealthCounter` (health.rs).
 
 /// A packets/bytes pair, per CPU.
 #[repr(C)]

@@ -11,32 +11,32 @@ pub const PROGRAM_NAME: &str = "lb_health_encap";
 
 /// Map names in the `lb-health-encap` object.
 pub mod names {
-    pub const HC_TARGETS: &str = "HC_TARGETS";
-    pub const HC_STATS: &str = "HC_STATS";
-    pub const HC_VIPS: &str = "HC_VIPS";
+    pub const HEALTH_TARGETS: &str = "HEALTH_TARGETS";
+    pub const HEALTH_STATS: &str = "HEALTH_STATS";
+    pub const HEALTH_VIPS: &str = "HEALTH_VIPS";
 }
 
-/// Most VIP addresses the TC program guards against stray resets (`HC_VIPS`).
-pub const MAX_HC_VIPS: u32 = 4096;
+/// Most VIP addresses the TC program guards against stray resets (`HEALTH_VIPS`).
+pub const MAX_HEALTH_VIPS: u32 = 4096;
 
-/// Marks `HC_MARK_BASE | index` (index < 2^16) belong to health checks. Other marks pass the
+/// Marks `HEALTH_MARK_BASE | index` (index < 2^16) belong to health checks. Other marks pass the
 /// TC program untouched.
-pub const HC_MARK_BASE: u32 = 0x4c42_0000;
-pub const HC_MARK_MASK: u32 = 0xffff_0000;
-pub const MAX_HC_TARGETS: u32 = 1 << 16;
+pub const HEALTH_MARK_BASE: u32 = 0x4c42_0000;
+pub const HEALTH_MARK_MASK: u32 = 0xffff_0000;
+pub const MAX_HEALTH_TARGETS: u32 = 1 << 16;
 
-/// `HcTarget::flags`: encapsulate in IPv6 + UDP (GUE variant 1), as for a GUE VIP.
-pub const HC_F_GUE: u16 = 1;
+/// `HealthTarget::flags`: encapsulate in IPv6 + UDP (GUE variant 1), as for a GUE VIP.
+pub const HEALTH_F_GUE: u16 = 1;
 
 /// Where a marked check packet goes: the outer IPv6 header's addresses, per check.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HcTarget {
+pub struct HealthTarget {
     /// The load balancer's tunnel source (words as on the wire).
     pub src_ip6: [u32; 4],
     /// The backend's address.
     pub dst_ip6: [u32; 4],
-    /// GUE destination port, network order (used with `HC_F_GUE`).
+    /// GUE destination port, network order (used with `HEALTH_F_GUE`).
     pub gue_port: u16,
     pub flags: u16,
     pub _pad: u32,
@@ -44,11 +44,11 @@ pub struct HcTarget {
 
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for HcTarget {}
+unsafe impl aya::Pod for HealthTarget {}
 
 counter_enum! {
-    /// `HC_STATS` indices (per-CPU packet counts).
-    pub enum HcCounter {
+    /// `HEALTH_STATS` indices (per-CPU packet counts).
+    pub enum HealthCounter {
         /// Check packets encapsulated.
         Encapsulated = "encapsulated",
         /// Check packets with a check mark but no target: dropped, never sent unencapsulated.
@@ -68,9 +68,9 @@ mod tests {
 
     #[test]
     fn counters_are_numbered_in_order_with_distinct_names() {
-        let indices: Vec<u32> = HcCounter::ALL.iter().map(|&c| c as u32).collect();
-        let names: Vec<&str> = HcCounter::ALL.iter().map(|c| c.name()).collect();
-        crate::counters::check_counters(&indices, &names, HcCounter::COUNT);
-        assert_eq!(HcCounter::DropStrayReset as u32, 3);
+        let indices: Vec<u32> = HealthCounter::ALL.iter().map(|&c| c as u32).collect();
+        let names: Vec<&str> = HealthCounter::ALL.iter().map(|c| c.name()).collect();
+        crate::counters::check_counters(&indices, &names, HealthCounter::COUNT);
+        assert_eq!(HealthCounter::DropStrayReset as u32, 3);
     }
 }

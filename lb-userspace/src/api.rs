@@ -77,7 +77,7 @@ pub struct Status {
     pub bgp: Option<BgpStatus>,
     /// Peer sync, when configured.
     pub sync: Option<SyncStatus>,
-    /// The health-check encapsulation program's packet counts (`HC_STATS`).
+    /// The health-check encapsulation program's packet counts (`HEALTH_STATS`).
     #[serde(default)]
     pub health_encap: Vec<CounterInfo>,
 }
@@ -211,7 +211,7 @@ pub struct Stats {
     pub vips: Vec<(Vip, CounterInfo)>,
     pub backends: Vec<(Vip, String, CounterInfo)>,
     pub sync: Option<SyncStatus>,
-    /// The health-check encapsulation program's packet counts (`HC_STATS`).
+    /// The health-check encapsulation program's packet counts (`HEALTH_STATS`).
     #[serde(default)]
     pub health_encap: Vec<CounterInfo>,
 }

@@ -7,7 +7,7 @@
 //! directly. A passing check therefore proves the backend's decapsulation, VIP on `lo`,
 //! service and return path.
 //!
-//! The health task owns the TC program and writes its target maps (`HC_TARGETS`, `HC_VIPS`).
+//! The health task owns the TC program and writes its target maps (`HEALTH_TARGETS`, `HEALTH_VIPS`).
 //! It runs one small loop per check and sends transitions only ([`Transition`], on the channel
 //! the agent hands [`run`]); the agent takes a down backend out of the Maglev table like a
 //! drained one. [`spawn`] starts it and returns the agent's [`Handle`]: the checks it wants,
@@ -22,7 +22,9 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_common::health::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, MAX_HC_TARGETS, names};
+use lb_common::health::{
+    HEALTH_F_GUE, HEALTH_MARK_BASE, HealthCounter, HealthTarget, MAX_HEALTH_TARGETS, names,
+};
 use lb_common::v6_words;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -188,21 +190,21 @@ pub fn spawn(ifaces: &[String], tunnel: Tunnel) -> Result<Handle> {
     })
 }
 
-/// The TC program's packet counters (`HC_STATS`), taken out of its object so the agent can
+/// The TC program's packet counters (`HEALTH_STATS`), taken out of its object so the agent can
 /// read them while the health task owns the rest.
 pub struct EncapCounters(PerCpuArray<MapData, u64>);
 
 impl EncapCounters {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let map = ebpf
-            .take_map(names::HC_STATS)
-            .with_context(|| format!("map {} missing from the object", names::HC_STATS))?;
+            .take_map(names::HEALTH_STATS)
+            .with_context(|| format!("map {} missing from the object", names::HEALTH_STATS))?;
         Ok(Self(PerCpuArray::try_from(map)?))
     }
 
     /// Each counter summed over CPUs.
     pub fn read(&self) -> Result<Vec<(&'static str, u64)>> {
-        HcCounter::ALL
+        HealthCounter::ALL
             .iter()
             .map(|&c| Ok((c.name(), self.0.get(&(c as u32), 0)?.iter().sum())))
             .collect()
@@ -232,18 +234,25 @@ pub async fn run(
     mut wanted: watch::Receiver<Vec<CheckSpec>>,
     tx: mpsc::Sender<Transition>,
 ) {
-    let mut targets: BpfHashMap<_, u32, HcTarget> =
-        match ebpf.take_map(names::HC_TARGETS).map(BpfHashMap::try_from) {
-            Some(Ok(m)) => m,
-            _ => return warn!("health checks disabled: {} map missing", names::HC_TARGETS),
-        };
+    let mut targets: BpfHashMap<_, u32, HealthTarget> = match ebpf
+        .take_map(names::HEALTH_TARGETS)
+        .map(BpfHashMap::try_from)
+    {
+        Some(Ok(m)) => m,
+        _ => {
+            return warn!(
+                "health checks disabled: {} map missing",
+                names::HEALTH_TARGETS
+            );
+        }
+    };
     let mut vips: BpfHashMap<_, [u32; 4], u8> =
-        match ebpf.take_map(names::HC_VIPS).map(BpfHashMap::try_from) {
+        match ebpf.take_map(names::HEALTH_VIPS).map(BpfHashMap::try_from) {
             Some(Ok(m)) => m,
-            _ => return warn!("health checks disabled: {} map missing", names::HC_VIPS),
+            _ => return warn!("health checks disabled: {} map missing", names::HEALTH_VIPS),
         };
     let mut running: BTreeMap<(Vip, Ipv6Addr), Running> = BTreeMap::new();
-    let mut free: Vec<u32> = (0..MAX_HC_TARGETS).rev().collect();
+    let mut free: Vec<u32> = (0..MAX_HEALTH_TARGETS).rev().collect();
     loop {
         let specs = wanted.borrow_and_update().clone();
         // The addresses whose stray resets the TC program drops.
@@ -267,7 +276,7 @@ pub async fn run(
         for k in stale {
             let r = running.remove(&k).expect("listed above");
             r.task.abort();
-            let _ = targets.remove(&(HC_MARK_BASE | r.index));
+            let _ = targets.remove(&(HEALTH_MARK_BASE | r.index));
             free.push(r.index);
         }
         for spec in specs {
@@ -277,17 +286,17 @@ pub async fn run(
             }
             let Some(index) = free.pop() else {
                 warn!(
-                    "more than {MAX_HC_TARGETS} checks; {} is not checked",
+                    "more than {MAX_HEALTH_TARGETS} checks; {} is not checked",
                     spec.backend
                 );
                 continue;
             };
-            let mark = HC_MARK_BASE | index;
-            let target = HcTarget {
+            let mark = HEALTH_MARK_BASE | index;
+            let target = HealthTarget {
                 src_ip6: v6_words(tunnel.source),
                 dst_ip6: v6_words(spec.backend),
                 gue_port: tunnel.gue_port.to_be(),
-                flags: if spec.gue { HC_F_GUE } else { 0 },
+                flags: if spec.gue { HEALTH_F_GUE } else { 0 },
                 _pad: 0,
             };
             if let Err(e) = targets.insert(mark, target, 0) {

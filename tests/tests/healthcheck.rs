@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use aya::maps::{HashMap, PerCpuArray};
 use aya::programs::SchedClassifier;
 use etherparse::PacketBuilder;
-use lb_common::health::{HC_F_GUE, HC_MARK_BASE, HcCounter, HcTarget, names};
+use lb_common::health::{HEALTH_F_GUE, HEALTH_MARK_BASE, HealthCounter, HealthTarget, names};
 use lb_common::v6_words;
 use tests::test_run_ctx;
 
@@ -46,21 +46,21 @@ impl Hc {
     }
 
     fn target(&mut self, index: u32, backend: Ipv6Addr, gue: bool) {
-        let mut m: HashMap<_, u32, HcTarget> =
-            HashMap::try_from(self.ebpf.map_mut(names::HC_TARGETS).unwrap()).unwrap();
-        let t = HcTarget {
+        let mut m: HashMap<_, u32, HealthTarget> =
+            HashMap::try_from(self.ebpf.map_mut(names::HEALTH_TARGETS).unwrap()).unwrap();
+        let t = HealthTarget {
             src_ip6: v6_words(tunnel_src()),
             dst_ip6: v6_words(backend),
             gue_port: 6080u16.to_be(),
-            flags: if gue { HC_F_GUE } else { 0 },
+            flags: if gue { HEALTH_F_GUE } else { 0 },
             _pad: 0,
         };
-        m.insert(HC_MARK_BASE | index, t, 0).unwrap();
+        m.insert(HEALTH_MARK_BASE | index, t, 0).unwrap();
     }
 
     fn vip(&mut self, words: [u32; 4]) {
         let mut m: HashMap<_, [u32; 4], u8> =
-            HashMap::try_from(self.ebpf.map_mut(names::HC_VIPS).unwrap()).unwrap();
+            HashMap::try_from(self.ebpf.map_mut(names::HEALTH_VIPS).unwrap()).unwrap();
         m.insert(words, 1, 0).unwrap();
     }
 
@@ -78,9 +78,9 @@ impl Hc {
         test_run_ctx(prog.fd().unwrap().as_fd(), frame, &ctx).unwrap()
     }
 
-    fn counter(&self, c: HcCounter) -> u64 {
+    fn counter(&self, c: HealthCounter) -> u64 {
         let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(names::HC_STATS).unwrap()).unwrap();
+            PerCpuArray::try_from(self.ebpf.map(names::HEALTH_STATS).unwrap()).unwrap();
         m.get(&(c as u32), 0).unwrap().iter().sum()
     }
 }
@@ -144,35 +144,35 @@ fn marked_check_packets_are_tunnelled_to_their_backend() {
     hc.target(7, backend(2), true);
     let syn = syn4(false);
     assert_eq!(
-        hc.run(&syn, HC_MARK_BASE | 3),
+        hc.run(&syn, HEALTH_MARK_BASE | 3),
         (TC_ACT_OK, expected(&syn, backend(1), false))
     );
     let get = get6();
     assert_eq!(
-        hc.run(&get, HC_MARK_BASE | 7),
+        hc.run(&get, HEALTH_MARK_BASE | 7),
         (TC_ACT_OK, expected(&get, backend(2), true))
     );
     // IPv4 inside GUE and IPv6 inside plain IPv6 too.
     hc.target(7, backend(2), true);
     assert_eq!(
-        hc.run(&syn, HC_MARK_BASE | 7),
+        hc.run(&syn, HEALTH_MARK_BASE | 7),
         (TC_ACT_OK, expected(&syn, backend(2), true))
     );
     hc.target(3, backend(1), false);
     assert_eq!(
-        hc.run(&get, HC_MARK_BASE | 3),
+        hc.run(&get, HEALTH_MARK_BASE | 3),
         (TC_ACT_OK, expected(&get, backend(1), false))
     );
-    assert_eq!(hc.counter(HcCounter::Encapsulated), 4);
+    assert_eq!(hc.counter(HealthCounter::Encapsulated), 4);
 }
 
 #[test]
 fn a_check_packet_without_target_never_leaves() {
     let hc = Hc::load();
     let syn = syn4(false);
-    assert_eq!(hc.run(&syn, HC_MARK_BASE | 9).0, TC_ACT_SHOT);
-    assert_eq!(hc.counter(HcCounter::DropNoTarget), 1);
-    assert_eq!(hc.counter(HcCounter::Encapsulated), 0);
+    assert_eq!(hc.run(&syn, HEALTH_MARK_BASE | 9).0, TC_ACT_SHOT);
+    assert_eq!(hc.counter(HealthCounter::DropNoTarget), 1);
+    assert_eq!(hc.counter(HealthCounter::Encapsulated), 0);
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn other_traffic_passes_untouched_but_stray_resets_to_checked_vips_are_dropped()
     hc.vip([u32::from_ne_bytes(VIP4), 0, 0, 0]);
     assert_eq!(hc.run(&rst, 0).0, TC_ACT_SHOT);
     assert_eq!(hc.run(&syn, 0), (TC_ACT_OK, syn.clone()));
-    assert_eq!(hc.counter(HcCounter::DropStrayReset), 1);
+    assert_eq!(hc.counter(HealthCounter::DropStrayReset), 1);
     let other = {
         let mut out = Vec::new();
         PacketBuilder::ethernet2(SRC_MAC, DST_MAC)

@@ -1,5 +1,5 @@
 //! `lb_health_encap`: TC egress on the load balancer's NIC. Packets of the agent's health-check
-//! sockets (marked `HC_MARK_BASE | index`) are encapsulated to the backend `HC_TARGETS[mark]`
+//! sockets (marked `HEALTH_MARK_BASE | index`) are encapsulated to the backend `HEALTH_TARGETS[mark]`
 //! names, in the same IPv6 (or IPv6 + UDP for GUE) header the XDP program writes for client
 //! packets. So a check connection to the VIP travels the tunnel like real traffic, and the
 //! backend's reply comes back directly, as for a client. Every other packet passes untouched.
@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::health::{
-    HC_F_GUE, HC_MARK_BASE, HC_MARK_MASK, HcCounter, HcTarget, MAX_HC_TARGETS, MAX_HC_VIPS,
+    HEALTH_F_GUE, HEALTH_MARK_BASE, HEALTH_MARK_MASK, HealthCounter, HealthTarget,
+    MAX_HEALTH_TARGETS, MAX_HEALTH_VIPS,
 };
 use lb_common::wire::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
@@ -42,14 +43,15 @@ const OK: i32 = TC_ACT_OK as i32;
 const SHOT: i32 = TC_ACT_SHOT as i32;
 
 #[map]
-static HC_TARGETS: HashMap<u32, HcTarget> = HashMap::with_max_entries(MAX_HC_TARGETS, 0);
+static HEALTH_TARGETS: HashMap<u32, HealthTarget> =
+    HashMap::with_max_entries(MAX_HEALTH_TARGETS, 0);
 
 #[map]
-static HC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HcCounter::COUNT, 0);
+static HEALTH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HealthCounter::COUNT, 0);
 
 /// The checked VIP addresses (IPv4 in the first word, the rest zero).
 #[map]
-static HC_VIPS: HashMap<[u32; 4], u8> = HashMap::with_max_entries(MAX_HC_VIPS, 0);
+static HEALTH_VIPS: HashMap<[u32; 4], u8> = HashMap::with_max_entries(MAX_HEALTH_VIPS, 0);
 
 /// The outer IPv6 header, as on the wire.
 #[repr(C)]
@@ -71,8 +73,8 @@ struct UdpHeader {
 }
 
 #[inline(always)]
-fn count(c: HcCounter) {
-    if let Some(v) = HC_STATS.get_ptr_mut(c as u32) {
+fn count(c: HealthCounter) {
+    if let Some(v) = HEALTH_STATS.get_ptr_mut(c as u32) {
         // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
         unsafe { *v += 1 };
     }
@@ -82,9 +84,9 @@ fn count(c: HcCounter) {
 pub fn lb_health_encap(ctx: TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program run.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & HC_MARK_MASK != HC_MARK_BASE {
+    if mark & HEALTH_MARK_MASK != HEALTH_MARK_BASE {
         if is_stray_reset(&ctx) {
-            count(HcCounter::DropStrayReset);
+            count(HealthCounter::DropStrayReset);
             return SHOT;
         }
         return OK;
@@ -92,24 +94,24 @@ pub fn lb_health_encap(ctx: TcContext) -> i32 {
     // A check packet must never leave unencapsulated: the router would send it to the VIP
     // through any load balancer and the check would pass for the wrong backend.
     // SAFETY: the value is read at once, before anything could delete it.
-    let Some(target) = (unsafe { HC_TARGETS.get(&mark) }) else {
-        count(HcCounter::DropNoTarget);
+    let Some(target) = (unsafe { HEALTH_TARGETS.get(&mark) }) else {
+        count(HealthCounter::DropNoTarget);
         return SHOT;
     };
     match encapsulate(&ctx, target) {
         Ok(()) => {
-            count(HcCounter::Encapsulated);
+            count(HealthCounter::Encapsulated);
             OK
         }
         Err(()) => {
-            count(HcCounter::DropEncap);
+            count(HealthCounter::DropEncap);
             SHOT
         }
     }
 }
 
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
+fn encapsulate(ctx: &TcContext, t: &HealthTarget) -> Result<(), ()> {
     // skb->protocol holds the ethertype in network order, like the wire constants.
     // SAFETY: the context's skb pointer is valid for the program run.
     let next_header = match unsafe { (*ctx.skb.skb).protocol } as u16 {
@@ -118,7 +120,7 @@ fn encapsulate(ctx: &TcContext, t: &HcTarget) -> Result<(), ()> {
         _ => return Err(()),
     };
     let inner_len = (ctx.len() as usize).checked_sub(ETH_HLEN).ok_or(())? as u16;
-    let gue = t.flags & HC_F_GUE != 0;
+    let gue = t.flags & HEALTH_F_GUE != 0;
     let (grow, flags) = if gue {
         (
             GUE_HLEN,
@@ -187,7 +189,7 @@ fn is_stray_reset(ctx: &TcContext) -> bool {
     }
     matches!(ctx.load::<u8>(flags_at), Ok(f) if f & TCP_RST != 0)
         // SAFETY: the value is only tested for presence, never read.
-        && unsafe { HC_VIPS.get(&dst) }.is_some()
+        && unsafe { HEALTH_VIPS.get(&dst) }.is_some()
 }
 
 /// A per-packet varying source port is pointless for a handful of check packets; the mark's
