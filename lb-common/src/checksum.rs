@@ -2,7 +2,7 @@
 //! builds. One's-complement sums do not depend on byte order, so every word may be used as
 //! loaded from the packet.
 
-use crate::wire::{HOP_LIMIT, PROTO_ICMP};
+use crate::headers::{HOP_LIMIT, PROTO_ICMP};
 
 /// Folds a one's-complement sum of 16-bit words (in memory order) to 16 bits.
 #[inline(always)]

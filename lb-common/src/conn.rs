@@ -2,7 +2,7 @@
 //! lives. The XDP program creates and refreshes entries; the agent installs peers' entries and
 //! counts flows with the same timeouts (`LbConfig::idle_timeout_ns`).
 
-use crate::wire::{TCP_FIN, TCP_RST, TCP_SYN};
+use crate::headers::{TCP_FIN, TCP_RST, TCP_SYN};
 
 pub const DEFAULT_MAX_CONNS: u32 = 1_000_000;
 pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 30_000_000_000;

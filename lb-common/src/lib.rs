@@ -6,9 +6,9 @@
 //! therefore agree on layouts and on which backend a flow maps to. The pure arithmetic of the
 //! XDP program (checksums, too-big sizing) lives here too, where the host tests run it.
 //!
-//! One idea per module; nothing here imports upward (`wire` and `addr` at the bottom, the
+//! One idea per module; nothing here imports upward (`headers` and `addr` at the bottom, the
 //! map types above them, `maglev` on top):
-//! - `wire`: header sizes and field values; `addr`: address words and families.
+//! - `headers`: header sizes and field values; `addr`: address words and families.
 //! - `conn`, `vip`, `vip_index`, `vip_filter`, `backend`, `config`, `flow_event`: the
 //!   `lb-xdp` object's map types; `names`: its map and global names.
 //! - `counters`: the counter macro and `Counter`; `decap` and `health`: the other programs'
@@ -26,13 +26,13 @@ pub mod counters;
 pub mod decap;
 pub mod flow_event;
 pub mod hash;
+pub mod headers;
 pub mod health;
 pub mod names;
 pub mod toobig;
 pub mod vip;
 pub mod vip_filter;
 pub mod vip_index;
-pub mod wire;
 
 #[cfg(feature = "user")]
 pub mod maglev;
@@ -44,8 +44,8 @@ pub use conn::*;
 pub use counters::{Counter, CounterValue};
 pub use flow_event::*;
 pub use hash::{flow_hash, ring_slot};
+pub use headers::{ENCAP_GUE_LEN, ENCAP_IP6_LEN, PROTO_TCP, PROTO_UDP};
 pub use names::globals;
 pub use vip::*;
 pub use vip_filter::*;
 pub use vip_index::*;
-pub use wire::{ENCAP_GUE_LEN, ENCAP_IP6_LEN, PROTO_TCP, PROTO_UDP};

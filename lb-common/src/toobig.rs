@@ -2,11 +2,11 @@
 //! which quote fits, who may be told). lb-ebpf's `toobig` builds the message; the policy is in
 //! docs/dataplane.md ("Too big to encapsulate").
 
-use crate::vip::VIP_F_GUE;
-use crate::wire::{
+use crate::headers::{
     ENCAP_GUE_LEN, ENCAP_IP6_LEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN,
     ICMPV6_PKT_TOOBIG, IPV4_HLEN, IPV6_HLEN,
 };
+use crate::vip::VIP_F_GUE;
 
 /// Type and code word of ICMP "fragmentation needed" (RFC 792, RFC 1191), host order.
 pub const ICMP_FRAG_NEEDED_WORD: u16 = u16::from_be_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]);

@@ -3,7 +3,7 @@
 //! Nothing here owns a map. rustc exports every `#[map]` static of a linked library into the
 //! object, and the agent creates every map an object holds, so a map defined here would appear
 //! in all five objects. Each program's maps therefore live in its own binary (`src/bin/`), and
-//! header constants in `lb_common::wire`, where userspace uses them too.
+//! header constants in `lb_common::headers`, where userspace uses them too.
 // no_std in the eBPF objects; on the host (clippy, `--all-targets`) std provides the panic
 // handler, so the binaries' test builds do not see two.
 #![cfg_attr(target_arch = "bpf", no_std)]

@@ -24,6 +24,7 @@ impl Wire {
             "AF_PACKET socket: {}",
             std::io::Error::last_os_error()
         );
+        // SAFETY: `fd` was just returned by socket() and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let ifindex = lb_userspace::neighbour::ifindex(iface)? as i32;
         // SAFETY: a zeroed sockaddr_ll with family, protocol and ifindex set.
@@ -31,6 +32,7 @@ impl Wire {
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto as u16;
         sll.sll_ifindex = ifindex;
+        // SAFETY: `sll` is a valid sockaddr_ll for the given length, on an open socket.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -44,6 +46,7 @@ impl Wire {
             std::io::Error::last_os_error()
         );
         let buf: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads a c_int of the given length from `buf`.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),

@@ -89,6 +89,7 @@ pub fn run(verbose: bool) -> Result<()> {
         return Ok(());
     }
     let debian = std::path::Path::new("/etc/debian_version").exists();
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc_geteuid() } == 0;
     if !debian || !root {
         let mut todo = Vec::new();

@@ -24,7 +24,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::wire::{
+use lb_common::headers::{
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, IPV4_HLEN, IPV6_HLEN, NEXT_HEADER_IPIP,
     NEXT_HEADER_IPV6, NEXT_HEADER_UDP, VLAN_HLEN,
 };

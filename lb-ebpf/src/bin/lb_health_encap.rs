@@ -19,13 +19,13 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
+use lb_common::headers::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
+    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, PROTO_TCP, TCP_RST, UDP_HLEN,
+};
 use lb_common::health::{
     HEALTH_F_GUE, HEALTH_MARK_BASE, HEALTH_MARK_MASK, HealthCounter, HealthTarget,
     MAX_HEALTH_TARGETS, MAX_HEALTH_VIPS,
-};
-use lb_common::wire::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
-    NEXT_HEADER_IPV6, NEXT_HEADER_UDP, PROTO_TCP, TCP_RST, UDP_HLEN,
 };
 // The panic handler.
 use lb_ebpf as _;
@@ -112,7 +112,7 @@ pub fn lb_health_encap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn encapsulate(ctx: &TcContext, t: &HealthTarget) -> Result<(), ()> {
-    // skb->protocol holds the ethertype in network order, like the wire constants.
+    // skb->protocol holds the ethertype in network order, like the `headers` constants.
     // SAFETY: the context's skb pointer is valid for the program run.
     let next_header = match unsafe { (*ctx.skb.skb).protocol } as u16 {
         ETH_P_IP => NEXT_HEADER_IPIP,

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::wire::{
+use lb_common::headers::{
     ENCAP_GUE_LEN, ENCAP_IP6_LEN, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
     NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
 };
@@ -19,7 +19,7 @@ use lb_common::{Counter, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta};
 use crate::packet::{Parsed, Target};
 use crate::stats;
 
-const UDP_HLEN: u16 = lb_common::wire::UDP_HLEN as u16;
+const UDP_HLEN: u16 = lb_common::headers::UDP_HLEN as u16;
 /// Where the MACs lie in `IfaceConfig`, for the word reads below.
 const SRC_MAC: usize = offset_of!(IfaceConfig, src_mac);
 const DST_MAC: usize = offset_of!(IfaceConfig, dst_mac);

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::checksum::csum_replace;
-use lb_common::wire::{
+use lb_common::headers::{
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, HOP_LIMIT, ICMP_DEST_UNREACH, ICMP_ECHO,
     ICMP_ECHO_REPLY, ICMP_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
     ICMPV6_PKT_TOOBIG, IPV4_FRAG_OFFSET, IPV4_HLEN, IPV6_HLEN, PROTO_ICMP, VLAN_HLEN,

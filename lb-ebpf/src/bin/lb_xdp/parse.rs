@@ -7,7 +7,7 @@
 //! icmp.rs.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::wire::{
+use lb_common::headers::{
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_HLEN, IPV4_FRAG_MASK, IPV4_HLEN, IPV6_HLEN,
     NEXT_HEADER_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, TCP_HLEN, UDP_HLEN, VLAN_HLEN,
 };

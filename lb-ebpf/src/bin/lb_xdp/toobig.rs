@@ -24,13 +24,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::checksum::{fold, ipv4_icmp_header_checksum};
+use lb_common::headers::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, HOP_LIMIT, ICMP_HLEN, IPV4_DF, IPV4_HLEN, IPV6_HLEN,
+    PROTO_ICMP, PROTO_ICMPV6,
+};
 use lb_common::toobig::{
     GROW4, GROW6, ICMP_FRAG_NEEDED_WORD, ICMPV6_TOO_BIG_WORD, QUOTE4_FULL, QUOTE4_MIN, QUOTE6_FULL,
     QUOTE6_MIN, Quote, advertised_mtu, exceeds, is_unicast_v4, is_unicast_v6, overhead, quote,
-};
-use lb_common::wire::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, HOP_LIMIT, ICMP_HLEN, IPV4_DF, IPV4_HLEN, IPV6_HLEN,
-    PROTO_ICMP, PROTO_ICMPV6,
 };
 use lb_common::{Counter, FAMILY_V4, IfaceConfig, PROTO_TCP, PROTO_UDP, VipMeta};
 use lb_ebpf::load;

@@ -1,4 +1,4 @@
-//! The wire format both sides write and read: header sizes, protocol numbers and field values.
+//! Packet headers: sizes, protocol numbers and field values, the one place both sides take them from.
 //! The XDP and TC programs parse and build headers with them; userspace sizes MTUs and builds
 //! test frames with the same numbers.
 //!
