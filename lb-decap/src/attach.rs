@@ -12,10 +12,11 @@ use aya::programs::{
 };
 use serde_json::json;
 
-use crate::kernel::{ensure_bpffs, iface_xdp, ifindex, xdp_link_info};
+use crate::addr_list::join;
+use crate::kernel::{iface_xdp, xdp_link_info};
 use crate::pins::{LINK_PIN, remove_if_present};
 use crate::program::Decap;
-use crate::table::join;
+use lb_host::{ensure_bpffs, ifindex};
 
 /// What `lb decap` did.
 #[derive(Debug)]

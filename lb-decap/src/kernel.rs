@@ -1,69 +1,10 @@
-//! What lb decap asks the kernel about interfaces, XDP links and bpffs: small, local versions
-//! of the agent's helpers, so this crate does not depend on the agent.
+//! What lb decap asks the kernel about the XDP program on an interface and its pinned link
+//! (bpffs and interface indexes come from lb-host, shared with the agent).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
-
-/// The interface's index in this network namespace.
-pub(crate) fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: if_nametoindex only reads the NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface `{name}` in this network namespace");
-    }
-    Ok(i)
-}
-
-/// `statfs(2)`'s f_type of a bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs is plain data; all zeroes is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs reads the NUL-terminated path and writes only into `st`.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-/// Mounts bpffs on /sys/fs/bpf if the pin directory is under it and nothing is mounted there
-/// yet (as the agent does), then requires the directory to be on a bpffs.
-pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let root = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(root) && !is_bpffs(root) {
-        tracing::info!("mounting bpffs on /sys/fs/bpf");
-        let (src, target, fstype, opts) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
-        // SAFETY: constant NUL-terminated strings, read only by the kernel.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
-        }
-    }
-    let mut probe = pin_dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    ensure!(
-        is_bpffs(&probe),
-        "the pin directory {} is not on a bpffs (mount one, or use a directory under /sys/fs/bpf)",
-        pin_dir.display()
-    );
-    Ok(())
-}
 
 /// The XDP program running on `iface` in this network namespace and its mode, from
 /// `ip -j link` (as the neighbour lookups do).

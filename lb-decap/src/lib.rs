@@ -7,14 +7,15 @@
 //! atomic step. The maps are pinned next to the link so `--stats` can read them.
 //!
 //! The `lb` binary's `decap` subcommand delegates to [`run`]. This crate depends on lb-common
-//! (the map contract), lb-objects (the compiled program) and aya, never on the agent.
+//! (the map contract), lb-objects (the compiled program), lb-host (bpffs, interfaces, tables)
+//! and aya, never on the agent.
 
+mod addr_list;
 mod attach;
 mod kernel;
 mod pins;
 mod program;
 mod status;
-mod table;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -98,7 +99,7 @@ pub fn run(args: DecapArgs, json: bool) -> Result<()> {
         args.gue_port != 0,
         "--gue-port 0: GUE needs a UDP port from 1 to 65535 (the load balancers' gue_port)"
     );
-    kernel::ifindex(&args.iface)?;
+    lb_host::ifindex(&args.iface)?;
     let mode = match args.mode {
         Mode::Driver => XdpMode::Driver,
         Mode::Generic => XdpMode::Skb,

@@ -12,10 +12,11 @@ use lb_common::{
 };
 use serde_json::json;
 
+use crate::addr_list::join;
 use crate::kernel::{iface_xdp, xdp_link_info};
 use crate::pins::LINK_PIN;
 use crate::program::read_counters;
-use crate::table::{join, table};
+use lb_host::table::table;
 
 /// The pinned program's state: settings from its maps, whether it runs on `iface`, counters.
 #[derive(Debug)]

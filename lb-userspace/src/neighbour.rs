@@ -13,15 +13,7 @@ use tracing::warn;
 
 use crate::config::parse_mac;
 
-pub fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface `{name}` in this network namespace");
-    }
-    Ok(i)
-}
+pub use lb_host::ifindex;
 
 /// An `ioctl` on `name` with a zeroed `ifreq`; returns the request as the kernel filled it.
 fn ifreq_ioctl(name: &str, request: libc::c_ulong, what: &str) -> Result<libc::ifreq> {

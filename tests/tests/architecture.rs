@@ -18,7 +18,7 @@ const SIZE_REASON: &str = "over 500 lines because";
 /// layer (xtask drives cargo and depends on none of them).
 const LAYERS: &[&[&str]] = &[
     &["lb-common", "xtask"],
-    &["lb-ebpf", "lb-objects"],
+    &["lb-ebpf", "lb-objects", "lb-host"],
     &["lb-decap"],
     &["lb-userspace"],
     &["lb-lab", "lb-testkit"],

@@ -95,7 +95,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         bail!("the agent loads XDP programs and needs root");
     }
     let pin_dir = config.agent.pin_dir.clone();
-    ensure_bpffs(&pin_dir)?;
+    ensure_bpffs(&pin_dir).context("agent.pin_dir")?;
     claim_socket(&config.agent.api_socket).await?;
 
     let mut dp = Dataplane::load_pinned(config.limits(), &pin_dir)?;

@@ -4,11 +4,11 @@ use anyhow::Result;
 
 use super::args::BackendCmd;
 use super::client::Client;
-use super::table::table;
 use super::{print_change, print_json};
 use crate::api::BackendInfo;
 use crate::http;
 use crate::state::{BackendState, Change, Vip};
+use lb_host::table::table;
 
 pub async fn run(client: &Client, cmd: BackendCmd, json: bool) -> Result<()> {
     let change = match cmd {

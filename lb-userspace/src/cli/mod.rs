@@ -14,13 +14,12 @@ pub mod peer;
 pub mod reload;
 pub mod stats;
 pub mod status;
-pub mod table;
 pub mod vip;
 
 use anyhow::Result;
 
 pub use client::{Client, ClientError};
-pub use table::{si, table};
+pub use lb_host::table::{si, table};
 
 use crate::api::ChangeReply;
 

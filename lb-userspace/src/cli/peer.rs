@@ -5,8 +5,8 @@ use anyhow::Result;
 use super::args::PeerCmd;
 use super::client::Client;
 use super::print_json;
-use super::table::table;
 use crate::api::SyncStatus;
+use lb_host::table::table;
 
 pub async fn run(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
     let PeerCmd::List = cmd;

@@ -7,8 +7,8 @@ use anyhow::Result;
 
 use super::args::StatsArgs;
 use super::client::Client;
-use super::table::{si, table};
 use crate::api::Stats;
+use lb_host::table::{si, table};
 
 fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.saturating_sub(before) as f64 / secs

@@ -5,8 +5,8 @@ use anyhow::Result;
 use super::client::Client;
 use super::peer::peer_table;
 use super::print_json;
-use super::table::table;
 use crate::api::Status;
+use lb_host::table::table;
 
 pub async fn run(client: &Client, json: bool) -> Result<()> {
     let s: Status = client.get("/v1/status").await?;

@@ -4,10 +4,10 @@ use anyhow::Result;
 
 use super::args::VipCmd;
 use super::client::Client;
-use super::table::table;
 use super::{print_change, print_json};
 use crate::api::VipInfo;
 use crate::state::Change;
+use lb_host::table::table;
 
 pub async fn run(client: &Client, cmd: VipCmd, json: bool) -> Result<()> {
     let change = match cmd {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use aya::{
     EbpfLoader,
     programs::{
@@ -169,50 +169,4 @@ pub fn unpin_link(pin_dir: &Path, iface: &str) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Makes sure `/sys/fs/bpf` is a bpffs (mounting it if needed) and that `pin_dir` is on one.
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let is_bpffs = |p: &Path| -> bool {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-            return false;
-        };
-        // SAFETY: statfs is plain data; all zeroes is a valid value.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is NUL-terminated and `st` is a valid statfs for the kernel to fill.
-        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-    };
-    let root = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(root) && !is_bpffs(root) {
-        tracing::info!("mounting bpffs on /sys/fs/bpf");
-        let (src, target, fstype, opts) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
-        // SAFETY: constant NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
-        }
-    }
-    let mut probe = pin_dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    if !is_bpffs(&probe) {
-        bail!(
-            "agent.pin_dir {} is not on a bpffs (mount one, or use a directory under /sys/fs/bpf)",
-            pin_dir.display()
-        );
-    }
-    Ok(())
 }

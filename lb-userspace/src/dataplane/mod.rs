@@ -23,5 +23,6 @@ mod vips;
 
 pub use flows::{FlowCounts, FlowTable, flow_counts_pinned, is_live, monotonic_ns};
 pub use handle::{Attachment, Dataplane, PROGRAM_NAME};
+pub use lb_host::ensure_bpffs;
 pub use limits::{DataplaneLimits, MAX_VIPS_LIMIT};
-pub use load::{detach_pinned, ensure_bpffs, link_pin_path, unpin_link};
+pub use load::{detach_pinned, link_pin_path, unpin_link};

@@ -1,4 +1,4 @@
-//! Plain-text output for people: column tables and SI-scaled numbers.
+//! Plain-text output for people: column tables and SI-scaled numbers (`lb` and `lb decap`).
 
 /// Prints rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
