@@ -133,7 +133,8 @@ impl Change {
     /// usable tunnel endpoint and a weight in range (a `Vip` is checked when it is parsed).
     pub fn validate(&self) -> Result<()> {
         match self {
-            Change::AddVip { .. } | Change::RemoveVip { .. } => Ok(()),
+            Change::AddVip { vip, .. } => check_vip_addr(&vip.addr),
+            Change::RemoveVip { .. } => Ok(()),
             Change::AddBackend {
                 backend, weight, ..
             }
@@ -386,4 +387,4 @@ impl DesiredState {
 mod tests;
 mod vip;
 
-pub use vip::{Proto, Vip};
+pub use vip::{Proto, Vip, check_vip_addr};

@@ -642,3 +642,101 @@ fn a_restarted_agent_rejoins_converges_and_keeps_its_flows() {
     assert!(log.contains("caught up with peer"), "{log}");
     finish(lab);
 }
+
+/// Issue 15, 2: an authenticated peer's state whose clock sits at the end of the Lamport clock
+/// (or whose stamps carry a node name that is not one) is refused and counted, and changes
+/// nothing: the agent's next change still advances its version by one, and both agents agree.
+#[test]
+fn a_peer_state_with_a_clock_at_its_end_is_refused_and_changes_nothing() {
+    use lb_userspace::state::{BackendState, Change, Vip};
+    use lb_userspace::sync::replicated::{ReplicatedState, Stamp};
+    let lab = lab_with("clk", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    sh_ok(
+        &lab,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:5::99/64",
+            "dev",
+            "br0",
+            "nodad",
+        ],
+    );
+    let target = SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT);
+    let key = FleetKey::parse(&std::fs::read_to_string(lab.key_file()).unwrap()).unwrap();
+    let before = peers(&lab, 1);
+    let before_refused = refused(&lab, 1);
+    let v4 = format!("{VIP4}:{HTTP_PORT}/tcp");
+
+    // A new VIP with a backend, every field stamped as lb2 would: once at the clock's end,
+    // once with a node name that is not a node name.
+    let state = |clock: u64, node: &str| {
+        let vip: Vip = "192.0.2.77:80/tcp".parse().unwrap();
+        let stamp = Stamp {
+            clock,
+            node: node.to_string(),
+        };
+        let mut s = ReplicatedState::default();
+        s.record(&Change::AddVip { vip, gue: false }, &stamp);
+        let add = Change::AddBackend {
+            vip,
+            backend: backend(1).parse().unwrap(),
+            weight: 100,
+            state: BackendState::Active,
+        };
+        s.record(&add, &stamp);
+        serde_json::to_vec(&s).unwrap()
+    };
+    let bodies = [state(u64::MAX, "lb2"), state(1, "lb2\nforged log line")];
+    lab::in_ns(&lab.ns("sw"), move || {
+        for body in bodies {
+            let (mut s, session, ..) = handshake(target, &key, "lb2", wire::nonce());
+            let frame = wire::encode_frame(&session, 1, lb_userspace::sync::KIND_STATE, &body);
+            s.write_all(&frame).unwrap();
+            closed_by_peer(&mut s, "poisoned state");
+        }
+    })
+    .unwrap();
+
+    let counted = |r: &str| {
+        refused(&lab, 1).get(r).copied().unwrap_or(0) - before_refused.get(r).copied().unwrap_or(0)
+    };
+    wait_until("both refusals counted", Duration::from_secs(5), || {
+        counted("clock_jump") == 1 && counted("stamp") == 1
+    });
+    assert_eq!(
+        metric(&lab, 1, "lb_sync_refused_total{reason=\"clock_jump\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        metric(&lab, 1, "lb_sync_refused_total{reason=\"stamp\"}"),
+        Some(1)
+    );
+    let log = lab.agent_log(1);
+    assert!(log.contains("sync link refused: clock_jump"), "{log}");
+    assert!(
+        !log.contains("\nforged log line"),
+        "a bad name is not logged raw"
+    );
+    let after = peers(&lab, 1);
+    assert_eq!(after["version"], before["version"], "nothing merged");
+    assert_eq!(after["state_digest"], before["state_digest"]);
+    let vips = lab.lb_json(1, &["vip", "list"]).unwrap();
+    assert!(
+        !vips.to_string().contains("192.0.2.77"),
+        "the refused VIP is absent: {vips}"
+    );
+
+    // The state still takes a normal change, one clock step above the old version.
+    let version = before["version"].as_u64().unwrap();
+    ok(&lab, 1, &["backend", "weight", &v4, &backend(2), "300"]);
+    assert_eq!(peers(&lab, 1)["version"].as_u64(), Some(version + 1));
+    wait_until("lb2 to apply it", Duration::from_secs(10), || {
+        agree(&lab) && weight_of(&lab, 2, &v4, 2) == Some(300)
+    });
+    finish(lab);
+}

@@ -63,7 +63,7 @@ impl Agent {
         let f = self.fleet.as_ref().expect("fleet");
         let mut next = f.replicated.clone();
         for c in changes {
-            let stamp = next.next_stamp(&f.sync.node);
+            let stamp = next.next_stamp(&f.sync.node)?;
             next.record(c, &stamp);
         }
         self.commit(next)

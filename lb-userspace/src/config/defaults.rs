@@ -19,6 +19,13 @@ pub(super) fn default_startup_wait_secs() -> u64 {
     10
 }
 
+/// A million changes: years of operator changes, yet far from u64::MAX.
+pub const DEFAULT_MAX_CLOCK_JUMP: u64 = 1_000_000;
+
+pub(super) fn default_max_clock_jump() -> u64 {
+    DEFAULT_MAX_CLOCK_JUMP
+}
+
 pub(super) fn default_ring_size() -> u32 {
     lb_common::DEFAULT_RING_SIZE
 }

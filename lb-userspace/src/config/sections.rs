@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::checks::HealthOverride;
 use super::defaults::{
     DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port,
-    default_max_backends, default_max_flows, default_max_vips, default_refresh_secs,
-    default_ring_size, default_startup_wait_secs, default_tcp_closing, default_tcp_idle,
-    default_udp_idle, yes,
+    default_max_backends, default_max_clock_jump, default_max_flows, default_max_vips,
+    default_refresh_secs, default_ring_size, default_startup_wait_secs, default_tcp_closing,
+    default_tcp_idle, default_udp_idle, yes,
 };
 use crate::state::BackendState;
 
@@ -46,6 +46,9 @@ pub struct SyncConfig {
     /// after this many seconds (a peer that is down must not keep this node out).
     #[serde(default = "default_startup_wait_secs")]
     pub startup_wait_secs: u64,
+    /// A peer's state whose clock is more than this above ours is refused (docs/sync.md).
+    #[serde(default = "default_max_clock_jump")]
+    pub max_clock_jump: u64,
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerConfig>,
 }

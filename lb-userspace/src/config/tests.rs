@@ -78,6 +78,7 @@ address = "[2001:db8:5::2]:7946"
         (300, 10),
         "defaults"
     );
+    assert_eq!(sync.max_clock_jump, 1_000_000);
     for (edit, why) in [
         (("node = \"lb1\"", "node = \"lb 1\""), "use 1-64 of"),
         (("name = \"lb2\"", "name = \"lb1\""), "this node's own name"),
@@ -99,6 +100,10 @@ address = "[2001:db8:5::2]:7946"
         (
             ("node = \"lb1\"", "node = \"lb1\"\nrefresh_secs = 0"),
             "refresh_secs = 0",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nmax_clock_jump = 10"),
+            "max_clock_jump = 10: use 1000",
         ),
         (
             ("node = \"lb1\"", "node = \"lb1\"\nsecret = \"x\""),
@@ -143,6 +148,12 @@ address = "2001:db8:be::1"
     for (edit, why) in [
         (("seed = 7", "seed = -1"), "invalid value"),
         (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
+        (("\"192.0.2.10\"", "\"127.0.0.1\""), "loopback address"),
+        (("\"192.0.2.10\"", "\"fe80::10\""), "link-local address"),
+        (
+            ("\"192.0.2.10\"", "\"255.255.255.255\""),
+            "broadcast address",
+        ),
         (
             ("seed = 7", "seed = 7\ncolour = 1"),
             "unknown field `colour`",

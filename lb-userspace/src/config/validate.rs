@@ -120,6 +120,13 @@ impl SyncConfig {
             "[sync] startup_wait_secs = {}: use 0 to 600",
             self.startup_wait_secs
         );
+        // Below 1000 a busy afternoon of changes made while this agent was away would be
+        // refused; above 2^48 the bound no longer keeps clocks far from u64::MAX.
+        ensure!(
+            (1_000..=1 << 48).contains(&self.max_clock_jump),
+            "[sync] max_clock_jump = {}: use 1000 to 2^48",
+            self.max_clock_jump
+        );
         let mut names = BTreeSet::new();
         for p in &self.peers {
             ensure!(

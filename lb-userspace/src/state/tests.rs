@@ -124,6 +124,57 @@ fn apply_refuses_what_a_raw_change_could_carry() {
 }
 
 #[test]
+fn vips_that_cannot_be_internet_services_are_refused() {
+    let mut s = DesiredState::default();
+    let before = s.clone();
+    for (addr, why) in [
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.0.7", "link-local"),
+        ("fe80::1", "link-local"),
+        ("febf::1", "link-local"),
+        ("255.255.255.255", "broadcast"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+    ] {
+        let vip = Vip {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        let e = s
+            .apply(&Change::AddVip { vip, gue: false }, &CAP)
+            .unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains(why) && e.contains("cannot be a VIP"),
+            "{addr}: {e}"
+        );
+    }
+    assert_eq!(s, before);
+    // Their neighbours are fine.
+    let cap = Capacity { vips: 8, ..CAP };
+    for addr in [
+        "126.255.255.255",
+        "169.253.0.1",
+        "192.0.2.255",
+        "fec0::1",
+        "2001:db8::1",
+    ] {
+        let vip = Vip {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        s.apply(&Change::AddVip { vip, gue: false }, &cap).unwrap();
+    }
+}
+
+#[test]
 fn refused_changes_leave_the_state_unchanged() {
     let mut s = DesiredState::default();
     let v = vip("192.0.2.10:80/tcp");

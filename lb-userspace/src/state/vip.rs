@@ -52,6 +52,23 @@ impl fmt::Display for Proto {
     }
 }
 
+/// Refuses addresses that cannot be a service on the Internet: unspecified, loopback,
+/// link-local, multicast and broadcast (IPv4-mapped IPv6 addresses by their IPv4 meaning).
+/// Every VIP that enters the desired state passes here: config file, control API and peers'
+/// states (`Change::validate` and `ReplicatedState::validate`).
+pub fn check_vip_addr(addr: &IpAddr) -> Result<()> {
+    let why = match addr.to_canonical() {
+        a if a.is_unspecified() => "unspecified",
+        a if a.is_loopback() => "loopback",
+        a if a.is_multicast() => "multicast",
+        IpAddr::V4(a) if a.is_broadcast() => "broadcast",
+        IpAddr::V4(a) if a.is_link_local() => "link-local",
+        IpAddr::V6(a) if a.is_unicast_link_local() => "link-local",
+        _ => return Ok(()),
+    };
+    bail!("{addr} is a {why} address and cannot be a VIP")
+}
+
 /// A VIP service: address, port (0 = every port) and protocol. Written `192.0.2.10:80/tcp`,
 /// `[2001:db8::10]:443/tcp`, `192.0.2.10:*/udp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

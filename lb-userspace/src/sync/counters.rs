@@ -17,7 +17,7 @@ pub struct Counters {
     pub flows_untranslated: AtomicU64,
     /// An exported flow whose backend id the agent no longer knows.
     pub flows_unknown_id: AtomicU64,
-    pub refused: [AtomicU64; 8],
+    pub refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Counters {

@@ -23,6 +23,7 @@ pub mod wire;
 mod counters;
 mod flow_tasks;
 mod link;
+mod log_limit;
 mod messages;
 mod receive;
 mod registry;
@@ -182,6 +183,12 @@ pub async fn spawn(start: Start) -> Result<Sync> {
         import: config.flows.then_some(import_tx),
         events: events_tx,
         counters: counters.clone(),
+        local: local_rx,
+        max_clock_jump: config.max_clock_jump,
+        pre_auth_log: std::sync::Mutex::new(log_limit::LogLimit::new(
+            log_limit::PRE_AUTH_LINES,
+            log_limit::PRE_AUTH_INTERVAL,
+        )),
     }));
     Ok(Sync {
         local: local_tx,

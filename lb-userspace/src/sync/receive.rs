@@ -1,20 +1,21 @@
 //! The listener and one receiver per inbound link: states go to the agent, summaries to the
 //! registry, flow batches to the importer.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::counters::Counters;
 use super::flow_tasks::Import;
 use super::flows;
 use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, Summary, tune};
-use super::messages::Event;
+use super::log_limit::LogLimit;
+use super::messages::{Event, Local};
 use super::registry::PeerEvent;
 use super::replicated::ReplicatedState;
 use super::wire::{self, FleetKey, Refusal, Refused};
@@ -28,18 +29,40 @@ pub(super) struct Listener {
     pub import: Option<mpsc::Sender<Import>>,
     pub events: mpsc::UnboundedSender<PeerEvent>,
     pub counters: Arc<Counters>,
+    /// What the agent last published: its state's version bounds a peer's clock.
+    pub local: watch::Receiver<Local>,
+    pub max_clock_jump: u64,
+    /// Anyone can open a connection: their refusals' log lines are rate-limited.
+    pub pre_auth_log: Mutex<LogLimit>,
 }
 
-/// Logs and counts a refused link.
-pub(super) fn log_refusal(counters: &Counters, from: &str, e: &anyhow::Error) -> bool {
-    match e.downcast_ref::<Refused>() {
-        Some(r) => {
-            counters.refuse(r.why);
-            warn!(peer = from, "sync link refused: {r}");
-            true
-        }
-        None => false,
+/// Logs and counts a refused link; with `limit`, logs only what it lets through.
+pub(super) fn log_refusal(
+    counters: &Counters,
+    from: &str,
+    e: &anyhow::Error,
+    limit: Option<&Mutex<LogLimit>>,
+) -> bool {
+    let Some(r) = e.downcast_ref::<Refused>() else {
+        return false;
+    };
+    counters.refuse(r.why);
+    let admitted = match limit {
+        Some(l) => l
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(Instant::now()),
+        None => Some(0),
+    };
+    match admitted {
+        Some(0) => warn!(peer = from, "sync link refused: {r}"),
+        Some(k) => warn!(
+            peer = from,
+            "sync link refused: {r} ({k} similar lines suppressed before this one)"
+        ),
+        None => {}
     }
+    true
 }
 
 pub(super) async fn run(l: Listener) {
@@ -61,7 +84,7 @@ pub(super) async fn run(l: Listener) {
             let (name, rx) = match wire::accept(stream, &l.key, &l.node, known).await {
                 Ok(x) => x,
                 Err(e) => {
-                    if !log_refusal(&l.counters, &from, &e) {
+                    if !log_refusal(&l.counters, &from, &e, Some(&l.pre_auth_log)) {
                         debug!(peer = from, "sync handshake: {e:#}");
                     }
                     return;
@@ -70,7 +93,7 @@ pub(super) async fn run(l: Listener) {
             info!(peer = name, from, "sync link from peer up");
             let _ = l.events.send(PeerEvent::InboundUp(name.clone()));
             if let Err(e) = receive(&l, &name, rx).await
-                && !log_refusal(&l.counters, &format!("{name} ({from})"), &e)
+                && !log_refusal(&l.counters, &format!("{name} ({from})"), &e, None)
             {
                 warn!(peer = name, "sync link from peer: {e:#}");
             }
@@ -107,7 +130,10 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
             KIND_STATE => {
                 let state: ReplicatedState =
                     serde_json::from_slice(&body).map_err(|e| malformed("state", &e))?;
-                state.validate().map_err(|e| malformed("state", &e))?;
+                // Refused states end the link (counted by reason) and change nothing.
+                state.validate()?;
+                let ours = l.local.borrow().summary.version;
+                state.check_clock(ours, l.max_clock_jump)?;
                 let _ = l
                     .events
                     .send(PeerEvent::Heard(name.to_string(), None, bytes));

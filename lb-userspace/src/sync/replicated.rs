@@ -11,11 +11,14 @@
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::{BackendSpec, BackendState, Capacity, Change, DesiredState, Vip, VipSpec};
+use super::wire::{Refusal, refused};
+use crate::state::{
+    BackendSpec, BackendState, Capacity, Change, DesiredState, Vip, VipSpec, check_vip_addr,
+};
 
 /// When and where a field was last set. Ordered by clock, then node name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -137,25 +140,49 @@ impl ReplicatedState {
         s
     }
 
-    /// The highest clock of any field: the state's version.
-    pub fn version(&self) -> u64 {
-        let v = self.vips.values().map(|v| v.exists.stamp.clock);
-        let b = self.backends.values().map(|b| {
-            b.member
-                .stamp
-                .clock
-                .max(b.weight.stamp.clock)
-                .max(b.state.stamp.clock)
-        });
-        v.chain(b).max().unwrap_or(0)
+    /// Every stamp in the state, one per field.
+    fn stamps(&self) -> impl Iterator<Item = &Stamp> {
+        let v = self.vips.values().map(|v| &v.exists.stamp);
+        let b = self
+            .backends
+            .values()
+            .flat_map(|b| [&b.member.stamp, &b.weight.stamp, &b.state.stamp]);
+        v.chain(b)
     }
 
-    /// The stamp for this node's next change.
-    pub fn next_stamp(&self, node: &str) -> Stamp {
-        Stamp {
-            clock: self.version() + 1,
+    /// The highest clock of any field: the state's version.
+    pub fn version(&self) -> u64 {
+        self.stamps().map(|s| s.clock).max().unwrap_or(0)
+    }
+
+    /// The stamp for this node's next change. Refused, rather than wrapped, at the end of the
+    /// clock (peers' states are bounded by [`check_clock`](Self::check_clock), so only a state
+    /// file written by hand gets here).
+    pub fn next_stamp(&self, node: &str) -> Result<Stamp> {
+        let clock = self.version().checked_add(1).ok_or_else(|| {
+            anyhow::anyhow!("the replicated state's clock is at its end ({})", u64::MAX)
+        })?;
+        Ok(Stamp {
+            clock,
             node: node.to_string(),
+        })
+    }
+
+    /// Refuses a peer's state whose clock is more than `max_jump` above `ours`: one buggy or
+    /// hostile peer must not push the fleet's clock to its end (docs/sync.md).
+    pub fn check_clock(&self, ours: u64, max_jump: u64) -> Result<()> {
+        let theirs = self.version();
+        let limit = ours.saturating_add(max_jump);
+        if theirs > limit {
+            return Err(refused(
+                Refusal::ClockJump,
+                format!(
+                    "state version {theirs} is more than {max_jump} above ours ({ours}); \
+                     [sync] max_clock_jump"
+                ),
+            ));
         }
+        Ok(())
     }
 
     /// Records a change (already accepted against the materialized state) under `stamp`.
@@ -251,22 +278,29 @@ impl ReplicatedState {
         changed
     }
 
-    /// Checks a state received from a peer: every value one the operator could have set.
+    /// Checks a state received from a peer (or read from the state file): every value one the
+    /// operator could have set, and every stamp naming a node by a valid node name. Errors are
+    /// [`Refused`](super::wire::Refused): `stamp` for a bad stamp, `malformed` otherwise.
     pub fn validate(&self) -> Result<()> {
+        let malformed = |e: anyhow::Error| refused(Refusal::Malformed, format!("{e:#}"));
         for ((vip, addr), b) in &self.backends {
             crate::state::check_weight(b.weight.value)
-                .map_err(|e| anyhow::anyhow!("backend {addr} of {vip}: {e}"))?;
-            crate::state::parse_backend(&addr.to_string())?;
+                .map_err(|e| malformed(anyhow::anyhow!("backend {addr} of {vip}: {e}")))?;
+            crate::state::check_backend(addr).map_err(malformed)?;
         }
         for (vip, e) in &self.vips {
-            ensure!(
-                !vip.addr.is_unspecified() && !vip.addr.is_multicast(),
-                "VIP {vip} cannot be a VIP"
-            );
-            ensure!(
-                crate::config::valid_name(&e.exists.stamp.node),
-                "VIP {vip}: bad node name in its stamp"
-            );
+            // A tombstone of an address we now refuse is harmless, and must stay mergeable.
+            if e.exists.value.is_some() {
+                check_vip_addr(&vip.addr).map_err(malformed)?;
+            }
+        }
+        // Names are tie-breakers shown in logs; they need not be a fleet member's (docs/sync.md).
+        if let Some(bad) = self.stamps().find(|s| !crate::config::valid_name(&s.node)) {
+            let name: String = bad.node.chars().take(80).collect();
+            return Err(refused(
+                Refusal::Stamp,
+                format!("a stamp names node {name:?}, not a valid node name"),
+            ));
         }
         Ok(())
     }

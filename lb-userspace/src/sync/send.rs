@@ -39,7 +39,7 @@ pub(super) async fn run(mut s: Sender) {
         let why = match &result {
             Ok(()) => "closed".to_string(),
             Err(e) => {
-                if !log_refusal(&s.counters, &s.peer.name, e) {
+                if !log_refusal(&s.counters, &s.peer.name, e, None) {
                     debug!(peer = s.peer.name, "sync link to peer: {e:#}");
                 }
                 format!("{e:#}")

@@ -57,10 +57,14 @@ pub enum Refusal {
     Truncated,
     /// An authenticated frame whose contents do not parse or make no sense.
     Malformed,
+    /// A state with a clock more than `[sync] max_clock_jump` above ours.
+    ClockJump,
+    /// A state with a stamp whose node name is not a valid node name.
+    Stamp,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Handshake,
         Refusal::Auth,
         Refusal::UnknownPeer,
@@ -69,6 +73,8 @@ impl Refusal {
         Refusal::Oversized,
         Refusal::Truncated,
         Refusal::Malformed,
+        Refusal::ClockJump,
+        Refusal::Stamp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +87,8 @@ impl Refusal {
             Refusal::Oversized => "oversized",
             Refusal::Truncated => "truncated",
             Refusal::Malformed => "malformed",
+            Refusal::ClockJump => "clock_jump",
+            Refusal::Stamp => "stamp",
         }
     }
 }
@@ -99,6 +107,17 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// The key file must belong to root or to the user the agent runs as.
+fn check_key_owner(path: &std::path::Path, owner: u32, euid: u32) -> Result<()> {
+    ensure!(
+        owner == 0 || owner == euid,
+        "fleet key file {} is owned by uid {owner}, neither root nor this agent's user \
+         (uid {euid}); chown it",
+        path.display()
+    );
+    Ok(())
+}
 
 pub fn refused(why: Refusal, detail: impl Into<String>) -> anyhow::Error {
     Refused {
@@ -138,7 +157,8 @@ impl FleetKey {
         Ok(Self(bytes))
     }
 
-    /// Reads the key file, refusing one that other users can read.
+    /// Reads the key file, refusing one that other users can read or that another user owns
+    /// (its owner could make it readable, or replace the key, at any time).
     pub fn load(path: &std::path::Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)
@@ -149,6 +169,9 @@ impl FleetKey {
             path.display(),
             meta.permissions().mode() & 0o777
         );
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        check_key_owner(path, std::os::unix::fs::MetadataExt::uid(&meta), euid)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("fleet key file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow!("fleet key file {}: {e}", path.display()))

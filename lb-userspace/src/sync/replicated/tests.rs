@@ -131,7 +131,7 @@ fn materialized_state_matches_applying_the_changes_and_seeds_lose_to_changes() {
         vip: v,
         backend: b(1),
     };
-    m.record(&ch, &m.next_stamp("lb1"));
+    m.record(&ch, &m.next_stamp("lb1").unwrap());
     let mut expect = cfg.clone();
     expect.apply(&ch, &CAP).unwrap();
     // lb2 still seeds b1 from its config; the removal wins.
@@ -189,4 +189,125 @@ fn states_round_trip_through_json_and_bad_values_are_refused() {
     let mut bad = s.clone();
     bad.backends.values_mut().next().unwrap().weight.value = 0;
     assert!(bad.validate().is_err());
+}
+
+fn why(e: &anyhow::Error) -> Refusal {
+    e.downcast_ref::<super::super::wire::Refused>()
+        .expect("a refusal")
+        .why
+}
+
+#[test]
+fn clocks_far_above_ours_are_refused_and_ours_never_wrap() {
+    let v = vip("192.0.2.10:80/tcp");
+    let mut ours = ReplicatedState::default();
+    ours.record(&Change::AddVip { vip: v, gue: false }, &stamp(5, "lb1"));
+    // A peer's change on any field (here a backend's weight) at the end of the clock.
+    let mut theirs = ours.clone();
+    theirs.record(&add(v, 1, 4), &stamp(5, "lb2"));
+    theirs
+        .backends
+        .values_mut()
+        .next()
+        .unwrap()
+        .weight
+        .stamp
+        .clock = u64::MAX;
+    let e = theirs.check_clock(ours.version(), 1_000_000).unwrap_err();
+    assert_eq!(why(&e), Refusal::ClockJump, "{e}");
+    assert!(e.to_string().contains("max_clock_jump"), "{e}");
+    // Within the margin: taken. Exactly at it too; one above it is not.
+    theirs
+        .backends
+        .values_mut()
+        .next()
+        .unwrap()
+        .weight
+        .stamp
+        .clock = 5 + 1_000_000;
+    theirs.check_clock(5, 1_000_000).unwrap();
+    theirs
+        .backends
+        .values_mut()
+        .next()
+        .unwrap()
+        .weight
+        .stamp
+        .clock = 5 + 1_000_001;
+    assert!(theirs.check_clock(5, 1_000_000).is_err());
+    // Our own bound saturates instead of wrapping.
+    theirs.check_clock(u64::MAX - 3, 1_000_000).unwrap();
+    // A state (say, a hand-edited state file) at the end of the clock refuses the next
+    // change with an error instead of panicking or wrapping to 0.
+    theirs
+        .backends
+        .values_mut()
+        .next()
+        .unwrap()
+        .weight
+        .stamp
+        .clock = u64::MAX;
+    let e = theirs.next_stamp("lb1").unwrap_err().to_string();
+    assert!(e.contains("clock is at its end"), "{e}");
+    assert_eq!(theirs.next_stamp("lb1").ok(), None);
+    assert_eq!(ours.next_stamp("lb1").unwrap(), stamp(6, "lb1"));
+}
+
+#[test]
+fn every_stamp_must_carry_a_valid_node_name() {
+    let v = vip("192.0.2.10:80/tcp");
+    let mut s = ReplicatedState::default();
+    s.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+    s.record(&add(v, 1, 4), &stamp(2, "lb-3.example_x"));
+    s.validate().unwrap();
+    type Field = fn(&mut ReplicatedState) -> &mut Stamp;
+    let fields: [(&str, Field); 4] = [
+        ("vip", |s| {
+            &mut s.vips.values_mut().next().unwrap().exists.stamp
+        }),
+        ("member", |s| {
+            &mut s.backends.values_mut().next().unwrap().member.stamp
+        }),
+        ("weight", |s| {
+            &mut s.backends.values_mut().next().unwrap().weight.stamp
+        }),
+        ("state", |s| {
+            &mut s.backends.values_mut().next().unwrap().state.stamp
+        }),
+    ];
+    for (what, field) in fields {
+        for name in [
+            "",
+            "lb 1",
+            "lb1\n[fake log line]",
+            &"x".repeat(65),
+            "lb\u{e9}",
+        ] {
+            let mut bad = s.clone();
+            field(&mut bad).node = name.to_string();
+            let e = bad.validate().unwrap_err();
+            assert_eq!(why(&e), Refusal::Stamp, "{what} {name:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn peer_states_with_vips_that_cannot_be_vips_are_refused() {
+    for addr in [
+        "127.0.0.1",
+        "169.254.1.1",
+        "255.255.255.255",
+        "[::1]",
+        "[fe80::1]",
+    ] {
+        let v = vip(&format!("{addr}:80/tcp"));
+        let mut s = ReplicatedState::default();
+        s.record(&Change::AddVip { vip: v, gue: false }, &stamp(1, "lb1"));
+        let e = s.validate().unwrap_err();
+        assert_eq!(why(&e), Refusal::Malformed, "{addr}: {e}");
+        assert!(e.to_string().contains("cannot be a VIP"), "{addr}: {e}");
+        // Its tombstone is harmless, and stays mergeable.
+        s.record(&Change::RemoveVip { vip: v }, &stamp(2, "lb1"));
+        s.validate().unwrap();
+    }
 }

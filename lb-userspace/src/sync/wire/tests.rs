@@ -101,6 +101,34 @@ fn key_files_other_users_can_read_are_refused() {
 }
 
 #[test]
+fn key_files_owned_by_another_user_are_refused() {
+    let p = std::path::Path::new("/etc/lb/fleet.key");
+    assert!(check_key_owner(p, 0, 1000).is_ok());
+    assert!(check_key_owner(p, 1000, 1000).is_ok());
+    let e = check_key_owner(p, 1001, 1000).unwrap_err().to_string();
+    assert!(
+        e.contains("owned by uid 1001") && e.contains("chown"),
+        "{e}"
+    );
+    assert!(check_key_owner(p, 1001, 0).is_err());
+    // The real file, when the test can give it away (it runs as root in the lab).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("lb-key-owner-{}", std::process::id()));
+    std::fs::write(&path, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&path, Some(12345), None).unwrap();
+    let e = FleetKey::load(&path).unwrap_err().to_string();
+    assert!(e.contains("owned by uid 12345"), "{e}");
+    std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    assert!(FleetKey::load(&path).is_ok());
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn keys_must_be_long_hex() {
     assert!(FleetKey::parse(&"ab".repeat(32)).is_ok());
     let short = FleetKey::parse(&"ab".repeat(31)).unwrap_err().to_string();
