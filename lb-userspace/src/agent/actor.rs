@@ -338,8 +338,9 @@ impl Agent {
         });
     }
 
-    /// VIP addresses to announce: those with a service that has an active backend not known
-    /// to be down, unless the node is drained or its dataplane is broken.
+    /// VIP addresses to announce: those with a service whose entry is in the map (as the
+    /// reconciler recorded it) and that has an active backend not known to be down, unless the
+    /// node is drained or its dataplane is broken.
     pub fn announcements(&self) -> BTreeSet<IpAddr> {
         if self.node_drained || self.fault.is_some() || !self.caught_up() {
             return BTreeSet::new();
@@ -347,6 +348,7 @@ impl Agent {
         self.desired
             .vips
             .iter()
+            .filter(|(vip, _)| self.reconciler.is_reachable(vip))
             .filter(|(vip, spec)| {
                 spec.backends.iter().any(|(addr, b)| {
                     b.state == BackendState::Active
