@@ -24,7 +24,7 @@ use std::net::Ipv6Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, VIP_F_GUE, VipKey, VipMeta,
+    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, VIP_F_GUE, VipMeta,
     maglev::{MaglevMember, MaglevTable},
     v6_words, words_v6,
 };
@@ -32,44 +32,8 @@ use lb_common::{
 use crate::dataplane::Dataplane;
 use crate::state::{BackendSpec, BackendState, DesiredState, Refused, Vip, VipSpec, conflict};
 
-/// The map writes the reconciler needs; `Dataplane` implements it, tests record it.
-pub trait MapWriter {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
-    fn clear_backend(&mut self, id: u32) -> Result<()>;
-    fn backend_generation(&mut self, id: u32) -> Result<u32>;
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()>;
-    fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()>;
-    fn remove_vip(&mut self, key: VipKey) -> Result<()>;
-    fn reset_vip_counter(&mut self, id: u32) -> Result<()>;
-    fn reset_backend_counter(&mut self, id: u32) -> Result<()>;
-}
-
-impl MapWriter for Dataplane {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        Dataplane::set_backend(self, id, backend)
-    }
-    fn clear_backend(&mut self, id: u32) -> Result<()> {
-        Dataplane::clear_backend(self, id)
-    }
-    fn backend_generation(&mut self, id: u32) -> Result<u32> {
-        Dataplane::backend_generation(self, id)
-    }
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
-        self.write_ring_slots(ring, slots.iter().copied())
-    }
-    fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {
-        Dataplane::set_vip(self, key, meta)
-    }
-    fn remove_vip(&mut self, key: VipKey) -> Result<()> {
-        Dataplane::remove_vip(self, key)
-    }
-    fn reset_vip_counter(&mut self, id: u32) -> Result<()> {
-        Dataplane::reset_vip_counter(self, id)
-    }
-    fn reset_backend_counter(&mut self, id: u32) -> Result<()> {
-        Dataplane::reset_backend_counter(self, id)
-    }
-}
+mod writer;
+pub use writer::MapWriter;
 
 /// A backend as installed: its dataplane id and what was written for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -486,14 +450,14 @@ impl Reconciler {
                         .map(|(i, n)| (i as u32, *n))
                         .collect(),
                 };
-                if !writes.is_empty() {
-                    if let Err(e) = maps.write_slots(installed.id, &writes) {
-                        // Some slots may be written: the ring is unknown, so the next pass
-                        // writes all of it.
-                        installed.slots = None;
-                        installed.members = None;
-                        return Err(e.context(format!("writing the ring of {vip}")));
-                    }
+                if !writes.is_empty()
+                    && let Err(e) = maps.write_slots(installed.id, &writes)
+                {
+                    // Some slots may be written: the ring is unknown, so the next pass writes
+                    // all of it.
+                    installed.slots = None;
+                    installed.members = None;
+                    return Err(e.context(format!("writing the ring of {vip}")));
                 }
                 report.slot_writes += writes.len() as u64;
                 installed.slots = Some(new_slots);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use lb_common::{LbConfig, v6_words};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::fault::Fault;
 use super::fleet;
@@ -363,9 +363,17 @@ impl Agent {
     }
 
     /// Every second: is each NIC still there, with the index we attached to, and up? A
-    /// map-write fault stays until a write succeeds.
+    /// map-write fault stays until a write succeeds; meanwhile each second retries the pass,
+    /// which writes only what the failed one left missing.
     fn watchdog(&mut self) {
         if matches!(self.fault, Some(Fault::MapWrite(_))) {
+            let next = match &self.fleet {
+                Some(f) => super::fleet::materialize(&self.config, &f.replicated),
+                None => self.desired.clone(),
+            };
+            if let Err(e) = self.install(next) {
+                debug!("retrying the dataplane writes: {e:#}");
+            }
             return;
         }
         let mut nic = None;
