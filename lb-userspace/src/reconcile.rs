@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 use crate::dataplane::Dataplane;
-use crate::state::{BackendSpec, BackendState, DesiredState, Refused, Vip, VipSpec, conflict};
+use crate::state::{BackendSpec, BackendState, DesiredState, Vip, VipSpec, conflict};
 
 mod writer;
 pub use writer::MapWriter;
@@ -315,11 +315,8 @@ impl Reconciler {
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         let result = self.apply_pass(maps, desired, &mut report);
-        if !report.is_empty()
-            || result
-                .as_ref()
-                .is_err_and(|e| e.downcast_ref::<Refused>().is_none())
-        {
+        // A failed pass counts what it wrote too (a retry that writes nothing bumps nothing).
+        if !report.is_empty() {
             self.version += 1;
         }
         result.map(|()| report)
