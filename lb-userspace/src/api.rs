@@ -96,6 +96,10 @@ pub struct SyncStatus {
     pub flows: bool,
     /// Peers this agent, just started, still waits for before it announces its VIPs.
     pub waiting_for: Vec<String>,
+    /// VIPs of the fleet's state this agent does not serve: past `dataplane.max_vips`, the
+    /// newest (by the clock that added them) are held back.
+    #[serde(default)]
+    pub held_back: Vec<String>,
     pub peers: Vec<PeerStatus>,
     pub flows_exported: u64,
     pub flows_imported: u64,

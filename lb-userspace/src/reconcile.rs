@@ -13,15 +13,18 @@
 //!
 //! The capacity checks and every Maglev table come before the first write, so a state that
 //! does not fit or cannot be built is refused (`state::Refused`) with nothing written. Other
-//! errors (a failed map write, running out of free backend ids because a pass cannot reuse the
-//! ids it frees) can stop a pass midway; the agent then reports a map-write fault.
+//! errors (a failed map write, a full VIP index, running out of free backend ids because a pass
+//! cannot reuse the ids it frees) can stop a pass midway; the agent then reports a map-write
+//! fault. The reconciler records only the writes that succeeded (a VIP is `reachable` only once
+//! its entry is written, a ring half-written is unknown, a backend to uninstall stays pending
+//! until its entry is cleared), so the next pass writes exactly what is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, VIP_F_GUE, VipKey, VipMeta,
+    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, VIP_F_GUE, VipMeta,
     maglev::{MaglevMember, MaglevTable},
     v6_words, words_v6,
 };
@@ -29,44 +32,8 @@ use lb_common::{
 use crate::dataplane::Dataplane;
 use crate::state::{BackendSpec, BackendState, DesiredState, Vip, VipSpec, conflict};
 
-/// The map writes the reconciler needs; `Dataplane` implements it, tests record it.
-pub trait MapWriter {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
-    fn clear_backend(&mut self, id: u32) -> Result<()>;
-    fn backend_generation(&mut self, id: u32) -> Result<u32>;
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()>;
-    fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()>;
-    fn remove_vip(&mut self, key: VipKey) -> Result<()>;
-    fn reset_vip_counter(&mut self, id: u32) -> Result<()>;
-    fn reset_backend_counter(&mut self, id: u32) -> Result<()>;
-}
-
-impl MapWriter for Dataplane {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        Dataplane::set_backend(self, id, backend)
-    }
-    fn clear_backend(&mut self, id: u32) -> Result<()> {
-        Dataplane::clear_backend(self, id)
-    }
-    fn backend_generation(&mut self, id: u32) -> Result<u32> {
-        Dataplane::backend_generation(self, id)
-    }
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
-        self.write_ring_slots(ring, slots.iter().copied())
-    }
-    fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {
-        Dataplane::set_vip(self, key, meta)
-    }
-    fn remove_vip(&mut self, key: VipKey) -> Result<()> {
-        Dataplane::remove_vip(self, key)
-    }
-    fn reset_vip_counter(&mut self, id: u32) -> Result<()> {
-        Dataplane::reset_vip_counter(self, id)
-    }
-    fn reset_backend_counter(&mut self, id: u32) -> Result<()> {
-        Dataplane::reset_backend_counter(self, id)
-    }
-}
+mod writer;
+pub use writer::MapWriter;
 
 /// A backend as installed: its dataplane id and what was written for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +55,9 @@ pub struct InstalledVip {
     pub slots: Option<Vec<u32>>,
     /// The Maglev members the ring was built from (None: unknown, e.g. adopted maps).
     pub members: Option<Vec<MaglevMember>>,
+    /// Its VIP entry is in the map: packets reach it, and only then may it be announced. A new
+    /// VIP whose pass stopped before the entry was written is false until a pass writes it.
+    pub reachable: bool,
 }
 
 impl InstalledVip {
@@ -132,6 +102,9 @@ pub struct Reconciler {
     /// is reused as late as possible.
     used_backends: BTreeSet<u32>,
     next_backend: u32,
+    /// Backend ids no slot names any more whose entries are still to be cleared (a pass that
+    /// stopped before clearing them); they stay in `used_backends` until they are.
+    pending_clear: BTreeSet<u32>,
     /// Bumped by every reconciliation that wrote something.
     pub version: u64,
 }
@@ -176,6 +149,7 @@ impl Reconciler {
             free_rings: (0..max_vips).map(|r| (r, None)).collect(),
             used_backends: BTreeSet::new(),
             next_backend: 0,
+            pending_clear: BTreeSet::new(),
             version: 0,
         }
     }
@@ -226,6 +200,7 @@ impl Reconciler {
                     slots: Some(slots),
                     // Unknown: the first apply rebuilds the table and compares slot by slot.
                     members: None,
+                    reachable: true,
                 },
             );
         }
@@ -246,12 +221,18 @@ impl Reconciler {
         &self.vips
     }
 
-    /// The state the dataplane holds now.
+    /// Whether `vip`'s entry is in the map (only such a VIP may be announced).
+    pub fn is_reachable(&self, vip: &Vip) -> bool {
+        self.vips.get(vip).is_some_and(|v| v.reachable)
+    }
+
+    /// The state the dataplane serves now: the VIPs whose entry is written.
     pub fn installed_state(&self) -> DesiredState {
         DesiredState {
             vips: self
                 .vips
                 .iter()
+                .filter(|(_, v)| v.reachable)
                 .map(|(vip, v)| {
                     (
                         *vip,
@@ -277,13 +258,76 @@ impl Reconciler {
         bail!("all {} backend ids are in use", self.max_backends)
     }
 
-    /// Makes the maps hold `desired`.
+    /// Installs backend `addr` of `vip` under a fresh id; the id goes back if a write fails.
+    fn install_backend(
+        &mut self,
+        maps: &mut impl MapWriter,
+        vip: &Vip,
+        addr: Ipv6Addr,
+        spec: BackendSpec,
+    ) -> Result<()> {
+        let vip_id = self.vips[vip].id;
+        let id = self.alloc_backend()?;
+        let written = (|| {
+            let generation = maps.backend_generation(id)?.wrapping_add(1);
+            let b = InstalledBackend {
+                id,
+                generation,
+                spec,
+            };
+            maps.reset_backend_counter(id)?;
+            maps.set_backend(id, &backend_entry(addr, vip_id, &b))
+                .with_context(|| format!("installing backend {addr} of {vip}"))?;
+            Ok(b)
+        })();
+        match written {
+            Ok(b) => {
+                self.vips.get_mut(vip).unwrap().backends.insert(addr, b);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing names the id: it is free again (its entry, if the write landed after
+                // all, is invalid or rewritten with a new generation on its next use).
+                self.used_backends.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Clears the pending backend entries; each one leaves `used_backends` once cleared.
+    fn clear_pending(&mut self, maps: &mut impl MapWriter, report: &mut ApplyReport) -> Result<()> {
+        while let Some(&id) = self.pending_clear.first() {
+            maps.clear_backend(id)
+                .with_context(|| format!("uninstalling backend id {id}"))?;
+            self.pending_clear.remove(&id);
+            self.used_backends.remove(&id);
+            report.backends_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold `desired`. On an error, what was written stays recorded (and only
+    /// that), so the next pass completes the work.
     pub fn apply(
         &mut self,
         maps: &mut impl MapWriter,
         desired: &DesiredState,
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
+        let result = self.apply_pass(maps, desired, &mut report);
+        // A failed pass counts what it wrote too (a retry that writes nothing bumps nothing).
+        if !report.is_empty() {
+            self.version += 1;
+        }
+        result.map(|()| report)
+    }
+
+    fn apply_pass(
+        &mut self,
+        maps: &mut impl MapWriter,
+        desired: &DesiredState,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         // Capacity and Maglev tables first: a refusal writes nothing.
         if desired.vips.len() > self.max_vips as usize {
             return Err(conflict(format!(
@@ -311,7 +355,8 @@ impl Reconciler {
             }
         }
 
-        let mut to_clear: Vec<u32> = Vec::new();
+        // Backends an earlier pass could not clear: no slot names them.
+        self.clear_pending(maps, report)?;
         // 1. VIPs that go (or change encapsulation, which re-creates them).
         let leaving: Vec<Vip> = self
             .vips
@@ -320,26 +365,29 @@ impl Reconciler {
             .map(|(v, _)| *v)
             .collect();
         for vip in leaving {
-            maps.remove_vip(vip.key())
-                .with_context(|| format!("removing VIP {vip}"))?;
+            // A VIP whose entry was never written has none to remove.
+            if self.vips[&vip].reachable {
+                maps.remove_vip(vip.key())
+                    .with_context(|| format!("removing VIP {vip}"))?;
+                report.vips_removed += 1;
+            }
             let old = self.vips.remove(&vip).expect("listed above");
-            to_clear.extend(old.backends.values().map(|b| b.id));
+            self.pending_clear
+                .extend(old.backends.values().map(|b| b.id));
             self.free_rings.insert(old.id, old.slots);
-            report.vips_removed += 1;
         }
 
         for (vip, spec) in &desired.vips {
-            let is_new = !self.vips.contains_key(vip);
-            if is_new {
+            if !self.vips.contains_key(vip) {
                 let (&id, _) = self
                     .free_rings
                     .iter()
                     .next()
                     .ok_or_else(|| anyhow!("no free VIP id"))?;
+                maps.reset_vip_counter(id)?;
                 // The ring keeps what it held, so only differing slots get written; the VIP
                 // entry still waits until all of them are right.
                 let slots = self.free_rings.remove(&id).expect("just found");
-                maps.reset_vip_counter(id)?;
                 self.vips.insert(
                     *vip,
                     InstalledVip {
@@ -348,26 +396,16 @@ impl Reconciler {
                         backends: BTreeMap::new(),
                         slots,
                         members: None,
+                        reachable: false,
                     },
                 );
-                report.vips_added += 1;
             }
             // 2. Backends: install new ones, update changed ones.
             for (addr, bspec) in &spec.backends {
                 let vip_id = self.vips[vip].id;
                 match self.vips[vip].backends.get(addr).copied() {
                     None => {
-                        let id = self.alloc_backend()?;
-                        let generation = maps.backend_generation(id)?.wrapping_add(1);
-                        let b = InstalledBackend {
-                            id,
-                            generation,
-                            spec: *bspec,
-                        };
-                        maps.reset_backend_counter(id)?;
-                        maps.set_backend(id, &backend_entry(*addr, vip_id, &b))
-                            .with_context(|| format!("installing backend {addr} of {vip}"))?;
-                        self.vips.get_mut(vip).unwrap().backends.insert(*addr, b);
+                        self.install_backend(maps, vip, *addr, *bspec)?;
                         report.backends_installed += 1;
                     }
                     Some(cur) if cur.spec != *bspec => {
@@ -409,16 +447,21 @@ impl Reconciler {
                         .map(|(i, n)| (i as u32, *n))
                         .collect(),
                 };
-                if !writes.is_empty() {
-                    maps.write_slots(installed.id, &writes)
-                        .with_context(|| format!("writing the ring of {vip}"))?;
+                if !writes.is_empty()
+                    && let Err(e) = maps.write_slots(installed.id, &writes)
+                {
+                    // Some slots may be written: the ring is unknown, so the next pass writes
+                    // all of it.
+                    installed.slots = None;
+                    installed.members = None;
+                    return Err(e.context(format!("writing the ring of {vip}")));
                 }
                 report.slot_writes += writes.len() as u64;
                 installed.slots = Some(new_slots);
                 installed.members = Some(m);
             }
             // 4. A new VIP becomes reachable once its ring is complete.
-            if is_new {
+            if !installed.reachable {
                 let meta = VipMeta {
                     id: installed.id,
                     ring: installed.id,
@@ -427,6 +470,8 @@ impl Reconciler {
                 };
                 maps.set_vip(vip.key(), meta)
                     .with_context(|| format!("adding VIP {vip}"))?;
+                installed.reachable = true;
+                report.vips_added += 1;
             }
             // 5. Backends that left this VIP: no slot names them any more.
             let gone: Vec<Ipv6Addr> = installed
@@ -437,20 +482,12 @@ impl Reconciler {
                 .collect();
             for addr in gone {
                 let b = installed.backends.remove(&addr).unwrap();
-                to_clear.push(b.id);
+                self.pending_clear.insert(b.id);
             }
         }
-        for id in &to_clear {
-            maps.clear_backend(*id)?;
-            report.backends_removed += 1;
-        }
-        for id in to_clear {
-            self.used_backends.remove(&id);
-        }
-        if !report.is_empty() {
-            self.version += 1;
-        }
-        Ok(report)
+        // Ids freed in this pass are reused only by a later one (`used_backends` holds them
+        // until here).
+        self.clear_pending(maps, report)
     }
 }
 

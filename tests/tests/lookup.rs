@@ -228,3 +228,87 @@ fn nics_share_slots_by_probing_and_a_fifth_in_one_bucket_is_refused() {
     assert_eq!(lb.run(&syn).verdict, XDP_DROP);
     assert_eq!(lb.counter(Counter::DropNoIface), 1);
 }
+
+#[test]
+fn a_vip_whose_entry_finds_no_index_slot_is_not_recorded_and_a_later_pass_installs_it() {
+    use lb_userspace::reconcile::Reconciler;
+    use lb_userspace::state::{BackendState, Capacity, Change, DesiredState, Vip};
+    // max_vips 9: an index of 128 slots; eight services whose probes start where the ninth's
+    // do take all of its slots, so the ninth's entry cannot be written.
+    let mut lb = Lb::with_limits(
+        lb_objects::EBPF_OBJECT,
+        DataplaneLimits {
+            ring_size: 4099,
+            max_vips: 9,
+            max_rings: 9,
+            max_backends: 32,
+            max_conns: 1 << 16,
+        },
+    )
+    .unwrap();
+    let addr: IpAddr = "192.0.2.10".parse().unwrap();
+    let size = lb_common::vip_index_size(9);
+    let base = |port| {
+        let key = VipKey::new(addr, port, PROTO_TCP);
+        lb_common::vip_index_slot(lb_common::vip_index_hash(&key), 0, size)
+    };
+    let ninth_port = 9;
+    let same: Vec<u16> = (10..u16::MAX)
+        .filter(|&p| base(p) == base(ninth_port))
+        .take(8)
+        .collect();
+    assert_eq!(same.len(), 8, "ports sharing the ninth's first slot");
+    let svc = |port: u16| -> Vip { format!("192.0.2.10:{port}/tcp").parse().unwrap() };
+    let cap = Capacity {
+        vips: 9,
+        backends: 32,
+        backends_per_vip: 4,
+    };
+    let add = |s: &mut DesiredState, port: u16, backend: u16| {
+        let vip = svc(port);
+        s.apply(&Change::AddVip { vip, gue: false }, &cap).unwrap();
+        let backend = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, backend);
+        let c = Change::AddBackend {
+            vip,
+            backend,
+            weight: 1,
+            state: BackendState::Active,
+        };
+        s.apply(&c, &cap).unwrap();
+    };
+    let mut eight = DesiredState::default();
+    for &p in &same {
+        add(&mut eight, p, 1);
+    }
+    let mut r = Reconciler::new(4099, SEED, 9, 32);
+    r.apply(&mut lb.dp, &eight).unwrap();
+    let mut nine = eight.clone();
+    add(&mut nine, ninth_port, 2);
+    let syn = |port| Flow::new("198.51.100.7", 40000, "192.0.2.10", port).tcp(Tcp::Syn, &[]);
+
+    // The pass writes the ninth's backend and ring, then fails at its entry: not installed,
+    // so not announced, and the maps serve the eight as before.
+    for _ in 0..2 {
+        let err = r.apply(&mut lb.dp, &nine).unwrap_err();
+        assert!(format!("{err:#}").contains("max_vips"), "{err:#}");
+        assert!(!r.is_reachable(&svc(ninth_port)));
+        assert_eq!(r.installed_state(), eight);
+        assert_eq!(lb.run(&syn(ninth_port)).verdict, XDP_PASS);
+    }
+    // Back to the eight (the operator's change failed): nothing to remove for the ninth.
+    r.apply(&mut lb.dp, &eight).unwrap();
+    assert_eq!(r.installed_state(), eight);
+    r.apply(&mut lb.dp, &nine).unwrap_err();
+    // Room is made: the next pass writes what was missing, and the ninth forwards.
+    let mut room = nine.clone();
+    room.apply(&Change::RemoveVip { vip: svc(same[3]) }, &cap)
+        .unwrap();
+    r.apply(&mut lb.dp, &room).unwrap();
+    assert!(r.is_reachable(&svc(ninth_port)));
+    assert_eq!(r.installed_state(), room);
+    assert_eq!(lb.run(&syn(ninth_port)).verdict, XDP_TX);
+    assert_eq!(lb.run(&syn(same[3])).verdict, XDP_PASS);
+    for &p in same.iter().filter(|&&p| p != same[3]) {
+        assert_eq!(lb.run(&syn(p)).verdict, XDP_TX, "port {p}");
+    }
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use lb_common::{LbConfig, v6_words};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::fault::Fault;
 use super::fleet;
@@ -338,8 +338,9 @@ impl Agent {
         });
     }
 
-    /// VIP addresses to announce: those with a service that has an active backend not known
-    /// to be down, unless the node is drained or its dataplane is broken.
+    /// VIP addresses to announce: those with a service whose entry is in the map (as the
+    /// reconciler recorded it) and that has an active backend not known to be down, unless the
+    /// node is drained or its dataplane is broken.
     pub fn announcements(&self) -> BTreeSet<IpAddr> {
         if self.node_drained || self.fault.is_some() || !self.caught_up() {
             return BTreeSet::new();
@@ -347,6 +348,7 @@ impl Agent {
         self.desired
             .vips
             .iter()
+            .filter(|(vip, _)| self.reconciler.is_reachable(vip))
             .filter(|(vip, spec)| {
                 spec.backends.iter().any(|(addr, b)| {
                     b.state == BackendState::Active
@@ -361,9 +363,17 @@ impl Agent {
     }
 
     /// Every second: is each NIC still there, with the index we attached to, and up? A
-    /// map-write fault stays until a write succeeds.
+    /// map-write fault stays until a write succeeds; meanwhile each second retries the pass,
+    /// which writes only what the failed one left missing.
     fn watchdog(&mut self) {
         if matches!(self.fault, Some(Fault::MapWrite(_))) {
+            let next = match &self.fleet {
+                Some(f) => super::fleet::materialize(&self.config, &f.replicated),
+                None => self.desired.clone(),
+            };
+            if let Err(e) = self.install(next) {
+                debug!("retrying the dataplane writes: {e:#}");
+            }
             return;
         }
         let mut nic = None;

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::state::DesiredState;
+use crate::state::{DesiredState, Vip};
 use crate::sync::Sync;
-use crate::sync::replicated::ReplicatedState;
+use crate::sync::replicated::{Materialized, ReplicatedState};
 
 pub struct Fleet {
     pub sync: Sync,
@@ -20,6 +20,10 @@ pub struct Fleet {
     /// they have (or `startup_wait_secs` passes), the VIPs are not announced: routers must not
     /// send this node flows it knows nothing of.
     pub waiting: BTreeSet<String>,
+    /// Live VIPs of the replicated state this agent's `max_vips` leaves out (the newest).
+    pub held_back: Vec<Vip>,
+    /// What the last materialization left out, so each change of it is logged once.
+    pub skipped: Vec<String>,
 }
 
 /// The replicated state an agent starts from: the state file if there is one, merged with the
@@ -62,10 +66,16 @@ pub fn persist(path: &Path, state: &ReplicatedState) -> Result<()> {
     Ok(())
 }
 
+/// The desired state a replicated state gives within this agent's limits.
 pub fn materialize(config: &Config, state: &ReplicatedState) -> DesiredState {
-    let (desired, skipped) = state.materialize(&config.capacity());
-    for s in skipped {
-        warn!("replicated state does not fit this agent's limits: {s}");
+    state.materialize(&config.capacity()).desired
+}
+
+/// Logs what a materialization leaves out when that changes (not at every merge).
+pub fn log_skipped(before: &[String], m: &Materialized) {
+    if before != m.skipped.as_slice() {
+        for s in &m.skipped {
+            warn!("replicated state does not fit this agent's limits: {s}");
+        }
     }
-    desired
 }

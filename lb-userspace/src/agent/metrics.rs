@@ -252,6 +252,13 @@ fn sync(o: &mut String, y: &SyncStatus) {
     );
     family(
         o,
+        "lb_sync_held_back_vips",
+        "gauge",
+        "VIPs of the replicated state not served here: past dataplane.max_vips, the newest are held back.",
+        [(String::new(), y.held_back.len() as u64)],
+    );
+    family(
+        o,
         "lb_sync_peer_up",
         "gauge",
         "1 while both links with the peer are up.",
@@ -362,6 +369,7 @@ mod tests {
             }],
             sync: Some(SyncStatus {
                 flows_unknown_id: 3,
+                held_back: vec!["192.0.2.9:80/tcp".into(), "192.0.2.8:80/tcp".into()],
                 ..Default::default()
             }),
             ..Default::default()
@@ -375,5 +383,6 @@ mod tests {
             text.contains("lb_sync_flows_dropped_total{reason=\"unknown_backend_id\"} 3"),
             "{text}"
         );
+        assert!(text.contains("\nlb_sync_held_back_vips 2\n"), "{text}");
     }
 }

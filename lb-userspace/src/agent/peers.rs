@@ -8,7 +8,7 @@ use anyhow::Result;
 use tracing::{error, info, warn};
 
 use super::actor::Agent;
-use super::fleet::{materialize, persist};
+use super::fleet::{log_skipped, materialize, persist};
 use crate::api::SyncStatus;
 use crate::reconcile::ApplyReport;
 use crate::state::Change;
@@ -44,8 +44,12 @@ impl Agent {
     /// A state the dataplane cannot take is still kept (it is the fleet's); the error says why
     /// this agent's tables lag.
     fn commit(&mut self, replicated: ReplicatedState) -> Result<ApplyReport> {
-        let next = materialize(&self.config, &replicated);
+        let m = replicated.materialize(&self.config.capacity());
         let f = self.fleet.as_mut().expect("fleet");
+        log_skipped(&f.skipped, &m);
+        f.skipped = m.skipped;
+        f.held_back = m.held_back;
+        let next = m.desired;
         f.replicated = replicated;
         if let Err(e) = persist(&f.state_file, &f.replicated) {
             error!("persisting the replicated state: {e:#}");
@@ -126,6 +130,7 @@ impl Agent {
             table_digest: local.summary.table_digest,
             flows: f.sync.flows,
             waiting_for: f.waiting.iter().cloned().collect(),
+            held_back: f.held_back.iter().map(ToString::to_string).collect(),
             peers: f.sync.peer_status(),
             flows_exported: c.flows_exported.load(Ordering::Relaxed),
             flows_imported: c.flows_imported.load(Ordering::Relaxed),

@@ -157,8 +157,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => None,
     };
     let replicated = fleet::initial_state(&config)?;
+    let mut held_back = Vec::new();
     let desired = match &replicated {
-        Some(r) => fleet::materialize(&config, r),
+        Some(r) => {
+            let m = r.materialize(&config.capacity());
+            fleet::log_skipped(&[], &m);
+            held_back = m.held_back;
+            m.desired
+        }
         None => config.desired_state()?,
     };
     // Until checks say otherwise backends count as healthy (a restart must not empty tables).
@@ -281,6 +287,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             replicated,
             state_file,
             waiting,
+            held_back,
+            skipped: Vec::new(),
         });
     }
     agent.publish();

@@ -120,6 +120,12 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
                     y.waiting_for.join(", ")
                 );
             }
+            if !y.held_back.is_empty() {
+                println!(
+                    "             held back (past dataplane.max_vips, the newest): {}",
+                    y.held_back.join(", ")
+                );
+            }
         }
     }
     if !s.drift.is_empty() {

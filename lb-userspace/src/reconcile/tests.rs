@@ -1,5 +1,6 @@
 use super::*;
 use crate::state::{Capacity, Change};
+use lb_common::VipKey;
 use std::collections::HashMap;
 
 /// Records writes and checks, at every write, the invariants the XDP program relies on.
@@ -289,3 +290,5 @@ fn an_impossible_state_is_refused_before_any_write() {
     assert_eq!(rec.slot_writes, writes);
     assert_eq!(r.installed_state(), s);
 }
+
+mod partial;

@@ -306,31 +306,49 @@ impl ReplicatedState {
     }
 
     /// The desired state these fields describe. A backend belongs to a VIP if it was added at
-    /// or after the VIP's latest creation. Capacity is applied in a fixed order (VIPs and
-    /// backends by address), so every agent with the same limits drops the same surplus.
-    pub fn materialize(&self, cap: &Capacity) -> (DesiredState, Vec<String>) {
-        let mut out = DesiredState::default();
-        let mut skipped = Vec::new();
+    /// or after the VIP's latest creation.
+    ///
+    /// Past the capacity, the newest are held back: VIPs take the slots in the order they were
+    /// created (their `exists` stamp, then address), and a VIP's backends in the order they were
+    /// added. A VIP that serves is older than any VIP added after it was seen, so a merge never
+    /// removes it to make room; and the order depends on the state alone, so every agent with
+    /// the same limits holds back the same VIPs.
+    pub fn materialize(&self, cap: &Capacity) -> Materialized {
+        let mut out = Materialized::default();
         let mut total = 0u32;
-        for (vip, e) in &self.vips {
-            let Some(gue) = e.exists.value else { continue };
-            if out.vips.len() as u32 >= cap.vips {
-                skipped.push(format!("VIP {vip}: all {} VIP slots in use", cap.vips));
+        let mut live: Vec<(&Stamp, &Vip, bool)> = self
+            .vips
+            .iter()
+            .filter_map(|(vip, e)| e.exists.value.map(|gue| (&e.exists.stamp, vip, gue)))
+            .collect();
+        live.sort();
+        for (created, vip, gue) in live {
+            if out.desired.vips.len() as u32 >= cap.vips {
+                out.held_back.push(*vip);
+                out.skipped.push(format!(
+                    "VIP {vip} (added at clock {} by {}): all {} VIP slots are in use by older \
+                     VIPs; held back",
+                    created.clock, created.node, cap.vips
+                ));
                 continue;
             }
             let mut spec = VipSpec {
                 gue,
                 backends: BTreeMap::new(),
             };
-            for ((v, addr), b) in self.backends.range((*vip, Ipv6Addr::UNSPECIFIED)..) {
-                if v != vip {
-                    break;
-                }
-                if !b.member.value || b.member.stamp < e.exists.stamp {
-                    continue;
-                }
+            let mut members: Vec<(&Stamp, &Ipv6Addr, &BackendEntry)> = self
+                .backends
+                .range((*vip, Ipv6Addr::UNSPECIFIED)..)
+                .take_while(|((v, _), _)| v == vip)
+                .filter(|(_, b)| b.member.value && b.member.stamp >= *created)
+                .map(|((_, addr), b)| (&b.member.stamp, addr, b))
+                .collect();
+            members.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+            for (_, addr, b) in members {
                 if spec.backends.len() as u32 >= cap.backends_per_vip || total >= cap.backends {
-                    skipped.push(format!("backend {addr} of {vip}: no backend slot left"));
+                    out.skipped.push(format!(
+                        "backend {addr} of {vip}: no backend slot left; held back"
+                    ));
                     continue;
                 }
                 total += 1;
@@ -342,10 +360,20 @@ impl ReplicatedState {
                     },
                 );
             }
-            out.vips.insert(*vip, spec);
+            out.desired.vips.insert(*vip, spec);
         }
-        (out, skipped)
+        out
     }
+}
+
+/// A replicated state as this agent's limits let it serve it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Materialized {
+    pub desired: DesiredState,
+    /// Live VIPs left out for want of a VIP slot (the newest), in creation order.
+    pub held_back: Vec<Vip>,
+    /// One line per VIP or backend left out, for the log.
+    pub skipped: Vec<String>,
 }
 
 /// A short, stable digest of a desired state (canonical JSON: maps are ordered).

@@ -76,7 +76,7 @@ fn merge_is_order_independent_and_concurrent_writes_resolve_the_same_everywhere(
         results.push(m);
     }
     assert!(results.windows(2).all(|w| w[0] == w[1]));
-    let (d, _) = results[0].materialize(&CAP);
+    let d = results[0].materialize(&CAP).desired;
     let spec = &d.vips[&v];
     // Same clock: the higher node name (lb2) wins the weight; the drain stays.
     assert_eq!(spec.backends[&b(1)].weight, 7);
@@ -96,13 +96,13 @@ fn removals_win_over_older_copies_and_a_recreated_vip_starts_empty() {
     // A peer that still has the old copy cannot bring it back.
     let mut peer = old.clone();
     peer.merge(&a);
-    assert!(peer.materialize(&CAP).0.vips.is_empty());
+    assert!(peer.materialize(&CAP).desired.vips.is_empty());
     let mut a2 = a.clone();
     a2.merge(&old);
     assert_eq!(a2, a);
     // Re-created: the old backend does not reappear.
     a.record(&Change::AddVip { vip: v, gue: false }, &stamp(4, "lb2"));
-    let (d, _) = a.materialize(&CAP);
+    let d = a.materialize(&CAP).desired;
     assert!(d.vips[&v].backends.is_empty());
     assert!(!d.vips[&v].gue);
 }
@@ -120,10 +120,10 @@ fn materialized_state_matches_applying_the_changes_and_seeds_lose_to_changes() {
     };
     let r1 = ReplicatedState::seed(&cfg, "lb1");
     let r2 = ReplicatedState::seed(&cfg, "lb2");
-    assert_eq!(r1.materialize(&CAP).0, cfg);
+    assert_eq!(r1.materialize(&CAP).desired, cfg);
     assert_eq!(
-        state_digest(&r1.materialize(&CAP).0),
-        state_digest(&r2.materialize(&CAP).0)
+        state_digest(&r1.materialize(&CAP).desired),
+        state_digest(&r2.materialize(&CAP).desired)
     );
     let mut m = r1.clone();
     let v = vip("192.0.2.10:80/tcp");
@@ -137,12 +137,12 @@ fn materialized_state_matches_applying_the_changes_and_seeds_lose_to_changes() {
     // lb2 still seeds b1 from its config; the removal wins.
     let mut two = r2.clone();
     two.merge(&m);
-    assert_eq!(two.materialize(&CAP).0, expect);
+    assert_eq!(two.materialize(&CAP).desired, expect);
     assert_eq!(m.version(), 1);
 }
 
 #[test]
-fn capacity_drops_the_same_surplus_everywhere() {
+fn capacity_holds_back_the_newest_the_same_way_everywhere() {
     let cap = Capacity {
         vips: 1,
         backends: 2,
@@ -150,6 +150,8 @@ fn capacity_drops_the_same_surplus_everywhere() {
     };
     let mut s = ReplicatedState::default();
     let (v1, v2) = (vip("192.0.2.1:80/tcp"), vip("192.0.2.2:80/tcp"));
+    // v2 is older (same clock, lower node name): it keeps its slot although v1's address is
+    // lower.
     s.record(
         &Change::AddVip {
             vip: v2,
@@ -164,16 +166,104 @@ fn capacity_drops_the_same_surplus_everywhere() {
         },
         &stamp(1, "lb2"),
     );
-    for i in [3, 1, 2] {
-        s.record(&add(v1, i, 1), &stamp(2, "lb1"));
-    }
-    let (d, skipped) = s.materialize(&cap);
-    assert_eq!(d.vips.keys().collect::<Vec<_>>(), vec![&v1]);
+    s.record(&add(v2, 3, 1), &stamp(2, "lb1"));
+    s.record(&add(v2, 2, 1), &stamp(3, "lb1"));
+    s.record(&add(v2, 1, 1), &stamp(4, "lb1"));
+    let m = s.materialize(&cap);
+    assert_eq!(m.desired.vips.keys().collect::<Vec<_>>(), vec![&v2]);
+    assert_eq!(m.held_back, vec![v1]);
+    // Backends too: the newest one (b(1), the lowest address) is held back.
     assert_eq!(
-        d.vips[&v1].backends.keys().copied().collect::<Vec<_>>(),
-        vec![b(1), b(2)]
+        m.desired.vips[&v2]
+            .backends
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![b(2), b(3)]
     );
-    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_eq!(m.skipped.len(), 2, "{:?}", m.skipped);
+}
+
+fn add_vips(s: &mut ReplicatedState, node: &str, vips: &[Vip]) {
+    for v in vips {
+        let st = s.next_stamp(node);
+        s.record(
+            &Change::AddVip {
+                vip: *v,
+                gue: false,
+            },
+            &st,
+        );
+        let st = s.next_stamp(node);
+        s.record(&add(*v, 1, 1), &st);
+    }
+}
+
+/// Two sides of a partition each add VIPs up to the capacity; once merged, both hold back the
+/// same VIPs, the newest, and none of those that served before the partition.
+#[test]
+fn concurrent_adds_across_a_partition_hold_back_the_newest_and_keep_serving_vips() {
+    let cap = Capacity {
+        vips: 6,
+        backends: 64,
+        backends_per_vip: 8,
+    };
+    // Before the partition: three VIPs with high addresses, served everywhere.
+    let serving: Vec<Vip> = (0..3)
+        .map(|i| vip(&format!("[2001:db8:ffff::{}]:443/tcp", i + 1)))
+        .collect();
+    let mut base = ReplicatedState::default();
+    add_vips(&mut base, "lb1", &serving);
+    let (mut a, mut b_side) = (base.clone(), base.clone());
+    // During it: lb1 adds three VIPs, lb2 adds three with lower addresses, at a later clock
+    // (it makes more changes first), each side filling the capacity.
+    let a_new: Vec<Vip> = (0..3)
+        .map(|i| vip(&format!("192.0.2.{}:80/tcp", 100 + i)))
+        .collect();
+    let b_new: Vec<Vip> = (0..3)
+        .map(|i| vip(&format!("192.0.2.{}:80/tcp", 1 + i)))
+        .collect();
+    add_vips(&mut a, "lb1", &a_new);
+    for _ in 0..5 {
+        let st = b_side.next_stamp("lb2");
+        b_side.record(
+            &Change::SetWeight {
+                vip: serving[0],
+                backend: b(1),
+                weight: 2,
+            },
+            &st,
+        );
+    }
+    add_vips(&mut b_side, "lb2", &b_new);
+    for side in [&a, &b_side] {
+        let m = side.materialize(&cap);
+        assert!(m.held_back.is_empty(), "each side fits alone");
+        assert_eq!(m.desired.vips.len(), 6);
+    }
+    // The partition heals: each side merges the other's state.
+    let mut on_a = a.clone();
+    on_a.merge(&b_side);
+    let mut on_b = b_side.clone();
+    on_b.merge(&a);
+    let (ma, mb) = (on_a.materialize(&cap), on_b.materialize(&cap));
+    assert_eq!(ma, mb, "both nodes serve and hold back the same");
+    assert_eq!(ma.desired.vips.len(), 6);
+    // lb2's adds carry the higher clocks: they are the newest, and held back.
+    assert_eq!(ma.held_back, b_new);
+    for v in serving.iter().chain(&a_new) {
+        assert!(
+            ma.desired.vips.contains_key(v),
+            "{v} was serving; it must stay"
+        );
+    }
+    // Whatever the clocks, a VIP that served before the partition is never the one dropped.
+    let mut later = on_a.clone();
+    add_vips(&mut later, "lb3", &[vip("192.0.2.200:80/tcp")]);
+    let m = later.materialize(&cap);
+    assert!(serving.iter().all(|v| m.desired.vips.contains_key(v)));
+    assert_eq!(m.held_back.len(), 4);
+    assert_eq!(m.held_back.last(), Some(&vip("192.0.2.200:80/tcp")));
 }
 
 #[test]
