@@ -144,9 +144,8 @@ pub fn persist(path: &Path, state: &ReplicatedState) -> Result<()> {
         std::fs::File::open(&dir)?.sync_all()
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("writing {} (through {})", path.display(), tmp.display()))
 }
@@ -157,4 +156,34 @@ pub fn materialize(config: &Config, state: &ReplicatedState) -> DesiredState {
         warn!("replicated state does not fit this agent's limits: {s}");
     }
     desired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persisted_state_reads_back_and_unusable_files_are_errors_moved_aside() {
+        let dir = std::env::temp_dir().join(format!("lb-fleet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/state.json");
+        assert!(read_state(&path).unwrap().is_none(), "no file: start empty");
+        let state = ReplicatedState::default();
+        persist(&path, &state).unwrap();
+        assert_eq!(read_state(&path).unwrap(), Some(state));
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "renamed, not left behind"
+        );
+        for bad in [&b""[..], b"{\"vips\": {", b"\xffgarbage"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(read_state(&path).is_err(), "{bad:?}");
+            let moved = move_aside(&path).expect("moved");
+            assert!(moved.contains("state.json.corrupt-"), "{moved}");
+            assert_eq!(std::fs::read(&moved).unwrap(), bad);
+            assert!(!path.exists());
+            std::fs::remove_file(&moved).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -122,3 +122,32 @@ pub fn write_routes_file(path: &Path, content: &str) -> Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
+        addrs.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn routes_through_the_liveness_interface() {
+        let text = render_routes_via(&set(&["192.0.2.10", "2001:db8:100::10"]), Some("lb-alive"));
+        assert!(
+            text.contains("\troute 192.0.2.10/32 via \"lb-alive\";\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\troute 2001:db8:100::10/128 via \"lb-alive\";\n"),
+            "{text}"
+        );
+        assert!(!text.contains("blackhole"), "{text}");
+        let bird = crate::bgp::Bird::new("/nonexistent.ctl", "/nonexistent.conf")
+            .with_alive_iface("lb-alive");
+        assert_eq!(
+            bird.render(&set(&["192.0.2.10"])),
+            render_routes_via(&set(&["192.0.2.10"]), Some("lb-alive"))
+        );
+    }
+}
