@@ -143,11 +143,5 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("blackhole"), "{text}");
-        let bird = crate::bgp::Bird::new("/nonexistent.ctl", "/nonexistent.conf")
-            .with_alive_iface("lb-alive");
-        assert_eq!(
-            bird.render(&set(&["192.0.2.10"])),
-            render_routes_via(&set(&["192.0.2.10"]), Some("lb-alive"))
-        );
     }
 }
