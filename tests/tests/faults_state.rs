@@ -225,6 +225,10 @@ fn a_read_only_state_directory_never_stops_the_agent() {
 /// file, or the old one, after the agent said a change was done).
 #[test]
 fn the_state_file_and_its_directory_are_fsynced() {
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok(),
+        "strace is missing: apt-get install -y strace"
+    );
     let (topo, files) = setup("stfs", "");
     let trace = files.dir.join("strace.txt");
     let log = files.dir.join("agent.log");
