@@ -114,6 +114,25 @@ pub struct SyncStatus {
     pub flows_unknown_id: u64,
     /// Links refused, by reason.
     pub refused: Vec<(String, u64)>,
+    /// The state file: recoveries at start and failed writes (docs/operating.md).
+    #[serde(default)]
+    pub state_file: StateFileStatus,
+}
+
+/// The replicated state's file, as this agent found and keeps it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFileStatus {
+    pub path: String,
+    /// Unusable state files this agent started without (0 or 1: counted at start).
+    pub recovered: u64,
+    /// Why the file was unusable.
+    pub recovered_reason: Option<String>,
+    /// Where the unusable file was moved (`<file>.corrupt-<unix time>`).
+    pub moved_to: Option<String>,
+    /// Failed writes since the agent started (each retried with the next change).
+    pub persist_errors: u64,
+    /// The last write's error; None once a write succeeds.
+    pub last_error: Option<String>,
 }
 
 /// What this agent knows of one peer.

@@ -353,6 +353,20 @@ fn sync(o: &mut String, y: &SyncStatus) {
             .iter()
             .map(|(r, n)| (format!("reason=\"{r}\""), *n)),
     );
+    family(
+        o,
+        "lb_state_file_recovered_total",
+        "counter",
+        "Unusable state files (truncated, empty, garbage) moved aside at start.",
+        [(String::new(), y.state_file.recovered)],
+    );
+    family(
+        o,
+        "lb_state_persist_errors_total",
+        "counter",
+        "Failed writes of the state file (retried with the next change).",
+        [(String::new(), y.state_file.persist_errors)],
+    );
 }
 
 #[cfg(test)]

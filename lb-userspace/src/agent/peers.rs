@@ -8,7 +8,7 @@ use anyhow::Result;
 use tracing::{error, info, warn};
 
 use super::actor::Agent;
-use super::fleet::{log_skipped, materialize, persist};
+use super::fleet::{log_skipped, materialize};
 use crate::api::SyncStatus;
 use crate::reconcile::ApplyReport;
 use crate::state::Change;
@@ -51,9 +51,7 @@ impl Agent {
         f.held_back = m.held_back;
         let next = m.desired;
         f.replicated = replicated;
-        if let Err(e) = persist(&f.state_file, &f.replicated) {
-            error!("persisting the replicated state: {e:#}");
-        }
+        f.persist();
         // install publishes on success; a refused install must still share the new state.
         let result = self.install(next);
         if result.is_err() {
@@ -143,6 +141,7 @@ impl Agent {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
+            state_file: f.file.clone(),
         })
     }
 }

@@ -160,7 +160,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut held_back = Vec::new();
     let desired = match &replicated {
         Some(r) => {
-            let m = r.materialize(&config.capacity());
+            let m = r.state.materialize(&config.capacity());
             fleet::log_skipped(&[], &m);
             held_back = m.held_back;
             m.desired
@@ -229,10 +229,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     )?;
     let (announce, announce_rx) = watch::channel(BTreeSet::new());
     let (outcomes, outcomes_rx) = mpsc::channel::<bgp::Outcome>(16);
-    let bird = config
-        .bgp
-        .as_ref()
-        .map(|b| Bird::new(b.bird_socket.clone(), b.routes_file.clone()));
+    // Held for the agent's whole life: the kernel removes it when the agent ends, and BIRD
+    // withdraws every route through it (bgp::alive).
+    let alive = match &config.bgp {
+        Some(b) => Some(bgp::AliveIface::create(&b.alive_iface)?),
+        None => None,
+    };
+    let bird = config.bgp.as_ref().map(|b| {
+        Bird::new(b.bird_socket.clone(), b.routes_file.clone()).with_alive_iface(&b.alive_iface)
+    });
     if let Some(bird) = bird.clone() {
         // bird.conf includes the routes file: make sure it exists (empty) before BIRD reads it.
         bgp::write_initial_routes(bird.routes_file())?;
@@ -275,21 +280,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             pin_dir: pin_dir.clone(),
             events: sync_events,
             flow_events,
-            local: agent.local(&replicated),
+            local: agent.local(&replicated.state),
         })
         .await?;
-        fleet::persist(&state_file, &replicated)?;
         if !waiting.is_empty() {
             info!(peers = ?waiting, "VIPs stay unannounced until every peer has sent its state and flows (at most {wait:?})");
         }
-        agent.fleet = Some(fleet::Fleet {
+        let mut fleet = fleet::Fleet {
             sync,
-            replicated,
+            replicated: replicated.state,
             state_file,
             waiting,
             held_back,
             skipped: Vec::new(),
-        });
+            file: replicated.file,
+        };
+        // A state directory that cannot be written must not keep the agent from forwarding.
+        fleet.persist();
+        agent.fleet = Some(fleet);
     }
     agent.publish();
     info!(socket = %socket.display(), "agent ready");
@@ -312,6 +320,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             Err(e) => error!("withdrawing the VIPs from BIRD: {e:#}"),
         }
     }
+    drop(alive);
     info!(
         "agent stopped; the XDP program keeps forwarding from {} (`lb detach` stops it)",
         pin_dir.display()

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::reply::{BirdReply, ReplyParser, configure_succeeded};
-use super::routes::{render_routes, write_routes_file};
+use super::routes::{render_routes_via, write_routes_file};
 
 /// BIRD's control socket on Debian (`bird -s` changes it).
 pub const DEFAULT_SOCKET: &str = "/run/bird/bird.ctl";
@@ -194,6 +194,9 @@ pub struct Bird {
     pub(super) routes_file: PathBuf,
     timeout: Duration,
     max_reply: usize,
+    /// The liveness interface the routes go through (None: blackhole routes, which outlive
+    /// the agent; for tests and tools).
+    alive: Option<String>,
     /// The routes text BIRD last accepted through this handle (None: unknown). Also
     /// serialises announcements, so the file and BIRD never see two writers interleave.
     pub(super) applied: Arc<tokio::sync::Mutex<Option<String>>>,
@@ -206,6 +209,7 @@ impl Bird {
             routes_file: routes_file.into(),
             timeout: DEFAULT_TIMEOUT,
             max_reply: DEFAULT_MAX_REPLY,
+            alive: None,
             applied: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
@@ -222,6 +226,18 @@ impl Bird {
         self
     }
 
+    /// Routes through the agent's liveness interface (`super::alive`), so that no
+    /// announcement outlives the agent.
+    pub fn with_alive_iface(mut self, name: impl Into<String>) -> Self {
+        self.alive = Some(name.into());
+        self
+    }
+
+    /// The routes file's content for `vips`.
+    pub fn render(&self, vips: &BTreeSet<IpAddr>) -> String {
+        render_routes_via(vips, self.alive.as_deref())
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -236,7 +252,7 @@ impl Bird {
     /// protocol whose config is unchanged, so this is cheap; BGP sessions stay up.
     pub async fn announce(&self, vips: &BTreeSet<IpAddr>) -> Result<BirdReply> {
         let mut applied = self.applied.lock().await;
-        let content = render_routes(vips);
+        let content = self.render(vips);
         self.write_routes(&content).await?;
         *applied = None;
         let reply = self.configure().await?;

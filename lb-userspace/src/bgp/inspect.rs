@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{Bird, BirdError};
 use super::reply::BirdReply;
-use super::routes::{PROTO_V4, PROTO_V6, render_routes};
+use super::routes::{PROTO_V4, PROTO_V6};
 
 /// One row of `show protocols`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ impl Bird {
     /// `None` when there was nothing to do. For periodic calls.
     pub async fn sync(&self, vips: &BTreeSet<IpAddr>) -> Result<Option<BirdReply>> {
         let mut applied = self.applied.lock().await;
-        let content = render_routes(vips);
+        let content = self.render(vips);
         let written = self.write_routes(&content).await?;
         if !written && applied.as_deref() == Some(content.as_str()) {
             return Ok(None);

@@ -17,12 +17,14 @@
 //! Every exchange opens its own connection and is bounded: a deadline for the whole exchange
 //! (connect, greeting, command, reply) and a size limit for a reply.
 //!
-//! Files: `routes` (the routes file), `reply` (the CLI protocol's replies), `client` (one
+//! Files: `alive` (the liveness interface every route goes through, so no announcement
+//! outlives the agent), `routes` (the routes file), `reply` (the CLI protocol's replies), `client` (one
 //! bounded exchange per command, [`Bird`]), `driver` (the BGP task: keeps BIRD announcing what
 //! the agent wants and reports each [`Outcome`]). With the `test-bird` feature (the tests
 //! crate enables it), `inspect` adds the calls only tests and tools need: `show protocols`,
 //! `show route`, `configure check`, arbitrary commands.
 
+mod alive;
 mod client;
 mod driver;
 #[cfg(any(test, feature = "test-bird"))]
@@ -32,6 +34,7 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
+pub use alive::{AliveIface, DEFAULT_ALIVE_IFACE};
 pub use client::{Bird, BirdError, DEFAULT_MAX_REPLY, DEFAULT_SOCKET, DEFAULT_TIMEOUT};
 pub use driver::{Outcome, drive};
 #[cfg(any(test, feature = "test-bird"))]
@@ -41,5 +44,5 @@ pub use reply::parse_reply;
 pub use reply::{BirdReply, ReplyLine, ReplyParser, configure_succeeded};
 pub use routes::{
     DEFAULT_ROUTES_FILE, PROTO_V4, PROTO_V6, ROUTES_HEADER, initial_routes, render_routes,
-    write_initial_routes, write_routes_file,
+    render_routes_via, write_initial_routes, write_routes_file,
 };

@@ -23,6 +23,13 @@ pub const ROUTES_HEADER: &str = "# written by the lb agent; do not edit";
 /// kernel, handles VIP traffic, so the load balancer's own kernel protocol must not export
 /// these routes (docs/bgp.md).
 pub fn render_routes(vips: &BTreeSet<IpAddr>) -> String {
+    render_routes_via(vips, None)
+}
+
+/// Like [`render_routes`], but with `alive` each route goes through that interface instead of
+/// to a blackhole: BIRD keeps such a route only while the interface is up, and the agent's
+/// liveness interface lives exactly as long as the agent (`alive`).
+pub fn render_routes_via(vips: &BTreeSet<IpAddr>, alive: Option<&str>) -> String {
     let mut out = String::new();
     out.push_str(ROUTES_HEADER);
     out.push('\n');
@@ -36,7 +43,10 @@ pub fn render_routes(vips: &BTreeSet<IpAddr>) -> String {
         out.push_str(&format!("protocol static {proto} {{\n\t{channel};\n"));
         for vip in vips.iter().filter(|v| v.is_ipv4() == v4) {
             let len = if v4 { 32 } else { 128 };
-            out.push_str(&format!("\troute {vip}/{len} blackhole;\n"));
+            match alive {
+                Some(iface) => out.push_str(&format!("\troute {vip}/{len} via \"{iface}\";\n")),
+                None => out.push_str(&format!("\troute {vip}/{len} blackhole;\n")),
+            }
         }
         out.push_str("}\n");
     }
@@ -111,4 +121,27 @@ pub fn write_routes_file(path: &Path, content: &str) -> Result<bool> {
         let _ = d.sync_all();
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
+        addrs.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn routes_through_the_liveness_interface() {
+        let text = render_routes_via(&set(&["192.0.2.10", "2001:db8:100::10"]), Some("lb-alive"));
+        assert!(
+            text.contains("\troute 192.0.2.10/32 via \"lb-alive\";\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\troute 2001:db8:100::10/128 via \"lb-alive\";\n"),
+            "{text}"
+        );
+        assert!(!text.contains("blackhole"), "{text}");
+    }
 }

@@ -126,6 +126,19 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
                     y.held_back.join(", ")
                 );
             }
+            let f = &y.state_file;
+            if let Some(reason) = &f.recovered_reason {
+                println!(
+                    "state file   unusable at start, moved to {}; started from the config and peers ({reason})",
+                    f.moved_to.as_deref().unwrap_or("(could not be moved)")
+                );
+            }
+            if let Some(e) = &f.last_error {
+                println!(
+                    "state file   {} failed writes, retried with the next change: {e}",
+                    f.persist_errors
+                );
+            }
         }
     }
     if !s.drift.is_empty() {

@@ -68,6 +68,14 @@ pub struct BgpConfig {
     pub bird_socket: PathBuf,
     /// The file bird.conf includes; the agent owns it and writes the VIP routes there.
     pub routes_file: PathBuf,
+    /// The TUN interface the agent holds while it runs; every VIP route goes through it, so
+    /// BIRD withdraws them all when the agent ends, however it ends (docs/bgp.md).
+    #[serde(default = "default_alive_iface")]
+    pub alive_iface: String,
+}
+
+fn default_alive_iface() -> String {
+    crate::bgp::DEFAULT_ALIVE_IFACE.to_string()
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -88,6 +88,14 @@ impl Config {
                 b.routes_file.is_absolute() && b.bird_socket.is_absolute(),
                 "[bgp] bird_socket and routes_file must be absolute paths"
             );
+            ensure!(
+                (1..=15).contains(&b.alive_iface.len())
+                    && b.alive_iface
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)),
+                "[bgp] alive_iface `{}`: use 1-15 of A-Za-z0-9._- (an interface name)",
+                b.alive_iface
+            );
         }
         self.desired_state()?;
         Ok(())

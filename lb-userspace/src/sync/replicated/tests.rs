@@ -186,7 +186,7 @@ fn capacity_holds_back_the_newest_the_same_way_everywhere() {
 
 fn add_vips(s: &mut ReplicatedState, node: &str, vips: &[Vip]) {
     for v in vips {
-        let st = s.next_stamp(node);
+        let st = s.next_stamp(node).unwrap();
         s.record(
             &Change::AddVip {
                 vip: *v,
@@ -194,7 +194,7 @@ fn add_vips(s: &mut ReplicatedState, node: &str, vips: &[Vip]) {
             },
             &st,
         );
-        let st = s.next_stamp(node);
+        let st = s.next_stamp(node).unwrap();
         s.record(&add(*v, 1, 1), &st);
     }
 }
@@ -225,7 +225,7 @@ fn concurrent_adds_across_a_partition_hold_back_the_newest_and_keep_serving_vips
         .collect();
     add_vips(&mut a, "lb1", &a_new);
     for _ in 0..5 {
-        let st = b_side.next_stamp("lb2");
+        let st = b_side.next_stamp("lb2").unwrap();
         b_side.record(
             &Change::SetWeight {
                 vip: serving[0],
