@@ -109,6 +109,10 @@ mod backend_list {
     }
 }
 
+/// The highest clock a peer's state may carry: beyond any fleet's real history (a change per
+/// microsecond for eight years), far from the end of `u64`.
+pub const MAX_CLOCK: u64 = 1 << 48;
+
 impl ReplicatedState {
     /// The state a config file declares, stamped with clock 0: any replicated change wins.
     pub fn seed(desired: &DesiredState, node: &str) -> Self {
@@ -168,11 +172,18 @@ impl ReplicatedState {
         })
     }
 
-    /// Refuses a peer's state whose clock is more than `max_jump` above `ours`: one buggy or
-    /// hostile peer must not push the fleet's clock to its end (docs/sync.md).
+    /// Refuses a peer's state whose clock is more than `max_jump` above `ours`, or above
+    /// `MAX_CLOCK`: one buggy or hostile peer must not push the fleet's clock to its end
+    /// (docs/sync.md). A node with no history yet (`ours` 0: a new agent, or one whose state
+    /// file was lost) takes the fleet's clock as it is, up to `MAX_CLOCK`, or it could never
+    /// join a fleet that has made more than `max_jump` changes.
     pub fn check_clock(&self, ours: u64, max_jump: u64) -> Result<()> {
         let theirs = self.version();
-        let limit = ours.saturating_add(max_jump);
+        let limit = if ours == 0 {
+            MAX_CLOCK
+        } else {
+            ours.saturating_add(max_jump).min(MAX_CLOCK)
+        };
         if theirs > limit {
             return Err(refused(
                 Refusal::ClockJump,

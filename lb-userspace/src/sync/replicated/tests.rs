@@ -327,6 +327,18 @@ fn clocks_far_above_ours_are_refused_and_ours_never_wrap() {
     assert!(theirs.check_clock(5, 1_000_000).is_err());
     // Our own bound saturates instead of wrapping.
     theirs.check_clock(u64::MAX - 3, 1_000_000).unwrap();
+    // A node with no history takes a fleet far ahead of the margin, but not past MAX_CLOCK.
+    theirs.check_clock(0, 1_000).unwrap();
+    theirs
+        .backends
+        .values_mut()
+        .next()
+        .unwrap()
+        .weight
+        .stamp
+        .clock = super::MAX_CLOCK + 1;
+    let e = theirs.check_clock(0, 1_000_000).unwrap_err();
+    assert_eq!(why(&e), Refusal::ClockJump, "{e}");
     // A state (say, a hand-edited state file) at the end of the clock refuses the next
     // change with an error instead of panicking or wrapping to 0.
     theirs
