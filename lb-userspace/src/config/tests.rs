@@ -199,6 +199,14 @@ address = "2001:db8:be::1"
             "use 1 second",
         ),
         (
+            ("seed = 7", "seed = 7\nicmp_rate = 65536"),
+            "dataplane.icmp_rate = 65536: use 0 (no limit) to 65535",
+        ),
+        (
+            ("seed = 7", "seed = 7\nicmp_burst = 0"),
+            "dataplane.icmp_burst = 0: use 1 to 65535",
+        ),
+        (
             ("[dataplane]", "[health]\ninterval_ms = 50\n[dataplane]"),
             "use 100 ms",
         ),
