@@ -27,7 +27,12 @@ pub struct LbConfig {
     pub gue_port: u16,
     /// `LB_F_*` feature bits.
     pub flags: u16,
-    pub _pad: [u16; 2],
+    /// Generated ICMP (echo replies, "too big") per second per CPU; 0: no limit
+    /// (`lb_common::ratelimit`). In what was padding: pinned `LB_CONFIG` maps keep their layout,
+    /// and an older agent's config (zeroes here) means no limit, as before.
+    pub icmp_rate: u16,
+    /// The most generated ICMP messages one CPU sends at once (the bucket's size).
+    pub icmp_burst: u16,
 }
 
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.

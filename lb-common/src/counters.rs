@@ -86,6 +86,12 @@ counter_enum! {
         // Client packets too big to encapsulate (lb-ebpf/src/bin/lb_xdp/toobig.rs).
         IcmpTooBigSent = "icmp_too_big_sent",
         DropTooBigNoDf = "drop_too_big_no_df",
+        // Generated ICMP's source rules and rate limit (lb-ebpf/src/bin/lb_xdp/ratelimit.rs).
+        // An echo request from a source that is not one host (broadcast, multicast, loopback,
+        // unspecified): not answered.
+        DropIcmpEchoBadSource = "drop_icmp_echo_bad_source",
+        // An echo reply or "too big" message over this CPU's ICMP budget: not sent.
+        DropIcmpRateLimited = "drop_icmp_rate_limited",
     }
 }
 
@@ -115,5 +121,6 @@ mod tests {
         // Indices earlier releases wrote: appended counters never move them.
         assert_eq!(Counter::DropNoIface as u32, 19);
         assert_eq!(Counter::DropTooBigNoDf as u32, 29);
+        assert_eq!(Counter::DropIcmpRateLimited as u32, 31);
     }
 }

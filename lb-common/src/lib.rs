@@ -29,6 +29,7 @@ pub mod hash;
 pub mod headers;
 pub mod health;
 pub mod names;
+pub mod ratelimit;
 pub mod toobig;
 pub mod vip;
 pub mod vip_filter;

@@ -77,14 +77,16 @@ pub const fn quote(ip_len: u16, mtu: u16, full: usize, min: usize, grow: usize) 
 }
 
 /// RFC 1812 4.3.2.7 / RFC 1122: no ICMP error to a source that is not one host (0/8, 127/8,
-/// multicast, class E and broadcast). `addr` as loaded from the packet.
+/// multicast, class E and broadcast). `addr` as loaded from the packet. lb_xdp's echo replies
+/// follow the same rule (a broadcast or spoofed source must not make us reflect traffic).
 #[inline(always)]
 pub const fn is_unicast_v4(addr: u32) -> bool {
     let first = u32::from_be(addr) >> 24;
     !(first == 0 || first == 127 || first >= 224)
 }
 
-/// RFC 4443 2.4 (e): no ICMPv6 error to the unspecified, loopback or a multicast source.
+/// RFC 4443 2.4 (e): no ICMPv6 error to the unspecified, loopback or a multicast source (and
+/// no echo reply either).
 #[inline(always)]
 pub const fn is_unicast_v6(addr: &[u32; 4]) -> bool {
     if u32::from_be(addr[0]) >> 24 == 0xFF {

@@ -63,7 +63,9 @@ impl Lb {
             tcp_closing_timeout_ns: lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS,
             gue_port: GUE_PORT.to_be(),
             flags: 0,
-            _pad: [0; 2],
+            // No ICMP limit: the packet tests that need one set it.
+            icmp_rate: 0,
+            icmp_burst: 0,
         };
         dp.set_config(&cfg)?;
         // BPF_PROG_TEST_RUN delivers on the loopback device of the caller's namespace.
@@ -91,6 +93,15 @@ impl Lb {
 
     pub fn set_udp_timeout_ns(&mut self, ns: u64) {
         self.set_config(|c| c.udp_timeout_ns = ns);
+    }
+
+    /// Limits generated ICMP to `rate` per second with bursts of `burst` (per CPU; 0: none).
+    /// The buckets are per CPU: a test that counts on one pins itself (`stay_on_this_cpu`).
+    pub fn set_icmp_limit(&mut self, rate: u16, burst: u16) {
+        self.set_config(|c| {
+            c.icmp_rate = rate;
+            c.icmp_burst = burst;
+        });
     }
 
     /// Installs backend `id` at `backend_addr(id)` with generation 1 (serving VIP 0).
@@ -201,6 +212,30 @@ impl Lb {
     pub fn counters(&mut self) -> Vec<(Counter, CounterValue)> {
         self.dp.counters().unwrap()
     }
+}
+
+/// Pins the calling thread to the CPU it runs on, so that every BPF_PROG_TEST_RUN it makes
+/// uses the same CPU's slot of a per-CPU map (the ICMP token bucket).
+pub fn stay_on_this_cpu() {
+    // SAFETY: a plain syscall wrapper without arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it, and sched_setaffinity
+    // only reads it.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(
+        pinned,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A ring as written to the dataplane: slot -> backend id.

@@ -281,6 +281,95 @@ fn echo_requests_elsewhere_and_odd_echoes_go_to_the_kernel() {
     }
 }
 
+#[test]
+fn echo_requests_from_sources_that_are_not_one_host_are_dropped_unanswered() {
+    let (mut lb, _) = lb();
+    // Broadcast, multicast, class E, loopback, "this network" and unspecified sources: a reply
+    // would go to many hosts or none (or reflect a spoofed flood), as for "too big".
+    for (src, vip) in [
+        ("255.255.255.255", VIP4),
+        ("224.0.0.1", VIP4),
+        ("239.255.255.250", VIP4),
+        ("240.0.0.1", VIP4),
+        ("127.0.0.1", VIP4),
+        ("0.0.0.0", VIP4),
+        ("0.1.2.3", VIP4),
+        ("::", VIP6),
+        ("::1", VIP6),
+        ("ff02::1", VIP6),
+        ("ff0e::1234", VIP6),
+    ] {
+        for vlan in [None, Some(0x123)] {
+            let f = echo_request(src, vip, vlan, 57, [0, 7, 0, 1]).build(b"ping");
+            let (run, c) = run_counted(&mut lb, &f);
+            assert_eq!(
+                (run.verdict, c),
+                (XDP_DROP, vec![Counter::DropIcmpEchoBadSource]),
+                "echo from {src} vlan {vlan:?}"
+            );
+        }
+    }
+    assert_eq!(lb.counter(Counter::IcmpEchoReply), 0);
+    assert_eq!(lb.counter(Counter::DropIcmpEchoBadSource), 22);
+    // One host's address is answered as before, at the edges of the ranges too.
+    for (src, vip) in [
+        (CLIENT4, VIP4),
+        ("1.0.0.1", VIP4),
+        ("223.255.255.255", VIP4),
+        (CLIENT6, VIP6),
+        ("::2", VIP6),
+    ] {
+        let req = echo_request(src, vip, None, 57, [0, 7, 0, 2]);
+        let run = lb.run(&req.build(b"ping"));
+        assert_eq!(run.verdict, XDP_TX, "echo from {src}");
+        assert_eq!(run.out, echo_reply(&req).build(b"ping"));
+    }
+    assert_eq!(lb.counter(Counter::IcmpEchoReply), 5);
+}
+
+#[test]
+fn echo_replies_stop_at_the_token_buckets_burst_and_rate_zero_is_unlimited() {
+    // The bucket is per CPU: every run of this test must use the same one.
+    stay_on_this_cpu();
+    let (mut lb, _) = lb();
+    // One token a second: no refill while the test runs (a run takes microseconds).
+    const BURST: u16 = 5;
+    lb.set_icmp_limit(1, BURST);
+    let reqs = [
+        echo_request(CLIENT4, VIP4, None, 57, [0, 9, 0, 1]),
+        echo_request(CLIENT6, VIP6, Some(0x123), 57, [0, 9, 0, 2]),
+    ];
+    for i in 0..BURST as usize {
+        let req = &reqs[i % 2];
+        let run = lb.run(&req.build(b"ping"));
+        assert_eq!(run.verdict, XDP_TX, "echo {i} within the burst");
+        assert_eq!(run.out, echo_reply(req).build(b"ping"));
+    }
+    // The next ones, either family, are dropped and counted.
+    for req in &reqs {
+        let (run, c) = run_counted(&mut lb, &req.build(b"ping"));
+        assert_eq!(
+            (run.verdict, c),
+            (XDP_DROP, vec![Counter::DropIcmpRateLimited])
+        );
+    }
+    assert_eq!(lb.counter(Counter::IcmpEchoReply), BURST as u64);
+    // Forwarding does not take from the bucket and is not limited by it.
+    let f = flow(TCP4, CLIENT4, 40200, None);
+    let (run, c) = run_counted(&mut lb, &data_packet(TCP4, &f));
+    assert_eq!((run.verdict, c), (XDP_TX, vec![Counter::Tx]));
+    // Rate 0: no limit, as before the bucket existed.
+    lb.set_icmp_limit(0, 0);
+    for i in 0..200 {
+        let req = &reqs[i % 2];
+        let run = lb.run(&req.build(b"ping"));
+        assert_eq!(run.verdict, XDP_TX, "echo {i} without a limit");
+        assert_eq!(run.out, echo_reply(req).build(b"ping"));
+    }
+    assert_eq!(lb.counter(Counter::IcmpEchoReply), BURST as u64 + 200);
+    assert_eq!(lb.counter(Counter::DropIcmpRateLimited), 2);
+}
+
 // ---- Errors about a flow ----
 
 /// Checks that `frame` (an ICMP error about `f`) leaves as the exact encapsulation of its IP

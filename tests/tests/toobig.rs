@@ -396,3 +396,40 @@ fn no_icmp_to_sources_that_are_not_one_host() {
     assert_eq!(lb.counter(Counter::DropBadIpHeader), 6);
     assert_eq!(lb.counter(Counter::IcmpTooBigSent), 0);
 }
+
+#[test]
+fn too_big_messages_and_echo_replies_share_one_token_bucket() {
+    // The bucket is per CPU: every run of this test must use the same one.
+    stay_on_this_cpu();
+    let mut lb = lb();
+    // One token a second, bursts of 3: no refill while the test runs.
+    lb.set_icmp_limit(1, 3);
+    let (f4, f6) = (flow4(HTTP), flow6(HTTP));
+    let big4 = tcp_frame(&f4, Tcp::Ack, MTU as usize - 39);
+    let big6 = tcp_frame(&f6, Tcp::Ack, MTU as usize - 39);
+    expect_reply(&mut lb, &big4, MTU, MTU as u32 - 40, 548);
+    expect_reply(&mut lb, &big6, MTU, MTU as u32 - 40, 1232);
+    // An echo reply takes the third token.
+    let ping = IcmpFrame::new(CLIENT4, VIP4, 8, 0).build(b"ping");
+    assert_eq!(lb.run(&ping).verdict, XDP_TX);
+    assert_eq!(lb.counter(Counter::IcmpEchoReply), 1);
+    // Spent: the next too-big packets are dropped and counted, not answered, not forwarded.
+    for frame in [&big4, &big6] {
+        assert_eq!(lb.run(frame).verdict, XDP_DROP);
+    }
+    assert_eq!(lb.counter(Counter::DropIcmpRateLimited), 2);
+    assert_eq!(lb.counter(Counter::IcmpTooBigSent), 2);
+    assert_eq!(lb.counter(Counter::Tx), 0);
+    // Packets that fit are tunnelled whatever the bucket holds.
+    let fits = tcp_frame(&f4, Tcp::Ack, MTU as usize - 40);
+    expect_encap(&mut lb, &fits, &f4, PROTO_TCP, false);
+    assert_eq!(lb.counter(Counter::Tx), 1);
+    // Rate 0: no limit, as before the bucket existed.
+    lb.set_icmp_limit(0, 0);
+    for _ in 0..50 {
+        expect_reply(&mut lb, &big4, MTU, MTU as u32 - 40, 548);
+        expect_reply(&mut lb, &big6, MTU, MTU as u32 - 40, 1232);
+    }
+    assert_eq!(lb.counter(Counter::IcmpTooBigSent), 102);
+    assert_eq!(lb.counter(Counter::DropIcmpRateLimited), 2);
+}

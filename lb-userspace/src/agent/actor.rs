@@ -103,7 +103,9 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
         } else {
             0
         },
-        _pad: [0; 2],
+        // validate() keeps both within u16 (0 = no limit).
+        icmp_rate: d.icmp_rate as u16,
+        icmp_burst: d.icmp_burst as u16,
     }
 }
 

@@ -50,3 +50,11 @@ pub(super) fn default_tcp_idle() -> u64 {
 pub(super) fn default_tcp_closing() -> u64 {
     lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS / 1_000_000_000
 }
+/// Linux's own ICMP budget is 1000 per second with a burst of 50 (net.ipv4.icmp_msgs_per_sec,
+/// icmp_msgs_burst), for the whole host; ours is per CPU.
+pub(super) fn default_icmp_rate() -> u32 {
+    1000
+}
+pub(super) fn default_icmp_burst() -> u32 {
+    50
+}

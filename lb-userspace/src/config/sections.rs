@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use super::checks::HealthOverride;
 use super::defaults::{
-    DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port,
-    default_max_backends, default_max_clock_jump, default_max_flows, default_max_vips,
-    default_refresh_secs, default_ring_size, default_startup_wait_secs, default_tcp_closing,
-    default_tcp_idle, default_udp_idle, yes,
+    DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port, default_icmp_burst,
+    default_icmp_rate, default_max_backends, default_max_clock_jump, default_max_flows,
+    default_max_vips, default_refresh_secs, default_ring_size, default_startup_wait_secs,
+    default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
 };
 use crate::state::BackendState;
 
@@ -125,6 +125,13 @@ pub struct DataplaneConfig {
     pub tcp_idle_timeout_secs: u64,
     #[serde(default = "default_tcp_closing")]
     pub tcp_closing_timeout_secs: u64,
+    /// ICMP the XDP program generates (echo replies, "too big"), per second per CPU; 0: no
+    /// limit. At most 65535.
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
+    /// How many such messages one CPU may send at once after a quiet spell (1 to 65535).
+    #[serde(default = "default_icmp_burst")]
+    pub icmp_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]

@@ -144,7 +144,13 @@ protocol = "tcp"
 [[vip.backend]]
 address = "2001:db8:be::1"
 "#;
-    Config::parse(base).unwrap();
+    let c = Config::parse(base).unwrap();
+    // The ICMP budget's defaults (Linux's own); rate 0 (no limit) and the u16 maxima are valid.
+    assert_eq!((c.dataplane.icmp_rate, c.dataplane.icmp_burst), (1000, 50));
+    for edit in ["icmp_rate = 0", "icmp_rate = 65535\nicmp_burst = 65535"] {
+        let c = Config::parse(&base.replacen("seed = 7", &format!("seed = 7\n{edit}"), 1)).unwrap();
+        assert!(c.dataplane.icmp_rate == 0 || c.dataplane.icmp_burst == 65535);
+    }
     for (edit, why) in [
         (("seed = 7", "seed = -1"), "invalid value"),
         (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
@@ -208,6 +214,14 @@ address = "2001:db8:be::1"
         (
             ("seed = 7", "seed = 7\ntcp_idle_timeout_secs = 0"),
             "use 1 second",
+        ),
+        (
+            ("seed = 7", "seed = 7\nicmp_rate = 65536"),
+            "dataplane.icmp_rate = 65536: use 0 (no limit) to 65535",
+        ),
+        (
+            ("seed = 7", "seed = 7\nicmp_burst = 0"),
+            "dataplane.icmp_burst = 0: use 1 to 65535",
         ),
         (
             ("[dataplane]", "[health]\ninterval_ms = 50\n[dataplane]"),

@@ -29,6 +29,16 @@ impl Config {
             );
         }
         ensure!(
+            d.icmp_rate <= u16::MAX as u32,
+            "dataplane.icmp_rate = {}: use 0 (no limit) to 65535 per second per CPU",
+            d.icmp_rate
+        );
+        ensure!(
+            (1..=u16::MAX as u32).contains(&d.icmp_burst),
+            "dataplane.icmp_burst = {}: use 1 to 65535",
+            d.icmp_burst
+        );
+        ensure!(
             !self.interfaces.is_empty(),
             "no [[interface]]: the agent needs at least one NIC to attach to"
         );

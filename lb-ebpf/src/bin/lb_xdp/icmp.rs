@@ -1,7 +1,9 @@
 //! ICMP and ICMPv6 addressed to a VIP address (parse.rs flags them, lb_xdp dispatches here).
 //!
 //! - Echo request (IPv4 type 8, ICMPv6 type 128, code 0): answered here with XDP_TX, unless
-//!   the address's marker entry has `VIP_F_NO_ECHO` (then dropped).
+//!   the address's marker entry has `VIP_F_NO_ECHO`, the source is not one host (the same
+//!   rule as for "too big": broadcast, multicast, loopback, unspecified), or this CPU's ICMP
+//!   budget is spent (`ratelimit`); then dropped and counted.
 //! - Destination unreachable (IPv4 type 3, any code, including 4 "fragmentation needed";
 //!   ICMPv6 type 1) and packet too big (ICMPv6 type 2): the error is about a packet a backend
 //!   sent from the VIP (direct server return), so the backend needs it (path MTU discovery, RFC
@@ -22,11 +24,12 @@ use lb_common::headers::{
     ICMP_ECHO_REPLY, ICMP_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
     ICMPV6_PKT_TOOBIG, IPV4_FRAG_OFFSET, IPV4_HLEN, IPV6_HLEN, PROTO_ICMP, VLAN_HLEN,
 };
+use lb_common::toobig::{is_unicast_v4, is_unicast_v6};
 use lb_common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, VIP_F_NO_ECHO};
 use lb_ebpf::load;
 
 use crate::packet::Parsed;
-use crate::stats;
+use crate::{ratelimit, stats};
 
 /// Bytes of the embedded transport header an error must quote: the ports (RFC 792 quotes 8).
 const EMBEDDED_L4_LEN: usize = 8;
@@ -92,6 +95,21 @@ fn at<const L3: usize, const V4: bool>(ctx: &XdpContext, addr_flags: u32) -> Han
     if echo {
         if addr_flags & VIP_F_NO_ECHO != 0 {
             return Handled::Action(stats::drop(Counter::DropIcmpEchoOff));
+        }
+        // SAFETY: the source address is in the IP header, before the ICMP header (in the
+        // frame, checked above).
+        let unicast = unsafe {
+            if V4 {
+                is_unicast_v4(load(ip + 12))
+            } else {
+                is_unicast_v6(&load(ip + 8))
+            }
+        };
+        if !unicast {
+            return Handled::Action(stats::drop(Counter::DropIcmpEchoBadSource));
+        }
+        if !ratelimit::allow() {
+            return Handled::Action(xdp_action::XDP_DROP);
         }
         // SAFETY: everything up to the end of the ICMP header is in the frame (checked above).
         unsafe {

@@ -28,6 +28,7 @@ mod maglev;
 mod maps;
 mod packet;
 mod parse;
+mod ratelimit;
 mod stats;
 mod toobig;
 mod vip;

@@ -11,6 +11,8 @@
 //! limit), so the verifier sees fixed sizes only.
 //!
 //! Fast path: `check` costs one compare for a packet that fits (or when the MTU is 0, unset).
+//! A message is sent only within this CPU's ICMP budget (`ratelimit`); over it, the packet is
+//! dropped and counted.
 //!
 //! The sizes and decisions (overhead, quote, who may be answered) are pure functions in
 //! `lb_common::toobig` and `lb_common::checksum`, tested on the host; this module builds the
@@ -36,7 +38,7 @@ use lb_common::{Counter, FAMILY_V4, IfaceConfig, PROTO_TCP, PROTO_UDP, VipMeta};
 use lb_ebpf::load;
 
 use crate::packet::Parsed;
-use crate::stats;
+use crate::{ratelimit, stats};
 
 /// `bpf_csum_diff` sums at most 512 bytes per call, in multiples of 4.
 const CSUM_CHUNK: usize = 512;
@@ -115,6 +117,9 @@ fn reply_v4<const L3: usize>(ctx: &XdpContext, pkt: &Parsed, mtu: u16, adv: u16)
     if !is_unicast_v4(pkt.key.src[0]) {
         return stats::drop(Counter::DropBadIpHeader);
     }
+    if !ratelimit::allow() {
+        return xdp_action::XDP_DROP;
+    }
     match quote(pkt.ip_len, mtu, QUOTE4_FULL, QUOTE4_MIN, GROW4) {
         Quote::Full => build_v4::<L3, QUOTE4_FULL>(ctx, pkt, adv),
         Quote::Min => build_v4::<L3, QUOTE4_MIN>(ctx, pkt, adv),
@@ -134,6 +139,9 @@ fn reply_v6<const L3: usize>(ctx: &XdpContext, pkt: &Parsed, mtu: u16, adv: u32)
     }
     if !is_unicast_v6(&pkt.key.src) {
         return stats::drop(Counter::DropBadIpHeader);
+    }
+    if !ratelimit::allow() {
+        return xdp_action::XDP_DROP;
     }
     match quote(pkt.ip_len, mtu, QUOTE6_FULL, QUOTE6_MIN, GROW6) {
         Quote::Full => build_v6::<L3, QUOTE6_FULL>(ctx, pkt, adv),

@@ -1,0 +1,38 @@
+//! The budget for ICMP the program generates (echo replies in `icmp`, "too big" in `toobig`):
+//! a token bucket per CPU (`lb_common::ratelimit`), `LbConfig::icmp_rate` per second and
+//! `icmp_burst` at once, refilled from the coarse clock. Per CPU so that taking a token is a
+//! plain read and write of this CPU's slot, like the counters. Not pinned: a new program
+//! starts with full buckets.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use lb_common::{Counter, ratelimit::TokenBucket};
+
+use crate::{clock, maps, stats};
+
+#[map]
+static ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether one more generated ICMP message may be sent now; if not, counts
+/// `DropIcmpRateLimited` (the caller drops the packet).
+///
+/// Not inlined: only the ICMP paths call it, and as a BPF-to-BPF call it adds no code to the
+/// forwarding tail that `toobig::check` sits in.
+#[inline(never)]
+pub fn allow() -> bool {
+    let Some(cfg) = maps::config() else {
+        return true;
+    };
+    if cfg.icmp_rate == 0 {
+        return true;
+    }
+    let Some(bucket) = ICMP_BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
+    let bucket = unsafe { &mut *bucket };
+    if bucket.take(clock::now_ns(), cfg.icmp_rate, cfg.icmp_burst) {
+        return true;
+    }
+    stats::count(Counter::DropIcmpRateLimited);
+    false
+}
