@@ -95,6 +95,15 @@ counter_enum! {
     }
 }
 
+/// Slots in lb_xdp's pinned `STATS` map, more than `Counter::COUNT`: a map's size is fixed
+/// when it is created, so a build that adds counters must still fit the map a previous agent
+/// pinned, or it could not adopt the dataplane without `lb detach` (which drops connections).
+pub const STATS_SLOTS: u32 = 128;
+const _: () = assert!(
+    Counter::COUNT <= STATS_SLOTS,
+    "raise STATS_SLOTS: a layout change"
+);
+
 /// Test helper for any `counter_enum!` enum: `ALL` is in index order, `COUNT` matches, and
 /// the names are distinct (they are keys in JSON and Prometheus).
 #[cfg(test)]

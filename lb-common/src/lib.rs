@@ -42,7 +42,7 @@ pub use addr::*;
 pub use backend::*;
 pub use config::*;
 pub use conn::*;
-pub use counters::{Counter, CounterValue};
+pub use counters::{Counter, CounterValue, STATS_SLOTS};
 pub use flow_event::*;
 pub use hash::{flow_hash, ring_slot};
 pub use headers::{ENCAP_GUE_LEN, ENCAP_IP6_LEN, PROTO_TCP, PROTO_UDP};

@@ -109,7 +109,7 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             names::STATS,
             4,
             size_of::<CounterValue>(),
-            lb_common::Counter::COUNT,
+            lb_common::STATS_SLOTS,
         ),
         (
             names::VIP_STATS,

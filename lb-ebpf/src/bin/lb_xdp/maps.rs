@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    Backend, ConnEntry, Counter, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS,
-    DEFAULT_MAX_IFACES, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES,
-    FlowKey, IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta, VipSlot,
-    iface_slot, vip_index_size,
+    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
+    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
+    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, STATS_SLOTS, VipFilter, VipKey, VipMeta,
+    VipSlot, iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -90,7 +90,7 @@ pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 
 #[map]
-pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<CounterValue> =
