@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "curl",
     "iputils-ping",
+    "strace",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
