@@ -405,17 +405,11 @@ fn refused(lab: &Lab, i: usize) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
-/// Issue 5, test 4: a peer without the fleet key is refused; garbage, truncated, replayed,
-/// oversized and malformed messages are refused, and none changes state or stops the agent.
-#[test]
-fn peers_without_the_key_and_bad_messages_are_refused() {
-    let lab = lab_with("sec", |_| {});
-    wait_until("the peers to agree", Duration::from_secs(15), || {
-        agree(&lab)
-    });
-    // The attacker sits on the sync network.
+/// An attacker on the sync network (an address on the bridge): lb1's sync address and the
+/// fleet key, for the tests that speak the protocol by hand.
+fn attacker_on_sync_net(lab: &Lab) -> (SocketAddr, FleetKey) {
     sh_ok(
-        &lab,
+        lab,
         &[
             "-6",
             "addr",
@@ -428,6 +422,18 @@ fn peers_without_the_key_and_bad_messages_are_refused() {
     );
     let target = SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT);
     let key = FleetKey::parse(&std::fs::read_to_string(lab.key_file()).unwrap()).unwrap();
+    (target, key)
+}
+
+/// Issue 5, test 4: a peer without the fleet key is refused; garbage, truncated, replayed,
+/// oversized and malformed messages are refused, and none changes state or stops the agent.
+#[test]
+fn peers_without_the_key_and_bad_messages_are_refused() {
+    let lab = lab_with("sec", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    let (target, key) = attacker_on_sync_net(&lab);
     let wrong = FleetKey::parse(&"5a".repeat(32)).unwrap();
     let before_status = peers(&lab, 1);
     let before_vips = lab.lb_json(1, &["vip", "list"]).unwrap();
@@ -654,20 +660,7 @@ fn a_peer_state_with_a_clock_at_its_end_is_refused_and_changes_nothing() {
     wait_until("the peers to agree", Duration::from_secs(15), || {
         agree(&lab)
     });
-    sh_ok(
-        &lab,
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:5::99/64",
-            "dev",
-            "br0",
-            "nodad",
-        ],
-    );
-    let target = SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT);
-    let key = FleetKey::parse(&std::fs::read_to_string(lab.key_file()).unwrap()).unwrap();
+    let (target, key) = attacker_on_sync_net(&lab);
     let before = peers(&lab, 1);
     let before_refused = refused(&lab, 1);
     let v4 = format!("{VIP4}:{HTTP_PORT}/tcp");

@@ -281,6 +281,11 @@ fn states_round_trip_through_json_and_bad_values_are_refused() {
     assert!(bad.validate().is_err());
 }
 
+/// Stamps the first backend's weight with `clock`: the state's version becomes at least that.
+fn set_weight_clock(s: &mut ReplicatedState, clock: u64) {
+    s.backends.values_mut().next().unwrap().weight.stamp.clock = clock;
+}
+
 fn why(e: &anyhow::Error) -> Refusal {
     e.downcast_ref::<super::super::wire::Refused>()
         .expect("a refusal")
@@ -295,60 +300,25 @@ fn clocks_far_above_ours_are_refused_and_ours_never_wrap() {
     // A peer's change on any field (here a backend's weight) at the end of the clock.
     let mut theirs = ours.clone();
     theirs.record(&add(v, 1, 4), &stamp(5, "lb2"));
-    theirs
-        .backends
-        .values_mut()
-        .next()
-        .unwrap()
-        .weight
-        .stamp
-        .clock = u64::MAX;
+    set_weight_clock(&mut theirs, u64::MAX);
     let e = theirs.check_clock(ours.version(), 1_000_000).unwrap_err();
     assert_eq!(why(&e), Refusal::ClockJump, "{e}");
     assert!(e.to_string().contains("max_clock_jump"), "{e}");
     // Within the margin: taken. Exactly at it too; one above it is not.
-    theirs
-        .backends
-        .values_mut()
-        .next()
-        .unwrap()
-        .weight
-        .stamp
-        .clock = 5 + 1_000_000;
+    set_weight_clock(&mut theirs, 5 + 1_000_000);
     theirs.check_clock(5, 1_000_000).unwrap();
-    theirs
-        .backends
-        .values_mut()
-        .next()
-        .unwrap()
-        .weight
-        .stamp
-        .clock = 5 + 1_000_001;
+    set_weight_clock(&mut theirs, 5 + 1_000_001);
     assert!(theirs.check_clock(5, 1_000_000).is_err());
     // Our own bound saturates instead of wrapping.
     theirs.check_clock(u64::MAX - 3, 1_000_000).unwrap();
     // A node with no history takes a fleet far ahead of the margin, but not past MAX_CLOCK.
     theirs.check_clock(0, 1_000).unwrap();
-    theirs
-        .backends
-        .values_mut()
-        .next()
-        .unwrap()
-        .weight
-        .stamp
-        .clock = super::MAX_CLOCK + 1;
+    set_weight_clock(&mut theirs, super::MAX_CLOCK + 1);
     let e = theirs.check_clock(0, 1_000_000).unwrap_err();
     assert_eq!(why(&e), Refusal::ClockJump, "{e}");
     // A state (say, a hand-edited state file) at the end of the clock refuses the next
     // change with an error instead of panicking or wrapping to 0.
-    theirs
-        .backends
-        .values_mut()
-        .next()
-        .unwrap()
-        .weight
-        .stamp
-        .clock = u64::MAX;
+    set_weight_clock(&mut theirs, u64::MAX);
     let e = theirs.next_stamp("lb1").unwrap_err().to_string();
     assert!(e.contains("clock is at its end"), "{e}");
     assert_eq!(theirs.next_stamp("lb1").ok(), None);
