@@ -134,29 +134,9 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
         agree(&lab)
     });
 
-    // Concurrent: both set the same field while neither can hear the other, so both stamp
-    // it with the same clock; the higher node name (lb2 > lb1) wins on both.
-    let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
-    let before = peers(&lab, 1)["version"].as_u64().unwrap();
-    lab.set_sync_link(1, false).unwrap();
-    ok(&lab, 1, &["backend", "weight", &v6, &backend(3), "7"]);
-    ok(&lab, 2, &["backend", "weight", &v6, &backend(3), "9"]);
-    lab.set_sync_link(1, true).unwrap();
-    wait_until("the peers to agree", Duration::from_secs(20), || {
-        agree(&lab)
-    });
-    let (w1, w2) = (weight_of(&lab, 1, &v6, 3), weight_of(&lab, 2, &v6, 3));
-    assert_eq!(w1, w2, "both resolved the conflict the same way");
-    assert_eq!(
-        peers(&lab, 1)["version"].as_u64().unwrap(),
-        before + 1,
-        "both changes carry the same clock"
-    );
-    assert_eq!(w1, Some(9), "the same clock: lb2's write wins by node name");
-
     let ms: Vec<u128> = times.iter().map(|t| t.as_millis()).collect();
     eprintln!(
-        "convergence: origin applied -> peer applied (agents' logs) {logged:?} ms; CLI command start -> peer reporting the same digest (polled) {ms:?} ms; concurrent weights resolved to {w1:?} on both"
+        "convergence: origin applied -> peer applied (agents' logs) {logged:?} ms; CLI command start -> peer reporting the same digest (polled) {ms:?} ms"
     );
     assert!(
         logged.iter().all(|ms| *ms >= 0.0 && *ms < 1000.0),
@@ -184,6 +164,28 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
             "lb {args:?} shows lb2 agreeing: {text}"
         );
     }
+    // Last, so the checks above read a settled fleet: after the partition heals, a summary
+    // sent before the merge can still be in flight for a moment.
+    // Concurrent: both set the same field while neither can hear the other, so both stamp
+    // it with the same clock; the higher node name (lb2 > lb1) wins on both.
+    let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
+    let before = peers(&lab, 1)["version"].as_u64().unwrap();
+    lab.set_sync_link(1, false).unwrap();
+    ok(&lab, 1, &["backend", "weight", &v6, &backend(3), "7"]);
+    ok(&lab, 2, &["backend", "weight", &v6, &backend(3), "9"]);
+    lab.set_sync_link(1, true).unwrap();
+    wait_until("the peers to agree", Duration::from_secs(20), || {
+        agree(&lab)
+    });
+    let (w1, w2) = (weight_of(&lab, 1, &v6, 3), weight_of(&lab, 2, &v6, 3));
+    assert_eq!(w1, w2, "both resolved the conflict the same way");
+    assert_eq!(
+        peers(&lab, 1)["version"].as_u64().unwrap(),
+        before + 1,
+        "both changes carry the same clock"
+    );
+    assert_eq!(w1, Some(9), "the same clock: lb2's write wins by node name");
+    eprintln!("concurrent weights resolved to {w1:?} on both");
     finish(lab);
 }
 
