@@ -8,7 +8,7 @@
 //! | GET | /v1/backends[?vip=V] | | `[BackendInfo]` (with live flow counts) |
 //! | GET | /v1/stats | | `Stats` |
 //! | POST | /v1/change | `state::Change` | `ChangeReply` |
-//! | POST | /v1/reload | | `ReloadReply` |
+//! | POST | /v1/reload | `ReloadRequest` (optional) | `ReloadReply` |
 //! | POST | /v1/node/drain, /v1/node/undrain | | `NodeReply` |
 //! | GET | /v1/peers | | `SyncStatus` (404 without `[sync]`) |
 //!
@@ -32,9 +32,32 @@ pub struct ChangeReply {
     pub table_version: u64,
 }
 
+/// `POST /v1/reload`'s body. An empty body is the default: apply; with peer sync, the file's
+/// node-local settings only (docs/sync.md, "Reloading a fleet member").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// Change nothing; answer what the reload would change.
+    pub dry_run: bool,
+    /// With peer sync: also turn the file's differences from the fleet's state into changes
+    /// the whole fleet applies.
+    pub fleet: bool,
+    /// Refuse (409) unless the table version is still this one (the one a dry run showed), so
+    /// a plan is applied only to the state it was made against.
+    pub expect_version: Option<u64>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReloadReply {
+    /// Nothing was changed: the lists say what a reload would do.
+    pub dry_run: bool,
+    /// Node-local settings the file changes, as `section.key: old -> new`.
+    pub settings: Vec<String>,
+    /// Changes to the desired state, applied (with peer sync: shared with the fleet).
     pub changes: Vec<String>,
+    /// With peer sync and without `fleet`: where the file differs from the fleet's state. Not
+    /// applied: the fleet's state rules, and a stale file must not undo a change everywhere.
+    pub fleet_differences: Vec<String>,
     pub report: ApplyReport,
     pub table_version: u64,
 }

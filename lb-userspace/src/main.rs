@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lb_userspace::cli::args::{
-    BackendCmd, CheckArgs, DetachArgs, NodeCmd, PeerCmd, StatsArgs, VipCmd,
+    BackendCmd, CheckArgs, DetachArgs, NodeCmd, PeerCmd, ReloadArgs, StatsArgs, VipCmd,
 };
 use lb_userspace::cli::{self, Client};
 use lb_userspace::config::DEFAULT_API_SOCKET;
@@ -49,8 +49,9 @@ enum Command {
     /// The fleet: peers, their state versions and digests, flow sync.
     #[command(subcommand)]
     Peer(PeerCmd),
-    /// Make the agent re-read its config file and apply the difference (same as SIGHUP).
-    Reload,
+    /// Make the agent re-read its config file and apply the difference (same as SIGHUP). With
+    /// peer sync, only node-local settings: the fleet's state rules unless --fleet.
+    Reload(ReloadArgs),
     /// Detach the XDP program and remove its pinned maps: forwarding stops and all connection
     /// state is dropped. The agent must be stopped first.
     Detach(DetachArgs),
@@ -79,7 +80,7 @@ async fn main() -> Result<()> {
         Command::Vip(cmd) => cli::vip::run(&client, cmd, json).await,
         Command::Backend(cmd) => cli::backend::run(&client, cmd, json).await,
         Command::Stats(a) => cli::stats::run(&client, a, json).await,
-        Command::Reload => cli::reload::run(&client, json).await,
+        Command::Reload(a) => cli::reload::run(&client, a, json).await,
         Command::Node(cmd) => cli::node::run(&client, cmd, json).await,
         Command::Peer(cmd) => cli::peer::run(&client, cmd, json).await,
         Command::Detach(a) => cli::detach::run(a, args.socket).await,

@@ -348,6 +348,13 @@ fn the_cli_drives_a_running_agent() {
         drift,
         vec!["set backend 2001:db8:be::1 of 192.0.2.10:80/tcp to weight 300".to_string()]
     );
+    // A dry run says what the reload will change, and changes nothing.
+    let out = lb_ok(s, &["reload", "--dry-run"]);
+    assert!(
+        out.contains("dry run, nothing changed") && out.contains("weight 100"),
+        "{out}"
+    );
+    assert_eq!(lb_json(s, &["status"])["drift"].as_array().unwrap().len(), 1);
     let out = lb_ok(s, &["reload"]);
     assert!(out.contains("weight 100"), "{out}");
     assert!(

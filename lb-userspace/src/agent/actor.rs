@@ -12,22 +12,23 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use lb_common::{LbConfig, v6_words};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::fault::Fault;
 use super::fleet;
-use super::nic::{Iface, egress_mtu};
+use super::nic::Iface;
 use crate::api::{
-    BackendInfo, BgpStatus, ChangeReply, NodeReply, ReloadReply, Stats, Status, VipInfo,
+    BackendInfo, BgpStatus, ChangeReply, NodeReply, ReloadReply, ReloadRequest, Stats, Status,
+    VipInfo,
 };
 use crate::bgp;
-use crate::config::{Config, format_mac, parse_mac};
+use crate::config::{Config, Settings, format_mac};
 use crate::dataplane::Dataplane;
 use crate::health::{CheckSpec, EncapCounters, Health, Transition};
-use crate::neighbour::{self, NextHop};
+use crate::neighbour::NextHop;
 use crate::reconcile::{ApplyReport, Reconciler};
 use crate::state::{BackendState, Change, DesiredState, Refused, Vip, not_found};
 use crate::sync;
@@ -37,7 +38,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 /// Requests to the actor, each with the channel for its reply.
 pub enum Command {
     Change(Change, Reply<ChangeReply>),
-    Reload(Reply<ReloadReply>),
+    Reload(ReloadRequest, Reply<ReloadReply>),
     Status(Reply<Status>),
     Vips(Reply<Vec<VipInfo>>),
     /// Backends (of one VIP, or all), without flow counts, plus (id, generation) per entry.
@@ -71,6 +72,8 @@ pub(super) struct Agent {
     pub desired: DesiredState,
     pub config: Config,
     pub config_path: PathBuf,
+    /// The file's node-local settings as last applied, to list what a reload changes.
+    pub settings: Settings,
     pub started: Instant,
     pub ifaces: Vec<Iface>,
     pub health: BTreeMap<(Vip, Ipv6Addr), BackendHealth>,
@@ -133,7 +136,7 @@ impl Agent {
                 },
                 _ = watchdog.tick() => self.watchdog(),
                 _ = hup.recv() => {
-                    match self.reload() {
+                    match self.reload(&ReloadRequest::default()) {
                         Ok(r) => info!(changes = r.changes.len(), report = ?r.report, "reloaded {}", self.config_path.display()),
                         Err(e) => error!("reload refused, nothing changed: {e:#}"),
                     }
@@ -155,8 +158,8 @@ impl Agent {
                 }
                 let _ = reply.send(r);
             }
-            Command::Reload(reply) => {
-                let r = self.reload();
+            Command::Reload(req, reply) => {
+                let r = self.reload(&req);
                 match &r {
                     Ok(r) => info!(
                         changes = r.changes.len(),
@@ -408,57 +411,6 @@ impl Agent {
         };
         Ok(ChangeReply {
             change: change.to_string(),
-            report,
-            table_version: self.reconciler.version,
-        })
-    }
-
-    pub fn reload(&mut self) -> Result<ReloadReply> {
-        let new = Config::load(&self.config_path)?;
-        if let Some(what) = self.config.restart_only_difference(&new) {
-            bail!("{what} changed; that needs an agent restart (and, for map sizes, `lb detach`)");
-        }
-        let desired = new.desired_state()?;
-        let diff = self.desired.changes_to(&desired);
-        let changes: Vec<String> = diff.iter().map(ToString::to_string).collect();
-        // Next hops first (a resolution failure must not leave half a reload behind).
-        let mut hops = Vec::new();
-        for (iface, cfg) in self.ifaces.iter().zip(&new.interfaces) {
-            let mac = match (&cfg.next_hop_mac, cfg.gateway) {
-                (Some(m), _) => Some(parse_mac(m)?),
-                (None, Some(gw)) => neighbour::lookup(gw, &iface.name)?.or(iface.next_hop),
-                _ => None,
-            };
-            hops.push(mac);
-        }
-        let old = std::mem::replace(&mut self.config, new.clone());
-        // With peers, the file's differences become operator changes the fleet shares.
-        let installed = if self.fleet.is_some() {
-            self.commit_changes(&diff)
-        } else {
-            self.install(desired)
-        };
-        let report = match installed {
-            Ok(r) => r,
-            Err(e) => {
-                self.config = old;
-                return Err(e);
-            }
-        };
-        self.dp.set_config(&lb_config(&new))?;
-        for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
-            iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
-            if let Some(mac) = mac {
-                iface.set_next_hop(&mut self.dp, mac)?;
-            }
-        }
-        for c in &changes {
-            info!("reload: {c}");
-        }
-        // New check settings take effect now.
-        self.publish();
-        Ok(ReloadReply {
-            changes,
             report,
             table_version: self.reconciler.version,
         })

@@ -8,7 +8,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::actor::{Command, Reply};
-use crate::api::BackendInfo;
+use crate::api::{BackendInfo, ReloadRequest};
 use crate::dataplane::{FlowCounts, flow_counts_pinned};
 use crate::http::{self, Request, Response};
 use crate::state::{Change, Refusal, Refused, Vip};
@@ -117,11 +117,21 @@ async fn route(req: &Request, tx: &mpsc::Sender<Command>, pin_dir: &Path) -> Res
                 .await
                 .map(|s| Response::json(200, &s)),
         ),
-        ("POST", ["v1", "reload"]) => reply(
-            ask(tx, Command::Reload)
-                .await
-                .map(|r| Response::json(200, &r)),
-        ),
+        ("POST", ["v1", "reload"]) => {
+            let request: ReloadRequest = if req.body.is_empty() {
+                ReloadRequest::default()
+            } else {
+                match serde_json::from_slice(&req.body) {
+                    Ok(r) => r,
+                    Err(e) => return Response::error(400, format!("request body: {e}")),
+                }
+            };
+            reply(
+                ask(tx, |r| Command::Reload(request, r))
+                    .await
+                    .map(|r| Response::json(200, &r)),
+            )
+        }
         ("POST", ["v1", "node", verb @ ("drain" | "undrain")]) => {
             let drain = *verb == "drain";
             reply(

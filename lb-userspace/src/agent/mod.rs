@@ -16,7 +16,7 @@
 //!   `sync::Event`s (a peer's state, a peer caught up, the startup wait over); the actor
 //!   publishes its own state after every install (`fleet`);
 //! - the log task forwards the XDP program's aya-log records into tracing;
-//! - signals: SIGHUP reloads, SIGTERM/SIGINT end the agent cleanly and leave the pinned
+//! - signals: SIGHUP reloads (`reload`), SIGTERM/SIGINT end the agent cleanly and leave the pinned
 //!   dataplane forwarding.
 //!
 //! `spawn` builds all of this and runs the actor; `report` holds what the actor answers
@@ -29,6 +29,7 @@ mod fleet;
 mod metrics;
 mod nic;
 mod peers;
+mod reload;
 mod report;
 mod spawn;
 

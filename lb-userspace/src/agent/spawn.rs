@@ -85,7 +85,7 @@ fn print_check(cfg: &Config, path: &Path) {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let config = Config::load(&args.config)?;
+    let (config, settings) = Config::load_with_settings(&args.config)?;
     if args.check {
         print_check(&config, &args.config);
         return Ok(());
@@ -253,6 +253,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         desired,
         config,
         config_path: args.config.clone(),
+        settings,
         started: Instant::now(),
         ifaces,
         health: BTreeMap::new(),

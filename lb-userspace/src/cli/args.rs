@@ -10,6 +10,20 @@ use clap::{Args, Subcommand};
 
 use crate::state::{DEFAULT_WEIGHT, Vip, check_weight, parse_backend};
 
+#[derive(Args, Debug)]
+pub struct ReloadArgs {
+    /// Show what the reload would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With peer sync: also turn the file's differences from the fleet's state into changes
+    /// every load balancer applies. Shows them first and asks, unless --yes.
+    #[arg(long)]
+    pub fleet: bool,
+    /// With --fleet: apply the shown changes without asking.
+    #[arg(long, requires = "fleet")]
+    pub yes: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VipCmd {
     /// Add a VIP (no backends yet: packets to it are dropped until one is added).

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::api::{ChangeReply, ErrorReply};
+use crate::api::{ChangeReply, ErrorReply, ReloadReply, ReloadRequest};
 use crate::http;
 use crate::state::Change;
 
@@ -92,7 +92,7 @@ impl Client {
         self.call("GET", target, None).await
     }
 
-    /// A POST without a body (reload, node drain).
+    /// A POST without a body (node drain).
     pub async fn post<T: DeserializeOwned>(&self, target: &str) -> Result<T, ClientError> {
         self.call("POST", target, None).await
     }
@@ -104,6 +104,11 @@ impl Client {
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Exchange(e.into()))?;
         self.call("POST", target, Some(body)).await
+    }
+
+    /// Asks the agent to reload its config file (or, with `dry_run`, what that would change).
+    pub async fn reload(&self, req: &ReloadRequest) -> Result<ReloadReply, ClientError> {
+        self.post_json("/v1/reload", req).await
     }
 
     /// Asks the agent to apply one change.

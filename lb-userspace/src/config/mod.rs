@@ -4,12 +4,14 @@
 //!
 //! Files: `sections` (the file's schema, one struct per table), `checks` (health-check
 //! settings and their per-VIP overrides), `defaults` (what an absent field means), `validate`
-//! (what a loaded file must satisfy); here, the whole file and what the agent derives from it.
+//! (what a loaded file must satisfy), `settings` (the file minus the desired state, to list
+//! what a reload changes); here, the whole file and what the agent derives from it.
 
 mod checks;
 mod defaults;
 mod name;
 mod sections;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -31,6 +33,7 @@ pub use sections::{
     AgentConfig, AttachMode, BackendConfig, BgpConfig, DataplaneConfig, InterfaceConfig,
     MIN_EGRESS_MTU, PeerConfig, SyncConfig, VipConfig,
 };
+pub use settings::Settings;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +59,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// The file, and its node-local settings (to list what a reload changes).
+    pub fn load_with_settings(path: &Path) -> Result<(Self, Settings)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let cfg = Self::parse(&text).with_context(|| format!("config file {}", path.display()))?;
+        Ok((cfg, Settings::parse(&text)?))
     }
 
     pub fn parse(text: &str) -> Result<Self> {
