@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -96,6 +96,26 @@ impl Lab {
         Ok(())
     }
 
+    /// `lb` in `node`'s namespace; with `capabilities`, under setpriv, which drops the rest
+    /// from the bounding set: root's exec then keeps only those, as under a unit's
+    /// `CapabilityBoundingSet=`, and no_new_privs is set as `NoNewPrivileges=` does.
+    pub(crate) fn lb_command(&self, node: &str) -> Result<std::process::Command> {
+        let Some(caps) = &self.opts.capabilities else {
+            return command_in(&self.ns(node), &self.opts.lb_bin);
+        };
+        let set: Vec<String> = caps
+            .iter()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let mut cmd = command_in(&self.ns(node), Path::new("/usr/bin/setpriv"))?;
+        cmd.arg("--no-new-privs")
+            .arg("--bounding-set")
+            .arg(format!("-all,{}", set.join(",")))
+            .arg("--")
+            .arg(&self.opts.lb_bin);
+        Ok(cmd)
+    }
+
     pub fn start_agent(&self, i: usize) -> Result<()> {
         let lb = lb_name(i);
         let dir = self.dir(&lb);
@@ -105,7 +125,8 @@ impl Lab {
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))?;
-        let child = command_in(&self.ns(&lb), &self.opts.lb_bin)?
+        let mut cmd = self.lb_command(&lb)?;
+        let child = cmd
             .arg("agent")
             .arg("--config")
             .arg(&config)

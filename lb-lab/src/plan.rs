@@ -62,6 +62,10 @@ pub struct LabOptions {
     pub client_route_mtu: Option<u32>,
     /// `[sync] refresh_secs` of the agents (None: the default).
     pub sync_refresh_secs: Option<u64>,
+    /// Run the agents and `lb decap` with only these capabilities, as systemd's
+    /// `CapabilityBoundingSet=` does (names as in the units, e.g. `CAP_BPF`), and with
+    /// no_new_privs. None: full root.
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl LabOptions {
@@ -87,6 +91,7 @@ impl LabOptions {
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
             sync_refresh_secs: None,
+            capabilities: None,
         }
     }
 }

@@ -19,7 +19,8 @@ impl Lab {
             let b = backend_name(j);
             let (_, addr6) = backend_link6(j);
             let pin = o.pin_root.join(format!("{b}-decap"));
-            let out = command_in(&self.ns(&b), &o.lb_bin)?
+            let out = self
+                .lb_command(&b)?
                 .args(["decap", "--iface", "eth0", "--address", &addr6.to_string()])
                 .arg("--pin-dir")
                 .arg(&pin)

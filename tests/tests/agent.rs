@@ -354,7 +354,10 @@ fn the_cli_drives_a_running_agent() {
         out.contains("dry run, nothing changed") && out.contains("weight 100"),
         "{out}"
     );
-    assert_eq!(lb_json(s, &["status"])["drift"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        lb_json(s, &["status"])["drift"].as_array().unwrap().len(),
+        1
+    );
     let out = lb_ok(s, &["reload"]);
     assert!(out.contains("weight 100"), "{out}");
     assert!(
@@ -888,5 +891,34 @@ fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
     assert!(
         m.contains("lb_drops_total{reason=\"no_backend\"} 1\n"),
         "{m}"
+    );
+    // Prometheus's own linter accepts the exposition (`cargo xtask setup` installs promtool).
+    let (head, body) = m.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    promtool_accepts(body);
+}
+
+/// `promtool check metrics` finds nothing to say about `text` (it also lints names and help).
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by `cargo xtask setup`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
     );
 }

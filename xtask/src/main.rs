@@ -3,6 +3,7 @@
 //! Every command except `setup` first checks the prerequisites and installs what is missing,
 //! so a fresh Debian machine needs nothing but `cargo xtask test` (as root).
 
+mod package;
 mod progress;
 mod setup;
 
@@ -70,7 +71,11 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<LabCmd>,
     },
+    /// Build the Debian package (target/debian/lb_<version>_<arch>.deb) from a release build:
+    /// `lb`, the systemd units, the example configs and the docs.
+    Package,
     /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
+    /// It builds the package first, for the tests that install it.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -174,18 +179,23 @@ fn main() -> Result<()> {
                 bench(&sections)
             }
         }
+        Cmd::Package => {
+            setup::run(false)?;
+            package::run(&workspace()).map(drop)
+        }
         Cmd::Test { args } => {
             setup::run(false)?;
             setup::require_root("the test suite loads XDP programs")?;
+            let deb = package::run(&workspace())?;
             step("running the test suite (host unit tests + XDP packet tests)");
-            test(&args)
+            test(&args, &deb)
         }
     }
 }
 
 /// Runs `cargo test`, echoing its output, and closes with one summary line over all test
 /// binaries ("N passed, N failed"), so the last line tells the whole suite's result.
-fn test(extra: &[String]) -> Result<()> {
+fn test(extra: &[String], deb: &std::path::Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The tests run binaries of other packages, which cargo test alone does not build: `lb`
@@ -208,6 +218,8 @@ fn test(extra: &[String]) -> Result<()> {
     let mut child = Command::new(cargo)
         .args(["test", "--no-fail-fast"])
         .args(extra)
+        // tests/tests/package.rs installs this package into a scratch root.
+        .env("LB_DEB", deb)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -240,6 +252,14 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The workspace root (xtask's parent directory).
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 /// Connection-table layouts compared by the bench: (label, lb-ebpf feature).

@@ -12,7 +12,8 @@ use crate::progress::step;
 
 /// Debian packages the build and the tests need. util-linux: nsenter (lab) and setpriv (tests);
 /// iproute2: ip (the agent's neighbour lookup, the lab, the tests); bird2 and nginx-light: the
-/// lab's BGP speakers and HTTP backends; curl: for people trying the lab.
+/// lab's BGP speakers and HTTP backends; curl: for people trying the lab; binutils: objdump
+/// (the package's libc6 dependency).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -25,7 +26,11 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iputils-ping",
     "strace",
+    "binutils",
 ];
+/// promtool (the metrics and alert-rule tests) comes from Debian's `prometheus` package, but
+/// only the tool is installed: the package would also install and start a Prometheus server.
+const PROMTOOL: &str = "/usr/local/bin/promtool";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -74,18 +79,52 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// Downloads Debian's prometheus package and copies its promtool to PROMTOOL.
+fn install_promtool() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("lb-promtool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let download = |dir: &std::path::Path| {
+        Command::new("apt-get")
+            .args(["download", "-q", "prometheus"])
+            .current_dir(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !download(&dir) {
+        // The package lists may be missing or stale on a fresh machine.
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        if !download(&dir) {
+            bail!("apt-get download prometheus failed");
+        }
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    sh(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("x")))?;
+    std::fs::copy(dir.join("x/usr/bin/promtool"), PROMTOOL).context("installing promtool")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// Checks every prerequisite and installs what is missing. With `verbose`, reports each one.
 pub fn run(verbose: bool) -> Result<()> {
     let packages = missing_packages();
     let nightly = has_nightly();
     let rust_src = nightly && has_rust_src();
     let linker = has_bpf_linker();
-    if packages.is_empty() && rust_src && linker {
+    let promtool = std::path::Path::new(PROMTOOL).exists();
+    if packages.is_empty() && rust_src && linker && promtool {
         if verbose {
             step("all prerequisites are installed:");
             eprintln!("    Debian packages: {}", APT_PACKAGES.join(" "));
             eprintln!("    nightly toolchain with rust-src");
             eprintln!("    bpf-linker {BPF_LINKER_VERSION} (LLVM 22)");
+            eprintln!("    {PROMTOOL} (from Debian's prometheus package)");
         }
         return Ok(());
     }
@@ -102,6 +141,11 @@ pub fn run(verbose: bool) -> Result<()> {
         }
         if !rust_src {
             todo.push("`rustup toolchain install nightly --component rust-src`".into());
+        }
+        if !promtool {
+            todo.push(format!(
+                "promtool at {PROMTOOL} (Debian's prometheus package has it)"
+            ));
         }
         if !linker {
             todo.push(format!(
@@ -124,6 +168,10 @@ pub fn run(verbose: bool) -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !promtool {
+        step("installing promtool from Debian's prometheus package (the tool only)");
+        install_promtool()?;
     }
     if !nightly {
         bail!(
