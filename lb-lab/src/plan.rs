@@ -62,6 +62,8 @@ pub struct LabOptions {
     pub client_route_mtu: Option<u32>,
     /// `[sync] refresh_secs` of the agents (None: the default).
     pub sync_refresh_secs: Option<u64>,
+    /// `[dataplane] max_flows` of the agents (the connection table's size).
+    pub max_flows: u32,
 }
 
 impl LabOptions {
@@ -87,6 +89,7 @@ impl LabOptions {
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
             sync_refresh_secs: None,
+            max_flows: 200_000,
         }
     }
 }

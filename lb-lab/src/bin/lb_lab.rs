@@ -32,6 +32,7 @@ fn options(root: &Path) -> LabOptions {
         fabric_mtu: lab::FABRIC_MTU,
         client_route_mtu: None,
         sync_refresh_secs: None,
+        max_flows: 200_000,
     }
 }
 
