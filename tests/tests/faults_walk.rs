@@ -123,32 +123,34 @@ fn a_million_flows_refreshed_to_a_peer_never_flap_its_link() {
     };
     let before = (ups(1), ups(2));
 
-    // Three refresh periods: every 200 ms both links are up and each side heard the other
-    // within 2.5 s (a summary every second; 5 s of silence ends a link).
+    // Three refresh periods, polled every 200 ms: both links up, and each side heard from the
+    // other within 2.5 s (a summary every second; 5 s of silence ends a link).
     let watch = Duration::from_secs(3 * REFRESH_SECS + 2);
     let started = Instant::now();
-    let mut worst_heard = 0;
+    let (mut worst_heard, mut down, mut polls) = (0, Vec::new(), 0);
     while started.elapsed() < watch {
         for i in 1..=2 {
             let p = peer(&lab, i);
-            assert!(
-                p["outbound"] == true && p["inbound"] == true,
-                "lb{i}'s links to its peer went down after {:.1} s: {p}",
-                started.elapsed().as_secs_f64()
-            );
-            let heard = p["last_heard_ms"].as_u64().unwrap_or(u64::MAX);
-            worst_heard = worst_heard.max(heard);
-            assert!(
-                heard < 2500,
-                "lb{i} heard nothing from its peer for {heard} ms (after {:.1} s)",
-                started.elapsed().as_secs_f64()
-            );
+            if p["outbound"] != true || p["inbound"] != true {
+                down.push((i, started.elapsed().as_secs_f64()));
+            }
+            worst_heard = worst_heard.max(p["last_heard_ms"].as_u64().unwrap_or(u64::MAX));
         }
+        polls += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::Relaxed);
     toucher.join().unwrap();
-    assert_eq!((ups(1), ups(2)), before, "no link went down and came back");
+    let after = (ups(1), ups(2));
+    eprintln!(
+        "over {polls} polls: longest silence seen {worst_heard} ms; links seen down {down:?}; links up (lb1 out/in, lb2 out/in) {before:?} -> {after:?}"
+    );
+    assert!(down.is_empty(), "links went down: (lb, seconds) {down:?}");
+    assert!(
+        worst_heard < 2500,
+        "a peer heard nothing from the other for {worst_heard} ms"
+    );
+    assert_eq!(after, before, "no link went down and came back");
 
     // The walks happened, found the million flows, and lb2 received them.
     let m1 = metric_text(&lab, 1);
@@ -172,7 +174,7 @@ fn a_million_flows_refreshed_to_a_peer_never_flap_its_link() {
     }
     let received = peer(&lab, 2)["flows_received"].as_u64().unwrap();
     eprintln!(
-        "walks {walks}, last {last:.3} s, longest {max:.3} s, last found {found} flows; lb2 received {received} flows; longest silence seen {worst_heard} ms"
+        "walks {walks}, last {last:.3} s, longest {max:.3} s, last found {found} flows; lb2 received {received} flows"
     );
     assert!(walks >= 2.0, "{walks} walks in {watch:?}");
     assert!(found >= FLOWS as f64, "the walk found the flows: {found}");

@@ -109,6 +109,19 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
     }
 }
 
+/// The new-flow gate for this config (a burst of 0 means one second of the rate).
+pub(super) fn flow_gate(cfg: &Config) -> lb_common::ratelimit::FlowGate {
+    let d = &cfg.dataplane;
+    lb_common::ratelimit::FlowGate {
+        rate: d.new_flow_rate,
+        burst: if d.new_flow_burst == 0 {
+            d.new_flow_rate
+        } else {
+            d.new_flow_burst
+        },
+    }
+}
+
 impl Agent {
     /// Serves requests and events until SIGTERM or SIGINT; SIGHUP reloads the config.
     pub async fn run(&mut self, mut inputs: Inputs) -> Result<()> {
@@ -446,6 +459,7 @@ impl Agent {
             }
         };
         self.dp.set_config(&lb_config(&new))?;
+        self.dp.set_flow_gate(flow_gate(&new))?;
         for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
             iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
             if let Some(mac) = mac {
