@@ -64,6 +64,8 @@ pub struct LabOptions {
     pub sync_refresh_secs: Option<u64>,
     /// `[dataplane] max_flows` of the agents (the connection table's size).
     pub max_flows: u32,
+    /// `[dataplane] new_flow_rate` of the agents (0: no gate).
+    pub new_flow_rate: u32,
 }
 
 impl LabOptions {
@@ -90,6 +92,7 @@ impl LabOptions {
             client_route_mtu: None,
             sync_refresh_secs: None,
             max_flows: 200_000,
+            new_flow_rate: 0,
         }
     }
 }

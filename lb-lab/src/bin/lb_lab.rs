@@ -33,6 +33,7 @@ fn options(root: &Path) -> LabOptions {
         client_route_mtu: None,
         sync_refresh_secs: None,
         max_flows: 200_000,
+        new_flow_rate: 0,
     }
 }
 
