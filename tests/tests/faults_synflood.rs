@@ -4,7 +4,7 @@
 //! connections, a drain, new connections and a route shift during a flood of hundreds of times
 //! `max_flows`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -318,15 +318,41 @@ fn echo_vips() -> [String; 2] {
     ]
 }
 
-/// `n` HTTP GETs from the client to both VIPs; how many failed.
+/// `n` new connections from the client to both VIPs' echo service (the flood hits port 80 of
+/// the backends, whose own SYN queue is theirs to defend), each greeted and echoing 32 bytes;
+/// how many failed (each failure printed).
 fn new_connections(lab: &lab::Lab, n: usize) -> usize {
-    let targets = [
-        SocketAddr::new(IpAddr::V4(lab::VIP4), lab::HTTP_PORT),
-        SocketAddr::new(IpAddr::V6(lab::VIP6), lab::HTTP_PORT),
-    ];
+    let targets = echo_targets();
     lab::in_ns(&lab.ns("client"), move || {
         (0..n)
-            .filter(|i| lab::http_get(targets[i % 2], Duration::from_secs(3)).is_err())
+            .filter(|&i| {
+                let t = targets[i % targets.len()];
+                let r = (|| -> std::io::Result<()> {
+                    use std::io::{Read, Write};
+                    let mut s = std::net::TcpStream::connect_timeout(&t, Duration::from_secs(3))?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    let mut greeting = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !greeting.ends_with(b"\n") {
+                        if s.read(&mut b)? == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        greeting.push(b[0]);
+                    }
+                    let msg = format!("{i:031}\n");
+                    s.write_all(msg.as_bytes())?;
+                    let mut back = [0u8; 32];
+                    s.read_exact(&mut back)?;
+                    if back != *msg.as_bytes() {
+                        return Err(std::io::ErrorKind::InvalidData.into());
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = &r {
+                    eprintln!("new connection {i} to {t}: {e}");
+                }
+                r.is_err()
+            })
             .count()
     })
     .unwrap()
