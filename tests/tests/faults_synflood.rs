@@ -264,9 +264,16 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
         ok(&lab, 1, &["backend", "add", &vip, &backend(4)]);
         ok(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
     }
-    // New connections once the tables settled: a flow the gate left without an entry follows
-    // the Maglev table, so one made while it changes may move (the gate's cost, documented).
-    std::thread::sleep(Duration::from_secs(2));
+    // New connections once both agents wrote their new tables (b1 has no slot, b4 has some): a
+    // flow the gate left without an entry follows the Maglev table, so one made while it is
+    // being rewritten may move (the gate's cost, documented).
+    wait_until("both tables rewritten", Duration::from_secs(60), || {
+        (1..=2).all(|i| {
+            echo_vips()
+                .iter()
+                .all(|vip| slots(&lab, i, vip, 1) == Some(0) && slots(&lab, i, vip, 4) > Some(0))
+        })
+    });
     let failed = new_connections(&lab, 20);
     // lb1's routes withdrawn: the router moves its clients to lb2.
     ok(&lab, 1, &["node", "drain"]);
@@ -309,6 +316,15 @@ fn ok(lab: &lab::Lab, i: usize, args: &[&str]) {
 
 fn backend(j: usize) -> String {
     lab::backend_link6(j).1.to_string()
+}
+
+/// The Maglev slots backend `j` holds in VIP `vip`'s table on load balancer `i`.
+fn slots(lab: &lab::Lab, i: usize, vip: &str, j: usize) -> Option<u64> {
+    let list = lab.lb_json(i, &["backend", "list", vip]).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|b| b["backend"] == backend(j).as_str())
+        .and_then(|b| b["slots"].as_u64())
 }
 
 fn echo_vips() -> [String; 2] {
