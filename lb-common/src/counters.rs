@@ -92,6 +92,10 @@ counter_enum! {
         DropIcmpEchoBadSource = "drop_icmp_echo_bad_source",
         // An echo reply or "too big" message over this CPU's ICMP budget: not sent.
         DropIcmpRateLimited = "drop_icmp_rate_limited",
+        // The new-flow gate (lb-ebpf/src/bin/lb_xdp/ratelimit.rs): a new flow over this CPU's
+        // budget of new connection entries, forwarded by Maglev without an entry (and not
+        // exported to peers). Not a verdict: the packet was forwarded.
+        LruInsertGated = "lru_insert_gated",
     }
 }
 
@@ -131,5 +135,6 @@ mod tests {
         assert_eq!(Counter::DropNoIface as u32, 19);
         assert_eq!(Counter::DropTooBigNoDf as u32, 29);
         assert_eq!(Counter::DropIcmpRateLimited as u32, 31);
+        assert_eq!(Counter::LruInsertGated as u32, 32);
     }
 }

@@ -20,6 +20,9 @@ pub const IFACES: &str = "IFACES";
 /// Ring buffer of `FlowEvent`s (new TCP flows) for peer flow sync. Not pinned: each
 /// program load gets a fresh one, read by the agent that loaded it.
 pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+/// The new-flow gate's setting (`ratelimit::FlowGate`). Not pinned: the agent writes it after
+/// every load, like its per-CPU buckets, which start full.
+pub const FLOW_GATE: &str = "FLOW_GATE";
 
 /// The maps that hold state worth keeping across an agent restart or upgrade; the agent
 /// pins them in bpffs and a new agent's program reuses them.

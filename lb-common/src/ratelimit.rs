@@ -34,17 +34,43 @@ impl TokenBucket {
         if rate == 0 {
             return true;
         }
-        let cap = burst as u64 * TOKEN;
+        self.take_at(now_ns, rate as u64, burst as u64, MAX_ELAPSED_NS)
+    }
+
+    /// `take` for the new-flow gate's larger rates (`FlowGate`): `rate` and `burst` are capped
+    /// at `MAX_GATE_RATE` and `MAX_GATE_BURST`, and an idle time at `MAX_GATE_ELAPSED_NS` (so
+    /// a burst of up to 4 s of the rate refills completely). `rate` 0: no limit.
+    #[inline(always)]
+    pub fn take_wide(&mut self, now_ns: u64, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = if rate > MAX_GATE_RATE {
+            MAX_GATE_RATE
+        } else {
+            rate
+        };
+        let burst = if burst > MAX_GATE_BURST {
+            MAX_GATE_BURST
+        } else {
+            burst
+        };
+        self.take_at(now_ns, rate as u64, burst as u64, MAX_GATE_ELAPSED_NS)
+    }
+
+    #[inline(always)]
+    fn take_at(&mut self, now_ns: u64, rate: u64, burst: u64, max_elapsed: u64) -> bool {
+        let cap = burst * TOKEN;
         let credit = if self.last_ns == 0 {
             cap
         } else {
             let elapsed = now_ns.saturating_sub(self.last_ns);
-            let elapsed = if elapsed > MAX_ELAPSED_NS {
-                MAX_ELAPSED_NS
+            let elapsed = if elapsed > max_elapsed {
+                max_elapsed
             } else {
                 elapsed
             };
-            let credit = self.credit + elapsed * rate as u64;
+            let credit = self.credit + elapsed * rate;
             if credit > cap { cap } else { credit }
         };
         if now_ns > self.last_ns {
@@ -59,7 +85,34 @@ impl TokenBucket {
     }
 }
 
+/// The new-flow gate's highest rate (per second per CPU) and burst.
+pub const MAX_GATE_RATE: u32 = 1 << 24;
+pub const MAX_GATE_BURST: u32 = 1 << 26;
+/// Longest idle time the gate's bucket counts when refilling (about 4.3 s).
+pub const MAX_GATE_ELAPSED_NS: u64 = 1 << 32;
+
+/// The new-flow gate (`FLOW_GATE[0]`, written by the agent): above `rate` new connection
+/// entries per second on a CPU (after a `burst`), new flows are still forwarded by Maglev but
+/// get no entry (counted `lru_insert_gated`), so a flood of new flows cannot evict the
+/// established ones from the connection table. `rate` 0 (all zeroes): no gate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowGate {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+// SAFETY: repr(C), two u32s: no padding, every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowGate {}
+
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowGate>() == 8);
+const _: () = assert!(
+    (MAX_GATE_BURST as u64 * TOKEN)
+        .checked_add(MAX_GATE_ELAPSED_NS * MAX_GATE_RATE as u64)
+        .is_some()
+);
 const _: () = assert!(MAX_ELAPSED_NS.checked_mul(u16::MAX as u64).is_some());
 const _: () = assert!(
     (u16::MAX as u64 * TOKEN)
@@ -130,6 +183,35 @@ mod tests {
         let mut b = TokenBucket::default();
         assert!(b.take(T0, 1, 100));
         assert_eq!(takes(&mut b, T0 + 1, 1, 3, 10), 3);
+    }
+
+    #[test]
+    fn the_wide_bucket_gates_high_rates_and_caps_its_inputs() {
+        let mut b = TokenBucket::default();
+        // 1,000,000 per second, a burst of 100,000: the burst, then 1000 per ms.
+        assert_eq!(
+            (0..200_000)
+                .filter(|_| b.take_wide(T0, 1_000_000, 100_000))
+                .count(),
+            100_000
+        );
+        assert_eq!(
+            (0..5000)
+                .filter(|_| b.take_wide(T0 + 1_000_000, 1_000_000, 100_000))
+                .count(),
+            1000
+        );
+        // The largest inputs after the longest idle do not overflow, and are capped.
+        let mut b = TokenBucket {
+            credit: 0,
+            last_ns: 1,
+        };
+        assert!(b.take_wide(u64::MAX, u32::MAX, u32::MAX));
+        assert_eq!(b.credit, MAX_GATE_BURST as u64 * TOKEN - TOKEN);
+        assert!(
+            TokenBucket::default().take_wide(T0, 0, 0),
+            "rate 0: no gate"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Lab {
         let h = o.health;
         let mut c = format!(
             "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\nmetrics = \"127.0.0.1:9450\"\n\n\
-             [dataplane]\ntunnel_source = \"{l6}\"\nseed = {SEED}\nmax_flows = 200000\n\
+             [dataplane]\ntunnel_source = \"{l6}\"\nseed = {SEED}\nmax_flows = {}\nnew_flow_rate = {}\n\
              tcp_closing_timeout_secs = 10\n\n\
              [[interface]]\nname = \"eth0\"\ngateway = \"{r4}\"\n\n\
              [health]\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n\n\
@@ -33,6 +33,8 @@ impl Lab {
              state_file = \"{}\"\nflows = {}\n",
             self.socket(i).display(),
             o.pin_root.join(&lb).display(),
+            o.max_flows,
+            o.new_flow_rate,
             h.interval_ms,
             h.timeout_ms,
             h.rise,

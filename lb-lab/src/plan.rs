@@ -66,6 +66,10 @@ pub struct LabOptions {
     /// `CapabilityBoundingSet=` does (names as in the units, e.g. `CAP_BPF`), and with
     /// no_new_privs. None: full root.
     pub capabilities: Option<Vec<String>>,
+    /// `[dataplane] max_flows` of the agents (the connection table's size).
+    pub max_flows: u32,
+    /// `[dataplane] new_flow_rate` of the agents (0: no gate).
+    pub new_flow_rate: u32,
 }
 
 impl LabOptions {
@@ -92,6 +96,8 @@ impl LabOptions {
             client_route_mtu: None,
             sync_refresh_secs: None,
             capabilities: None,
+            max_flows: 200_000,
+            new_flow_rate: 0,
         }
     }
 }

@@ -97,6 +97,14 @@ impl Lb {
 
     /// Limits generated ICMP to `rate` per second with bursts of `burst` (per CPU; 0: none).
     /// The buckets are per CPU: a test that counts on one pins itself (`stay_on_this_cpu`).
+    /// The new-flow gate: `rate` new connection entries per second per CPU after `burst`
+    /// (0: no gate). Per CPU: a test that counts on one bucket pins itself.
+    pub fn set_flow_gate(&mut self, rate: u32, burst: u32) {
+        self.dp
+            .set_flow_gate(lb_common::ratelimit::FlowGate { rate, burst })
+            .unwrap();
+    }
+
     pub fn set_icmp_limit(&mut self, rate: u16, burst: u16) {
         self.set_config(|c| {
             c.icmp_rate = rate;
@@ -260,6 +268,7 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             | Counter::LruMissNonSyn
             | Counter::LruMissUdp
             | Counter::LruStaleBackend
+            | Counter::LruInsertGated
             | Counter::FlowEvents
             | Counter::DropFlowEvent
             // A forwarded ICMP error also counts as tx / tx_gue.

@@ -137,6 +137,19 @@ pub struct SyncStatus {
     pub flows_unknown_id: u64,
     /// Links refused, by reason.
     pub refused: Vec<(String, u64)>,
+    /// The flow walker (refreshes of live flows to peers): walks done, the last one's and the
+    /// longest one's duration in microseconds, and the flows the last one found.
+    #[serde(default)]
+    pub flow_walks: u64,
+    #[serde(default)]
+    pub flow_walk_us: u64,
+    #[serde(default)]
+    pub flow_walk_max_us: u64,
+    #[serde(default)]
+    pub flow_walk_flows: u64,
+    /// Periodic refreshes not queued for a peer still sending the previous one.
+    #[serde(default)]
+    pub refreshes_skipped: u64,
     /// The state file: recoveries at start and failed writes (docs/operating.md).
     #[serde(default)]
     pub state_file: StateFileStatus,
@@ -184,6 +197,12 @@ pub struct PeerStatus {
     pub flows_dropped: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Links established with the peer since start, ours to it and its to us: more than one
+    /// each means a link went down and came back (a flap).
+    #[serde(default)]
+    pub outbound_connects: u64,
+    #[serde(default)]
+    pub inbound_connects: u64,
 }
 
 /// What a peer last said of its state (its sync summary).

@@ -254,7 +254,7 @@ fn live_lists_fresh_entries_and_omits_expired_ones() {
         })
         .collect();
     assert_eq!(table.insert_batch(&flows).unwrap(), flows.len());
-    let mut live = table.live(&cfg, now);
+    let mut live = table.live(&cfg, now).unwrap();
     live.sort_by_key(|(k, _)| k.src_port);
     let want: Vec<(FlowKey, ConnEntry)> = flows
         .iter()
@@ -264,7 +264,36 @@ fn live_lists_fresh_entries_and_omits_expired_ones() {
         .collect();
     assert_eq!(live, want);
     // An hour on, nothing is live.
-    assert!(table.live(&cfg, now + 3600 * SEC).is_empty());
+    assert!(table.live(&cfg, now + 3600 * SEC).unwrap().is_empty());
+}
+
+/// The batched walk (BPF_MAP_LOOKUP_BATCH, several chunks) reads every entry exactly once, as
+/// written by the batched insert (BPF_MAP_UPDATE_BATCH), and an empty table reads as empty.
+#[test]
+fn the_batched_walk_reads_every_entry_once() {
+    let (lb, _, _events) = lb(true);
+    let mut table = lb.dp.flow_table().unwrap();
+    assert_eq!(table.walk(|_, _| panic!("an empty table")).unwrap(), 0);
+    let now = monotonic_ns();
+    let flows: Vec<(FlowKey, ConnEntry)> = (0..20_000u32)
+        .map(|i| {
+            let src = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let key = Flow::new(&src, 40000, VIP4, 80).key(PROTO_TCP);
+            (key, peer_entry(1 + i % 3, now - i as u64))
+        })
+        .collect();
+    assert_eq!(table.insert_batch(&flows).unwrap(), flows.len());
+    let mut seen = std::collections::HashMap::new();
+    let n = table
+        .walk(|k, e| {
+            assert!(seen.insert(*k, *e).is_none(), "{k:?} read twice");
+        })
+        .unwrap();
+    assert_eq!(n, flows.len());
+    assert_eq!(seen.len(), flows.len());
+    for (k, e) in &flows {
+        assert_eq!(seen.get(k), Some(e));
+    }
 }
 
 /// A pin directory under /sys/fs/bpf, removed on drop.

@@ -33,6 +33,8 @@ fn options(root: &Path) -> LabOptions {
         client_route_mtu: None,
         sync_refresh_secs: None,
         capabilities: None,
+        max_flows: 200_000,
+        new_flow_rate: 0,
     }
 }
 

@@ -112,6 +112,19 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
     }
 }
 
+/// The new-flow gate for this config (a burst of 0 means one second of the rate).
+pub(super) fn flow_gate(cfg: &Config) -> lb_common::ratelimit::FlowGate {
+    let d = &cfg.dataplane;
+    lb_common::ratelimit::FlowGate {
+        rate: d.new_flow_rate,
+        burst: if d.new_flow_burst == 0 {
+            d.new_flow_rate
+        } else {
+            d.new_flow_burst
+        },
+    }
+}
+
 impl Agent {
     /// Serves requests and events until SIGTERM or SIGINT; SIGHUP reloads the config.
     pub async fn run(&mut self, mut inputs: Inputs) -> Result<()> {

@@ -189,7 +189,7 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         &mut o,
         "lb_conntrack_lookups_total",
         "counter",
-        "Connection-table lookups, by result (hit, miss_syn, miss_non_syn, miss_udp, stale_backend, expired).",
+        "Connection-table lookups, by result (hit, miss_syn, miss_non_syn, miss_udp, stale_backend, expired; insert_gated: a miss over the new-flow gate, forwarded without an entry).",
         by_prefix(&stats.counters, "lru_", "result"),
     );
     family(
@@ -268,6 +268,18 @@ fn sync(o: &mut String, y: &SyncStatus) {
     );
     family(
         o,
+        "lb_sync_peer_connects_total",
+        "counter",
+        "Links established with the peer since start, by direction (more than one: a link flapped).",
+        y.peers.iter().flat_map(|p| {
+            [
+                (format!("{},dir=\"out\"", peer(p)), p.outbound_connects),
+                (format!("{},dir=\"in\"", peer(p)), p.inbound_connects),
+            ]
+        }),
+    );
+    family(
+        o,
         "lb_sync_peer_state_version",
         "gauge",
         "The peer's last reported state version.",
@@ -343,6 +355,43 @@ fn sync(o: &mut String, y: &SyncStatus) {
                 y.flows_unknown_id,
             ),
         ],
+    );
+    family(
+        o,
+        "lb_sync_flow_walks_total",
+        "counter",
+        "Walks of the connection table for the flow refresh (one per period and per coalesced link connect, shared by every peer).",
+        [(String::new(), y.flow_walks)],
+    );
+    for (name, help, us) in [
+        (
+            "lb_sync_flow_walk_seconds",
+            "How long the last walk of the connection table took (batched reads, on the walker's own thread).",
+            y.flow_walk_us,
+        ),
+        (
+            "lb_sync_flow_walk_max_seconds",
+            "The longest walk of the connection table since start.",
+            y.flow_walk_max_us,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        let _ = writeln!(o, "{name} {}.{:06}", us / 1_000_000, us % 1_000_000);
+    }
+    family(
+        o,
+        "lb_sync_flow_walk_flows",
+        "gauge",
+        "Flows the last walk found to send (this load balancer's own, live, TCP).",
+        [(String::new(), y.flow_walk_flows)],
+    );
+    family(
+        o,
+        "lb_sync_refreshes_skipped_total",
+        "counter",
+        "Periodic flow refreshes not queued for a peer still sending the previous one (bounded memory; the next refresh carries the flows).",
+        [(String::new(), y.refreshes_skipped)],
     );
     family(
         o,

@@ -136,6 +136,11 @@ impl Agent {
             flows_dropped_import: c.flows_dropped_import.load(Ordering::Relaxed),
             flows_untranslated: c.flows_untranslated.load(Ordering::Relaxed),
             flows_unknown_id: c.flows_unknown_id.load(Ordering::Relaxed),
+            flow_walks: c.flow_walks.load(Ordering::Relaxed),
+            flow_walk_us: c.flow_walk_last_us.load(Ordering::Relaxed),
+            flow_walk_max_us: c.flow_walk_max_us.load(Ordering::Relaxed),
+            flow_walk_flows: c.flow_walk_flows.load(Ordering::Relaxed),
+            refreshes_skipped: c.refreshes_skipped.load(Ordering::Relaxed),
             refused: c
                 .refused()
                 .into_iter()

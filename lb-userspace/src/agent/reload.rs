@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use tracing::{info, warn};
 
-use super::actor::{Agent, lb_config};
+use super::actor::{Agent, flow_gate, lb_config};
 use super::nic::egress_mtu;
 use crate::api::{ReloadReply, ReloadRequest};
 use crate::config::{Config, parse_mac};
@@ -82,6 +82,7 @@ impl Agent {
         };
         self.settings = settings;
         self.dp.set_config(&lb_config(&new))?;
+        self.dp.set_flow_gate(flow_gate(&new))?;
         for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
             iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
             if let Some(mac) = mac {

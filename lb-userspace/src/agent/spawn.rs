@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::actor::{Agent, Command, Inputs, lb_config};
+use super::actor::{Agent, Command, Inputs, flow_gate, lb_config};
 use super::api_server::serve_api;
 use super::fleet;
 use super::metrics::serve_metrics;
@@ -118,6 +118,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         )
     };
     dp.set_config(&lb_config(&config))?;
+    dp.set_flow_gate(flow_gate(&config))?;
 
     let mut ifaces = Vec::new();
     for i in &config.interfaces {

@@ -132,6 +132,14 @@ pub struct DataplaneConfig {
     /// How many such messages one CPU may send at once after a quiet spell (1 to 65535).
     #[serde(default = "default_icmp_burst")]
     pub icmp_burst: u32,
+    /// The new-flow gate: new connection entries per second per CPU (0: no gate, the
+    /// default). Above it new flows are forwarded by Maglev without an entry, so a SYN flood
+    /// cannot evict established flows from the connection table (docs/dataplane.md).
+    #[serde(default)]
+    pub new_flow_rate: u32,
+    /// How many entries one CPU may create at once above the rate (0: as many as the rate).
+    #[serde(default)]
+    pub new_flow_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]

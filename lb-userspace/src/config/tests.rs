@@ -151,6 +151,21 @@ address = "2001:db8:be::1"
         let c = Config::parse(&base.replacen("seed = 7", &format!("seed = 7\n{edit}"), 1)).unwrap();
         assert!(c.dataplane.icmp_rate == 0 || c.dataplane.icmp_burst == 65535);
     }
+    // The new-flow gate: off by default; a rate with a burst of up to 4 seconds of it.
+    assert_eq!(
+        (c.dataplane.new_flow_rate, c.dataplane.new_flow_burst),
+        (0, 0)
+    );
+    let c = Config::parse(&base.replacen(
+        "seed = 7",
+        "seed = 7\nnew_flow_rate = 200000\nnew_flow_burst = 800000",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.dataplane.new_flow_rate, c.dataplane.new_flow_burst),
+        (200_000, 800_000)
+    );
     for (edit, why) in [
         (("seed = 7", "seed = -1"), "invalid value"),
         (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
@@ -222,6 +237,17 @@ address = "2001:db8:be::1"
         (
             ("seed = 7", "seed = 7\nicmp_burst = 0"),
             "dataplane.icmp_burst = 0: use 1 to 65535",
+        ),
+        (
+            ("seed = 7", "seed = 7\nnew_flow_rate = 16777217"),
+            "dataplane.new_flow_rate = 16777217: use 0 (no gate) to 16777216",
+        ),
+        (
+            (
+                "seed = 7",
+                "seed = 7\nnew_flow_rate = 1000\nnew_flow_burst = 4001",
+            ),
+            "dataplane.new_flow_burst = 4001: use 0 (the rate) to 4 times new_flow_rate (1000)",
         ),
         (
             ("[dataplane]", "[health]\ninterval_ms = 50\n[dataplane]"),

@@ -39,6 +39,18 @@ impl Config {
             d.icmp_burst
         );
         ensure!(
+            d.new_flow_rate <= lb_common::ratelimit::MAX_GATE_RATE,
+            "dataplane.new_flow_rate = {}: use 0 (no gate) to {} per second per CPU",
+            d.new_flow_rate,
+            lb_common::ratelimit::MAX_GATE_RATE
+        );
+        ensure!(
+            d.new_flow_burst as u64 <= 4 * d.new_flow_rate as u64,
+            "dataplane.new_flow_burst = {}: use 0 (the rate) to 4 times new_flow_rate ({})",
+            d.new_flow_burst,
+            d.new_flow_rate
+        );
+        ensure!(
             !self.interfaces.is_empty(),
             "no [[interface]]: the agent needs at least one NIC to attach to"
         );

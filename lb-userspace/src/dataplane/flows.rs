@@ -1,13 +1,14 @@
 //! The connection table: the flow-event ring buffer, live-flow counts, and [`FlowTable`], a
 //! handle on its own file descriptors for peer sync.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 use lb_common::{ConnEntry, FlowKey, LbConfig, names};
 
+use super::batch;
 use super::handle::Dataplane;
 
 impl Dataplane {
@@ -84,33 +85,23 @@ pub fn is_live(cfg: &LbConfig, key: &FlowKey, entry: &ConnEntry, now_ns: u64) ->
     now_ns.saturating_sub(entry.atime_ns) <= timeout
 }
 
-/// Counts entries the XDP program would still follow (`is_live`).
-fn count_flows(conns: &HashMap<MapData, FlowKey, ConnEntry>, cfg: &LbConfig) -> FlowCounts {
+/// Walks a pinned connection table from its own file descriptor (in batches), so a long walk
+/// does not hold up the agent's writes to the other maps: the entries the XDP program would
+/// still follow (`is_live`), counted per backend.
+pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
+    let table = FlowTable::open_pinned(pin_dir)?;
+    let cfg = table.config()?;
     let now = monotonic_ns();
     let mut counts = FlowCounts::default();
-    for (key, entry) in conns.iter().filter_map(|r| r.ok()) {
-        if is_live(cfg, &key, &entry, now) {
+    table.walk(|key, entry| {
+        if is_live(&cfg, key, entry, now) {
             *counts
                 .live
                 .entry((entry.backend, entry.generation))
                 .or_default() += 1;
         }
-    }
-    counts
-}
-
-/// Walks a pinned connection table from its own file descriptor, so a long walk does not hold
-/// up the agent's writes to the other maps.
-pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
-    let conns = MapData::from_pin(pin_dir.join(names::CONNS))
-        .context("opening the pinned connection table")?;
-    let cfg_map =
-        MapData::from_pin(pin_dir.join(names::CONFIG)).context("opening the pinned config map")?;
-    let cfg_map: Array<MapData, LbConfig> = Array::try_from(aya::maps::Map::Array(cfg_map))?;
-    let cfg = cfg_map.get(&0, 0)?;
-    let conns: HashMap<MapData, FlowKey, ConnEntry> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(conns))?;
-    Ok(count_flows(&conns, &cfg))
+    })?;
+    Ok(counts)
 }
 
 /// A handle on the connection table for peer flow sync: installs flows received from peers and
@@ -118,6 +109,8 @@ pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
 /// `Dataplane` (and outlives it, as long as the maps are pinned or a program holds them).
 pub struct FlowTable {
     conns: HashMap<MapData, FlowKey, ConnEntry>,
+    /// The connection table's fd again, for the batch syscalls aya does not wrap.
+    conns_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
 }
 
@@ -132,11 +125,20 @@ impl FlowTable {
     }
 
     fn from_map_data(conns: MapData, config: MapData) -> Result<Self> {
+        let conns_fd = conns
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the connection table's fd")?;
         let conns = HashMap::try_from(Map::from_map_data(conns)?)
             .context("the connection table is not a (shared LRU) hash map of flows")?;
         let config = Array::try_from(Map::from_map_data(config)?)
             .context("the config map is not an array")?;
-        Ok(Self { conns, config })
+        Ok(Self {
+            conns,
+            conns_fd,
+            config,
+        })
     }
 
     /// The load balancer's current settings (`LB_CONFIG[0]`), for `live`'s timeouts.
@@ -161,31 +163,35 @@ impl FlowTable {
             .context("writing a connection entry")
     }
 
-    /// Installs flows one by one (aya 0.14 has no batch update). Returns how many were written;
-    /// an entry the kernel refuses is skipped, unless every one is refused (then the first error).
+    /// Installs flows in batches (BPF_MAP_UPDATE_BATCH). Returns how many were written; an entry
+    /// the kernel refuses is skipped, unless every one is refused (then the first error).
     pub fn insert_batch(&mut self, flows: &[(FlowKey, ConnEntry)]) -> Result<usize> {
-        let mut written = 0;
-        let mut first_err = None;
-        for (key, entry) in flows {
-            match self.conns.insert(key, entry, 0) {
-                Ok(()) => written += 1,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match first_err {
-            Some(e) if written == 0 => Err(e).context("writing connection entries"),
-            _ => Ok(written),
+        let (keys, values): (Vec<FlowKey>, Vec<ConnEntry>) = flows.iter().copied().unzip();
+        match batch::update_all(self.conns_fd.as_fd(), &keys, &values) {
+            (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
+            (written, _) => Ok(written),
         }
     }
 
+    /// Calls `f` with every entry (live or not), read in batches (BPF_MAP_LOOKUP_BATCH): one
+    /// syscall per few thousand entries. Returns how many were read.
+    pub fn walk(&self, mut f: impl FnMut(&FlowKey, &ConnEntry)) -> Result<usize> {
+        batch::lookup_all::<FlowKey, ConnEntry>(self.conns_fd.as_fd(), |keys, values| {
+            for (k, v) in keys.iter().zip(values) {
+                f(k, v);
+            }
+        })
+        .context("reading the connection table")
+    }
+
     /// Every entry the XDP program would still follow at `now_ns` (`is_live` under `cfg`).
-    pub fn live(&self, cfg: &LbConfig, now_ns: u64) -> Vec<(FlowKey, ConnEntry)> {
-        self.conns
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(key, entry)| is_live(cfg, key, entry, now_ns))
-            .collect()
+    pub fn live(&self, cfg: &LbConfig, now_ns: u64) -> Result<Vec<(FlowKey, ConnEntry)>> {
+        let mut out = Vec::new();
+        self.walk(|key, entry| {
+            if is_live(cfg, key, entry, now_ns) {
+                out.push((*key, *entry));
+            }
+        })?;
+        Ok(out)
     }
 }

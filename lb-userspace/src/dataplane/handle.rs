@@ -87,6 +87,13 @@ impl Dataplane {
             .context("writing LB_CONFIG")
     }
 
+    /// The new-flow gate (`FLOW_GATE[0]`; rate 0: none). Not pinned: written after every load.
+    pub fn set_flow_gate(&mut self, gate: lb_common::ratelimit::FlowGate) -> Result<()> {
+        self.array::<lb_common::ratelimit::FlowGate>(names::FLOW_GATE)?
+            .set(0, gate, 0)
+            .context("writing FLOW_GATE")
+    }
+
     pub fn config(&mut self) -> Result<LbConfig> {
         Ok(self.array::<LbConfig>(names::CONFIG)?.get(&0, 0)?)
     }

@@ -9,9 +9,10 @@
 //! Files: `limits` (map sizes and the pinned layout), `load` (load, adopt, attach, pin),
 //! `vips` (VIP entries, the VIP index and the address filter), `backends` (backends and
 //! rings), `ifaces` (the NICs' link layer), `probe` (open-addressed slot lookup), `counters`,
-//! `flows` (the connection table).
+//! `flows` (the connection table), `batch` (the batched map syscalls aya does not wrap).
 
 mod backends;
+mod batch;
 mod counters;
 mod flows;
 mod handle;

@@ -18,6 +18,14 @@ pub struct Counters {
     /// An exported flow whose backend id the agent no longer knows.
     pub flows_unknown_id: AtomicU64,
     pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Walks of the connection table for refreshes (one per period and per coalesced connect,
+    /// shared by every peer), the last one's duration and flows, and the longest.
+    pub flow_walks: AtomicU64,
+    pub flow_walk_last_us: AtomicU64,
+    pub flow_walk_max_us: AtomicU64,
+    pub flow_walk_flows: AtomicU64,
+    /// Periodic refreshes not queued for a peer whose previous one was still being sent.
+    pub refreshes_skipped: AtomicU64,
 }
 
 impl Counters {

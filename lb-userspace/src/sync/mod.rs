@@ -10,6 +10,8 @@
 //!   summary every second, the flows the exporter hands it, and our live flows on connect and
 //!   every `refresh_secs`;
 //! - the exporter reads the XDP program's new-flow ring buffer and hands batches to senders;
+//! - the walker (a thread) reads the connection table in batches, every `refresh_secs` and when
+//!   a link comes up, and hands the encoded live flows to the senders: one walk for all peers;
 //! - the importer installs peers' flows in the connection table;
 //! - the registry keeps what is known of each peer for `lb peer list` and `/metrics`;
 //! - a timer tells the agent when `startup_wait_secs` is over (`Event::WaitOver`).
@@ -28,6 +30,7 @@ mod messages;
 mod receive;
 mod registry;
 mod send;
+mod walk;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -135,23 +138,28 @@ pub async fn spawn(start: Start) -> Result<Sync> {
             agent.clone(),
         ));
     }
+    // One walker for every peer, on a thread of its own.
+    let walker = if config.flows && !config.peers.is_empty() {
+        Some(walk::spawn(
+            FlowTable::open_pinned(&pin_dir)?,
+            Duration::from_secs(config.refresh_secs),
+            local_rx.clone(),
+            counters.clone(),
+        )?)
+    } else {
+        None
+    };
     let mut queues = Vec::new();
     for p in &config.peers {
         let (tx, rx) = mpsc::channel(config.flow_queue);
         queues.push((p.name.clone(), tx));
-        let table = if config.flows {
-            Some(FlowTable::open_pinned(&pin_dir)?)
-        } else {
-            None
-        };
         tokio::spawn(send::run(send::Sender {
             peer: p.clone(),
             node: config.node.clone(),
             key: key.clone(),
             local: local_rx.clone(),
             queue: rx,
-            table,
-            refresh: Duration::from_secs(config.refresh_secs),
+            walker: walker.clone(),
             events: events_tx.clone(),
             counters: counters.clone(),
         }));

@@ -41,6 +41,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<PeerEvent>, tx: watch::S
                 PeerEvent::OutboundUp(_) => {
                     p.outbound = true;
                     p.outbound_error = None;
+                    p.outbound_connects += 1;
                 }
                 PeerEvent::OutboundDown(_, e) => {
                     p.outbound = false;
@@ -48,6 +49,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<PeerEvent>, tx: watch::S
                 }
                 PeerEvent::InboundUp(_) => {
                     p.inbound_links += 1;
+                    p.inbound_connects += 1;
                     p.inbound = true;
                     *heard = Some(Instant::now());
                 }

@@ -1,24 +1,25 @@
 //! One sender per configured peer: dials it, sends our state on connect and on every change,
 //! a summary every second, the exporter's new flows, and our live flows on connect and every
-//! `refresh_secs`.
+//! `refresh_secs` (walked by the flow walker, `walk`, and sent a batch at a time between the
+//! other messages, so heartbeats never wait for a walk).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
-use lb_common::CONN_F_PEER;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
 use super::counters::Counters;
-use super::flows::{self, FlowRecord, Mode};
 use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, tune};
 use super::messages::Local;
 use super::receive::log_refusal;
 use super::registry::PeerEvent;
+use super::walk::{Walk, Walker};
 use super::wire::{self, FleetKey};
-use crate::dataplane::{FlowTable, monotonic_ns};
 
 pub(super) struct Sender {
     pub peer: crate::config::PeerConfig,
@@ -26,8 +27,8 @@ pub(super) struct Sender {
     pub key: FleetKey,
     pub local: watch::Receiver<Local>,
     pub queue: mpsc::Receiver<Arc<Vec<u8>>>,
-    pub table: Option<FlowTable>,
-    pub refresh: Duration,
+    /// With flow sync: the shared walker's live flows.
+    pub walker: Option<Walker>,
     pub events: mpsc::UnboundedSender<PeerEvent>,
     pub counters: Arc<Counters>,
 }
@@ -73,17 +74,35 @@ async fn link(s: &mut Sender) -> Result<()> {
         .await?;
     // Batches queued while the link was down are covered by the full pass below.
     while s.queue.try_recv().is_ok() {}
-    if s.table.is_some() {
-        send_live_flows(s, &mut tx, None).await?;
+    // Frames still to send, one per turn of the loop: walked flows, then Synced.
+    let mut pending: VecDeque<(u8, Arc<Vec<u8>>)> = VecDeque::new();
+    // All live flows, asked of the walker; Synced follows them.
+    let mut initial: Option<oneshot::Receiver<Arc<Walk>>> = None;
+    let mut periodic = s.walker.as_ref().map(|w| w.periodic.clone());
+    match &s.walker {
+        Some(w) => {
+            let (reply, rx) = oneshot::channel();
+            w.requests
+                .send(reply)
+                .map_err(|_| anyhow::anyhow!("the flow walker stopped"))?;
+            initial = Some(rx);
+            // The full pass covers any refresh published before it.
+            if let Some(p) = periodic.as_mut() {
+                p.borrow_and_update();
+            }
+        }
+        None => pending.push_back((KIND_SYNCED, Arc::new(Vec::new()))),
     }
-    tx.send(KIND_SYNCED, &[]).await?;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-    // Peers' links come up together: spread their refreshes over the period.
-    let jitter = s.refresh.mul_f64(wire::nonce()[0] as f64 / 256.0);
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + s.refresh + jitter, s.refresh);
     loop {
         tokio::select! {
+            // Heartbeats first: however many flows wait, the peer hears from us every second.
+            biased;
+            _ = heartbeat.tick() => {
+                let summary = s.local.borrow().summary.clone();
+                tx.send(KIND_SUMMARY, &serde_json::to_vec(&summary)?).await?;
+                let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
+            }
             changed = s.local.changed() => {
                 changed?;
                 let local = s.local.borrow_and_update().clone();
@@ -91,66 +110,43 @@ async fn link(s: &mut Sender) -> Result<()> {
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
-            _ = heartbeat.tick() => {
-                let summary = s.local.borrow().summary.clone();
-                tx.send(KIND_SUMMARY, &serde_json::to_vec(&summary)?).await?;
-                let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
-            }
             Some(batch) = s.queue.recv() => {
                 let n = u32::from_be_bytes(batch[1..5].try_into().expect("encoded")) as u64;
                 tx.send(KIND_FLOWS, &batch).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), n, tx.bytes));
             }
-            _ = refresh.tick(), if s.table.is_some() => {
-                send_live_flows(s, &mut tx, Some(s.refresh)).await?;
+            Some((kind, body)) = async { pending.pop_front() }, if !pending.is_empty() => {
+                tx.send(kind, &body).await?;
+                let n = if kind == KIND_FLOWS {
+                    u32::from_be_bytes(body[1..5].try_into().expect("encoded")) as u64
+                } else {
+                    0
+                };
+                let _ = s.events.send(PeerEvent::Sent(peer.clone(), n, tx.bytes));
+            }
+            walked = async { initial.as_mut().expect("guarded").await }, if initial.is_some() => {
+                initial = None;
+                let w = walked.map_err(|_| anyhow::anyhow!("the flow walker stopped"))?;
+                pending.extend(w.batches.iter().map(|b| (KIND_FLOWS, b.clone())));
+                pending.push_back((KIND_SYNCED, Arc::new(Vec::new())));
+                if w.flows > 0 {
+                    debug!(peer, flows = w.flows, "sending live flows");
+                }
+            }
+            changed = async { periodic.as_mut().expect("guarded").changed().await }, if periodic.is_some() => {
+                changed.map_err(|_| anyhow::anyhow!("the flow walker stopped"))?;
+                let Some(w) = periodic.as_mut().expect("guarded").borrow_and_update().clone() else {
+                    continue;
+                };
+                if !pending.is_empty() || initial.is_some() {
+                    // Still sending the last pass (a slow peer): skip this one, counted; memory
+                    // stays bounded and the next refresh carries these flows.
+                    s.counters.refreshes_skipped.fetch_add(1, Ordering::Relaxed);
+                    let _ = s.events.send(PeerEvent::Dropped(peer.clone(), w.flows));
+                    continue;
+                }
+                pending.extend(w.batches.iter().map(|b| (KIND_FLOWS, b.clone())));
             }
         }
     }
-}
-
-/// Sends the flows this load balancer forwards itself (not peers' copies): all live ones, or
-/// those active within `recent`.
-async fn send_live_flows(
-    s: &mut Sender,
-    tx: &mut wire::Sender<TcpStream>,
-    recent: Option<Duration>,
-) -> Result<()> {
-    let Some(table) = s.table.as_mut() else {
-        return Ok(());
-    };
-    let now = monotonic_ns();
-    let live = tokio::task::block_in_place(|| -> Result<_> {
-        let cfg = table.config()?;
-        Ok(table.live(&cfg, now))
-    })?;
-    let index = s.local.borrow().index.clone();
-    let since =
-        recent.map(|r| now.saturating_sub(r.as_nanos() as u64 + lb_common::ATIME_GRANULARITY_NS));
-    let records: Vec<FlowRecord> = live
-        .iter()
-        .filter(|(k, e)| {
-            e.flags & CONN_F_PEER == 0
-                && k.proto == lb_common::PROTO_TCP
-                && since.is_none_or(|t| e.atime_ns >= t)
-        })
-        .filter_map(|(k, e)| {
-            Some(FlowRecord {
-                key: *k,
-                backend: index.address(e.backend, Some(e.generation))?,
-                hash: e.hash,
-            })
-        })
-        .collect();
-    let total = records.len() as u64;
-    for chunk in records.chunks(flows::MAX_BATCH) {
-        tx.send(KIND_FLOWS, &flows::encode_batch(Mode::Refresh, chunk))
-            .await?;
-    }
-    let _ = s
-        .events
-        .send(PeerEvent::Sent(s.peer.name.clone(), total, tx.bytes));
-    if total > 0 {
-        debug!(peer = s.peer.name, flows = total, "sent live flows");
-    }
-    Ok(())
 }

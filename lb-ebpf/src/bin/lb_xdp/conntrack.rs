@@ -7,7 +7,8 @@
 //! (`established`). Everything else finds its VIP by address first (`new_flow`).
 //!
 //! SYN: always through Maglev, (re)creating the entry. RST: the entry if any, else Maglev,
-//! never creating one. Anything else: the entry if any, else Maglev and a new entry (a
+//! never creating one. Over the new-flow gate's rate (`ratelimit::allow_new_entry`), a miss
+//! creates no entry either. Anything else: the entry if any, else Maglev and a new entry (a
 //! mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
 //! its idle timeout: UDP, established TCP, or TCP after the client's FIN/RST (closing). An
 //! entry whose backend id was removed or handed to another backend (generation) is stale.
@@ -27,7 +28,7 @@ use lb_common::{
 };
 
 use crate::packet::{Kind, Target};
-use crate::{clock::now_ns, flowsync, maglev, maps::CONNS, stats, vip};
+use crate::{clock::now_ns, flowsync, maglev, maps::CONNS, ratelimit, stats, vip};
 
 /// What the connection table says about a packet's flow.
 pub enum Found {
@@ -162,7 +163,9 @@ fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, h
     } else {
         Counter::LruMissUdp
     });
-    if !flow.rst {
+    // Over the new-flow gate's budget (a flood of new flows): forwarded by Maglev without an
+    // entry, so the flood cannot evict established flows' entries (nor be exported).
+    if !flow.rst && ratelimit::allow_new_entry() {
         let entry = ConnEntry {
             backend: id,
             hash,

@@ -3,9 +3,18 @@
 //! `icmp_burst` at once, refilled from the coarse clock. Per CPU so that taking a token is a
 //! plain read and write of this CPU's slot, like the counters. Not pinned: a new program
 //! starts with full buckets.
+//!
+//! The new-flow gate (`allow_new_entry`) is the same bucket for connection entries: above
+//! `FlowGate::rate` new entries per second per CPU, a new flow is forwarded without one.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use lb_common::{Counter, ratelimit::TokenBucket};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+use lb_common::{
+    Counter,
+    ratelimit::{FlowGate, TokenBucket},
+};
 
 use crate::{clock, maps, stats};
 
@@ -34,5 +43,34 @@ pub fn allow() -> bool {
         return true;
     }
     stats::count(Counter::DropIcmpRateLimited);
+    false
+}
+
+/// The new-flow gate's setting (`lb_common::ratelimit::FlowGate`; all zeroes: no gate).
+#[map]
+static FLOW_GATE: Array<FlowGate> = Array::with_max_entries(1, 0);
+
+#[map]
+static FLOW_GATE_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether one more connection entry may be created now; if not, counts `LruInsertGated`
+/// (the caller forwards the packet by Maglev without an entry). Per CPU, like the ICMP budget.
+#[inline(never)]
+pub fn allow_new_entry() -> bool {
+    let Some(gate) = FLOW_GATE.get(0) else {
+        return true;
+    };
+    if gate.rate == 0 {
+        return true;
+    }
+    let Some(bucket) = FLOW_GATE_BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
+    let bucket = unsafe { &mut *bucket };
+    if bucket.take_wide(clock::now_ns(), gate.rate, gate.burst) {
+        return true;
+    }
+    stats::count(Counter::LruInsertGated);
     false
 }
