@@ -1,4 +1,5 @@
-//! One sender per configured peer: dials it, sends our state on connect and on every change,
+//! One sender per configured peer: dials it, sends our whole state on connect and, after every
+//! change, the entries that changed since (a delta),
 //! a summary every second, the exporter's new flows, and our live flows on connect and every
 //! `refresh_secs`.
 
@@ -13,10 +14,11 @@ use tracing::{debug, info};
 
 use super::counters::Counters;
 use super::flows::{self, FlowRecord, Mode};
-use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, tune};
+use super::link::{KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_SUMMARY, KIND_SYNCED, tune};
 use super::messages::Local;
 use super::receive::log_refusal;
 use super::registry::PeerEvent;
+use super::state_msg::{self, StateDelta};
 use super::wire::{self, FleetKey};
 use crate::dataplane::{FlowTable, monotonic_ns};
 
@@ -67,8 +69,9 @@ async fn link(s: &mut Sender) -> Result<()> {
     let _ = s.events.send(PeerEvent::OutboundUp(s.peer.name.clone()));
     let peer = s.peer.name.clone();
     let local = s.local.borrow_and_update().clone();
-    tx.send(KIND_STATE, &serde_json::to_vec(&*local.state)?)
-        .await?;
+    send_state(s, &mut tx, KIND_STATE, &serde_json::to_vec(&*local.state)?).await?;
+    // What the peer holds of ours on this link: the next changes go as deltas from it.
+    let mut sent = local.state.clone();
     tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?)
         .await?;
     // Batches queued while the link was down are covered by the full pass below.
@@ -87,7 +90,11 @@ async fn link(s: &mut Sender) -> Result<()> {
             changed = s.local.changed() => {
                 changed?;
                 let local = s.local.borrow_and_update().clone();
-                tx.send(KIND_STATE, &serde_json::to_vec(&*local.state)?).await?;
+                let delta = StateDelta::between(&sent, &local.state);
+                if !delta.is_empty() || delta.horizon != sent.horizon {
+                    send_state(s, &mut tx, KIND_STATE_DELTA, &serde_json::to_vec(&delta)?).await?;
+                    sent = local.state.clone();
+                }
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
@@ -106,6 +113,19 @@ async fn link(s: &mut Sender) -> Result<()> {
             }
         }
     }
+}
+
+/// Sends a state or delta body, in parts if it is longer than a part.
+async fn send_state(
+    s: &Sender,
+    tx: &mut wire::Sender<TcpStream>,
+    kind: u8,
+    body: &[u8],
+) -> Result<()> {
+    let frames = state_msg::send_body(tx, kind, body).await?;
+    s.counters
+        .state_sent(kind == KIND_STATE_DELTA, body.len(), frames);
+    Ok(())
 }
 
 /// Sends the flows this load balancer forwards itself (not peers' copies): all live ones, or

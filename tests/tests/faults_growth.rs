@@ -1,0 +1,242 @@
+//! Fault model, issue 15 §3: the replicated state must not only grow. Two real `lb agent`
+//! processes, each in its own namespace (tests/src/netns.rs), peered over a veth between them,
+//! take a fleet history of 50,000 (VIP, backend) changes: every round a reload on one of them
+//! replaces 1,000 backends with 1,000 new ones (new addresses, so every removal leaves a
+//! tombstone). After every round both agents agree; the state file, the tombstones held and the
+//! bytes each change costs on the link stay bounded.
+//!
+//! Without tombstone collection the state passes the 4 MiB frame limit after about 14 rounds
+//! and, with whole states on the wire, every link then fails right after its handshake: the
+//! agents never agree again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::netns::*;
+use tests::*;
+
+const VIPS: usize = 4;
+const PER_VIP: usize = 250;
+const ROUNDS: usize = 25;
+
+fn vip(v: usize) -> String {
+    format!("192.0.2.{}:80/tcp", 10 + v)
+}
+
+/// Round `r`'s backend `k` of VIP `v`: a fresh address every round.
+fn backend(r: usize, v: usize, k: usize) -> String {
+    format!("2001:db8:{:x}:{:x}::{:x}", 0x100 + r, v, k + 1)
+}
+
+/// Agent `i` (1 or 2) of the pair, with round `r`'s backends in its `[[vip]]`s.
+fn config(topo: &Topology, dir: &Path, i: usize, r: usize) -> String {
+    let mac = lb_userspace::config::format_mac(&topo.client_mac);
+    let mut c = format!(
+        "metrics = \"127.0.0.1:9450\"\n\n\
+         [dataplane]\ntunnel_source = \"2001:db8:1b::1\"\nseed = 7\nring_size = 4099\n\
+         max_vips = 8\nmax_backends = 4096\nmax_flows = 10000\n\n\
+         [[interface]]\nname = \"l0\"\nnext_hop_mac = \"{mac}\"\n\n\
+         [sync]\nnode = \"lb{i}\"\nlisten = \"[2001:db8:5::{i}]:7946\"\nkey_file = \"{}\"\n\
+         state_file = \"{}\"\nstartup_wait_secs = 0\nflows = false\n\n\
+         [[sync.peer]]\nname = \"lb{o}\"\naddress = \"[2001:db8:5::{o}]:7946\"\n",
+        dir.join("fleet.key").display(),
+        state_file(dir).display(),
+        o = 3 - i,
+    );
+    for v in 0..VIPS {
+        let (addr, _) = vip(v)
+            .split_once(':')
+            .map(|(a, p)| (a.to_string(), p))
+            .unwrap();
+        c.push_str(&format!(
+            "\n[[vip]]\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\n"
+        ));
+        for k in 0..PER_VIP {
+            c.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n",
+                backend(r, v, k)
+            ));
+        }
+    }
+    c
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn peers(socket: &Path) -> Value {
+    lb_json(socket, &["peer", "list"])
+}
+
+fn agree(a: &Path, b: &Path) -> bool {
+    let (x, y) = (peers(a), peers(b));
+    x["version"] == y["version"]
+        && x["state_digest"] == y["state_digest"]
+        && x["peers"][0]["state_match"] == true
+        && y["peers"][0]["state_match"] == true
+}
+
+/// The value of the `/metrics` line that starts with `prefix` in namespace `ns`.
+fn metric(ns: &str, prefix: &str) -> u64 {
+    let text = metrics_in(ns).unwrap();
+    let line = text.lines().find(|l| l.starts_with(prefix));
+    let line = line.unwrap_or_else(|| panic!("{prefix} missing from:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The backends agent `socket` serves for every VIP.
+fn backends(socket: &Path) -> Vec<String> {
+    let list = lb_json(socket, &["backend", "list"]);
+    let mut out: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 15 §3: 50,000 (VIP, backend) changes between two agents over a real peer link.
+#[test]
+fn a_long_fleet_history_stays_in_sync_and_bounded() {
+    let started = Instant::now();
+    let topos = [Topology::new("gr1").unwrap(), Topology::new("gr2").unwrap()];
+    // The peer link: a veth between the two load balancers' namespaces.
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            "s0",
+            "netns",
+            &topos[0].lb.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "s0",
+            "netns",
+            &topos[1].lb.name,
+        ],
+    )
+    .unwrap();
+    for (i, t) in topos.iter().enumerate() {
+        let a = format!("2001:db8:5::{}/64", i + 1);
+        t.lb.ip(&["-6", "addr", "add", &a, "dev", "s0", "nodad"])
+            .unwrap();
+        t.lb.ip(&["link", "set", "s0", "up"]).unwrap();
+    }
+    let files = [
+        AgentFiles::new("gr1", "").unwrap(),
+        AgentFiles::new("gr2", "").unwrap(),
+    ];
+    for (i, f) in files.iter().enumerate() {
+        f.write_config(&config(&topos[i], &f.dir, i + 1, 0))
+            .unwrap();
+        lab::write_fleet_key(&f.dir.join("fleet.key")).unwrap();
+    }
+    // One key for the fleet.
+    std::fs::copy(
+        files[0].dir.join("fleet.key"),
+        files[1].dir.join("fleet.key"),
+    )
+    .unwrap();
+    let _agents: Vec<Agent> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.start(&topos[i].lb, 1).unwrap())
+        .collect();
+    let (s1, s2) = (&files[0].socket, &files[1].socket);
+    let wait_agree = |what: &str| {
+        let t = Instant::now();
+        while !agree(s1, s2) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{what}: the agents do not agree after 30 s: lb1 {} / lb2 {}",
+                peers(s1),
+                peers(s2)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_agree("at start");
+
+    let mut changes = 0;
+    let mut largest_file = 0u64;
+    let mut largest_round_bytes = 0u64;
+    let mut sent_before = metric(&topos[0].lb.name, "lb_sync_bytes_sent_total{peer=\"lb2\"}");
+    for r in 1..=ROUNDS {
+        // Alternate the agent that makes the change: both originate history.
+        let i = if r % 2 == 1 { 0 } else { 1 };
+        let f = &files[i];
+        f.write_config(&config(&topos[i], &f.dir, i + 1, r))
+            .unwrap();
+        let reply = lb_json(&f.socket, &["reload"]);
+        let n = reply["changes"].as_array().unwrap().len();
+        assert_eq!(n, 2 * VIPS * PER_VIP, "round {r}: removes and adds");
+        changes += n;
+        wait_agree(&format!("round {r}"));
+        for (j, g) in files.iter().enumerate() {
+            let size = std::fs::metadata(state_file(&g.dir)).unwrap().len();
+            largest_file = largest_file.max(size);
+            let _ = j;
+        }
+        if i == 0 {
+            let sent = metric(&topos[0].lb.name, "lb_sync_bytes_sent_total{peer=\"lb2\"}");
+            largest_round_bytes = largest_round_bytes.max(sent - sent_before);
+            sent_before = sent;
+        } else {
+            sent_before = metric(&topos[0].lb.name, "lb_sync_bytes_sent_total{peer=\"lb2\"}");
+        }
+    }
+    assert!(changes >= 50_000, "{changes} changes");
+    // Both serve exactly the last round's backends.
+    let mut want: Vec<String> = (0..VIPS)
+        .flat_map(|v| (0..PER_VIP).map(move |k| backend(ROUNDS, v, k)))
+        .map(|b| b.parse::<std::net::Ipv6Addr>().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(backends(s1), want);
+    assert_eq!(backends(s2), want);
+    // Tombstones were collected once both had seen them: what is held is at most the last
+    // round's, the state file stays under 1 MiB (1,000 live backends and that round's
+    // tombstones), and a round's changes cost lb1's link about what they change, not the whole
+    // history.
+    let held: Vec<u64> = topos
+        .iter()
+        .map(|t| metric(&t.lb.name, "lb_sync_tombstones "))
+        .collect();
+    let collected: Vec<u64> = topos
+        .iter()
+        .map(|t| metric(&t.lb.name, "lb_sync_tombstones_collected_total"))
+        .collect();
+    eprintln!(
+        "{changes} changes in {:.1} s; tombstones held {held:?}, collected {collected:?}; \
+         largest state file {largest_file} bytes; largest round on lb1's link {largest_round_bytes} bytes",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        held.iter().all(|h| *h <= (VIPS * PER_VIP) as u64),
+        "{held:?}"
+    );
+    assert!(
+        collected
+            .iter()
+            .all(|c| *c >= ((ROUNDS - 2) * VIPS * PER_VIP) as u64),
+        "{collected:?}"
+    );
+    assert!(largest_file < 1 << 20, "state file of {largest_file} bytes");
+    assert!(
+        largest_round_bytes < 1 << 20,
+        "a round cost {largest_round_bytes} bytes on the link"
+    );
+    for t in &topos {
+        assert_eq!(
+            metric(&t.lb.name, "lb_sync_refused_total{reason=\"oversized\"}"),
+            0
+        );
+    }
+}
