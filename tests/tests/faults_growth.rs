@@ -29,13 +29,13 @@ fn backend(r: usize, v: usize, k: usize) -> String {
     format!("2001:db8:{:x}:{:x}::{:x}", 0x100 + r, v, k + 1)
 }
 
-/// Agent `i` (1 or 2) of the pair, with round `r`'s backends in its `[[vip]]`s.
-fn config(topo: &Topology, dir: &Path, i: usize, r: usize) -> String {
+/// Agent `i` (1 or 2) of the pair, with `vips` VIPs of `per_vip` of round `r`'s backends.
+fn config(topo: &Topology, dir: &Path, i: usize, r: usize, vips: usize, per_vip: usize) -> String {
     let mac = lb_userspace::config::format_mac(&topo.client_mac);
     let mut c = format!(
         "metrics = \"127.0.0.1:9450\"\n\n\
          [dataplane]\ntunnel_source = \"2001:db8:1b::1\"\nseed = 7\nring_size = 4099\n\
-         max_vips = 8\nmax_backends = 4096\nmax_flows = 10000\n\n\
+         max_vips = 8\nmax_backends = 32768\nmax_flows = 10000\n\n\
          [[interface]]\nname = \"l0\"\nnext_hop_mac = \"{mac}\"\n\n\
          [sync]\nnode = \"lb{i}\"\nlisten = \"[2001:db8:5::{i}]:7946\"\nkey_file = \"{}\"\n\
          state_file = \"{}\"\nstartup_wait_secs = 0\nflows = false\n\n\
@@ -44,7 +44,7 @@ fn config(topo: &Topology, dir: &Path, i: usize, r: usize) -> String {
         state_file(dir).display(),
         o = 3 - i,
     );
-    for v in 0..VIPS {
+    for v in 0..vips {
         let (addr, _) = vip(v)
             .split_once(':')
             .map(|(a, p)| (a.to_string(), p))
@@ -52,7 +52,7 @@ fn config(topo: &Topology, dir: &Path, i: usize, r: usize) -> String {
         c.push_str(&format!(
             "\n[[vip]]\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\n"
         ));
-        for k in 0..PER_VIP {
+        for k in 0..per_vip {
             c.push_str(&format!(
                 "[[vip.backend]]\naddress = \"{}\"\n",
                 backend(r, v, k)
@@ -134,7 +134,7 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         AgentFiles::new("gr2", "").unwrap(),
     ];
     for (i, f) in files.iter().enumerate() {
-        f.write_config(&config(&topos[i], &f.dir, i + 1, 0))
+        f.write_config(&config(&topos[i], &f.dir, i + 1, 0, VIPS, PER_VIP))
             .unwrap();
         lab::write_fleet_key(&f.dir.join("fleet.key")).unwrap();
     }
@@ -144,7 +144,7 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         files[1].dir.join("fleet.key"),
     )
     .unwrap();
-    let _agents: Vec<Agent> = files
+    let mut agents: Vec<Agent> = files
         .iter()
         .enumerate()
         .map(|(i, f)| f.start(&topos[i].lb, 1).unwrap())
@@ -172,7 +172,7 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         // Alternate the agent that makes the change: both originate history.
         let i = if r % 2 == 1 { 0 } else { 1 };
         let f = &files[i];
-        f.write_config(&config(&topos[i], &f.dir, i + 1, r))
+        f.write_config(&config(&topos[i], &f.dir, i + 1, r, VIPS, PER_VIP))
             .unwrap();
         let reply = lb_json(&f.socket, &["reload"]);
         let n = reply["changes"].as_array().unwrap().len();
@@ -233,10 +233,78 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         largest_round_bytes < 1 << 20,
         "a round cost {largest_round_bytes} bytes on the link"
     );
-    for t in &topos {
-        assert_eq!(
-            metric(&t.lb.name, "lb_sync_refused_total{reason=\"oversized\"}"),
-            0
+    // Every change went as a delta: one whole state per link that came up (at start), and no
+    // delta needed a second frame.
+    let sent = |kind: &str| {
+        metric(
+            &topos[0].lb.name,
+            &format!("lb_sync_state_messages_sent_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    assert!(sent("full") <= 2, "whole states sent: {}", sent("full"));
+    assert!(
+        sent("delta") >= ROUNDS as u64,
+        "deltas sent: {}",
+        sent("delta")
+    );
+    assert_eq!(
+        metric(&topos[0].lb.name, "lb_sync_state_parts_sent_total"),
+        0
+    );
+
+    // Past the frame limit: one reload takes the fleet to 8 VIPs of 3,300 backends (26,400
+    // entries, about 4.6 MiB of JSON). Its delta, and the whole state after the peer restarts,
+    // cross the link in parts.
+    let f = &files[0];
+    f.write_config(&config(&topos[0], &f.dir, 1, ROUNDS + 1, 8, 3300))
+        .unwrap();
+    let reply = lb_json(&f.socket, &["reload"]);
+    assert_eq!(
+        reply["changes"].as_array().unwrap().len(),
+        VIPS * PER_VIP + 4 + 8 * 3300
+    );
+    wait_agree("a delta past the frame limit");
+    let file = std::fs::metadata(state_file(&f.dir)).unwrap().len();
+    assert!(file > 4 << 20, "a state of {file} bytes");
+    let (full, parts) = (
+        sent("full"),
+        metric(&topos[0].lb.name, "lb_sync_state_parts_sent_total"),
+    );
+    assert!(parts >= 4, "the delta went in {parts} extra frames");
+    // lb2 restarts: it resumes from its 4.6 MiB state file, and lb1's link to it comes back
+    // with a whole state.
+    agents.pop().unwrap().stop().unwrap();
+    agents.push(files[1].start(&topos[1].lb, 2).unwrap());
+    let t = Instant::now();
+    while sent("full") == full {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "lb1's link never came back"
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
+    lb_ok(
+        s1,
+        &[
+            "backend",
+            "weight",
+            &vip(0),
+            &backend(ROUNDS + 1, 0, 0),
+            "7",
+        ],
+    );
+    wait_agree("a whole state past the frame limit");
+    assert!(metric(&topos[0].lb.name, "lb_sync_state_parts_sent_total") >= parts + 4);
+    for t in &topos {
+        for why in ["oversized", "too_large", "malformed"] {
+            let m = format!("lb_sync_refused_total{{reason=\"{why}\"}}");
+            assert_eq!(metric(&t.lb.name, &m), 0, "{m}");
+        }
+    }
+    eprintln!(
+        "past the frame limit: a state file of {file} bytes; lb1 sent {} whole states, {} extra frames; done in {:.1} s",
+        sent("full"),
+        metric(&topos[0].lb.name, "lb_sync_state_parts_sent_total"),
+        started.elapsed().as_secs_f64()
+    );
 }
