@@ -99,11 +99,12 @@ fn backends(socket: &Path) -> Vec<String> {
     out
 }
 
-/// Issue 15 §3: 50,000 (VIP, backend) changes between two agents over a real peer link.
-#[test]
-fn a_long_fleet_history_stays_in_sync_and_bounded() {
-    let started = Instant::now();
-    let topos = [Topology::new("gr1").unwrap(), Topology::new("gr2").unwrap()];
+/// Two peered agents: namespaces `<tag>1` and `<tag>2`, a veth between them, round 0's config.
+fn pair(tag: &str) -> ([Topology; 2], [AgentFiles; 2], Vec<Agent>) {
+    let topos = [
+        Topology::new(&format!("{tag}1")).unwrap(),
+        Topology::new(&format!("{tag}2")).unwrap(),
+    ];
     // The peer link: a veth between the two load balancers' namespaces.
     sh(
         "ip",
@@ -130,8 +131,8 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         t.lb.ip(&["link", "set", "s0", "up"]).unwrap();
     }
     let files = [
-        AgentFiles::new("gr1", "").unwrap(),
-        AgentFiles::new("gr2", "").unwrap(),
+        AgentFiles::new(&format!("{tag}1"), "").unwrap(),
+        AgentFiles::new(&format!("{tag}2"), "").unwrap(),
     ];
     for (i, f) in files.iter().enumerate() {
         f.write_config(&config(&topos[i], &f.dir, i + 1, 0, VIPS, PER_VIP))
@@ -144,11 +145,19 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         files[1].dir.join("fleet.key"),
     )
     .unwrap();
-    let mut agents: Vec<Agent> = files
+    let agents: Vec<Agent> = files
         .iter()
         .enumerate()
         .map(|(i, f)| f.start(&topos[i].lb, 1).unwrap())
         .collect();
+    (topos, files, agents)
+}
+
+/// Issue 15 §3: 50,000 (VIP, backend) changes between two agents over a real peer link.
+#[test]
+fn a_long_fleet_history_stays_in_sync_and_bounded() {
+    let started = Instant::now();
+    let (topos, files, mut agents) = pair("gr");
     let (s1, s2) = (&files[0].socket, &files[1].socket);
     let wait_agree = |what: &str| {
         let t = Instant::now();
@@ -304,4 +313,122 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         metric(&topos[0].lb.name, "lb_sync_state_parts_sent_total"),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Sends `frames` (kind, body) to lb1 as its peer `lb2` would (the fleet key, from lb2's
+/// namespace, each body in parts if long), then waits for lb1 to close the link.
+fn send_as_lb2(topo: &Topology, key_file: &Path, frames: Vec<(u8, Vec<u8>)>) {
+    use lb_userspace::sync::{state_msg, wire};
+    use tokio::io::AsyncReadExt;
+    let key = wire::FleetKey::load(key_file).unwrap();
+    topo.lb
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let to: std::net::SocketAddr = "[2001:db8:5::1]:7946".parse().unwrap();
+                let stream = tokio::net::TcpStream::connect(to).await.unwrap();
+                let mut tx = wire::dial(stream, &key, "lb2", "lb1").await.unwrap();
+                for (kind, body) in frames {
+                    state_msg::send_body(&mut tx, kind, &body).await.unwrap();
+                }
+                let mut io = tx.into_inner();
+                let mut b = [0u8; 64];
+                let closed = tokio::time::timeout(Duration::from_secs(10), io.read(&mut b)).await;
+                assert!(
+                    matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                    "lb1 did not close the link: {closed:?}"
+                );
+            })
+        })
+        .unwrap();
+}
+
+/// Issue 15 §3: a peer's state over the caps (32,769 tombstones, 8 MB of JSON, sent in parts as
+/// an agent sends a long state) is refused (`too_large`), and so is a delta before any state
+/// (`malformed`); neither changes anything, and the real peers still agree.
+#[test]
+fn a_peer_state_over_the_caps_is_refused_and_changes_nothing() {
+    use lb_userspace::state::{BackendState, Change, Vip};
+    use lb_userspace::sync::replicated::{ReplicatedState, Stamp, caps::Caps};
+    use lb_userspace::sync::{KIND_STATE, KIND_STATE_DELTA};
+    let (topos, files, _agents) = pair("gc");
+    let (s1, s2) = (&files[0].socket, &files[1].socket);
+    let t = Instant::now();
+    while !agree(s1, s2) {
+        assert!(t.elapsed() < Duration::from_secs(30), "the agents agree");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = peers(s1);
+    let ns = &topos[0].lb.name;
+
+    // Three new VIPs with 10,923 removed backends each: every value valid, one tombstone over
+    // the cap.
+    let mut s = ReplicatedState::default();
+    let mut clock = 0;
+    let mut stamp = || {
+        clock += 1;
+        Stamp {
+            clock,
+            node: "lb2".into(),
+        }
+    };
+    let n = (Caps::DEFAULT.tombstones + 1).div_ceil(3) as u32;
+    for v in 0..3u16 {
+        let vip: Vip = format!("192.0.2.{}:80/tcp", 90 + v).parse().unwrap();
+        s.record(&Change::AddVip { vip, gue: false }, &stamp());
+        for i in 0..n {
+            let backend =
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xdead, v, 0, 0, (i >> 16) as u16, i as u16);
+            let add = Change::AddBackend {
+                vip,
+                backend,
+                weight: 100,
+                state: BackendState::Active,
+            };
+            s.record(&add, &stamp());
+            s.record(&Change::RemoveBackend { vip, backend }, &stamp());
+        }
+    }
+    assert!(s.tombstones() > Caps::DEFAULT.tombstones);
+    let body = serde_json::to_vec(&s).unwrap();
+    assert!(body.len() > 4 << 20, "{} bytes: sent in parts", body.len());
+    let key = files[0].dir.join("fleet.key");
+    send_as_lb2(&topos[1], &key, vec![(KIND_STATE, body)]);
+    send_as_lb2(
+        &topos[1],
+        &key,
+        vec![(KIND_STATE_DELTA, br#"{"horizon":0}"#.to_vec())],
+    );
+
+    let refused = |why: &str| metric(ns, &format!("lb_sync_refused_total{{reason=\"{why}\"}}"));
+    let t = Instant::now();
+    while refused("too_large") < 1 || refused("malformed") < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "both refusals counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!((refused("too_large"), refused("malformed")), (1, 1));
+    let log = std::fs::read_to_string(files[0].dir.join("agent-1.log")).unwrap();
+    assert!(
+        log.contains("sync link refused: too_large: a state with 32769 tombstones (at most 32768)"),
+        "{log}"
+    );
+    let after = peers(s1);
+    assert_eq!(after["version"], before["version"], "nothing merged");
+    assert_eq!(after["state_digest"], before["state_digest"]);
+    let vips = lb_json(s1, &["vip", "list"]).to_string();
+    assert!(!vips.contains("192.0.2.90"), "{vips}");
+    assert_eq!(metric(ns, "lb_sync_tombstones "), 0);
+    // The real peers still agree, and a change still flows.
+    lb_ok(s2, &["backend", "drain", &vip(0), &backend(0, 0, 0)]);
+    let t = Instant::now();
+    while !agree(s1, s2) || peers(s1)["version"] == before["version"] {
+        assert!(t.elapsed() < Duration::from_secs(30), "the agents agree");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
