@@ -153,6 +153,28 @@ pub struct SyncStatus {
     /// The state file: recoveries at start and failed writes (docs/operating.md).
     #[serde(default)]
     pub state_file: StateFileStatus,
+    /// Removed VIPs and backends held until every peer has seen them (docs/sync.md).
+    #[serde(default)]
+    pub tombstones: u64,
+    /// Tombstones collected since the agent started.
+    #[serde(default)]
+    pub tombstones_collected: u64,
+    /// Every change stamped at or below this clock has reached this agent.
+    #[serde(default)]
+    pub horizon: u64,
+    /// Whole states sent to peers (one per link that comes up), and their bytes.
+    #[serde(default)]
+    pub states_sent: u64,
+    #[serde(default)]
+    pub state_bytes_sent: u64,
+    /// Deltas sent (what changed, one per change a link carries), and their bytes.
+    #[serde(default)]
+    pub deltas_sent: u64,
+    #[serde(default)]
+    pub delta_bytes_sent: u64,
+    /// Extra frames for states or deltas longer than one part (1 MiB).
+    #[serde(default)]
+    pub state_parts_sent: u64,
 }
 
 /// The replicated state's file, as this agent found and keeps it.

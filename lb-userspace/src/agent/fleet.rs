@@ -6,7 +6,7 @@
 //! peers; a failed write (read-only directory, full disk) is logged, counted and retried with
 //! the next change, while the dataplane keeps forwarding.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,11 @@ pub struct Fleet {
     pub skipped: Vec<String>,
     /// What the state file held at start, and how its writes fare.
     pub file: StateFileStatus,
+    /// The version of the last state each peer sent (since this agent started): every change
+    /// of that peer up to it has reached us. Their lowest is our horizon (`sync::replicated::gc`).
+    pub peer_versions: BTreeMap<String, u64>,
+    /// Tombstones collected since start.
+    pub collected: u64,
 }
 
 impl Fleet {

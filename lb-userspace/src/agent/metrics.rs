@@ -259,6 +259,54 @@ fn sync(o: &mut String, y: &SyncStatus) {
     );
     family(
         o,
+        "lb_sync_tombstones",
+        "gauge",
+        "Removed VIPs and backends held until every peer has seen them.",
+        [(String::new(), y.tombstones)],
+    );
+    family(
+        o,
+        "lb_sync_tombstones_collected_total",
+        "counter",
+        "Tombstones dropped once every peer had seen them.",
+        [(String::new(), y.tombstones_collected)],
+    );
+    family(
+        o,
+        "lb_sync_horizon",
+        "gauge",
+        "Every change stamped at or below this clock has reached this agent; tombstones under it are collected.",
+        [(String::new(), y.horizon)],
+    );
+    family(
+        o,
+        "lb_sync_state_messages_sent_total",
+        "counter",
+        "Replicated-state messages sent to peers: a whole state when a link comes up, a delta per change.",
+        [
+            ("kind=\"full\"".to_string(), y.states_sent),
+            ("kind=\"delta\"".to_string(), y.deltas_sent),
+        ],
+    );
+    family(
+        o,
+        "lb_sync_state_bytes_sent_total",
+        "counter",
+        "Bytes of those messages (bodies), by kind.",
+        [
+            ("kind=\"full\"".to_string(), y.state_bytes_sent),
+            ("kind=\"delta\"".to_string(), y.delta_bytes_sent),
+        ],
+    );
+    family(
+        o,
+        "lb_sync_state_parts_sent_total",
+        "counter",
+        "Extra frames for state messages longer than one 1 MiB part.",
+        [(String::new(), y.state_parts_sent)],
+    );
+    family(
+        o,
         "lb_sync_peer_up",
         "gauge",
         "1 while both links with the peer are up.",

@@ -13,6 +13,7 @@ use crate::api::SyncStatus;
 use crate::reconcile::ApplyReport;
 use crate::state::Change;
 use crate::sync::flows::{FlowIndex, table_digest};
+use crate::sync::replicated::gc::horizon_of;
 use crate::sync::replicated::{ReplicatedState, state_digest};
 use crate::sync::{Local, Summary};
 
@@ -61,6 +62,8 @@ impl Agent {
     }
 
     /// An operator's change (already accepted against the desired state), stamped and shared.
+    /// Refused, changing nothing, if it would take the replicated state over its caps (a peer
+    /// would refuse it): removals wait as tombstones until every peer has seen them.
     pub(super) fn commit_changes(&mut self, changes: &[Change]) -> Result<ApplyReport> {
         let f = self.fleet.as_ref().expect("fleet");
         let mut next = f.replicated.clone();
@@ -68,13 +71,40 @@ impl Agent {
             let stamp = next.next_stamp(&f.sync.node)?;
             next.record(c, &stamp);
         }
+        self.collect(&mut next);
+        next.within_caps().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: the change would take the replicated state over its caps; tombstones are \
+                 collected once every peer has sent a state that includes them (lb peer list)"
+            )
+        })?;
         self.commit(next)
     }
 
+    /// Raises the horizon to what every configured peer has sent us and collects the
+    /// tombstones under it; true if the state changed.
+    fn collect(&mut self, next: &mut ReplicatedState) -> bool {
+        let peers = self.config.sync.as_ref().map_or(&[][..], |s| &s.peers[..]);
+        let f = self.fleet.as_mut().expect("fleet");
+        let h = horizon_of(
+            next.version(),
+            peers.iter().map(|p| f.peer_versions.get(&p.name).copied()),
+        );
+        let Some(h) = h else { return false };
+        let before = next.horizon;
+        let n = next.advance(h);
+        f.collected += n as u64;
+        n > 0 || next.horizon != before
+    }
+
     pub(super) fn peer_state(&mut self, from: &str, state: ReplicatedState) {
-        let Some(f) = &self.fleet else { return };
+        let Some(f) = &mut self.fleet else { return };
         let mut next = f.replicated.clone();
-        if !next.merge(&state) {
+        let (merged, n) = next.merge_counted(&state);
+        f.collected += n as u64;
+        f.peer_versions.insert(from.to_string(), state.version());
+        let collected = self.collect(&mut next);
+        if !merged && !collected {
             return;
         }
         let version = next.version();
@@ -147,6 +177,14 @@ impl Agent {
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
             state_file: f.file.clone(),
+            tombstones: f.replicated.tombstones() as u64,
+            tombstones_collected: f.collected,
+            horizon: f.replicated.horizon,
+            states_sent: c.states_sent.load(Ordering::Relaxed),
+            state_bytes_sent: c.state_bytes_sent.load(Ordering::Relaxed),
+            deltas_sent: c.deltas_sent.load(Ordering::Relaxed),
+            delta_bytes_sent: c.delta_bytes_sent.load(Ordering::Relaxed),
+            state_parts_sent: c.state_parts_sent.load(Ordering::Relaxed),
         })
     }
 }

@@ -296,6 +296,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             held_back,
             skipped: Vec::new(),
             file: replicated.file,
+            peer_versions: BTreeMap::new(),
+            collected: 0,
         };
         // A state directory that cannot be written must not keep the agent from forwarding.
         fleet.persist();

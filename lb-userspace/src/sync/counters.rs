@@ -26,12 +26,32 @@ pub struct Counters {
     pub flow_walk_flows: AtomicU64,
     /// Periodic refreshes not queued for a peer whose previous one was still being sent.
     pub refreshes_skipped: AtomicU64,
+    /// Whole states sent (one per link that comes up) and their bytes (bodies).
+    pub states_sent: AtomicU64,
+    pub state_bytes_sent: AtomicU64,
+    /// Deltas sent (one per change a link carries) and their bytes.
+    pub deltas_sent: AtomicU64,
+    pub delta_bytes_sent: AtomicU64,
+    /// Frames of states or deltas too long for one (all but each one's last piece).
+    pub state_parts_sent: AtomicU64,
 }
 
 impl Counters {
     pub(super) fn refuse(&self, why: Refusal) {
         let i = Refusal::ALL.iter().position(|r| *r == why).expect("listed");
         self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn state_sent(&self, delta: bool, bytes: usize, frames: usize) {
+        let (n, b) = if delta {
+            (&self.deltas_sent, &self.delta_bytes_sent)
+        } else {
+            (&self.states_sent, &self.state_bytes_sent)
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.state_parts_sent
+            .fetch_add(frames as u64 - 1, Ordering::Relaxed);
     }
 
     pub fn refused(&self) -> Vec<(&'static str, u64)> {

@@ -11,6 +11,11 @@ pub const KIND_STATE: u8 = 2;
 pub const KIND_FLOWS: u8 = 3;
 /// The sender has sent its state and all its live flows: the receiver is caught up.
 pub const KIND_SYNCED: u8 = 4;
+/// The entries that changed since the state (or delta) sent before on this link.
+pub const KIND_STATE_DELTA: u8 = 5;
+/// A piece of a state or delta too long for one frame; its last piece comes in the frame of
+/// its own kind.
+pub const KIND_STATE_PART: u8 = 6;
 
 /// Unacknowledged data for this long ends a link, so a cut-off peer is noticed (and the
 /// link re-dialed) in seconds rather than after TCP's full retransmission schedule.

@@ -6,7 +6,8 @@
 //! [`Event`]s on the channel the agent hands [`spawn`]; none of them knows the agent:
 //! - the listener accepts peers' links and runs a receiver per link: states go to the agent
 //!   (`Event::PeerState`), summaries to the peer registry, flow batches to the importer;
-//! - a sender per configured peer dials it, sends our state on connect and on every change, a
+//! - a sender per configured peer dials it, sends our whole state on connect and what changed
+//!   after every change (`state_msg`), a
 //!   summary every second, the flows the exporter hands it, and our live flows on connect and
 //!   every `refresh_secs`;
 //! - the exporter reads the XDP program's new-flow ring buffer and hands batches to senders;
@@ -20,6 +21,7 @@
 
 pub mod flows;
 pub mod replicated;
+pub mod state_msg;
 pub mod wire;
 
 mod counters;
@@ -49,7 +51,9 @@ use crate::dataplane::FlowTable;
 use wire::FleetKey;
 
 pub use counters::Counters;
-pub use link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, Summary};
+pub use link::{
+    KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_STATE_PART, KIND_SUMMARY, KIND_SYNCED, Summary,
+};
 pub use messages::{Event, Local};
 
 /// Handles the agent keeps.

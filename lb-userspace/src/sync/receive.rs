@@ -1,5 +1,6 @@
 //! The listener and one receiver per inbound link: states go to the agent, summaries to the
-//! registry, flow batches to the importer.
+//! registry, flow batches to the importer. A link's deltas are applied to a copy of the state
+//! its peer sent first (the *mirror*), so the agent always merges a peer's whole state.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,15 @@ use tracing::{debug, info, warn};
 use super::counters::Counters;
 use super::flow_tasks::Import;
 use super::flows;
-use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, Summary, tune};
+use super::link::{
+    KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_STATE_PART, KIND_SUMMARY, KIND_SYNCED, Summary,
+    tune,
+};
 use super::log_limit::LogLimit;
 use super::messages::{Event, Local};
 use super::registry::PeerEvent;
 use super::replicated::ReplicatedState;
+use super::state_msg::{Assembly, StateDelta};
 use super::wire::{self, FleetKey, Refusal, Refused};
 
 pub(super) struct Listener {
@@ -110,6 +115,9 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
     let malformed = |what: &str, e: &dyn std::fmt::Display| {
         wire::refused(Refusal::Malformed, format!("{what}: {e}"))
     };
+    // The peer's whole state as it sent it on this link, and the parts of a long one.
+    let mut mirror: Option<ReplicatedState> = None;
+    let mut assembly = Assembly::default();
     loop {
         let frame = match tokio::time::timeout(IDLE, rx.recv()).await {
             Ok(r) => r?,
@@ -119,6 +127,12 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
             return Ok(());
         };
         let bytes = body.len() as u64 + 45;
+        if assembly.pending() && ![KIND_STATE_PART, KIND_STATE, KIND_STATE_DELTA].contains(&kind) {
+            return Err(malformed(
+                "state",
+                &format!("a kind {kind} frame inside a state"),
+            ));
+        }
         match kind {
             KIND_SUMMARY => {
                 let s: Summary =
@@ -127,23 +141,30 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
                     .events
                     .send(PeerEvent::Heard(name.to_string(), Some(s), bytes));
             }
-            KIND_STATE => {
-                let state: ReplicatedState =
-                    serde_json::from_slice(&body).map_err(|e| malformed("state", &e))?;
-                // Refused states end the link (counted by reason) and change nothing.
-                state.validate()?;
-                let ours = l.local.borrow().summary.version;
-                state.check_clock(ours, l.max_clock_jump)?;
+            KIND_STATE_PART => {
+                assembly.part(&body)?;
                 let _ = l
                     .events
                     .send(PeerEvent::Heard(name.to_string(), None, bytes));
-                l.agent
-                    .send(Event::PeerState {
-                        from: name.to_string(),
-                        state,
-                    })
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the agent stopped"))?;
+            }
+            KIND_STATE => {
+                let body = assembly.finish(body)?;
+                let state: ReplicatedState =
+                    serde_json::from_slice(&body).map_err(|e| malformed("state", &e))?;
+                take_state(l, name, &state, bytes).await?;
+                mirror = Some(state);
+            }
+            KIND_STATE_DELTA => {
+                let body = assembly.finish(body)?;
+                let delta: StateDelta =
+                    serde_json::from_slice(&body).map_err(|e| malformed("delta", &e))?;
+                let Some(before) = &mirror else {
+                    return Err(malformed("delta", &"before any state"));
+                };
+                let mut state = before.clone();
+                delta.apply_to(&mut state);
+                take_state(l, name, &state, bytes).await?;
+                mirror = Some(state);
             }
             KIND_FLOWS => {
                 let (mode, records) =
@@ -183,6 +204,24 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
             k => return Err(malformed("message", &format!("unknown kind {k}"))),
         }
     }
+}
+
+/// Checks a peer's whole state (as sent, or as its deltas made it) and hands it to the agent.
+/// A refused state ends the link (counted by reason) and changes nothing.
+async fn take_state(l: &Listener, name: &str, state: &ReplicatedState, bytes: u64) -> Result<()> {
+    state.validate()?;
+    let ours = l.local.borrow().summary.version;
+    state.check_clock(ours, l.max_clock_jump)?;
+    let _ = l
+        .events
+        .send(PeerEvent::Heard(name.to_string(), None, bytes));
+    l.agent
+        .send(Event::PeerState {
+            from: name.to_string(),
+            state: state.clone(),
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent stopped"))
 }
 
 fn ensure_empty(body: &[u8]) -> Result<()> {

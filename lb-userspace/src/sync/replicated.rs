@@ -6,7 +6,10 @@
 //! the higher stamp. Merging is commutative, associative and idempotent, so agents that have
 //! seen the same changes hold the same state whatever the order they saw them in, and two
 //! concurrent changes to one field resolve the same way everywhere (higher clock, then higher
-//! node name). Removals are tombstones (kept), so a late copy of an old entry cannot revive it.
+//! node name). Removals are tombstones, so a late copy of an old entry cannot revive it; they
+//! are collected once every peer has seen them, below the state's *horizon* (`gc`): an entry
+//! absent from a state and stamped at or below its horizon is gone, not unknown, so a peer's
+//! older copy of a collected entry is refused by the merge (docs/sync.md, "Tombstones").
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
@@ -32,6 +35,17 @@ pub struct Stamp {
 pub struct Lww<T> {
     pub stamp: Stamp,
     pub value: T,
+}
+
+impl BackendEntry {
+    /// The highest clock of its fields.
+    pub fn clock(&self) -> u64 {
+        self.member
+            .stamp
+            .clock
+            .max(self.weight.stamp.clock)
+            .max(self.state.stamp.clock)
+    }
 }
 
 impl<T: Clone + Ord> Lww<T> {
@@ -73,18 +87,23 @@ pub struct ReplicatedState {
     /// Keyed by VIP and backend; JSON maps need string keys, hence a list on the wire.
     #[serde(with = "backend_list")]
     pub backends: BTreeMap<(Vip, Ipv6Addr), BackendEntry>,
+    /// Every change stamped at or below this clock has reached this state (held, overwritten,
+    /// or removed and collected): an entry it lacks whose stamps are all at or below it was
+    /// removed. 0: nothing collected yet (and state files of earlier versions).
+    #[serde(default)]
+    pub horizon: u64,
 }
 
-mod backend_list {
+pub mod backend_list {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    #[derive(Serialize, Deserialize)]
-    struct Item {
-        vip: Vip,
-        backend: Ipv6Addr,
+    #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Item {
+        pub vip: Vip,
+        pub backend: Ipv6Addr,
         #[serde(flatten)]
-        entry: BackendEntry,
+        pub entry: BackendEntry,
     }
 
     pub fn serialize<S: Serializer>(
@@ -154,9 +173,14 @@ impl ReplicatedState {
         v.chain(b)
     }
 
-    /// The highest clock of any field: the state's version.
+    /// The highest clock of any field, or the horizon if higher (collected entries took their
+    /// clocks with them; the next change must still stamp above them): the state's version.
     pub fn version(&self) -> u64 {
-        self.stamps().map(|s| s.clock).max().unwrap_or(0)
+        self.stamps()
+            .map(|s| s.clock)
+            .max()
+            .unwrap_or(0)
+            .max(self.horizon)
     }
 
     /// The stamp for this node's next change. Refused, rather than wrapped, at the end of the
@@ -261,16 +285,31 @@ impl ReplicatedState {
         }
     }
 
-    /// Merges a peer's state in; true if anything changed.
+    /// Merges a peer's (whole) state in; true if anything changed.
+    ///
+    /// Fields present on both sides keep the higher stamp. An entry on one side only is kept
+    /// unless the other side's horizon covers all its stamps: that side has seen every change up
+    /// to its horizon, so it lacks the entry because the entry was removed and collected (a
+    /// peer's stale copy must not bring it back). The horizon becomes the higher of the two, and
+    /// tombstones under it are collected.
     pub fn merge(&mut self, other: &ReplicatedState) -> bool {
+        self.merge_counted(other).0
+    }
+
+    /// [`merge`](Self::merge), and how many of our tombstones it collected (the other side's
+    /// horizon covered them, or ours rose over them).
+    pub fn merge_counted(&mut self, other: &ReplicatedState) -> (bool, usize) {
         let mut changed = false;
+        let mut collected = 0;
+        let (ours, theirs) = (self.horizon, other.horizon);
         for (vip, e) in &other.vips {
             match self.vips.get_mut(vip) {
                 Some(mine) => changed |= mine.exists.merge(&e.exists),
-                None => {
+                None if !covers(ours, e.exists.stamp.clock) => {
                     self.vips.insert(*vip, e.clone());
                     changed = true;
                 }
+                None => {}
             }
         }
         for (k, e) in &other.backends {
@@ -280,19 +319,36 @@ impl ReplicatedState {
                     changed |= mine.weight.merge(&e.weight);
                     changed |= mine.state.merge(&e.state);
                 }
-                None => {
+                None if !covers(ours, e.clock()) => {
                     self.backends.insert(*k, e.clone());
                     changed = true;
                 }
+                None => {}
             }
         }
-        changed
+        if theirs > 0 {
+            let before = (self.vips.len(), self.backends.len());
+            self.vips
+                .retain(|k, e| other.vips.contains_key(k) || !covers(theirs, e.exists.stamp.clock));
+            self.backends
+                .retain(|k, e| other.backends.contains_key(k) || !covers(theirs, e.clock()));
+            collected = before.0 + before.1 - self.vips.len() - self.backends.len();
+        }
+        if theirs > ours {
+            self.horizon = theirs;
+            changed = true;
+        }
+        collected += self.collect();
+        (changed || collected > 0, collected)
     }
 
     /// Checks a state received from a peer (or read from the state file): every value one the
     /// operator could have set, and every stamp naming a node by a valid node name. Errors are
-    /// [`Refused`](super::wire::Refused): `stamp` for a bad stamp, `malformed` otherwise.
+    /// [`Refused`](super::wire::Refused): `too_large` for a state over the caps, `stamp` for a
+    /// bad stamp, `malformed` otherwise.
     pub fn validate(&self) -> Result<()> {
+        // Counted first: the checks below are cheap, but not free on a huge state.
+        self.within_caps()?;
         let malformed = |e: anyhow::Error| refused(Refusal::Malformed, format!("{e:#}"));
         for ((vip, addr), b) in &self.backends {
             crate::state::check_weight(b.weight.value)
@@ -377,6 +433,12 @@ impl ReplicatedState {
     }
 }
 
+/// Whether a state with horizon `h` has seen every change stamped `clock` (0: it claims
+/// nothing, not even the config seeds at clock 0).
+fn covers(h: u64, clock: u64) -> bool {
+    h > 0 && clock <= h
+}
+
 /// A replicated state as this agent's limits let it serve it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Materialized {
@@ -396,6 +458,9 @@ pub fn state_digest(state: &DesiredState) -> String {
 pub fn hex16(bytes: &[u8]) -> String {
     bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+pub mod caps;
+pub mod gc;
 
 #[cfg(test)]
 mod tests;

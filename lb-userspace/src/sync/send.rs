@@ -1,5 +1,5 @@
-//! One sender per configured peer: dials it, sends our state on connect and on every change,
-//! a summary every second, the exporter's new flows, and our live flows on connect and every
+//! One sender per configured peer: dials it, sends our whole state on connect and, after every
+//! change, the entries that changed since (a delta), a summary every second, the exporter's new flows, and our live flows on connect and every
 //! `refresh_secs` (walked by the flow walker, `walk`, and sent a batch at a time between the
 //! other messages, so heartbeats never wait for a walk).
 
@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
 use super::counters::Counters;
-use super::link::{KIND_FLOWS, KIND_STATE, KIND_SUMMARY, KIND_SYNCED, tune};
+use super::link::{KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_SUMMARY, KIND_SYNCED, tune};
 use super::messages::Local;
 use super::receive::log_refusal;
 use super::registry::PeerEvent;
+use super::state_msg::{self, StateDelta};
 use super::walk::{Walk, Walker};
 use super::wire::{self, FleetKey};
 
@@ -68,8 +69,9 @@ async fn link(s: &mut Sender) -> Result<()> {
     let _ = s.events.send(PeerEvent::OutboundUp(s.peer.name.clone()));
     let peer = s.peer.name.clone();
     let local = s.local.borrow_and_update().clone();
-    tx.send(KIND_STATE, &serde_json::to_vec(&*local.state)?)
-        .await?;
+    send_state(s, &mut tx, KIND_STATE, &serde_json::to_vec(&*local.state)?).await?;
+    // What the peer holds of ours on this link: the next changes go as deltas from it.
+    let mut sent = local.state.clone();
     tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?)
         .await?;
     // Batches queued while the link was down are covered by the full pass below.
@@ -106,7 +108,11 @@ async fn link(s: &mut Sender) -> Result<()> {
             changed = s.local.changed() => {
                 changed?;
                 let local = s.local.borrow_and_update().clone();
-                tx.send(KIND_STATE, &serde_json::to_vec(&*local.state)?).await?;
+                let delta = StateDelta::between(&sent, &local.state);
+                if !delta.is_empty() || delta.horizon != sent.horizon {
+                    send_state(s, &mut tx, KIND_STATE_DELTA, &serde_json::to_vec(&delta)?).await?;
+                    sent = local.state.clone();
+                }
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
@@ -149,4 +155,17 @@ async fn link(s: &mut Sender) -> Result<()> {
             }
         }
     }
+}
+
+/// Sends a state or delta body, in parts if it is longer than a part.
+async fn send_state(
+    s: &Sender,
+    tx: &mut wire::Sender<TcpStream>,
+    kind: u8,
+    body: &[u8],
+) -> Result<()> {
+    let frames = state_msg::send_body(tx, kind, body).await?;
+    s.counters
+        .state_sent(kind == KIND_STATE_DELTA, body.len(), frames);
+    Ok(())
 }

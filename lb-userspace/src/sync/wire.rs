@@ -61,10 +61,12 @@ pub enum Refusal {
     ClockJump,
     /// A state with a stamp whose node name is not a valid node name.
     Stamp,
+    /// A state over the caps (entries, tombstones), or a state message over its byte limit.
+    TooLarge,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::Handshake,
         Refusal::Auth,
         Refusal::UnknownPeer,
@@ -75,6 +77,7 @@ impl Refusal {
         Refusal::Malformed,
         Refusal::ClockJump,
         Refusal::Stamp,
+        Refusal::TooLarge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::ClockJump => "clock_jump",
             Refusal::Stamp => "stamp",
+            Refusal::TooLarge => "too_large",
         }
     }
 }
