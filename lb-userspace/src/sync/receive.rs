@@ -118,7 +118,7 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
         let Some((kind, body)) = frame else {
             return Ok(());
         };
-        let bytes = body.len() as u64 + 45;
+        let bytes = wire::wire_len(body.len());
         match kind {
             KIND_SUMMARY => {
                 let s: Summary =

@@ -1,38 +1,56 @@
 //! The peer link: a TCP connection from one agent (the dialer) to another (the listener) that
-//! carries messages one way, dialer -> listener. Each agent dials every peer, so a pair of
+//! carries messages one way, dialer -> listener. Each agent dials each peer, so a pair of
 //! agents has two links, one per direction.
 //!
-//! Authentication is a pre-shared fleet key K (32+ bytes). The handshake proves both ends hold
-//! K without sending it, and derives a per-link session key from fresh nonces of both ends:
+//! The link speaks Noise (`Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`, through the `snow` crate)
+//! keyed by the pre-shared fleet key K (32+ bytes; the Noise PSK is derived from it). Both ends
+//! prove they hold K, fresh ephemeral keys give each link its own keys (and forward secrecy),
+//! and everything after the first message is encrypted:
 //!
 //! ```text
-//! dialer   -> listener  HELLO     "LBSYNC/1" | nonce_d[32] | len | dialer name
-//! listener -> dialer    CHALLENGE nonce_l[32] | len | listener name | HMAC(K, "L" | transcript)
-//! dialer   -> listener  PROOF     HMAC(K, "D" | transcript)
-//! session key = HMAC(K, "S" | transcript); transcript = nonce_d | nonce_l | names
+//! dialer   -> listener  "LBSYNC/2" | len u16 | Noise message 1 (psk, e; payload: dialer name)
+//! listener -> dialer    len u16 | Noise message 2 (e, ee; payload: listener name)
+//! dialer   -> listener  record 0, empty: the dialer's key confirmation
 //! ```
 //!
-//! Then frames: `len u32 | seq u64 | kind u8 | body | HMAC(session, seq | kind | body)`. `seq`
-//! starts at 1 and must grow by exactly one, so a replayed, dropped or reordered frame ends the
-//! link; a frame from an earlier link fails its MAC, since that link had another session key.
-//! Messages are integrity-protected and authenticated, not encrypted (see docs/sync.md).
+//! Then records: `len u16 | seq u64 | ChaChaPoly(seq, plaintext)`, one Noise transport message
+//! each (at most 65535 bytes). A frame is `len u32 | kind u8 | body` in plaintext, split over
+//! as many records as it needs. `seq` is the AEAD nonce, sent so that a replayed, dropped or
+//! reordered record (which authenticates fine under its own nonce) is told apart from a forged
+//! one; it must grow by exactly one. A record from an earlier link fails to decrypt, since
+//! every link has its own keys.
 
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use snow::{HandshakeState, StatelessTransportState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use crate::config::{MAX_NAME, valid_name};
 
 type HmacSha256 = Hmac<Sha256>;
 
-pub const MAGIC: &[u8; 8] = b"LBSYNC/1";
+pub const MAGIC: &[u8; 8] = b"LBSYNC/2";
+/// The Noise protocol of every link: both ends share a key and nothing else.
+pub const NOISE: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The PSK is HMAC-SHA256(fleet key, this): the key file's bytes never key anything directly.
+const PSK_CONTEXT: &[u8] = b"LBSYNC/2 Noise PSK from the fleet key";
 pub const NONCE_LEN: usize = 32;
-pub const TAG_LEN: usize = 32;
-/// The largest frame accepted (a full desired state of a large fleet fits many times over; a
-/// flow batch is far smaller). Anything longer is refused before it is read.
+/// ChaChaPoly's tag on every Noise message.
+pub const TAG_LEN: usize = 16;
+/// A record's clear header: ciphertext length (u16) and sequence (u64).
+pub const RECORD_HEADER: usize = 10;
+/// Noise's limit on one message, so on one record's ciphertext.
+pub const MAX_RECORD: usize = 65535;
+const MAX_RECORD_PLAIN: usize = MAX_RECORD - TAG_LEN;
+/// A frame's plaintext header: its length (kind + body, u32) and kind.
+const FRAME_HEADER: usize = 5;
+/// Handshake messages hold an ephemeral key and an encrypted name.
+const MAX_HANDSHAKE_MSG: usize = 32 + MAX_NAME + TAG_LEN;
+/// The largest frame (kind + body) accepted (a full desired state of a large fleet fits many
+/// times over; a flow batch is far smaller). A longer one is refused from its first record.
 pub const MAX_FRAME: usize = 4 << 20;
 /// A peer must finish the handshake, and every started frame, within this time.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,10 +195,11 @@ impl FleetKey {
         Self::parse(&text).map_err(|e| anyhow!("fleet key file {}: {e}", path.display()))
     }
 
-    fn mac(&self, label: &[u8], transcript: &[u8]) -> [u8; TAG_LEN] {
+    /// The Noise PSK: a PRF of the key under a context of its own (HKDF-Expand's one block).
+    fn psk(&self) -> [u8; 32] {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(label);
-        m.update(transcript);
+        m.update(PSK_CONTEXT);
+        m.update(&[1]);
         m.finalize().into_bytes().into()
     }
 }
@@ -194,22 +213,6 @@ pub fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-fn transcript(nonce_d: &[u8], nonce_l: &[u8], dialer: &str, listener: &str) -> Vec<u8> {
-    let mut t = Vec::with_capacity(2 * NONCE_LEN + dialer.len() + listener.len() + 2);
-    t.extend_from_slice(nonce_d);
-    t.extend_from_slice(nonce_l);
-    t.push(dialer.len() as u8);
-    t.extend_from_slice(dialer.as_bytes());
-    t.push(listener.len() as u8);
-    t.extend_from_slice(listener.as_bytes());
-    t
-}
-
-/// Constant-time tag comparison.
-fn tags_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
@@ -221,29 +224,141 @@ async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> R
     }
 }
 
-async fn read_name<R: AsyncRead + Unpin>(r: &mut R) -> Result<String> {
-    let len = timed(r.read_u8()).await? as usize;
-    if len == 0 || len > MAX_NAME {
-        return Err(refused(Refusal::Handshake, format!("name of {len} bytes")));
+fn noise(key: &FleetKey, initiator: bool) -> HandshakeState {
+    let psk = key.psk();
+    let b = snow::Builder::new(NOISE.parse().expect("a valid Noise name"))
+        .psk(0, &psk)
+        .and_then(|b| b.prologue(MAGIC));
+    let b = b.expect("a 32-byte PSK and a prologue");
+    if initiator {
+        b.build_initiator()
+    } else {
+        b.build_responder()
     }
-    let mut b = vec![0u8; len];
-    timed(r.read_exact(&mut b)).await?;
-    let name = String::from_utf8(b).map_err(|_| refused(Refusal::Handshake, "name not UTF-8"))?;
-    if !valid_name(&name) {
-        return Err(refused(Refusal::Handshake, format!("bad name {name:?}")));
-    }
-    Ok(name)
+    .expect("every primitive is compiled in")
 }
 
-fn put_name(buf: &mut Vec<u8>, name: &str) {
-    buf.push(name.len() as u8);
-    buf.extend_from_slice(name.as_bytes());
+/// A node name from a handshake payload (authenticated, so only key holders get this far).
+fn name_from(payload: &[u8]) -> Result<String> {
+    match std::str::from_utf8(payload) {
+        Ok(n) if valid_name(n) => Ok(n.to_string()),
+        _ => Err(refused(
+            Refusal::Handshake,
+            format!("bad name {:?}", String::from_utf8_lossy(payload)),
+        )),
+    }
+}
+
+/// A handshake message: its u16 length, bounded before the message is read.
+async fn read_handshake<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>> {
+    let len = timed(r.read_u16()).await? as usize;
+    if !(32 + TAG_LEN..=MAX_HANDSHAKE_MSG).contains(&len) {
+        return Err(refused(
+            Refusal::Handshake,
+            format!("a {len} byte handshake message"),
+        ));
+    }
+    let mut m = vec![0u8; len];
+    timed(r.read_exact(&mut m)).await?;
+    Ok(m)
+}
+
+fn with_len(msg: &[u8]) -> Vec<u8> {
+    let mut out = (msg.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The keys a dialer sends with. Public, with [`Hello`], so tests can speak the protocol by
+/// hand (forge, replay and reorder records).
+pub struct SendKeys(StatelessTransportState);
+
+impl SendKeys {
+    /// One record: `plain` (at most 65519 bytes) sealed under nonce `seq`.
+    pub fn record(&self, seq: u64, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + plain.len() + TAG_LEN);
+        self.seal(seq, plain, &mut out);
+        out
+    }
+
+    fn seal(&self, seq: u64, plain: &[u8], out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&((plain.len() + TAG_LEN) as u16).to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.resize(at + RECORD_HEADER + plain.len() + TAG_LEN, 0);
+        let n = self
+            .0
+            .write_message(seq, plain, &mut out[at + RECORD_HEADER..])
+            .expect("a record fits a Noise message");
+        debug_assert_eq!(n, plain.len() + TAG_LEN);
+    }
+
+    /// A whole frame's records, the first with sequence `seq`; also the next free sequence.
+    pub fn frame(&self, seq: u64, kind: u8, body: &[u8]) -> (Vec<u8>, u64) {
+        let mut plain = Vec::with_capacity(FRAME_HEADER + body.len());
+        plain.extend_from_slice(&((1 + body.len()) as u32).to_be_bytes());
+        plain.push(kind);
+        plain.extend_from_slice(body);
+        let mut out = Vec::with_capacity(wire_len(body.len()) as usize);
+        let mut seq = seq;
+        for chunk in plain.chunks(MAX_RECORD_PLAIN) {
+            self.seal(seq, chunk, &mut out);
+            seq += 1;
+        }
+        (out, seq)
+    }
+}
+
+/// The bytes a frame with a `body_len` byte body takes on the wire.
+pub fn wire_len(body_len: usize) -> u64 {
+    let plain = FRAME_HEADER + body_len;
+    (plain + plain.div_ceil(MAX_RECORD_PLAIN) * (RECORD_HEADER + TAG_LEN)) as u64
+}
+
+/// The dialer's handshake without I/O: [`dial`] drives it; tests use it to speak by hand.
+pub struct Hello {
+    hs: HandshakeState,
+    /// What the dialer sends first: magic, length, Noise message 1.
+    pub bytes: Vec<u8>,
+}
+
+/// Starts a dialer's handshake as `me`.
+pub fn hello(key: &FleetKey, me: &str) -> Hello {
+    let mut hs = noise(key, true);
+    let mut m = [0u8; MAX_HANDSHAKE_MSG];
+    let n = hs
+        .write_message(me.as_bytes(), &mut m)
+        .expect("a name fits");
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&with_len(&m[..n]));
+    Hello { hs, bytes }
+}
+
+impl Hello {
+    /// Takes the listener's Noise message 2 (without its length). Returns the name the
+    /// listener proved, the confirmation record to send, and the link's sending keys.
+    pub fn answer(mut self, msg: &[u8]) -> Result<(String, Vec<u8>, SendKeys)> {
+        let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+        let n = self
+            .hs
+            .read_message(msg, &mut payload)
+            .map_err(|_| refused(Refusal::Auth, "the listener does not hold the fleet key"))?;
+        let name = name_from(&payload[..n])?;
+        let keys = SendKeys(
+            self.hs
+                .into_stateless_transport_mode()
+                .expect("NN is done after two messages"),
+        );
+        let confirm = keys.record(0, &[]);
+        Ok((name, confirm, keys))
+    }
 }
 
 /// The sending half of an authenticated link.
 pub struct Sender<W> {
     io: W,
-    key: HmacSha256,
+    keys: SendKeys,
+    /// The next record's sequence.
     seq: u64,
     /// Bytes written, framing included (for `lb_sync_bytes_sent_total`).
     pub bytes: u64,
@@ -252,12 +367,9 @@ pub struct Sender<W> {
 /// The receiving half.
 pub struct Receiver<R> {
     io: R,
-    key: HmacSha256,
+    keys: StatelessTransportState,
+    /// The next record's sequence.
     seq: u64,
-}
-
-fn session(key: &FleetKey, t: &[u8]) -> HmacSha256 {
-    HmacSha256::new_from_slice(&key.mac(b"S", t)).expect("any key length")
 }
 
 /// Dials: runs the handshake as the dialer and returns the sending half. `expect` is the name
@@ -268,36 +380,24 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     me: &str,
     expect: &str,
 ) -> Result<Sender<S>> {
-    let nonce_d = nonce();
-    let mut hello = Vec::with_capacity(8 + NONCE_LEN + 1 + me.len());
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&nonce_d);
-    put_name(&mut hello, me);
-    timed(io.write_all(&hello)).await?;
-    let mut nonce_l = [0u8; NONCE_LEN];
-    timed(io.read_exact(&mut nonce_l)).await?;
-    let name = read_name(&mut io).await?;
-    let mut tag = [0u8; TAG_LEN];
-    timed(io.read_exact(&mut tag)).await?;
-    let t = transcript(&nonce_d, &nonce_l, me, &name);
-    if !tags_equal(&tag, &key.mac(b"L", &t)) {
-        return Err(refused(
-            Refusal::Auth,
-            format!("listener `{name}` does not hold the fleet key"),
-        ));
-    }
+    let h = hello(key, me);
+    timed(io.write_all(&h.bytes)).await?;
+    let sent = h.bytes.len();
+    // A listener without our key hangs up here, having failed to read message 1.
+    let answer = read_handshake(&mut io).await?;
+    let (name, confirm, keys) = h.answer(&answer)?;
     if name != expect {
         return Err(refused(
             Refusal::UnknownPeer,
             format!("expected `{expect}`, the listener is `{name}`"),
         ));
     }
-    timed(io.write_all(&key.mac(b"D", &t))).await?;
+    timed(io.write_all(&confirm)).await?;
     Ok(Sender {
         io,
-        key: session(key, &t),
-        seq: 0,
-        bytes: (hello.len() + TAG_LEN) as u64,
+        keys,
+        seq: 1,
+        bytes: (sent + confirm.len()) as u64,
     })
 }
 
@@ -312,25 +412,43 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut magic = [0u8; 8];
     timed(io.read_exact(&mut magic)).await?;
     if &magic != MAGIC {
-        return Err(refused(Refusal::Handshake, "not an LBSYNC/1 peer"));
+        return Err(refused(Refusal::Handshake, "not an LBSYNC/2 peer"));
     }
-    let mut nonce_d = [0u8; NONCE_LEN];
-    timed(io.read_exact(&mut nonce_d)).await?;
-    let name = read_name(&mut io).await?;
-    let nonce_l = nonce();
-    let t = transcript(&nonce_d, &nonce_l, &name, me);
-    let mut challenge = Vec::with_capacity(NONCE_LEN + 1 + me.len() + TAG_LEN);
-    challenge.extend_from_slice(&nonce_l);
-    put_name(&mut challenge, me);
-    challenge.extend_from_slice(&key.mac(b"L", &t));
-    timed(io.write_all(&challenge)).await?;
-    let mut proof = [0u8; TAG_LEN];
-    timed(io.read_exact(&mut proof)).await?;
-    if !tags_equal(&proof, &key.mac(b"D", &t)) {
-        return Err(refused(
+    let msg = read_handshake(&mut io).await?;
+    let mut hs = noise(key, false);
+    let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+    let n = hs.read_message(&msg, &mut payload).map_err(|_| {
+        refused(
             Refusal::Auth,
-            format!("dialer calling itself `{name}` does not hold the fleet key"),
-        ));
+            "the dialer does not hold the fleet key".to_string(),
+        )
+    })?;
+    let name = name_from(&payload[..n])?;
+    let mut m = [0u8; MAX_HANDSHAKE_MSG];
+    let n = hs
+        .write_message(me.as_bytes(), &mut m)
+        .expect("a name fits");
+    timed(io.write_all(&with_len(&m[..n]))).await?;
+    let mut rx = Receiver {
+        io,
+        keys: hs
+            .into_stateless_transport_mode()
+            .expect("NN is done after two messages"),
+        seq: 0,
+    };
+    // Message 1 may be a recording: only a live dialer with the key can seal record 0.
+    match rx.record(false).await {
+        Ok(Some(p)) if p.is_empty() => {}
+        Ok(_) => return Err(refused(Refusal::Handshake, "a confirmation with data")),
+        Err(e) => {
+            return Err(match e.downcast_ref::<Refused>() {
+                Some(r) if matches!(r.why, Refusal::FrameMac | Refusal::Sequence) => refused(
+                    Refusal::Auth,
+                    format!("`{name}` did not confirm the handshake (a replayed hello?)"),
+                ),
+                _ => e,
+            });
+        }
     }
     if !known(&name) {
         return Err(refused(
@@ -338,50 +456,18 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             format!("`{name}` holds the key but is not a configured peer"),
         ));
     }
-    Ok((
-        name,
-        Receiver {
-            io,
-            key: session(key, &t),
-            seq: 0,
-        },
-    ))
-}
-
-fn frame_tag(key: &HmacSha256, seq: u64, kind: u8, body: &[u8]) -> [u8; TAG_LEN] {
-    let mut m = key.clone();
-    m.update(&seq.to_be_bytes());
-    m.update(&[kind]);
-    m.update(body);
-    m.finalize().into_bytes().into()
-}
-
-/// A whole frame as bytes (seq and tag included). Public so tests can forge and replay frames.
-pub fn encode_frame(session_key: &[u8; TAG_LEN], seq: u64, kind: u8, body: &[u8]) -> Vec<u8> {
-    let key = HmacSha256::new_from_slice(session_key).expect("any key length");
-    frame(&key, seq, kind, body)
-}
-
-fn frame(key: &HmacSha256, seq: u64, kind: u8, body: &[u8]) -> Vec<u8> {
-    let len = 8 + 1 + body.len() + TAG_LEN;
-    let mut f = Vec::with_capacity(4 + len);
-    f.extend_from_slice(&(len as u32).to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.push(kind);
-    f.extend_from_slice(body);
-    f.extend_from_slice(&frame_tag(key, seq, kind, body));
-    f
+    Ok((name, rx))
 }
 
 impl<W: AsyncWrite + Unpin> Sender<W> {
     pub async fn send(&mut self, kind: u8, body: &[u8]) -> Result<()> {
         ensure!(
-            body.len() + 8 + 1 + TAG_LEN <= MAX_FRAME,
+            body.len() < MAX_FRAME,
             "a {} byte message is larger than a frame",
             body.len()
         );
-        self.seq += 1;
-        let f = frame(&self.key, self.seq, kind, body);
+        let (f, next) = self.keys.frame(self.seq, kind, body);
+        self.seq = next;
         timed(self.io.write_all(&f)).await?;
         self.bytes += f.len() as u64;
         Ok(())
@@ -393,68 +479,94 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
 }
 
 impl<R: AsyncRead + Unpin> Receiver<R> {
+    /// The next record's plaintext. `between`: a frame boundary, where the link may idle
+    /// (heartbeats come every second; the caller times out) and may end (`Ok(None)`).
+    async fn record(&mut self, between: bool) -> Result<Option<Vec<u8>>> {
+        let mut len = [0u8; 2];
+        if between {
+            match self.io.read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => bail!(refused(Refusal::Truncated, e.to_string())),
+            }
+        } else {
+            timed(self.io.read_exact(&mut len)).await?;
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        if len < TAG_LEN {
+            return Err(refused(
+                Refusal::Malformed,
+                format!("a {len} byte record is too short"),
+            ));
+        }
+        let mut seq = [0u8; 8];
+        timed(self.io.read_exact(&mut seq)).await?;
+        let seq = u64::from_be_bytes(seq);
+        let mut sealed = vec![0u8; len];
+        timed(self.io.read_exact(&mut sealed)).await?;
+        let mut plain = vec![0u8; len - TAG_LEN];
+        if self.keys.read_message(seq, &sealed, &mut plain).is_err() {
+            return Err(refused(Refusal::FrameMac, format!("record {seq}")));
+        }
+        if seq != self.seq {
+            return Err(refused(
+                Refusal::Sequence,
+                format!("record {seq} where {} was due (replayed?)", self.seq),
+            ));
+        }
+        self.seq += 1;
+        Ok(Some(plain))
+    }
+
     /// The next frame's kind and body, or why the link must end. `Ok(None)`: the peer closed
     /// the link between frames.
     pub async fn recv(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
-        // Between frames a link may idle (heartbeats come every second; the caller times out).
-        let mut len = [0u8; 4];
-        match self.io.read_exact(&mut len).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => bail!(refused(Refusal::Truncated, e.to_string())),
+        let Some(first) = self.record(true).await? else {
+            return Ok(None);
+        };
+        if first.len() < FRAME_HEADER {
+            return Err(refused(
+                Refusal::Malformed,
+                "a record without a frame header",
+            ));
         }
-        let len = u32::from_be_bytes(len) as usize;
+        let len = u32::from_be_bytes(first[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Err(refused(
                 Refusal::Oversized,
                 format!("a {len} byte frame (at most {MAX_FRAME})"),
             ));
         }
-        if len < 8 + 1 + TAG_LEN {
+        let kind = first[4];
+        let want = len.saturating_sub(1);
+        let mut body = first[FRAME_HEADER..].to_vec();
+        // The rest of a started frame comes within IO_TIMEOUT, as a whole.
+        let rest = async {
+            while body.len() < want {
+                match self.record(false).await? {
+                    Some(more) if !more.is_empty() => body.extend_from_slice(&more),
+                    _ => return Err(refused(Refusal::Malformed, "an empty record in a frame")),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(IO_TIMEOUT, rest).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(refused(
+                    Refusal::Truncated,
+                    format!("a frame unfinished after {IO_TIMEOUT:?}"),
+                ));
+            }
+        }
+        if len == 0 || body.len() != want {
             return Err(refused(
                 Refusal::Malformed,
-                format!("a {len} byte frame is too short"),
+                format!("records of {} bytes for a {len} byte frame", body.len() + 1),
             ));
         }
-        let mut buf = vec![0u8; len];
-        timed(self.io.read_exact(&mut buf)).await?;
-        let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-        let kind = buf[8];
-        let (body, tag) = buf[9..].split_at(len - 9 - TAG_LEN);
-        if !tags_equal(tag, &frame_tag(&self.key, seq, kind, body)) {
-            return Err(refused(Refusal::FrameMac, format!("frame {seq}")));
-        }
-        if seq != self.seq + 1 {
-            return Err(refused(
-                Refusal::Sequence,
-                format!("frame {seq} where {} was due (replayed?)", self.seq + 1),
-            ));
-        }
-        self.seq = seq;
-        Ok(Some((kind, body.to_vec())))
+        Ok(Some((kind, body)))
     }
-}
-
-/// The session key a dialer and listener derive (tests use it to forge frames).
-pub fn session_key(
-    key: &FleetKey,
-    nonce_d: &[u8],
-    nonce_l: &[u8],
-    dialer: &str,
-    listener: &str,
-) -> [u8; TAG_LEN] {
-    key.mac(b"S", &transcript(nonce_d, nonce_l, dialer, listener))
-}
-
-/// The dialer's proof for a transcript (tests use it to speak the protocol by hand).
-pub fn dialer_proof(
-    key: &FleetKey,
-    nonce_d: &[u8],
-    nonce_l: &[u8],
-    dialer: &str,
-    listener: &str,
-) -> [u8; TAG_LEN] {
-    key.mac(b"D", &transcript(nonce_d, nonce_l, dialer, listener))
 }
 
 #[cfg(test)]
