@@ -1,3 +1,7 @@
+use anyhow::Result;
+
+use super::key::check_key_owner;
+use super::noise::*;
 use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
