@@ -257,7 +257,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         seq: 0,
     };
     // Message 1 may be a recording: only a live dialer with the key can seal record 0.
-    match rx.record(false).await {
+    // Bounded like the rest of the handshake: an empty record, before anyone is proven.
+    match rx.record(false, TAG_LEN).await {
         Ok(Some(p)) if p.is_empty() => {}
         Ok(_) => return Err(refused(Refusal::Handshake, "a confirmation with data")),
         Err(e) => {
@@ -266,6 +267,9 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                     Refusal::Auth,
                     format!("`{name}` did not confirm the handshake (a replayed hello?)"),
                 ),
+                Some(r) if r.why == Refusal::Malformed => {
+                    refused(Refusal::Handshake, format!("confirmation: {}", r.detail))
+                }
                 _ => e,
             });
         }
@@ -301,7 +305,8 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
 impl<R: AsyncRead + Unpin> Receiver<R> {
     /// The next record's plaintext. `between`: a frame boundary, where the link may idle
     /// (heartbeats come every second; the caller times out) and may end (`Ok(None)`).
-    async fn record(&mut self, between: bool) -> Result<Option<Vec<u8>>> {
+    /// `max`: the longest ciphertext accepted (longer is `malformed`, before it is read).
+    async fn record(&mut self, between: bool, max: usize) -> Result<Option<Vec<u8>>> {
         let mut len = [0u8; 2];
         if between {
             match self.io.read_exact(&mut len).await {
@@ -313,10 +318,10 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
             timed(self.io.read_exact(&mut len)).await?;
         }
         let len = u16::from_be_bytes(len) as usize;
-        if len < TAG_LEN {
+        if len < TAG_LEN || len > max {
             return Err(refused(
                 Refusal::Malformed,
-                format!("a {len} byte record is too short"),
+                format!("a record of {len} bytes (from {TAG_LEN} to {max})"),
             ));
         }
         let mut seq = [0u8; 8];
@@ -341,7 +346,7 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
     /// The next frame's kind and body, or why the link must end. `Ok(None)`: the peer closed
     /// the link between frames.
     pub async fn recv(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
-        let Some(first) = self.record(true).await? else {
+        let Some(first) = self.record(true, MAX_RECORD).await? else {
             return Ok(None);
         };
         if first.len() < FRAME_HEADER {
@@ -363,7 +368,7 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
         // The rest of a started frame comes within IO_TIMEOUT, as a whole.
         let rest = async {
             while body.len() < want {
-                match self.record(false).await? {
+                match self.record(false, MAX_RECORD).await? {
                     Some(more) if !more.is_empty() => body.extend_from_slice(&more),
                     _ => return Err(refused(Refusal::Malformed, "an empty record in a frame")),
                 }
