@@ -160,6 +160,14 @@ impl Bench<'_> {
                 base[0],
                 base[1]
             );
+            // A refresh re-sends only the flows active within its period: keep fresh markers
+            // until each agent's (randomly phased) first refresh has been seen.
+            for k in 0..2 {
+                let stale = self.last_syn[k].is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+                if self.phase[k].is_none() && stale {
+                    self.send_markers(k, MARKERS)?;
+                }
+            }
             nap(Duration::from_millis(200))?;
             let (f, _, at) = self.poll()?;
             for k in 0..2 {
