@@ -142,3 +142,97 @@ fn run(
     }
     Ok((counts, st.tp_drops))
 }
+
+/// A capture that keeps the frames a filter selects, whole (for tests that look inside them,
+/// e.g. for what a peer link lets through in the clear).
+pub struct Recording {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Recorded>>,
+}
+
+/// The frames kept, and the kernel's drop count.
+type Recorded = Result<(Vec<Vec<u8>>, u32), String>;
+
+impl Recording {
+    /// Starts recording in namespace `ns` the frames `keep` selects (at most 64 MiB of them).
+    pub fn start(ns: &str, keep: fn(&[u8]) -> bool) -> Result<Recording> {
+        let fd = in_ns(ns, open_socket)?.map_err(|e| anyhow!("capture socket: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || record(fd, flag, keep));
+        Ok(Recording {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the frames; fails if the kernel dropped any for this socket.
+    pub fn finish(mut self) -> Result<Vec<Vec<u8>>> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        let (frames, drops) = self
+            .thread
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| anyhow!("capture thread panicked"))?
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            drops == 0,
+            "the capture dropped {drops} frames; the recording is incomplete"
+        );
+        Ok(frames)
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn record(fd: OwnedFd, stop: Arc<AtomicBool>, keep: fn(&[u8]) -> bool) -> Recorded {
+    let (mut frames, mut bytes) = (Vec::new(), 0usize);
+    let mut buf = vec![0u8; 1 << 18];
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        // SAFETY: buf is valid for its length; no source address is asked for.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        if n as usize > buf.len() {
+            return Err(format!(
+                "a {n} byte frame is larger than the capture buffer"
+            ));
+        }
+        let f = &buf[..n as usize];
+        if keep(f) && bytes < 64 << 20 {
+            bytes += f.len();
+            frames.push(f.to_vec());
+        }
+    }
+    // SAFETY: tpacket_stats is plain data; PACKET_STATISTICS fills it (and resets it).
+    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: st is valid for len bytes on an open packet socket.
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        );
+    }
+    Ok((frames, st.tp_drops))
+}

@@ -346,34 +346,30 @@ fn a_cut_off_peer_converges_when_its_link_returns() {
     finish(lab);
 }
 
-/// The dialer's half of the handshake, spoken by hand. Returns the stream, the session key
-/// and both nonces.
+/// The listener's answer (Noise message 2), without its length.
+fn read_answer(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut answer).unwrap();
+    answer
+}
+
+/// The dialer's half of the handshake, spoken by hand. Returns the stream, the link's sending
+/// keys, and the bytes of the hello and of the confirmation (to replay them).
 fn handshake(
     to: SocketAddr,
     key: &FleetKey,
     name: &str,
-    nonce_d: [u8; 32],
-) -> (TcpStream, [u8; 32], [u8; 32], [u8; 32]) {
+) -> (TcpStream, wire::SendKeys, Vec<u8>, Vec<u8>) {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    let mut hello = wire::MAGIC.to_vec();
-    hello.extend_from_slice(&nonce_d);
-    hello.push(name.len() as u8);
-    hello.extend_from_slice(name.as_bytes());
-    s.write_all(&hello).unwrap();
-    let mut nonce_l = [0u8; 32];
-    s.read_exact(&mut nonce_l).unwrap();
-    let mut len = [0u8; 1];
-    s.read_exact(&mut len).unwrap();
-    let mut listener = vec![0u8; len[0] as usize];
-    s.read_exact(&mut listener).unwrap();
-    let listener = String::from_utf8(listener).unwrap();
-    let mut tag = [0u8; 32];
-    s.read_exact(&mut tag).unwrap();
-    let proof = wire::dialer_proof(key, &nonce_d, &nonce_l, name, &listener);
-    s.write_all(&proof).unwrap();
-    let session = wire::session_key(key, &nonce_d, &nonce_l, name, &listener);
-    (s, session, proof, nonce_l)
+    let hello = wire::hello(key, name);
+    let sent = hello.bytes.clone();
+    s.write_all(&hello.bytes).unwrap();
+    let (_, confirm, keys) = hello.answer(&read_answer(&mut s)).unwrap();
+    s.write_all(&confirm).unwrap();
+    (s, keys, sent, confirm)
 }
 
 /// The agent ends the link: the next reads see the close (or a reset) within 8 s.
@@ -449,45 +445,50 @@ fn peers_without_the_key_and_bad_messages_are_refused() {
         let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: lb1\r\n\r\n").unwrap();
         closed_by_peer(&mut s, "garbage");
-        // A dialer without the fleet key.
-        let (mut s, ..) = handshake(target, &wrong2, "lb2", wire::nonce());
+        // A dialer without the fleet key: the listener cannot open its hello.
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        s.write_all(&wire::hello(&wrong2, "lb2").bytes).unwrap();
         closed_by_peer(&mut s, "wrong key");
         // A handshake cut short.
         let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
         s.write_all(&wire::MAGIC[..]).unwrap();
-        s.write_all(&[1, 2, 3]).unwrap();
+        s.write_all(&[0, 60, 1, 2, 3]).unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
         closed_by_peer(&mut s, "truncated");
         // The right key, but not a configured peer.
-        let (mut s, ..) = handshake(target, &key, "lb9", wire::nonce());
+        let (mut s, ..) = handshake(target, &key, "lb9");
         closed_by_peer(&mut s, "unknown peer");
 
-        // A frame replayed within its link.
+        // A frame replayed within its link, and two frames swapped.
         let summary = br#"{"version":0,"state_digest":"x","table_digest":"y","flows":true}"#;
-        let nonce_d = wire::nonce();
-        let (mut s, session, proof, _) = handshake(target, &key, "lb2", nonce_d);
-        let frame = wire::encode_frame(&session, 1, lb_userspace::sync::KIND_SUMMARY, summary);
+        let (mut s, keys, hello, confirm) = handshake(target, &key, "lb2");
+        let (frame, next) = keys.frame(1, lb_userspace::sync::KIND_SUMMARY, summary);
         s.write_all(&frame).unwrap();
         s.write_all(&frame).unwrap();
         closed_by_peer(&mut s, "replayed frame");
-        // That link's frame, and its proof, replayed on a new link.
-        let (mut s, ..) = handshake(target, &key, "lb2", wire::nonce());
-        s.write_all(&frame).unwrap();
+        let (mut s, keys2, ..) = handshake(target, &key, "lb2");
+        let (first, n) = keys2.frame(1, lb_userspace::sync::KIND_SUMMARY, summary);
+        s.write_all(&keys2.frame(n, lb_userspace::sync::KIND_SUMMARY, summary).0)
+            .unwrap();
+        s.write_all(&first).unwrap();
+        closed_by_peer(&mut s, "reordered frames");
+        // That link's next frame on a new link (other keys), and its hello and confirmation
+        // replayed on a new link (the listener's fresh ephemeral key changes the keys).
+        let (mut s, ..) = handshake(target, &key, "lb2");
+        s.write_all(&keys.frame(next, lb_userspace::sync::KIND_SUMMARY, summary).0)
+            .unwrap();
         closed_by_peer(&mut s, "frame from an earlier link");
         let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        let mut hello = wire::MAGIC.to_vec();
-        hello.extend_from_slice(&nonce_d);
-        hello.push(3);
-        hello.extend_from_slice(b"lb2");
         s.write_all(&hello).unwrap();
-        let mut challenge = [0u8; 32 + 1 + 3 + 32];
-        s.read_exact(&mut challenge).unwrap();
-        s.write_all(&proof).unwrap();
-        closed_by_peer(&mut s, "replayed proof");
-        // Oversized.
-        let (mut s, ..) = handshake(target, &key, "lb2", wire::nonce());
-        s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        read_answer(&mut s);
+        s.write_all(&confirm).unwrap();
+        closed_by_peer(&mut s, "replayed hello and confirmation");
+        // Oversized: the first record announces a 64 MiB frame.
+        let (mut s, keys, ..) = handshake(target, &key, "lb2");
+        let mut head = (64u32 << 20).to_be_bytes().to_vec();
+        head.push(lb_userspace::sync::KIND_STATE);
+        s.write_all(&keys.record(1, &head)).unwrap();
         s.write_all(&[0u8; 1024]).unwrap();
         closed_by_peer(&mut s, "oversized");
         // Authenticated but malformed: not JSON, an impossible weight, an unknown kind, a
@@ -499,9 +500,8 @@ fn peers_without_the_key_and_bad_messages_are_refused() {
             (99, &b""[..]),
             (lb_userspace::sync::KIND_FLOWS, &[0, 0, 0, 0, 9][..]),
         ] {
-            let (mut s, session, ..) = handshake(target, &key, "lb2", wire::nonce());
-            s.write_all(&wire::encode_frame(&session, 1, kind, body))
-                .unwrap();
+            let (mut s, keys, ..) = handshake(target, &key, "lb2");
+            s.write_all(&keys.frame(1, kind, body).0).unwrap();
             closed_by_peer(&mut s, "malformed");
         }
     })
@@ -513,7 +513,7 @@ fn peers_without_the_key_and_bad_messages_are_refused() {
         ("auth", 2),
         ("truncated", 1),
         ("unknown_peer", 1),
-        ("sequence", 1),
+        ("sequence", 2),
         ("frame_mac", 1),
         ("oversized", 1),
         ("malformed", 4),
@@ -564,6 +564,153 @@ fn peers_without_the_key_and_bad_messages_are_refused() {
     wait_until("the real peers to agree", Duration::from_secs(10), || {
         agree(&lab)
     });
+    finish(lab);
+}
+
+/// A frame of a peer link: TCP over IPv4 or IPv6 to or from the sync port.
+fn sync_tcp(f: &[u8]) -> bool {
+    tcp_segment(f).is_some_and(|(src, dst, ..)| src.port() == SYNC_PORT || dst.port() == SYNC_PORT)
+}
+
+/// An Ethernet frame's TCP segment: source, destination, sequence and payload.
+fn tcp_segment(f: &[u8]) -> Option<(SocketAddr, SocketAddr, u32, &[u8])> {
+    let ip = f.get(14..)?;
+    let (src, dst, tcp) = match u16::from_be_bytes([f[12], f[13]]) {
+        0x86dd if ip.get(6) == Some(&6) => {
+            let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[o..o + 16]).unwrap());
+            (a(8), a(24), ip.get(40..40 + len)?)
+        }
+        0x0800 if ip.get(9) == Some(&6) => {
+            let (ihl, len) = (
+                (ip[0] & 15) as usize * 4,
+                u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            );
+            let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[o..o + 4]).unwrap());
+            (a(12), a(16), ip.get(ihl..len)?)
+        }
+        _ => return None,
+    };
+    let port = |o: usize| u16::from_be_bytes([tcp[o], tcp[o + 1]]);
+    let seq = u32::from_be_bytes(tcp.get(4..8)?.try_into().unwrap());
+    let data = tcp.get((tcp.get(12)? >> 4) as usize * 4..)?;
+    Some((
+        SocketAddr::new(src, port(0)),
+        SocketAddr::new(dst, port(2)),
+        seq,
+        data,
+    ))
+}
+
+/// Each direction of each captured TCP connection as one byte stream, in sequence order
+/// (a frame seen twice, or retransmitted, counts once).
+fn tcp_streams(frames: &[Vec<u8>]) -> Vec<((SocketAddr, SocketAddr), Vec<u8>)> {
+    let mut segments: std::collections::BTreeMap<_, std::collections::BTreeMap<u32, &[u8]>> =
+        Default::default();
+    let mut first = std::collections::HashMap::new();
+    for f in frames {
+        let Some((src, dst, seq, data)) = tcp_segment(f) else {
+            continue;
+        };
+        let base = *first.entry((src, dst)).or_insert(seq);
+        let at = seq.wrapping_sub(base);
+        if !data.is_empty() && at < 1 << 31 {
+            segments
+                .entry((src, dst))
+                .or_default()
+                .entry(at)
+                .or_insert(data);
+        }
+    }
+    segments
+        .into_iter()
+        .map(|(k, segs)| {
+            let mut stream = Vec::new();
+            for (at, data) in segs {
+                let skip = (stream.len() as u64).saturating_sub(at as u64) as usize;
+                stream.extend_from_slice(data.get(skip..).unwrap_or_default());
+            }
+            (k, stream)
+        })
+        .collect()
+}
+
+/// Issue 15 §11: the peer links are encrypted. A capture of both links while the agents sync
+/// new flows holds none of the clients' addresses (IPv4 and IPv6, as bytes) and none of the
+/// synced flows' port pairs.
+#[test]
+fn a_captured_peer_link_shows_no_client_address_or_port() {
+    use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP};
+    let lab = lab_with("cap", |_| {});
+    wait_until("the peers to agree", Duration::from_secs(15), || {
+        agree(&lab)
+    });
+    let imported = |lab: &Lab| {
+        (1..=2)
+            .map(|i| peers(lab, i)["flows_imported"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let before = imported(&lab);
+    let recording = tests::capture::Recording::start(&lab.ns(&lab::lb_name(1)), sync_tcp).unwrap();
+    let n = 40;
+    let conns: Vec<TcpStream> = lab::in_ns(&lab.ns("client"), move || {
+        let targets = echo_targets();
+        (0..n)
+            .map(|i| {
+                TcpStream::connect_timeout(&targets[i % targets.len()], Duration::from_secs(3))
+                    .unwrap()
+            })
+            .collect()
+    })
+    .unwrap();
+    wait_until(
+        "the new flows to reach the peers",
+        Duration::from_secs(15),
+        || imported(&lab) >= before + n as u64,
+    );
+    // Summaries, a state and more flows' batches go by too.
+    ok(
+        &lab,
+        1,
+        &["backend", "weight", &echo_vips()[0], &backend(2), "150"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let frames = recording.finish().unwrap();
+
+    // What each flow looks like in a record: client address, and ports then protocol and
+    // family (ports in network order).
+    let mut patterns: Vec<(String, Vec<u8>)> = vec![
+        ("client IPv4 address".into(), lab::CLIENT4.octets().to_vec()),
+        ("client IPv6 address".into(), lab::CLIENT6.octets().to_vec()),
+    ];
+    for c in &conns {
+        let a = c.local_addr().unwrap();
+        let family = if a.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+        let mut p = a.port().to_be_bytes().to_vec();
+        p.extend_from_slice(&ECHO_PORT.to_be_bytes());
+        p.extend_from_slice(&[PROTO_TCP, family]);
+        patterns.push((format!("the ports of {a}"), p));
+    }
+    drop(conns);
+    let streams = tcp_streams(&frames);
+    let bytes: usize = streams.iter().map(|(_, s)| s.len()).sum();
+    eprintln!(
+        "captured {} frames: {} link directions, {bytes} bytes of payload",
+        frames.len(),
+        streams.len()
+    );
+    assert!(
+        streams.len() >= 2 && bytes >= n * lb_userspace::sync::flows::RECORD_LEN,
+        "the capture saw the links carry the flows ({bytes} bytes)"
+    );
+    for ((from, to), stream) in &streams {
+        for (what, p) in &patterns {
+            assert!(
+                !stream.windows(p.len()).any(|w| w == &p[..]),
+                "{what} in the clear on the link {from} -> {to}"
+            );
+        }
+    }
     finish(lab);
 }
 
@@ -689,8 +836,8 @@ fn a_peer_state_with_a_clock_at_its_end_is_refused_and_changes_nothing() {
     let bodies = [state(u64::MAX, "lb2"), state(1, "lb2\nforged log line")];
     lab::in_ns(&lab.ns("sw"), move || {
         for body in bodies {
-            let (mut s, session, ..) = handshake(target, &key, "lb2", wire::nonce());
-            let frame = wire::encode_frame(&session, 1, lb_userspace::sync::KIND_STATE, &body);
+            let (mut s, keys, ..) = handshake(target, &key, "lb2");
+            let (frame, _) = keys.frame(1, lb_userspace::sync::KIND_STATE, &body);
             s.write_all(&frame).unwrap();
             closed_by_peer(&mut s, "poisoned state");
         }

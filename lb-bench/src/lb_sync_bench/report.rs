@@ -117,7 +117,7 @@ pub(crate) fn render(r: &Value) -> String {
             })
             .collect::<Vec<_>>(),
     );
-    o += "\nCost (idle subtracted; CPU % of one core; B = the agent's link bytes, framing and HMAC included; wire = both sync interfaces, Ethernet/IPv6/TCP and ACKs included):\n";
+    o += "\nCost (idle subtracted; CPU % of one core; B = the agent's link bytes, framing and AEAD tags included; wire = both sync interfaces, Ethernet/IPv6/TCP and ACKs included):\n";
     o += &table(
         &[
             "TARGET/s",

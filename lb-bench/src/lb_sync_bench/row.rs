@@ -55,13 +55,15 @@ impl Row {
     pub(crate) fn wire_bytes_per_flow(&self) -> f64 {
         self.wire_bytes / self.exported.max(1) as f64
     }
-    /// Flows per batch, from the bytes beyond the records (58 B/flow; 50 B per batch).
+    /// Flows per batch, from the bytes beyond the records (58 B/flow; per batch, the batch
+    /// header and the link's framing: 36 B).
     pub(crate) fn flows_per_batch(&self) -> f64 {
+        let per_batch = lb_userspace::sync::wire::wire_len(5) as f64;
         let overhead = self.app_bytes - 58.0 * self.exported as f64;
-        if overhead <= 25.0 {
+        if overhead <= per_batch / 2.0 {
             return f64::NAN;
         }
-        self.exported as f64 / (overhead / 50.0)
+        self.exported as f64 / (overhead / per_batch)
     }
 
     pub(crate) fn json(&self) -> Value {

@@ -149,15 +149,25 @@ impl Bench<'_> {
         }
         self.settle(Duration::from_secs(5))?;
         let (base, _, mut before) = self.poll()?;
-        let deadline = Instant::now() + Duration::from_secs_f64(self.period + 5.0);
+        // A link's first refresh comes one period plus a random phase (up to a period) after
+        // it came up.
+        let wait = 2.0 * self.period + 5.0;
+        let deadline = Instant::now() + Duration::from_secs_f64(wait);
         while self.phase.iter().any(Option::is_none) {
             ensure!(
                 Instant::now() < deadline,
-                "no refresh seen within {} s (lb1 {:?}, lb2 {:?})",
-                self.period + 5.0,
+                "no refresh seen within {wait} s (lb1 {:?}, lb2 {:?})",
                 base[0],
                 base[1]
             );
+            // A refresh re-sends only the flows active within its period: keep fresh markers
+            // until each agent's (randomly phased) first refresh has been seen.
+            for k in 0..2 {
+                let stale = self.last_syn[k].is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+                if self.phase[k].is_none() && stale {
+                    self.send_markers(k, MARKERS)?;
+                }
+            }
             nap(Duration::from_millis(200))?;
             let (f, _, at) = self.poll()?;
             for k in 0..2 {

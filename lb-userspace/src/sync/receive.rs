@@ -126,7 +126,7 @@ async fn receive(l: &Listener, name: &str, mut rx: wire::Receiver<TcpStream>) ->
         let Some((kind, body)) = frame else {
             return Ok(());
         };
-        let bytes = body.len() as u64 + 45;
+        let bytes = wire::wire_len(body.len());
         if assembly.pending() && ![KIND_STATE_PART, KIND_STATE, KIND_STATE_DELTA].contains(&kind) {
             return Err(malformed(
                 "state",
