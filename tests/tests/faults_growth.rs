@@ -1,6 +1,7 @@
 //! Fault model, issue 15 §3: the replicated state must not only grow. Two real `lb agent`
 //! processes, each in its own namespace (tests/src/netns.rs), peered over a veth between them,
-//! take a fleet history of 50,000 (VIP, backend) changes: every round a reload on one of them
+//! take a fleet history of 50,000 (VIP, backend) changes: every round a fleet reload (`lb reload
+//! --fleet --yes`) on one of them
 //! replaces 1,000 backends with 1,000 new ones (new addresses, so every removal leaves a
 //! tombstone). After every round both agents agree; the state file, the tombstones held and the
 //! bytes each change costs on the link stay bounded.
@@ -183,7 +184,7 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
         let f = &files[i];
         f.write_config(&config(&topos[i], &f.dir, i + 1, r, VIPS, PER_VIP))
             .unwrap();
-        let reply = lb_json(&f.socket, &["reload"]);
+        let reply = lb_json(&f.socket, &["reload", "--fleet", "--yes"]);
         let n = reply["changes"].as_array().unwrap().len();
         assert_eq!(n, 2 * VIPS * PER_VIP, "round {r}: removes and adds");
         changes += n;
@@ -269,7 +270,7 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
     let f = &files[0];
     f.write_config(&config(&topos[0], &f.dir, 1, ROUNDS + 1, 8, 3300))
         .unwrap();
-    let reply = lb_json(&f.socket, &["reload"]);
+    let reply = lb_json(&f.socket, &["reload", "--fleet", "--yes"]);
     assert_eq!(
         reply["changes"].as_array().unwrap().len(),
         VIPS * PER_VIP + 4 + 8 * 3300
