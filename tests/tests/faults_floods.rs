@@ -277,19 +277,31 @@ fn wait_for_metrics(lab: &Lab) -> String {
     panic!("no /metrics from lb1: {last:?}");
 }
 
+/// Sets process `pid`'s soft RLIMIT_NOFILE (the hard one stays); returns the old soft one.
 fn set_nofile(pid: u32, limit: u64) -> u64 {
-    let new = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
-    };
     let mut old = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: prlimit reads `new` and writes `old`, both live for the call.
-    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &new, &mut old) };
+    let none = std::ptr::null();
+    // SAFETY: prlimit writes one rlimit that outlives the call (no new limit given).
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, none, &mut old) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old.rlim_max
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads `new`, which outlives the call.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
 }
 
 fn open_fds(pid: u32) -> u64 {
@@ -309,8 +321,8 @@ fn out_of_descriptors_health_is_unknown_not_down_and_withdrawal_still_works() {
     let pid = agent_pid(&lab, "lb1");
     // Not one descriptor more than it holds now.
     let held = open_fds(pid);
-    let hard = set_nofile(pid, held);
-    eprintln!("lb1's agent holds {held} descriptors; RLIMIT_NOFILE lowered to that (was {hard})");
+    let was = set_nofile(pid, held);
+    eprintln!("lb1's agent holds {held} descriptors; RLIMIT_NOFILE lowered to that (was {was})");
 
     // Many check intervals (fall = 3 at 500 ms): every check fails locally, none marks down.
     std::thread::sleep(Duration::from_secs(4));
@@ -353,7 +365,7 @@ fn out_of_descriptors_health_is_unknown_not_down_and_withdrawal_still_works() {
     assert_eq!(results.len(), 30);
 
     // Descriptors back: the agent counted the checks it could not run, and announces again.
-    set_nofile(pid, hard);
+    set_nofile(pid, was);
     let text = wait_for_metrics(&lab);
     let local = metric(&text, "lb_health_checks_local_errors_total");
     eprintln!("{local} health checks could not run for lack of descriptors");
