@@ -304,10 +304,13 @@ fn set_nofile(pid: u32, limit: u64) -> u64 {
     old.rlim_cur
 }
 
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The lowest descriptor number process `pid` does not use.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count() as u64
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
 }
 
 #[test]
@@ -319,10 +322,21 @@ fn out_of_descriptors_health_is_unknown_not_down_and_withdrawal_still_works() {
         || announced_by_both(&lab) && health_all_up(&lab, 1).is_ok(),
     );
     let pid = agent_pid(&lab, "lb1");
-    // Not one descriptor more than it holds now.
-    let held = open_fds(pid);
+    // A new descriptor takes the lowest free number, and fails (EMFILE) if that is not below
+    // the limit: lowering the limit to the lowest free number when no check is in flight (the
+    // lowest seen over a second) leaves nothing to open.
+    let held = (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            lowest_free_fd(pid)
+        })
+        .min()
+        .unwrap();
     let was = set_nofile(pid, held);
-    eprintln!("lb1's agent holds {held} descriptors; RLIMIT_NOFILE lowered to that (was {was})");
+    eprintln!(
+        "lb1's agent holds descriptors 0 to {}; RLIMIT_NOFILE lowered to {held} (was {was})",
+        held - 1
+    );
 
     // Many check intervals (fall = 3 at 500 ms): every check fails locally, none marks down.
     std::thread::sleep(Duration::from_secs(4));
@@ -350,9 +364,11 @@ fn out_of_descriptors_health_is_unknown_not_down_and_withdrawal_still_works() {
         "lb node drain: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Through the liveness interface this takes milliseconds; the routes-file path could only
+    // succeed on a retry (every 2 s) if some descriptor happened to be free by then.
     let gone = wait_until(
         "the router to lose lb1's paths",
-        Duration::from_secs(15),
+        Duration::from_millis(1500),
         || {
             [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
                 .iter()
