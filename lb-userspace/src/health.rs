@@ -110,6 +110,37 @@ pub struct Transition {
     pub detail: String,
 }
 
+/// A check that could not run for a reason of this host (no descriptor, memory, buffer or
+/// local port): it says nothing about the backend, so it leaves its state as it was ("unknown"
+/// for this round) and is counted, never taken as "down". Otherwise a host out of descriptors
+/// would mark every backend down and drop every new flow.
+#[derive(Debug)]
+pub struct LocalError(pub std::io::Error);
+
+impl std::fmt::Display for LocalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "check not run here: {}", self.0)
+    }
+}
+
+impl std::error::Error for LocalError {}
+
+static LOCAL_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Checks that could not run for a local reason, since the agent started (`/metrics`).
+pub fn local_errors() -> u64 {
+    LOCAL_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `e` as a [`LocalError`] if it says this host ran out of something.
+fn local(e: std::io::Error) -> anyhow::Error {
+    if crate::listen::is_local_exhaustion(&e) {
+        LocalError(e).into()
+    } else {
+        e.into()
+    }
+}
+
 /// Rise/fall bookkeeping of one check. The first result decides at once (nothing is known
 /// before it); after that, `rise` successes or `fall` failures in a row flip the state.
 #[derive(Clone, Copy, Debug, Default)]
@@ -336,6 +367,15 @@ async fn check_loop(spec: CheckSpec, mark: u32, iface: String, tx: mpsc::Sender<
             Ok(()) => "ok".to_string(),
             Err(e) => format!("{e:#}"),
         };
+        if let Err(e) = &result
+            && e.downcast_ref::<LocalError>().is_some()
+        {
+            let n = LOCAL_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(vip = %spec.vip, backend = %spec.backend, "{detail} ({n} such checks so far; the backend keeps its state)");
+            }
+            continue;
+        }
         if let Some(health) = state.record(result.is_ok(), spec.rise, spec.fall) {
             let t = Transition {
                 vip: spec.vip,
@@ -362,16 +402,21 @@ fn vip_words(addr: std::net::IpAddr) -> [u32; 4] {
 async fn probe(spec: &CheckSpec, mark: u32, iface: &str) -> Result<()> {
     let addr = SocketAddr::new(spec.vip.addr, spec.port);
     let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
+        tokio::net::TcpSocket::new_v4()
     } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(local)?;
     set_sockopt(socket.as_raw_fd(), libc::SO_MARK, &mark.to_ne_bytes())?;
     set_sockopt(socket.as_raw_fd(), libc::SO_BINDTODEVICE, iface.as_bytes())?;
     // A normal close, not a reset: the orphaned socket and then its TIME_WAIT keep the mark,
     // so whatever the backend still sends (a greeting, its FIN) is answered through the tunnel
     // too. A reset would leave the kernel answering those with unmarked, untunnelled resets.
-    let mut stream = socket.connect(addr).await.context("connect")?;
+    let mut stream = match socket.connect(addr).await {
+        Ok(s) => s,
+        Err(e) if crate::listen::is_local_exhaustion(&e) => return Err(LocalError(e).into()),
+        Err(e) => return Err(anyhow::Error::from(e).context("connect")),
+    };
     if spec.kind == CheckKind::Tcp {
         return Ok(());
     }
@@ -445,43 +490,10 @@ fn set_sockopt(fd: i32, opt: libc::c_int, value: &[u8]) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("setsockopt");
+        return Err(local(std::io::Error::last_os_error()).context("setsockopt"));
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_result_decides_then_rise_and_fall_count() {
-        let mut h = Hysteresis::default();
-        assert_eq!(h.record(true, 3, 3), Some(Health::Up));
-        assert_eq!(h.record(false, 3, 3), None);
-        assert_eq!(h.record(false, 3, 3), None);
-        // A success in between restarts the count.
-        assert_eq!(h.record(true, 3, 3), None);
-        assert_eq!(h.record(false, 3, 3), None);
-        assert_eq!(h.record(false, 3, 3), None);
-        assert_eq!(h.record(false, 3, 3), Some(Health::Down));
-        assert_eq!(h.record(true, 2, 3), None);
-        assert_eq!(h.record(true, 2, 3), Some(Health::Up));
-        let mut h = Hysteresis::default();
-        assert_eq!(h.record(false, 3, 3), Some(Health::Down));
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\nServer: x").unwrap(), 200);
-        assert_eq!(parse_status(b"HTTP/1.0 503 Busy\r\n").unwrap(), 503);
-        for bad in [
-            &b"SSH-2.0-x\r\n"[..],
-            b"HTTP/1.1 abc\r\n",
-            b"HTTP/1.1 99 x\r\n",
-            b"",
-        ] {
-            assert!(parse_status(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;

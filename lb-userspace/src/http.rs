@@ -1,6 +1,10 @@
 //! Just enough HTTP/1.1 for the control API and `/metrics`: one request per connection,
 //! `Content-Length` bodies, bounded sizes and time. Local, small, and strict: anything else is
 //! refused with a 4xx and a reason.
+//!
+//! Against slow or hostile clients: one deadline for the whole request (head and body, however
+//! it trickles in), one for the whole answer, and a body read as it arrives under the caller's
+//! cap, so memory follows what was received, never what `Content-Length` promises.
 
 use std::time::Duration;
 
@@ -8,8 +12,12 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 1024 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The control API's largest body (a change is a few hundred bytes of JSON).
+pub const MAX_API_BODY: usize = 64 * 1024;
+/// The whole request must arrive within this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The whole answer must be taken within this.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Request {
@@ -114,11 +122,21 @@ pub fn percent_encode(s: &str) -> String {
 /// An error status and message, for requests that are not well-formed HTTP.
 pub struct HttpError(pub u16, pub String);
 
-/// Reads one request.
+/// Reads one request, whose body may be at most `max_body` bytes, within [`REQUEST_DEADLINE`].
 pub async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
+    max_body: usize,
 ) -> std::result::Result<Request, HttpError> {
-    match tokio::time::timeout(READ_TIMEOUT, read_request_inner(stream)).await {
+    read_request_within(stream, max_body, REQUEST_DEADLINE).await
+}
+
+/// [`read_request`] with another deadline (tests).
+pub async fn read_request_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_body: usize,
+    deadline: Duration,
+) -> std::result::Result<Request, HttpError> {
+    match tokio::time::timeout(deadline, read_request_inner(stream, max_body)).await {
         Ok(r) => r,
         Err(_) => Err(HttpError(408, "request not received in time".into())),
     }
@@ -126,6 +144,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
 
 async fn read_request_inner<S: AsyncRead + Unpin>(
     stream: &mut S,
+    max_body: usize,
 ) -> std::result::Result<Request, HttpError> {
     let bad = |m: &str| HttpError(400, m.to_string());
     let mut buf = Vec::with_capacity(1024);
@@ -173,19 +192,26 @@ async fn read_request_inner<S: AsyncRead + Unpin>(
             return Err(bad("chunked bodies are not accepted; send Content-Length"));
         }
     }
-    if content_length > MAX_BODY {
+    if content_length > max_body {
         return Err(HttpError(413, "request body too large".into()));
     }
     let mut body = buf[head_end + 4..].to_vec();
     if body.len() > content_length {
         return Err(bad("more body than Content-Length says"));
     }
-    let have = body.len();
-    body.resize(content_length, 0);
-    stream
-        .read_exact(&mut body[have..])
-        .await
-        .map_err(|_| bad("body shorter than Content-Length"))?;
+    // As it arrives: memory grows with what was sent, not with what was announced.
+    while body.len() < content_length {
+        let mut chunk = [0u8; 4096];
+        let want = (content_length - body.len()).min(chunk.len());
+        let n = stream
+            .read(&mut chunk[..want])
+            .await
+            .map_err(|e| bad(&e.to_string()))?;
+        if n == 0 {
+            return Err(bad("body shorter than Content-Length"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut q = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -203,7 +229,15 @@ async fn read_request_inner<S: AsyncRead + Unpin>(
     })
 }
 
+/// Writes the answer and closes, all within [`WRITE_DEADLINE`] (a client that does not read
+/// does not hold the connection).
 pub async fn write_response<S: AsyncWrite + Unpin>(stream: &mut S, r: &Response) -> Result<()> {
+    tokio::time::timeout(WRITE_DEADLINE, write_response_inner(stream, r))
+        .await
+        .map_err(|_| anyhow!("the answer was not taken within {WRITE_DEADLINE:?}"))?
+}
+
+async fn write_response_inner<S: AsyncWrite + Unpin>(stream: &mut S, r: &Response) -> Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         r.status,
@@ -250,4 +284,74 @@ pub async fn call<S: AsyncRead + AsyncWrite + Unpin>(
         bail!("truncated answer");
     }
     Ok((status, buf[end + 4..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// A client trickling one byte every 100 ms never finishes its head: the one deadline ends
+    /// the request, though no single read ever waits long.
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_for_a_whole_trickled_request() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..1000 {
+                if client.write_all(b"G").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let t = Instant::now();
+        let r = read_request(&mut server, 0).await;
+        assert!(matches!(r, Err(HttpError(408, _))));
+        assert_eq!(t.elapsed(), REQUEST_DEADLINE);
+        trickle.abort();
+    }
+
+    /// A body is read as it comes, under the caller's cap: /metrics takes none at all, and a
+    /// body promised but never sent ends at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn bodies_are_capped_and_read_as_they_arrive() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_request(&mut server, 0).await,
+            Err(HttpError(413, _))
+        ));
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client
+            .write_all(b"POST /v1/change HTTP/1.1\r\nContent-Length: 60000\r\n\r\n{}")
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_request(&mut server, MAX_API_BODY).await,
+            Err(HttpError(408, _))
+        ));
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client
+            .write_all(b"POST /v1/change HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move { read_request(&mut server, 5).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(b"cde").await.unwrap();
+        let req = reader.await.unwrap().map_err(|e| e.1).unwrap();
+        assert_eq!(req.body, b"abcde");
+    }
+
+    /// A client that never reads its answer releases the connection after the write deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_not_taken_times_out() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let r = Response::text(200, "text/plain", "x".repeat(1 << 16));
+        let t = Instant::now();
+        assert!(write_response(&mut server, &r).await.is_err());
+        assert_eq!(t.elapsed(), WRITE_DEADLINE);
+    }
 }

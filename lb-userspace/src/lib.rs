@@ -10,6 +10,8 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod http;
+pub mod ifctl;
+pub mod listen;
 pub mod neighbour;
 pub mod reconcile;
 pub mod state;

@@ -1,7 +1,14 @@
 //! The control API server: HTTP on the unix socket, root only. Each route asks the actor with
 //! a [`Command`] and answers its reply as JSON (`crate::api` lists the routes).
+//!
+//! It must answer when the operator needs it most, so it has its own cap
+//! (`agent.api_max_connections`) and one descriptor in reserve: when the process has none
+//! left, the reserve is given up to take the operator's connection (`lb status`,
+//! `lb node drain`), and taken back when it closes.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
 use tokio::net::UnixListener;
@@ -11,6 +18,7 @@ use super::actor::{Command, Reply};
 use crate::api::{BackendInfo, ReloadRequest};
 use crate::dataplane::{FlowCounts, flow_counts_pinned};
 use crate::http::{self, Request, Response};
+use crate::listen::{self, Gate, Listener};
 use crate::state::{Change, Refusal, Refused, Vip};
 
 pub(super) async fn ask<T>(
@@ -34,8 +42,15 @@ async fn backends_with_flows(
 ) -> Result<Vec<BackendInfo>> {
     let rows = ask(tx, |r| Command::Backends(vip, r)).await?;
     let dir = pin_dir.to_path_buf();
+    // Without counts (no descriptor to open the table with, say) the list still answers.
     let counts: FlowCounts =
-        tokio::task::spawn_blocking(move || flow_counts_pinned(&dir)).await??;
+        match tokio::task::spawn_blocking(move || flow_counts_pinned(&dir)).await? {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("flow counts unavailable: {e:#}");
+                FlowCounts::default()
+            }
+        };
     Ok(rows
         .into_iter()
         .map(|(mut b, generation)| {
@@ -45,22 +60,64 @@ async fn backends_with_flows(
         .collect())
 }
 
-pub(super) async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Command>, pin_dir: PathBuf) {
+type Reserve = Arc<Mutex<Option<OwnedFd>>>;
+
+/// Puts a descriptor back in reserve if there is none (and one can be opened).
+fn refill(reserve: &Reserve) {
+    let mut r = reserve.lock().unwrap_or_else(|p| p.into_inner());
+    if r.is_none() {
+        *r = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+    }
+}
+
+pub(super) async fn serve_api(
+    listener: UnixListener,
+    tx: mpsc::Sender<Command>,
+    pin_dir: PathBuf,
+    max_connections: usize,
+) {
+    let mut gate = Gate::new(Listener::Api, max_connections);
+    let reserve: Reserve = Arc::new(Mutex::new(None));
+    refill(&reserve);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let accepted = match listener.accept().await {
+            Err(e) if listen::is_local_exhaustion(&e) => {
+                // Out of descriptors: give up the reserve and take the waiting connection.
+                let spare = reserve.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match spare {
+                    Some(fd) => {
+                        drop(fd);
+                        listener.accept().await
+                    }
+                    None => Err(e),
+                }
+            }
+            r => r,
+        };
+        let Some(((mut stream, _), slot)) = gate.admit(accepted).await else {
+            refill(&reserve);
             continue;
         };
         let tx = tx.clone();
         let pin_dir = pin_dir.clone();
+        let reserve = reserve.clone();
         tokio::spawn(async move {
             // The socket is mode 0600 already; the peer's uid is checked as well.
             let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
-            let resp = match http::read_request(&mut stream).await {
-                Err(http::HttpError(status, msg)) => Response::error(status, msg),
+            let resp = match http::read_request(&mut stream, http::MAX_API_BODY).await {
+                Err(http::HttpError(status, msg)) => {
+                    if status == 408 {
+                        listen::refused(Listener::Api, listen::Reason::Deadline);
+                    }
+                    Response::error(status, msg)
+                }
                 Ok(_) if !root => Response::error(403, "the control API is root-only"),
                 Ok(req) => route(&req, &tx, &pin_dir).await,
             };
             let _ = http::write_response(&mut stream, &resp).await;
+            drop(stream);
+            drop(slot);
+            refill(&reserve);
         });
     }
 }

@@ -9,17 +9,32 @@ use super::actor::Command;
 use super::api_server::ask;
 use crate::api::{BackendInfo, CounterInfo, PeerStatus, Stats, SyncStatus};
 use crate::http::{self, Response};
+use crate::listen::{self, Gate, Listener};
 use crate::state::Vip;
 
-pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::Sender<Command>) {
+/// Serves `/metrics` to at most `max_connections` clients at once (a scraper needs one).
+pub(super) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    tx: mpsc::Sender<Command>,
+    max_connections: usize,
+) {
+    let mut gate = Gate::new(Listener::Metrics, max_connections);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let accepted = listener.accept().await;
+        let Some(((mut stream, _), slot)) = gate.admit(accepted).await else {
             continue;
         };
         let tx = tx.clone();
         tokio::spawn(async move {
-            let resp = match http::read_request(&mut stream).await {
-                Err(http::HttpError(s, m)) => Response::error(s, m),
+            let _slot = slot;
+            // No body: a scrape is a GET.
+            let resp = match http::read_request(&mut stream, 0).await {
+                Err(http::HttpError(s, m)) => {
+                    if s == 408 {
+                        listen::refused(Listener::Metrics, listen::Reason::Deadline);
+                    }
+                    Response::error(s, m)
+                }
                 Ok(req) if req.method == "GET" && req.path == "/metrics" => {
                     let stats = ask(&tx, Command::Stats).await;
                     // No flow counts here: walking the connection table on every scrape costs
@@ -29,7 +44,9 @@ pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::S
                         .map(|rows| rows.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
                     match (stats, backends) {
                         (Ok(s), Ok(b)) => {
-                            Response::text(200, "text/plain; version=0.0.4", render(&s, &b))
+                            let mut text = render(&s, &b);
+                            render_process(&mut text);
+                            Response::text(200, "text/plain; version=0.0.4", text)
                         }
                         (Err(e), _) | (_, Err(e)) => Response::error(500, format!("{e:#}")),
                     }
@@ -239,6 +256,49 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         sync(&mut o, y);
     }
     o
+}
+
+/// What the process counts itself, outside the actor: the listeners and the health checks
+/// that could not run here.
+pub fn render_process(o: &mut String) {
+    let all: Vec<(&str, listen::Snapshot)> = Listener::ALL
+        .iter()
+        .map(|l| (l.name(), listen::snapshot(*l)))
+        .collect();
+    family(
+        o,
+        "lb_listener_connections",
+        "gauge",
+        "Connections being served, per listener (sync: handshakes not yet authenticated).",
+        all.iter()
+            .map(|(l, s)| (format!("listener=\"{l}\""), s.open)),
+    );
+    family(
+        o,
+        "lb_listener_refused_total",
+        "counter",
+        "Connections closed unserved, per listener and reason (cap: over max_connections; deadline: handshake or request not complete in time).",
+        all.iter().flat_map(|(l, s)| {
+            s.refused
+                .iter()
+                .map(move |(r, n)| (format!("listener=\"{l}\",reason=\"{r}\""), *n))
+        }),
+    );
+    family(
+        o,
+        "lb_listener_accept_errors_total",
+        "counter",
+        "Failed accepts per listener (out of descriptors, say), each followed by a backoff.",
+        all.iter()
+            .map(|(l, s)| (format!("listener=\"{l}\""), s.accept_errors)),
+    );
+    family(
+        o,
+        "lb_health_checks_local_errors_total",
+        "counter",
+        "Health checks that could not run for a local reason (no descriptor, memory or port): their backend's state was left as it was.",
+        [(String::new(), crate::health::local_errors())],
+    );
 }
 
 fn sync(o: &mut String, y: &SyncStatus) {

@@ -1,5 +1,7 @@
 //! The NICs the program is attached to: their link layer in `IFACES`, and the watchdog's check.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use lb_common::IfaceConfig;
 use tracing::{info, warn};
@@ -7,6 +9,7 @@ use tracing::{info, warn};
 use super::fault::NicFault;
 use crate::config::{InterfaceConfig, MIN_EGRESS_MTU};
 use crate::dataplane::{Attachment, Dataplane};
+use crate::ifctl::IfaceControl;
 use crate::neighbour;
 
 pub(super) struct Iface {
@@ -17,6 +20,9 @@ pub(super) struct Iface {
     pub next_hop: Option<[u8; 6]>,
     /// Largest outer IP packet this NIC may send (`[[interface]] mtu`, else the NIC's MTU).
     pub mtu: u16,
+    /// The watchdog's checks go through this socket, opened at start: out of descriptors,
+    /// a fresh lookup would fail and every NIC would look gone.
+    pub ctl: Arc<IfaceControl>,
 }
 
 impl Iface {
@@ -56,12 +62,12 @@ impl Iface {
 
     /// Whether the NIC is still there, with the index we attached to, and up.
     pub fn check(&self) -> Option<NicFault> {
-        match neighbour::ifindex(&self.name) {
+        match self.ctl.index(&self.name) {
             Ok(idx) if idx == self.ifindex => {}
             Ok(_) => return Some(NicFault::Replaced(self.name.clone())),
             Err(_) => return Some(NicFault::Gone(self.name.clone())),
         }
-        (!neighbour::is_up(&self.name)).then(|| NicFault::Down(self.name.clone()))
+        (!self.ctl.is_up(&self.name).unwrap_or(false)).then(|| NicFault::Down(self.name.clone()))
     }
 }
 

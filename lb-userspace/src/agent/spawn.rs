@@ -94,6 +94,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the agent loads XDP programs and needs root");
     }
+    crate::listen::raise_nofile();
     let pin_dir = config.agent.pin_dir.clone();
     ensure_bpffs(&pin_dir).context("agent.pin_dir")?;
     claim_socket(&config.agent.api_socket).await?;
@@ -120,6 +121,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     dp.set_config(&lb_config(&config))?;
     dp.set_flow_gate(flow_gate(&config))?;
 
+    let ifctl = std::sync::Arc::new(
+        crate::ifctl::IfaceControl::open().context("a socket for the NIC checks")?,
+    );
     let mut ifaces = Vec::new();
     for i in &config.interfaces {
         let ifindex = neighbour::ifindex(&i.name)?;
@@ -142,6 +146,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             src_mac,
             next_hop: None,
             mtu: egress_mtu(i)?,
+            ctl: ifctl.clone(),
         };
         if let Some(mac) = next_hop {
             iface.set_next_hop(&mut dp, mac)?;
@@ -197,13 +202,22 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // The actor's inputs: one channel per kind of message, each worker holding its sender.
     let listener = bind_api(&config.agent.api_socket)?;
     let (commands, commands_rx) = mpsc::channel::<Command>(64);
-    tokio::spawn(serve_api(listener, commands.clone(), pin_dir.clone()));
+    tokio::spawn(serve_api(
+        listener,
+        commands.clone(),
+        pin_dir.clone(),
+        config.agent.api_max_connections,
+    ));
     if let Some(addr) = config.agent.metrics {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
         info!(%addr, "serving Prometheus metrics on /metrics");
-        tokio::spawn(serve_metrics(l, commands.clone()));
+        tokio::spawn(serve_metrics(
+            l,
+            commands.clone(),
+            config.agent.metrics_max_connections,
+        ));
     }
     let (next_hops, next_hops_rx) = mpsc::channel::<NextHop>(16);
     let gateways: Vec<(String, IpAddr)> = config
@@ -233,7 +247,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Held for the agent's whole life: the kernel removes it when the agent ends, and BIRD
     // withdraws every route through it (bgp::alive).
     let alive = match &config.bgp {
-        Some(b) => Some(bgp::AliveIface::create(&b.alive_iface)?),
+        Some(b) => Some(std::sync::Arc::new(bgp::AliveIface::create(
+            &b.alive_iface,
+        )?)),
         None => None,
     };
     let bird = config.bgp.as_ref().map(|b| {
@@ -242,7 +258,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(bird) = bird.clone() {
         // bird.conf includes the routes file: make sure it exists (empty) before BIRD reads it.
         bgp::write_initial_routes(bird.routes_file())?;
-        tokio::spawn(bgp::drive(bird, announce_rx, outcomes));
+        tokio::spawn(bgp::drive(bird, announce_rx, outcomes, alive.clone()));
     }
     let flow_events = match &config.sync {
         Some(s) if s.flows => Some(dp.take_flow_events()?),

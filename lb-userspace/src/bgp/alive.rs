@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result, ensure};
 
+use crate::ifctl::IfaceControl;
+
 /// The liveness interface's name unless `[bgp] alive_iface` says otherwise.
 pub const DEFAULT_ALIVE_IFACE: &str = "lb-alive";
 
@@ -19,6 +21,8 @@ pub const DEFAULT_ALIVE_IFACE: &str = "lb-alive";
 #[derive(Debug)]
 pub struct AliveIface {
     _tun: File,
+    /// Kept open so [`AliveIface::set_up`] needs no new descriptor.
+    ctl: IfaceControl,
     name: String,
 }
 
@@ -45,15 +49,25 @@ impl AliveIface {
             "creating the liveness interface {name} (is another agent running here?): {}",
             std::io::Error::last_os_error()
         );
-        set_up(name).with_context(|| format!("setting the liveness interface {name} up"))?;
+        let ctl = IfaceControl::open().context("a socket for the liveness interface")?;
+        ctl.set_up(name, true)
+            .with_context(|| format!("setting the liveness interface {name} up"))?;
         Ok(Self {
             _tun: tun,
+            ctl,
             name: name.to_string(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the interface up or down, with descriptors the agent already holds: down, BIRD
+    /// withdraws every route through it at once, even when the agent can open no file or
+    /// socket to rewrite the routes file or reach BIRD's control socket.
+    pub fn set_up(&self, up: bool) -> std::io::Result<()> {
+        self.ctl.set_up(&self.name, up)
     }
 }
 
@@ -64,26 +78,4 @@ fn ifreq(name: &str) -> libc::ifreq {
         *d = s as libc::c_char;
     }
     req
-}
-
-fn set_up(name: &str) -> std::io::Result<()> {
-    // SAFETY: socket has no preconditions; the descriptor is owned by `sock` below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and nothing else owns it.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut req = ifreq(name);
-    // SAFETY: SIOCGIFFLAGS fills the flags of one ifreq that outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS set the flags field of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: SIOCSIFFLAGS reads one ifreq that outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

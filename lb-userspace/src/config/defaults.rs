@@ -26,6 +26,20 @@ pub(super) fn default_max_clock_jump() -> u64 {
     DEFAULT_MAX_CLOCK_JUMP
 }
 
+/// Listener caps (docs/operating.md, "Listener limits"). A Prometheus server scrapes with one
+/// connection at a time; a few operators' `lb` commands run at once; a fleet's peers handshake
+/// a few times a minute at most. Each cap is far below any open-file limit, so together they
+/// cannot exhaust the agent's descriptors.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 16;
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 16;
+pub const DEFAULT_SYNC_MAX_CONNECTIONS: usize = 64;
+/// The largest cap accepted for any listener.
+pub const MAX_LISTENER_CONNECTIONS: usize = 4096;
+
+pub(super) fn default_sync_max_connections() -> usize {
+    DEFAULT_SYNC_MAX_CONNECTIONS
+}
+
 pub(super) fn default_ring_size() -> u32 {
     lb_common::DEFAULT_RING_SIZE
 }

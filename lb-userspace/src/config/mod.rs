@@ -27,7 +27,10 @@ use crate::dataplane::DataplaneLimits;
 use crate::state::{Capacity, Change, DesiredState, Vip, check_weight};
 
 pub use checks::{CheckKind, HealthConfig, HealthOverride};
-pub use defaults::{DEFAULT_API_SOCKET, DEFAULT_PIN_DIR};
+pub use defaults::{
+    DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_SOCKET, DEFAULT_METRICS_MAX_CONNECTIONS,
+    DEFAULT_PIN_DIR, DEFAULT_SYNC_MAX_CONNECTIONS,
+};
 pub use name::{MAX_NAME, valid_name};
 pub use sections::{
     AgentConfig, AttachMode, BackendConfig, BgpConfig, DataplaneConfig, InterfaceConfig,
@@ -169,6 +172,14 @@ impl Config {
             ),
             ("agent.pin_dir", self.agent.pin_dir != new.agent.pin_dir),
             ("agent.metrics", self.agent.metrics != new.agent.metrics),
+            (
+                "agent.metrics_max_connections",
+                self.agent.metrics_max_connections != new.agent.metrics_max_connections,
+            ),
+            (
+                "agent.api_max_connections",
+                self.agent.api_max_connections != new.agent.api_max_connections,
+            ),
             ("[bgp]", self.bgp != new.bgp),
             ("[sync]", self.sync != new.sync),
             (

@@ -8,10 +8,11 @@ use serde::Deserialize;
 
 use super::checks::HealthOverride;
 use super::defaults::{
-    DEFAULT_API_SOCKET, DEFAULT_PIN_DIR, default_flow_queue, default_gue_port, default_icmp_burst,
-    default_icmp_rate, default_max_backends, default_max_clock_jump, default_max_flows,
-    default_max_vips, default_refresh_secs, default_ring_size, default_startup_wait_secs,
-    default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
+    DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_SOCKET, DEFAULT_METRICS_MAX_CONNECTIONS,
+    DEFAULT_PIN_DIR, default_flow_queue, default_gue_port, default_icmp_burst, default_icmp_rate,
+    default_max_backends, default_max_clock_jump, default_max_flows, default_max_vips,
+    default_refresh_secs, default_ring_size, default_startup_wait_secs,
+    default_sync_max_connections, default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
 };
 use crate::state::BackendState;
 
@@ -49,6 +50,10 @@ pub struct SyncConfig {
     /// A peer's state whose clock is more than this above ours is refused (docs/sync.md).
     #[serde(default = "default_max_clock_jump")]
     pub max_clock_jump: u64,
+    /// Concurrent connections still in their handshake (not yet authenticated); more are
+    /// closed at once. Authenticated peer links do not count (docs/operating.md).
+    #[serde(default = "default_sync_max_connections")]
+    pub max_connections: usize,
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerConfig>,
 }
@@ -89,6 +94,10 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Seconds between next-hop MAC lookups for interfaces configured with `gateway`.
     pub neighbour_refresh_secs: u64,
+    /// Concurrent connections to `/metrics`; more are closed at once (docs/operating.md).
+    pub metrics_max_connections: usize,
+    /// Concurrent connections to the control API socket; more are closed at once.
+    pub api_max_connections: usize,
 }
 
 impl Default for AgentConfig {
@@ -98,6 +107,8 @@ impl Default for AgentConfig {
             pin_dir: DEFAULT_PIN_DIR.into(),
             metrics: None,
             neighbour_refresh_secs: 10,
+            metrics_max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+            api_max_connections: DEFAULT_API_MAX_CONNECTIONS,
         }
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use super::defaults::MAX_LISTENER_CONNECTIONS;
 use super::name::valid_name;
 use super::sections::SyncConfig;
 use super::{Config, MIN_EGRESS_MTU, parse_mac};
@@ -38,6 +39,18 @@ impl Config {
             "dataplane.icmp_burst = {}: use 1 to 65535",
             d.icmp_burst
         );
+        for (what, v) in [
+            (
+                "metrics_max_connections",
+                self.agent.metrics_max_connections,
+            ),
+            ("api_max_connections", self.agent.api_max_connections),
+        ] {
+            ensure!(
+                (1..=MAX_LISTENER_CONNECTIONS).contains(&v),
+                "agent.{what} = {v}: use 1 to {MAX_LISTENER_CONNECTIONS}"
+            );
+        }
         ensure!(
             d.new_flow_rate <= lb_common::ratelimit::MAX_GATE_RATE,
             "dataplane.new_flow_rate = {}: use 0 (no gate) to {} per second per CPU",
@@ -156,6 +169,11 @@ impl SyncConfig {
             (1_000..=1 << 48).contains(&self.max_clock_jump),
             "[sync] max_clock_jump = {}: use 1000 to 2^48",
             self.max_clock_jump
+        );
+        ensure!(
+            (1..=MAX_LISTENER_CONNECTIONS).contains(&self.max_connections),
+            "[sync] max_connections = {}: use 1 to {MAX_LISTENER_CONNECTIONS}",
+            self.max_connections
         );
         let mut names = BTreeSet::new();
         for p in &self.peers {

@@ -201,6 +201,7 @@ pub async fn spawn(start: Start) -> Result<Sync> {
             log_limit::PRE_AUTH_LINES,
             log_limit::PRE_AUTH_INTERVAL,
         )),
+        max_connections: config.max_connections,
     }));
     Ok(Sync {
         local: local_tx,

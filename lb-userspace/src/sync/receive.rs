@@ -24,6 +24,7 @@ use super::registry::PeerEvent;
 use super::replicated::ReplicatedState;
 use super::state_msg::{Assembly, StateDelta};
 use super::wire::{self, FleetKey, Refusal, Refused};
+use crate::listen::{self, Gate};
 
 pub(super) struct Listener {
     pub listener: TcpListener,
@@ -39,6 +40,8 @@ pub(super) struct Listener {
     pub max_clock_jump: u64,
     /// Anyone can open a connection: their refusals' log lines are rate-limited.
     pub pre_auth_log: Mutex<LogLimit>,
+    /// Handshakes in progress at once (`[sync] max_connections`).
+    pub max_connections: usize,
 }
 
 /// Logs and counts a refused link; with `limit`, logs only what it lets through.
@@ -70,23 +73,38 @@ pub(super) fn log_refusal(
     true
 }
 
+/// The whole handshake, however its bytes trickle in, must be done within this (each read
+/// also has `wire::IO_TIMEOUT`, but a handshake has several reads).
+pub(super) const HANDSHAKE_DEADLINE: Duration = wire::IO_TIMEOUT;
+
 pub(super) async fn run(l: Listener) {
     let l = Arc::new(l);
+    // Caps connections still in their handshake: anyone who can reach the port can open one,
+    // while authenticated links are bounded by the configured peers and give their slot back.
+    let mut gate = Gate::new(listen::Listener::Sync, l.max_connections);
     loop {
-        let (stream, addr) = match l.listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!("sync accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let accepted = l.listener.accept().await;
+        let Some(((stream, addr), slot)) = gate.admit(accepted).await else {
+            continue;
         };
         tune(&stream);
         let l = l.clone();
         tokio::spawn(async move {
             let from = addr.to_string();
             let known = |n: &str| l.known.iter().any(|k| k == n);
-            let (name, rx) = match wire::accept(stream, &l.key, &l.node, known).await {
+            let handshake = wire::accept(stream, &l.key, &l.node, known);
+            let accepted = match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake).await {
+                Ok(r) => r,
+                Err(_) => {
+                    listen::refused(listen::Listener::Sync, listen::Reason::Deadline);
+                    Err(wire::refused(
+                        Refusal::Truncated,
+                        format!("handshake not done within {HANDSHAKE_DEADLINE:?}"),
+                    ))
+                }
+            };
+            drop(slot);
+            let (name, rx) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     if !log_refusal(&l.counters, &from, &e, Some(&l.pre_auth_log)) {

@@ -64,7 +64,11 @@ async fn link(s: &mut Sender) -> Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("connect timed out"))??;
     tune(&stream);
-    let mut tx = wire::dial(stream, &s.key, &s.node, &s.peer.name).await?;
+    // One deadline for the whole handshake, as on the listener's side.
+    let dial = wire::dial(stream, &s.key, &s.node, &s.peer.name);
+    let mut tx = tokio::time::timeout(wire::IO_TIMEOUT, dial)
+        .await
+        .map_err(|_| anyhow::anyhow!("handshake not done within {:?}", wire::IO_TIMEOUT))??;
     info!(peer = s.peer.name, "sync link to peer up");
     let _ = s.events.send(PeerEvent::OutboundUp(s.peer.name.clone()));
     let peer = s.peer.name.clone();
