@@ -101,6 +101,16 @@ fn flood(
     })
 }
 
+/// What the sync flood trickles, one byte per turn: the protocol's magic and a plausible
+/// first handshake message's length, then the message's bytes. Each part passes the
+/// listener's checks, so only the handshake's one deadline ends the connection.
+fn slow_hello() -> &'static [u8] {
+    let mut hello = lb_userspace::sync::wire::MAGIC.to_vec();
+    hello.extend_from_slice(&80u16.to_be_bytes());
+    hello.extend_from_slice(&[0xa5; 80]);
+    Box::leak(hello.into_boxed_slice())
+}
+
 fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -187,7 +197,7 @@ fn listener_floods_leave_forwarding_health_bgp_and_the_api_alone() {
         sw,
         SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT),
         2 * sync_cap,
-        b"LBSYNC/1",
+        slow_hello(),
         stop.clone(),
     );
     let metrics_flood = flood(

@@ -345,8 +345,10 @@ fn new_connections(lab: &lab::Lab, n: usize) -> usize {
                 let t = targets[i % targets.len()];
                 let r = (|| -> std::io::Result<()> {
                     use std::io::{Read, Write};
-                    let mut s = std::net::TcpStream::connect_timeout(&t, Duration::from_secs(3))?;
-                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    // A client's patience, not a test's: the flood saturates this 2-core
+                    // machine's CPUs, backends included (3 s was once too short for a greeting).
+                    let mut s = std::net::TcpStream::connect_timeout(&t, Duration::from_secs(6))?;
+                    s.set_read_timeout(Some(Duration::from_secs(6)))?;
                     let mut greeting = Vec::new();
                     let mut b = [0u8; 1];
                     while !greeting.ends_with(b"\n") {
