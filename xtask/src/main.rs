@@ -72,7 +72,7 @@ enum Cmd {
         action: Option<LabCmd>,
     },
     /// Build the Debian package (target/debian/lb_<version>_<arch>.deb) from a release build:
-    /// `lb`, the systemd units, the example configs and the docs.
+    /// `lb`, the systemd units, the example configs, the alert rules, the dashboard, the docs.
     Package,
     /// Run the whole test suite: host unit tests and BPF_PROG_TEST_RUN packet tests (root).
     /// It builds the package first, for the tests that install it.

@@ -30,6 +30,21 @@ const FILES: &[(&str, &str, u32)] = &[
         0o644,
     ),
     (
+        "deploy/prometheus/lb-alerts.yml",
+        "usr/share/lb/prometheus/lb-alerts.yml",
+        0o644,
+    ),
+    (
+        "deploy/prometheus/lb-alerts.test.yml",
+        "usr/share/lb/prometheus/lb-alerts.test.yml",
+        0o644,
+    ),
+    (
+        "deploy/grafana/lb-dashboard.json",
+        "usr/share/lb/grafana/lb-dashboard.json",
+        0o644,
+    ),
+    (
         "deploy/debian/copyright",
         "usr/share/doc/lb/copyright",
         0o644,

@@ -1,23 +1,36 @@
-//! The metrics endpoint: Prometheus text exposition of the agent's counters on
-//! `GET /metrics` (`agent.metrics` in the config).
+//! The metrics endpoint (`agent.metrics` in the config): Prometheus text exposition of the
+//! agent's counters on `GET /metrics` (the node's own state in `node_metrics`), and the live
+//! status page on `GET /` and `GET /status.json` (`status_page`).
 
-use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 use super::actor::Command;
 use super::api_server::ask;
-use crate::api::{BackendInfo, CounterInfo, PeerStatus, Stats, SyncStatus};
+use super::node_metrics::render_node;
+use super::status_page::{self, SharedHistory};
+use super::sync_metrics::render_sync;
+use super::text_format::{by_prefix, escape, family, relabel};
+use crate::api::{BackendInfo, Stats};
 use crate::http::{self, Response};
 use crate::listen::{self, Gate, Listener};
 use crate::state::Vip;
 
-/// Serves `/metrics` to at most `max_connections` clients at once (a scraper needs one).
+/// Serves `/metrics`, the status page (`/`) and its data (`/status.json`) to at most
+/// `max_connections` clients at once (a scraper needs one).
 pub(super) async fn serve_metrics(
     listener: tokio::net::TcpListener,
     tx: mpsc::Sender<Command>,
     max_connections: usize,
+    pin_dir: PathBuf,
 ) {
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let history = SharedHistory::default();
+    tokio::spawn(status_page::sample(tx.clone(), history.clone(), pin_dir));
     let mut gate = Gate::new(Listener::Metrics, max_connections);
     loop {
         let accepted = listener.accept().await;
@@ -25,6 +38,7 @@ pub(super) async fn serve_metrics(
             continue;
         };
         let tx = tx.clone();
+        let history = history.clone();
         tokio::spawn(async move {
             let _slot = slot;
             // No body: a scrape is a GET.
@@ -36,24 +50,25 @@ pub(super) async fn serve_metrics(
                     Response::error(s, m)
                 }
                 Ok(req) if req.method == "GET" && req.path == "/metrics" => {
-                    let stats = ask(&tx, Command::Stats).await;
-                    // No flow counts here: walking the connection table on every scrape costs
-                    // too much; `lb backend list` has them.
-                    let backends = ask(&tx, |r| Command::Backends(None, r))
-                        .await
-                        .map(|rows| rows.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
-                    match (stats, backends) {
-                        (Ok(s), Ok(b)) => {
-                            let mut text = render(&s, &b);
-                            render_process(&mut text);
-                            Response::text(200, "text/plain; version=0.0.4", text)
-                        }
-                        (Err(e), _) | (_, Err(e)) => Response::error(500, format!("{e:#}")),
+                    exposition(&tx, &history, started_unix).await
+                }
+                Ok(req) if req.method == "GET" && req.path == "/" => Response::text(
+                    200,
+                    "text/html; charset=utf-8",
+                    status_page::PAGE.to_string(),
+                ),
+                Ok(req) if req.method == "GET" && req.path == "/status.json" => {
+                    match status_page::json(&tx, &history).await {
+                        Ok(page) => Response::json(200, &page),
+                        Err(e) => Response::error(500, format!("{e:#}")),
                     }
                 }
                 Ok(req) => Response::error(
                     404,
-                    format!("only GET /metrics here, not {} {}", req.method, req.path),
+                    format!(
+                        "only GET /metrics, / and /status.json here, not {} {}",
+                        req.method, req.path
+                    ),
                 ),
             };
             let _ = http::write_response(&mut stream, &resp).await;
@@ -61,51 +76,28 @@ pub(super) async fn serve_metrics(
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// One metric family: HELP, TYPE, then a sample per (label set, value).
-fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, u64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+/// The Prometheus text for one scrape.
+async fn exposition(
+    tx: &mpsc::Sender<Command>,
+    history: &SharedHistory,
+    started_unix: u64,
+) -> Response {
+    let stats = ask(tx, Command::Stats).await;
+    let status = ask(tx, Command::Status).await;
+    // No flow counts from a walk here: the sampler counts them every few seconds.
+    let backends = ask(tx, |r| Command::Backends(None, r))
+        .await
+        .map(|rows| rows.into_iter().map(|(b, _)| b).collect::<Vec<_>>());
+    match (stats, status, backends) {
+        (Ok(s), Ok(st), Ok(b)) => {
+            let mut text = render(&s, &b);
+            render_process(&mut text);
+            let live = history.lock().expect("history lock").live_flows();
+            render_node(&mut text, &st, &s, started_unix, live);
+            Response::text(200, "text/plain; version=0.0.4", text)
         }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Response::error(500, format!("{e:#}")),
     }
-}
-
-/// The dataplane counters whose name starts with `prefix`, labelled by the rest of the name.
-fn by_prefix<'a>(
-    counters: &'a [CounterInfo],
-    prefix: &'a str,
-    label: &'a str,
-) -> impl Iterator<Item = (String, u64)> + 'a {
-    counters.iter().filter_map(move |c| {
-        let rest = c.name.strip_prefix(prefix)?;
-        Some((format!("{label}=\"{rest}\""), c.packets))
-    })
-}
-
-/// The dataplane counters named in `names` (counter, label value), labelled `label`.
-fn relabel<'a>(
-    counters: &'a [CounterInfo],
-    label: &'a str,
-    names: &'a [(&str, &str)],
-) -> impl Iterator<Item = (String, u64)> + 'a {
-    names.iter().filter_map(move |(name, value)| {
-        let c = counters.iter().find(|c| c.name == *name)?;
-        Some((format!("{label}=\"{value}\""), c.packets))
-    })
 }
 
 pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
@@ -253,7 +245,7 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         [(String::new(), stats.table_version)],
     );
     if let Some(y) = &stats.sync {
-        sync(&mut o, y);
+        render_sync(&mut o, y);
     }
     o
 }
@@ -301,234 +293,10 @@ pub fn render_process(o: &mut String) {
     );
 }
 
-fn sync(o: &mut String, y: &SyncStatus) {
-    let peer = |p: &PeerStatus| format!("peer=\"{}\"", escape(&p.name));
-    family(
-        o,
-        "lb_sync_state_version",
-        "gauge",
-        "Version of the replicated desired state (its highest Lamport clock).",
-        [(String::new(), y.version)],
-    );
-    family(
-        o,
-        "lb_sync_held_back_vips",
-        "gauge",
-        "VIPs of the replicated state not served here: past dataplane.max_vips, the newest are held back.",
-        [(String::new(), y.held_back.len() as u64)],
-    );
-    family(
-        o,
-        "lb_sync_tombstones",
-        "gauge",
-        "Removed VIPs and backends held until every peer has seen them.",
-        [(String::new(), y.tombstones)],
-    );
-    family(
-        o,
-        "lb_sync_tombstones_collected_total",
-        "counter",
-        "Tombstones dropped once every peer had seen them.",
-        [(String::new(), y.tombstones_collected)],
-    );
-    family(
-        o,
-        "lb_sync_horizon",
-        "gauge",
-        "Every change stamped at or below this clock has reached this agent; tombstones under it are collected.",
-        [(String::new(), y.horizon)],
-    );
-    family(
-        o,
-        "lb_sync_state_messages_sent_total",
-        "counter",
-        "Replicated-state messages sent to peers: a whole state when a link comes up, a delta per change.",
-        [
-            ("kind=\"full\"".to_string(), y.states_sent),
-            ("kind=\"delta\"".to_string(), y.deltas_sent),
-        ],
-    );
-    family(
-        o,
-        "lb_sync_state_bytes_sent_total",
-        "counter",
-        "Bytes of those messages (bodies), by kind.",
-        [
-            ("kind=\"full\"".to_string(), y.state_bytes_sent),
-            ("kind=\"delta\"".to_string(), y.delta_bytes_sent),
-        ],
-    );
-    family(
-        o,
-        "lb_sync_state_parts_sent_total",
-        "counter",
-        "Extra frames for state messages longer than one 1 MiB part.",
-        [(String::new(), y.state_parts_sent)],
-    );
-    family(
-        o,
-        "lb_sync_peer_up",
-        "gauge",
-        "1 while both links with the peer are up.",
-        y.peers
-            .iter()
-            .map(|p| (peer(p), u64::from(p.outbound && p.inbound))),
-    );
-    family(
-        o,
-        "lb_sync_peer_connects_total",
-        "counter",
-        "Links established with the peer since start, by direction (more than one: a link flapped).",
-        y.peers.iter().flat_map(|p| {
-            [
-                (format!("{},dir=\"out\"", peer(p)), p.outbound_connects),
-                (format!("{},dir=\"in\"", peer(p)), p.inbound_connects),
-            ]
-        }),
-    );
-    family(
-        o,
-        "lb_sync_peer_state_version",
-        "gauge",
-        "The peer's last reported state version.",
-        y.peers
-            .iter()
-            .filter_map(|p| Some((peer(p), p.summary.as_ref()?.version))),
-    );
-    family(
-        o,
-        "lb_sync_peer_state_match",
-        "gauge",
-        "1 while the peer's desired-state digest equals ours.",
-        y.peers.iter().map(|p| (peer(p), u64::from(p.state_match))),
-    );
-    family(
-        o,
-        "lb_sync_peer_table_match",
-        "gauge",
-        "1 while the peer's Maglev table digest equals ours.",
-        y.peers.iter().map(|p| (peer(p), u64::from(p.table_match))),
-    );
-    family(
-        o,
-        "lb_sync_flows_sent_total",
-        "counter",
-        "Flows sent to the peer (new flows and refreshes).",
-        y.peers.iter().map(|p| (peer(p), p.flows_sent)),
-    );
-    family(
-        o,
-        "lb_sync_flows_received_total",
-        "counter",
-        "Flows received from the peer.",
-        y.peers.iter().map(|p| (peer(p), p.flows_received)),
-    );
-    family(
-        o,
-        "lb_sync_bytes_sent_total",
-        "counter",
-        "Bytes sent on the link to the peer, framing included.",
-        y.peers.iter().map(|p| (peer(p), p.bytes_sent)),
-    );
-    family(
-        o,
-        "lb_sync_flows_total",
-        "counter",
-        "Flows exported from and imported into this load balancer's connection table.",
-        [
-            ("dir=\"exported\"".to_string(), y.flows_exported),
-            ("dir=\"imported\"".to_string(), y.flows_imported),
-        ],
-    );
-    family(
-        o,
-        "lb_sync_flows_dropped_total",
-        "counter",
-        "Flows not shared or not installed, by reason (overload policy: drop and count; unknown_backend_id: a new flow whose backend id no longer names a backend here, not exported).",
-        [
-            (
-                "reason=\"send_queue_full\"".to_string(),
-                y.flows_dropped_queue,
-            ),
-            (
-                "reason=\"import_queue_full\"".to_string(),
-                y.flows_dropped_import,
-            ),
-            (
-                "reason=\"unknown_vip_or_backend\"".to_string(),
-                y.flows_untranslated,
-            ),
-            (
-                "reason=\"unknown_backend_id\"".to_string(),
-                y.flows_unknown_id,
-            ),
-        ],
-    );
-    family(
-        o,
-        "lb_sync_flow_walks_total",
-        "counter",
-        "Walks of the connection table for the flow refresh (one per period and per coalesced link connect, shared by every peer).",
-        [(String::new(), y.flow_walks)],
-    );
-    for (name, help, us) in [
-        (
-            "lb_sync_flow_walk_seconds",
-            "How long the last walk of the connection table took (batched reads, on the walker's own thread).",
-            y.flow_walk_us,
-        ),
-        (
-            "lb_sync_flow_walk_max_seconds",
-            "The longest walk of the connection table since start.",
-            y.flow_walk_max_us,
-        ),
-    ] {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        let _ = writeln!(o, "{name} {}.{:06}", us / 1_000_000, us % 1_000_000);
-    }
-    family(
-        o,
-        "lb_sync_flow_walk_flows",
-        "gauge",
-        "Flows the last walk found to send (this load balancer's own, live, TCP).",
-        [(String::new(), y.flow_walk_flows)],
-    );
-    family(
-        o,
-        "lb_sync_refreshes_skipped_total",
-        "counter",
-        "Periodic flow refreshes not queued for a peer still sending the previous one (bounded memory; the next refresh carries the flows).",
-        [(String::new(), y.refreshes_skipped)],
-    );
-    family(
-        o,
-        "lb_sync_refused_total",
-        "counter",
-        "Peer links refused, by reason.",
-        y.refused
-            .iter()
-            .map(|(r, n)| (format!("reason=\"{r}\""), *n)),
-    );
-    family(
-        o,
-        "lb_state_file_recovered_total",
-        "counter",
-        "Unusable state files (truncated, empty, garbage) moved aside at start.",
-        [(String::new(), y.state_file.recovered)],
-    );
-    family(
-        o,
-        "lb_state_persist_errors_total",
-        "counter",
-        "Failed writes of the state file (retried with the next change).",
-        [(String::new(), y.state_file.persist_errors)],
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{CounterInfo, SyncStatus};
 
     #[test]
     fn reports_health_encap_counters_and_unknown_flow_ids() {

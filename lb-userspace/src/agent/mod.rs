@@ -5,7 +5,8 @@
 //!   [`Command`]s from the control API and the metrics endpoint, and the workers' events below,
 //!   and tells the workers what it wants through watch channels;
 //! - the control API (`api_server`) serves the unix socket and sends the actor `Command`s;
-//! - the metrics endpoint (`metrics`, optional) asks it for counters;
+//! - the metrics endpoint (`metrics`, optional) asks it for counters, and serves the status
+//!   page (`status_page`, with a task that samples the counters every second);
 //! - the health task (`crate::health`) checks every backend through the tunnel and sends
 //!   `health::Transition`s;
 //! - the BGP task (`crate::bgp::drive`) keeps BIRD announcing exactly the VIPs this node can
@@ -28,9 +29,13 @@ mod fault;
 mod fleet;
 mod metrics;
 mod nic;
+mod node_metrics;
 mod peers;
 mod reload;
 mod report;
 mod spawn;
+mod status_page;
+mod sync_metrics;
+mod text_format;
 
 pub use spawn::{AgentArgs, run};

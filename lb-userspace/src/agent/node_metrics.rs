@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::metrics::{escape, family};
+use super::text_format::{escape, family};
 use crate::api::{Stats, Status};
 
 /// What the node exports beside the counters. `live_flows` is the last count of live

@@ -212,11 +212,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-        info!(%addr, "serving Prometheus metrics on /metrics");
+        info!(%addr, "serving Prometheus metrics on /metrics and the status page on /");
         tokio::spawn(serve_metrics(
             l,
             commands.clone(),
             config.agent.metrics_max_connections,
+            pin_dir.clone(),
         ));
     }
     let (next_hops, next_hops_rx) = mpsc::channel::<NextHop>(16);

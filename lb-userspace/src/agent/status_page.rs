@@ -14,15 +14,17 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::actor::Command;
-use super::api_server::{ask, backends_with_flows};
+use super::api_server::ask;
 use crate::api::{BackendInfo, Stats, Status};
+use crate::dataplane::{FlowCounts, flow_counts_pinned};
 
 pub(super) const PAGE: &str = include_str!("status_page.html");
 
 /// Samples kept: one a second, so the charts show the last minute.
 const HISTORY: usize = 61;
-/// Live flow counts walk the connection table: at most this often, whatever the viewers.
-const FLOWS_EVERY: Duration = Duration::from_secs(5);
+/// Live flow counts walk the connection table (in batches, from its own descriptor): every
+/// this many samples, whatever the viewers and scrapers.
+const FLOWS_EVERY: u64 = 5;
 
 /// What `/status.json` answers.
 #[derive(Serialize)]
@@ -32,7 +34,7 @@ pub struct StatusPage {
     pub status: Status,
     /// The latest counters.
     pub stats: Stats,
-    /// With live flow counts (at most `FLOWS_EVERY` old).
+    /// With live flow counts (at most `FLOWS_EVERY` seconds old).
     pub backends: Vec<BackendInfo>,
     pub rates: Rates,
 }
@@ -59,12 +61,18 @@ pub struct Series {
 #[derive(Default)]
 pub struct History {
     samples: VecDeque<Stats>,
-    flows: Option<(Instant, Vec<BackendInfo>)>,
+    /// The last walk's live flows per (backend id, generation), and when it was made.
+    flows: Option<(Instant, FlowCounts)>,
 }
 
 pub(super) type SharedHistory = Arc<Mutex<History>>;
 
 impl History {
+    /// Live connection-table entries at the last walk (`lb_conntrack_entries`).
+    pub fn live_flows(&self) -> Option<u64> {
+        self.flows.as_ref().map(|(_, c)| c.live.values().sum())
+    }
+
     fn push(&mut self, stats: Stats) {
         if self.samples.len() == HISTORY {
             self.samples.pop_front();
@@ -110,7 +118,8 @@ impl History {
                 if let Some(reason) = c1.name.strip_prefix("drop_")
                     && c0.name == c1.name
                 {
-                    r.drops.insert(reason.to_string(), rate(c0.packets, c1.packets));
+                    r.drops
+                        .insert(reason.to_string(), rate(c0.packets, c1.packets));
                 }
             }
         }
@@ -118,14 +127,23 @@ impl History {
     }
 }
 
-/// Samples the counters once a second for as long as the agent runs.
-pub(super) async fn sample(tx: mpsc::Sender<Command>, history: SharedHistory) {
+/// Samples the counters once a second, and counts live flows every `FLOWS_EVERY` seconds, for
+/// as long as the agent runs.
+pub(super) async fn sample(tx: mpsc::Sender<Command>, history: SharedHistory, pin_dir: PathBuf) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
         if let Ok(stats) = ask(&tx, Command::Stats).await {
             history.lock().expect("history lock").push(stats);
+        }
+        if n % FLOWS_EVERY == 0 {
+            let dir = pin_dir.clone();
+            if let Ok(Ok(counts)) =
+                tokio::task::spawn_blocking(move || flow_counts_pinned(&dir)).await
+            {
+                history.lock().expect("history lock").flows = Some((Instant::now(), counts));
+            }
         }
     }
 }
@@ -133,27 +151,24 @@ pub(super) async fn sample(tx: mpsc::Sender<Command>, history: SharedHistory) {
 /// The page's JSON: status, the latest counters, backends with flows, the last minute's rates.
 pub(super) async fn json(
     tx: &mpsc::Sender<Command>,
-    pin_dir: &PathBuf,
     history: &SharedHistory,
 ) -> Result<StatusPage> {
     let status = ask(tx, Command::Status).await?;
     let stats = ask(tx, Command::Stats).await?;
-    let cached = history
-        .lock()
-        .expect("history lock")
-        .flows
-        .as_ref()
-        .filter(|(at, _)| at.elapsed() < FLOWS_EVERY)
-        .map(|(_, b)| b.clone());
-    let backends = match cached {
-        Some(b) => b,
-        None => {
-            let b = backends_with_flows(tx, None, pin_dir).await?;
-            history.lock().expect("history lock").flows = Some((Instant::now(), b.clone()));
-            b
-        }
+    let rows = ask(tx, |r| Command::Backends(None, r)).await?;
+    let (backends, rates) = {
+        let h = history.lock().expect("history lock");
+        let backends = rows
+            .into_iter()
+            .map(|(mut b, generation)| {
+                if let Some((_, counts)) = &h.flows {
+                    b.flows = counts.live.get(&(b.id, generation)).copied().unwrap_or(0);
+                }
+                b
+            })
+            .collect();
+        (backends, h.rates())
     };
-    let rates = history.lock().expect("history lock").rates();
     let node = status
         .sync
         .as_ref()
@@ -209,7 +224,10 @@ mod tests {
         assert_eq!(v.pps.len(), HISTORY - 1);
         assert_eq!(*v.pps.last().unwrap(), 30.0);
         assert_eq!(*v.bps.last().unwrap(), 30.0 * 100.0 * 8.0);
-        assert_eq!(v.pps[0], 10.0, "the oldest kept second was before the change");
+        assert_eq!(
+            v.pps[0], 10.0,
+            "the oldest kept second was before the change"
+        );
         assert_eq!(r.backends["192.0.2.10:80/tcp 2001:db8::1"].pps, v.pps);
         assert_eq!(r.drops["no_backend"], 2.0);
         assert!(!r.drops.contains_key("tx"), "only drop_ counters");
