@@ -13,7 +13,7 @@ use crate::progress::step;
 /// Debian packages the build and the tests need. util-linux: nsenter (lab) and setpriv (tests);
 /// iproute2: ip (the agent's neighbour lookup, the lab, the tests); bird2 and nginx-light: the
 /// lab's BGP speakers and HTTP backends; curl: for people trying the lab; binutils: objdump
-/// (the package's libc6 dependency).
+/// (the package's libc6 dependency); chromium: the status page's test, in a real browser.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "strace",
     "binutils",
+    "chromium",
 ];
 /// promtool (the metrics and alert-rule tests) comes from Debian's `prometheus` package, but
 /// only the tool is installed: the package would also install and start a Prometheus server.
