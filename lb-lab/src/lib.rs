@@ -29,6 +29,7 @@ pub mod plan;
 pub mod process;
 pub mod services;
 pub mod topology;
+pub mod web;
 
 pub use agents::write_fleet_key;
 pub use cli::{lb_cmd, lb_json};

@@ -66,6 +66,9 @@ pub struct LabOptions {
     /// `CapabilityBoundingSet=` does (names as in the units, e.g. `CAP_BPF`), and with
     /// no_new_privs. None: full root.
     pub capabilities: Option<Vec<String>>,
+    /// Serve the lab's pages on the host (`web`): the lab page on this port and load balancer
+    /// i's status page on port + i; `Some(0)` takes any free ports. None: no pages.
+    pub web: Option<u16>,
     /// `[dataplane] max_flows` of the agents (the connection table's size).
     pub max_flows: u32,
     /// `[dataplane] new_flow_rate` of the agents (0: no gate).
@@ -96,6 +99,7 @@ impl LabOptions {
             client_route_mtu: None,
             sync_refresh_secs: None,
             capabilities: None,
+            web: None,
             max_flows: 200_000,
             new_flow_rate: 0,
         }

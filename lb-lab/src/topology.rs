@@ -157,6 +157,9 @@ impl Lab {
                 },
             )?;
         }
+        if let Some(base) = o.web {
+            self.start_web(base, progress)?;
+        }
         Ok(())
     }
 
@@ -331,7 +334,7 @@ impl Lab {
         let mut c = Cleanup::default();
         let procs = self.processes();
         // Agents first: they withdraw their VIPs from BIRD while it still runs.
-        for kind in ["agent", "echo", "nginx", "bird"] {
+        for kind in ["agent", "echo", "nginx", "bird", "web"] {
             for (k, node, pid) in &procs {
                 if k == kind && alive(*pid) {
                     let grace = if kind == "agent" { 10 } else { 5 };

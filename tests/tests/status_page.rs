@@ -3,7 +3,9 @@
 //! `http://127.0.0.1:9450/` from the lab's agent, lets the page poll for a few seconds and
 //! dumps its DOM, while real HTTP traffic flows through the VIP. The test checks that every
 //! VIP, backend and peer is on the page, and that the charts' numbers move with the traffic.
-//! The screenshot is kept in target/test-artifacts/status-page.png. The same lab's `/metrics`
+//! The screenshot is kept in target/test-artifacts/status-page.png. The lab page (the router's
+//! next hops and both load balancers' pages, served on the host by `lb-lab web`) is loaded from
+//! the host namespace too: target/test-artifacts/lab-page.png. The same lab's `/metrics`
 //! must hold every metric the shipped alert rules and Grafana dashboard query.
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,10 +19,16 @@ use tests::deploy::{alert_metrics, dashboard_metrics, exposed_metrics};
 use tests::e2e::*;
 use tests::lab::{self, HTTP_PORT, VIP4, backend_link6, services};
 
-/// Runs headless Chromium in `ns` on `url` with `args` (after the common ones); its stdout.
-fn chromium(ns: &str, profile: &Path, url: &str, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", ns, "chromium"])
+/// Runs headless Chromium in namespace `ns` (None: the host's) on `url` with `args` (after
+/// the common ones); its stdout.
+fn chromium(ns: Option<&str>, profile: &Path, url: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("60");
+    if let Some(ns) = ns {
+        cmd.args(["ip", "netns", "exec", ns]);
+    }
+    let out = cmd
+        .arg("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -63,7 +71,7 @@ fn vip_packets(dom: &str, vip: &str) -> u64 {
 
 #[test]
 fn the_status_page_shows_the_fleet_and_moves_with_the_traffic() {
-    let lab = lab_with("page", |_| {});
+    let lab = lab_with("page", |o| o.web = Some(0));
     wait_until("the peers to agree", Duration::from_secs(15), || {
         lab.lb_json(1, &["peer", "list"]).unwrap()["peers"][0]["state_match"] == true
     });
@@ -99,13 +107,13 @@ fn the_status_page_shows_the_fleet_and_moves_with_the_traffic() {
 
     // The page polls once a second; 5 s of (virtual) time gives it several samples.
     let first = chromium(
-        &ns,
+        Some(&ns),
         &profile,
         url,
         &["--virtual-time-budget=5000", "--dump-dom"],
     );
     let second = chromium(
-        &ns,
+        Some(&ns),
         &profile,
         url,
         &["--virtual-time-budget=5000", "--dump-dom"],
@@ -115,7 +123,7 @@ fn the_status_page_shows_the_fleet_and_moves_with_the_traffic() {
     let shot = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
-        &ns,
+        Some(&ns),
         &profile,
         url,
         &[
@@ -125,7 +133,6 @@ fn the_status_page_shows_the_fleet_and_moves_with_the_traffic() {
     );
     stop.store(true, Ordering::Relaxed);
     let served = traffic.join().unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
     assert!(served > 20, "the traffic was served ({served} requests)");
     assert!(
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
@@ -181,6 +188,46 @@ fn the_status_page_shows_the_fleet_and_moves_with_the_traffic() {
             "VIP rates drawn: {rates:?}"
         );
     }
+
+    // From the host: the lab page shows the router's next hops (lb1 only: lb2 is drained) and
+    // frames both load balancers' pages, which the lab forwards to host ports.
+    let ports = lab.web_ports().expect("the lab serves its pages");
+    let lab_url = format!("http://127.0.0.1:{}/", ports.lab);
+    let page = chromium(
+        None,
+        &profile,
+        &lab_url,
+        &["--virtual-time-budget=3000", "--dump-dom"],
+    );
+    for v in [VIP4.to_string(), lab::VIP6.to_string()] {
+        let at = page
+            .find(&format!("data-vip=\"{v}\""))
+            .unwrap_or_else(|| panic!("no router row for {v}:\n{page}"));
+        let row = &page[at..page[at..].find("</div>").map_or(page.len(), |e| at + e)];
+        assert_eq!(attr_values(row, "data-lb"), ["lb1"], "{row}");
+    }
+    for lb in ["lb1", "lb2"] {
+        assert!(page.contains(&format!("data-lb-page=\"{lb}\"")), "{page}");
+    }
+    let lb1 = chromium(
+        None,
+        &profile,
+        &format!("http://127.0.0.1:{}/", ports.lbs[0]),
+        &["--virtual-time-budget=3000", "--dump-dom"],
+    );
+    assert!(lb1.contains(&format!("data-vip=\"{v4}\"")), "{lb1}");
+    let shot = artifacts.join("lab-page.png");
+    chromium(
+        None,
+        &profile,
+        &lab_url,
+        &[
+            "--virtual-time-budget=4000",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000));
+    let _ = std::fs::remove_dir_all(&profile);
 
     // Every metric the shipped alerts and dashboard query is in this agent's /metrics.
     let exposed = exposed_metrics(&tests::netns::metrics_in(&ns).unwrap());

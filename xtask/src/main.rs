@@ -199,11 +199,12 @@ fn test(extra: &[String], deb: &std::path::Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The tests run binaries of other packages, which cargo test alone does not build: `lb`
-    // (agent tests), `lb-echo` (end-to-end labs) and `lb-bench` (the bench's self-check). They
+    // (agent tests), `lb-echo` and `lb-lab` (end-to-end labs, their pages) and `lb-bench` (the
+    // bench's self-check). They
     // find them next to their own directory (target/<profile>/).
     let mut build = Command::new(&cargo);
     build.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
-    build.args(["--package", "lb-lab", "--bin", "lb-echo"]);
+    build.args(["--package", "lb-lab", "--bin", "lb-echo", "--bin", "lb-lab"]);
     build.args(["--package", "lb-bench", "--bin", "lb-bench"]);
     if extra.iter().any(|a| a == "--release") {
         build.arg("--release");

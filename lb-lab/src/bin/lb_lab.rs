@@ -16,6 +16,8 @@ use lb_lab::{self as lab, HealthTiming, Lab, LabOptions};
 const PREFIX: &str = "lblab";
 const RUN_DIR: &str = "/run/lb-lab";
 const PIN_ROOT: &str = "/sys/fs/bpf/lb-lab";
+/// The lab page on the host; load balancer i's status page on WEB_PORT + i.
+const WEB_PORT: u16 = 9460;
 
 fn options(root: &Path) -> LabOptions {
     LabOptions {
@@ -33,6 +35,7 @@ fn options(root: &Path) -> LabOptions {
         client_route_mtu: None,
         sync_refresh_secs: None,
         capabilities: None,
+        web: Some(WEB_PORT),
         max_flows: 200_000,
         new_flow_rate: 0,
     }
@@ -351,6 +354,13 @@ fn main() -> Result<()> {
             _ => bail!("{USAGE}"),
         },
         "down" if args.len() == 1 => down(&root),
+        // Started by `up` (lb_lab::web): the pages, until `down` stops it.
+        "web" => match &args[1..] {
+            [prefix, run_dir, lbs, base] => {
+                lb_lab::web::serve(prefix, Path::new(run_dir), lbs.parse()?, base.parse()?)
+            }
+            _ => bail!("{USAGE}"),
+        },
         _ => bail!("{USAGE}"),
     }
 }
