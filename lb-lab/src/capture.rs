@@ -1,6 +1,7 @@
-//! A packet capture over every interface of one namespace (one unbound AF_PACKET socket),
-//! counting frames by interface and direction with a caller's classifier. Drops in the
-//! socket are reported, so a test never trusts an incomplete count.
+//! Packet captures over every interface of one namespace (one unbound AF_PACKET socket, read
+//! on a thread of its own): `Capture` counts frames by interface and direction with a caller's
+//! classifier, `Recording` keeps the frames a filter selects, whole. Drops in the socket are
+//! reported, so a test never trusts an incomplete count or recording.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -16,30 +17,80 @@ use crate::netns::in_ns;
 /// (interface index, outgoing?, class) -> frames.
 pub type Counts = BTreeMap<(u32, bool, &'static str), u64>;
 
-pub struct Capture {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(Counts, u32), String>>>,
-}
+/// Frame counts by interface, direction and class.
+pub struct Capture(Reader<Counts>);
 
 impl Capture {
     /// Starts capturing in namespace `ns`; `classify` names a frame's class or ignores it.
     pub fn start(ns: &str, classify: fn(&[u8]) -> Option<&'static str>) -> Result<Capture> {
+        Reader::start(ns, Counts::new(), move |counts, frame, from| {
+            if let Some(class) = classify(frame) {
+                let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
+                *counts
+                    .entry((from.sll_ifindex as u32, outgoing, class))
+                    .or_default() += 1;
+            }
+        })
+        .map(Capture)
+    }
+
+    /// Stops and returns the counts; fails if the kernel dropped frames for this socket.
+    pub fn finish(self) -> Result<Counts> {
+        self.0.finish()
+    }
+}
+
+/// A capture that keeps the frames a filter selects, whole (for tests that look inside them,
+/// e.g. for what a peer link lets through in the clear).
+pub struct Recording(Reader<(Vec<Vec<u8>>, usize)>);
+
+impl Recording {
+    /// Starts recording in namespace `ns` the frames `keep` selects (at most 64 MiB of them).
+    pub fn start(ns: &str, keep: fn(&[u8]) -> bool) -> Result<Recording> {
+        Reader::start(ns, (Vec::new(), 0), move |(frames, bytes), frame, _| {
+            if keep(frame) && *bytes < 64 << 20 {
+                *bytes += frame.len();
+                frames.push(frame.to_vec());
+            }
+        })
+        .map(Recording)
+    }
+
+    /// Stops and returns the frames; fails if the kernel dropped any for this socket.
+    pub fn finish(self) -> Result<Vec<Vec<u8>>> {
+        self.0.finish().map(|(frames, _)| frames)
+    }
+}
+
+/// One namespace's frames, each handed with its link-layer address to `each`, which keeps what
+/// it wants in a `T`, until `finish`.
+struct Reader<T> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(T, u32), String>>>,
+}
+
+impl<T: Send + 'static> Reader<T> {
+    fn start(
+        ns: &str,
+        kept: T,
+        each: impl FnMut(&mut T, &[u8], &libc::sockaddr_ll) + Send + 'static,
+    ) -> Result<Self> {
         let fd = in_ns(ns, open_socket)?.map_err(|e| anyhow!("capture socket: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || run(fd, flag, classify));
-        Ok(Capture {
+        let thread = std::thread::spawn(move || read(fd, flag, kept, each));
+        Ok(Reader {
             stop,
             thread: Some(thread),
         })
     }
 
-    /// Stops and returns the counts; fails if the kernel dropped frames for this socket.
-    pub fn finish(mut self) -> Result<Counts> {
+    /// Stops and returns what was kept; fails if the kernel dropped frames for this socket.
+    fn finish(mut self) -> Result<T> {
         // Frames already queued are read before the thread looks at the flag again.
         std::thread::sleep(Duration::from_millis(300));
         self.stop.store(true, Ordering::Relaxed);
-        let (counts, drops) = self
+        let (kept, drops) = self
             .thread
             .take()
             .expect("finished once")
@@ -48,13 +99,13 @@ impl Capture {
             .map_err(anyhow::Error::msg)?;
         ensure!(
             drops == 0,
-            "the capture dropped {drops} frames; its counts are incomplete"
+            "the capture dropped {drops} frames; what it kept is incomplete"
         );
-        Ok(counts)
+        Ok(kept)
     }
 }
 
-impl Drop for Capture {
+impl<T> Drop for Reader<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -94,14 +145,15 @@ fn open_socket() -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn run(
+/// Reads frames until `stop` (or 10 minutes: a forgotten capture ends), then the socket's drop
+/// count. A frame longer than the buffer is an error, not a silently cut copy.
+fn read<T>(
     fd: OwnedFd,
     stop: Arc<AtomicBool>,
-    classify: fn(&[u8]) -> Option<&'static str>,
-) -> Result<(Counts, u32), String> {
-    let mut counts = Counts::new();
-    let mut buf = vec![0u8; 65536];
-    // Bounded: the owner stops it; a forgotten capture ends after 10 minutes.
+    mut kept: T,
+    mut each: impl FnMut(&mut T, &[u8], &libc::sockaddr_ll),
+) -> Result<(T, u32), String> {
+    let mut buf = vec![0u8; 1 << 18];
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
         // SAFETY: sockaddr_ll is plain data filled by recvfrom.
@@ -113,98 +165,9 @@ fn run(
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                0,
+                libc::MSG_TRUNC,
                 (&mut addr as *mut libc::sockaddr_ll).cast(),
                 &mut alen,
-            )
-        };
-        if n <= 0 {
-            continue;
-        }
-        if let Some(class) = classify(&buf[..n as usize]) {
-            let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING;
-            *counts
-                .entry((addr.sll_ifindex as u32, outgoing, class))
-                .or_default() += 1;
-        }
-    }
-    // SAFETY: tpacket_stats is plain data; PACKET_STATISTICS fills it (and resets it).
-    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            (&mut st as *mut libc::tpacket_stats).cast(),
-            &mut len,
-        );
-    }
-    Ok((counts, st.tp_drops))
-}
-
-/// A capture that keeps the frames a filter selects, whole (for tests that look inside them,
-/// e.g. for what a peer link lets through in the clear).
-pub struct Recording {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Recorded>>,
-}
-
-/// The frames kept, and the kernel's drop count.
-type Recorded = Result<(Vec<Vec<u8>>, u32), String>;
-
-impl Recording {
-    /// Starts recording in namespace `ns` the frames `keep` selects (at most 64 MiB of them).
-    pub fn start(ns: &str, keep: fn(&[u8]) -> bool) -> Result<Recording> {
-        let fd = in_ns(ns, open_socket)?.map_err(|e| anyhow!("capture socket: {e}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || record(fd, flag, keep));
-        Ok(Recording {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops and returns the frames; fails if the kernel dropped any for this socket.
-    pub fn finish(mut self) -> Result<Vec<Vec<u8>>> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.stop.store(true, Ordering::Relaxed);
-        let (frames, drops) = self
-            .thread
-            .take()
-            .expect("finished once")
-            .join()
-            .map_err(|_| anyhow!("capture thread panicked"))?
-            .map_err(anyhow::Error::msg)?;
-        ensure!(
-            drops == 0,
-            "the capture dropped {drops} frames; the recording is incomplete"
-        );
-        Ok(frames)
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn record(fd: OwnedFd, stop: Arc<AtomicBool>, keep: fn(&[u8]) -> bool) -> Recorded {
-    let (mut frames, mut bytes) = (Vec::new(), 0usize);
-    let mut buf = vec![0u8; 1 << 18];
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-        // SAFETY: buf is valid for its length; no source address is asked for.
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
             )
         };
         if n <= 0 {
@@ -215,11 +178,7 @@ fn record(fd: OwnedFd, stop: Arc<AtomicBool>, keep: fn(&[u8]) -> bool) -> Record
                 "a {n} byte frame is larger than the capture buffer"
             ));
         }
-        let f = &buf[..n as usize];
-        if keep(f) && bytes < 64 << 20 {
-            bytes += f.len();
-            frames.push(f.to_vec());
-        }
+        each(&mut kept, &buf[..n as usize], &addr);
     }
     // SAFETY: tpacket_stats is plain data; PACKET_STATISTICS fills it (and resets it).
     let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
@@ -234,5 +193,5 @@ fn record(fd: OwnedFd, stop: Arc<AtomicBool>, keep: fn(&[u8]) -> bool) -> Record
             &mut len,
         );
     }
-    Ok((frames, st.tp_drops))
+    Ok((kept, st.tp_drops))
 }

@@ -82,6 +82,31 @@ pub fn finish(lab: Lab) {
     );
 }
 
+/// `lb ARGS` against load balancer `i`, which must succeed; its output.
+pub fn lb_succeeds(lab: &Lab, i: usize, args: &[&str]) -> String {
+    let out = lab.lb(i, args);
+    assert!(
+        out.status.success(),
+        "lb {args:?} on lb{i}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An address on the sync network's bridge for a test playing an attacker there.
+pub const ATTACKER_ON_SYNC_NET: &str = "2001:db8:5::99";
+
+/// Puts `ATTACKER_ON_SYNC_NET` on the sync network's bridge (in the `sw` namespace).
+pub fn add_attacker_on_sync_net(lab: &Lab) {
+    let sw = lab.ns("sw");
+    let addr = format!("{ATTACKER_ON_SYNC_NET}/64");
+    sh(
+        "ip",
+        &["-n", &sw, "-6", "addr", "add", &addr, "dev", "br0", "nodad"],
+    )
+    .unwrap();
+}
+
 pub fn backend_of(body: &str) -> String {
     body.trim().to_string()
 }

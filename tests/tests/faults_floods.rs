@@ -175,21 +175,7 @@ fn listener_floods_leave_forwarding_health_bgp_and_the_api_alone() {
 
     // An attacker on the sync network, and a local process on lb1 for /metrics.
     let sw = lab.ns("sw");
-    tests::netns::sh(
-        "ip",
-        &[
-            "-n",
-            &sw,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:5::99/64",
-            "dev",
-            "br0",
-            "nodad",
-        ],
-    )
-    .unwrap();
+    add_attacker_on_sync_net(&lab);
     let stop = Arc::new(AtomicBool::new(false));
     let sync_cap = DEFAULT_SYNC_MAX_CONNECTIONS;
     let metrics_cap = DEFAULT_METRICS_MAX_CONNECTIONS;

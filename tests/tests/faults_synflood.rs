@@ -261,8 +261,8 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
     // During the flood: b4 joins and b1 drains on lb1 (lb2 follows through sync), and new
     // connections are served.
     for vip in echo_vips() {
-        ok(&lab, 1, &["backend", "add", &vip, &backend(4)]);
-        ok(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
+        lb_succeeds(&lab, 1, &["backend", "add", &vip, &backend(4)]);
+        lb_succeeds(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
     }
     // New connections once both agents wrote their new tables (b1 has no slot, b4 has some): a
     // flow the gate left without an entry follows the Maglev table, so one made while it is
@@ -276,7 +276,7 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
     });
     let (failed, retried) = new_connections(&lab, 20);
     // lb1's routes withdrawn: the router moves its clients to lb2.
-    ok(&lab, 1, &["node", "drain"]);
+    lb_succeeds(&lab, 1, &["node", "drain"]);
     wait_until("the router to drop lb1", Duration::from_secs(30), || {
         lab.router_paths(IpAddr::V4(lab::VIP4)).unwrap().len() == 1
     });
@@ -307,15 +307,6 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
         m1,
         m2,
     )
-}
-
-fn ok(lab: &lab::Lab, i: usize, args: &[&str]) {
-    let out = lab.lb(i, args);
-    assert!(
-        out.status.success(),
-        "lb {args:?} on lb{i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn backend(j: usize) -> String {

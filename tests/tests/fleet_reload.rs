@@ -3,13 +3,12 @@
 //! from the fleet, so a config-management HUP of a stale file cannot undo an incident drain
 //! everywhere. `lb reload --fleet` shows those differences first and applies exactly that plan.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::Value;
 use tests::e2e::*;
 use tests::lab::{HTTP_PORT, Lab, VIP4, backend_link6};
+use tests::netns::{post, raw_http};
 
 fn state_of(lab: &Lab, i: usize, vip: &str, j: usize) -> String {
     let list = lab.lb_json(i, &["backend", "list", vip]).unwrap();
@@ -31,19 +30,7 @@ fn lb_out(lab: &Lab, i: usize, args: &[&str]) -> (bool, String) {
 
 /// A raw control-API request, for what the CLI never sends (a stale plan, a bad body).
 fn api_reload(lab: &Lab, i: usize, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(lab.socket(i)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /v1/reload HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, text)
+    raw_http(&lab.socket(i), &post("/v1/reload", body))
 }
 
 fn table_version(lab: &Lab, i: usize) -> u64 {

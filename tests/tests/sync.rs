@@ -26,15 +26,6 @@ fn agree(lab: &Lab) -> bool {
             .all(|p| p["peers"][0]["state_match"] == true && p["peers"][0]["table_match"] == true)
 }
 
-fn ok(lab: &Lab, i: usize, args: &[&str]) {
-    let out = lab.lb(i, args);
-    assert!(
-        out.status.success(),
-        "lb {args:?} on lb{i}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn backend(j: usize) -> String {
     backend_link6(j).1.to_string()
 }
@@ -95,7 +86,7 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
     for (i, w) in [(1, "300"), (2, "40"), (1, "120")] {
         let before = peers(&lab, 1)["version"].as_u64().unwrap();
         let t = Instant::now();
-        ok(&lab, i, &["backend", "weight", &v4, &backend(2), w]);
+        lb_succeeds(&lab, i, &["backend", "weight", &v4, &backend(2), w]);
         let other = 3 - i;
         let want = peers(&lab, i)["state_digest"].clone();
         wait_until(
@@ -120,8 +111,8 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
     }
     // A VIP added on lb2 appears on lb1, with its backend.
     let t = Instant::now();
-    ok(&lab, 2, &["vip", "add", "192.0.2.20:443/tcp"]);
-    ok(
+    lb_succeeds(&lab, 2, &["vip", "add", "192.0.2.20:443/tcp"]);
+    lb_succeeds(
         &lab,
         2,
         &["backend", "add", "192.0.2.20:443/tcp", &backend(3)],
@@ -171,8 +162,8 @@ fn a_change_on_one_agent_reaches_every_agent_with_matching_digests() {
     let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
     let before = peers(&lab, 1)["version"].as_u64().unwrap();
     lab.set_sync_link(1, false).unwrap();
-    ok(&lab, 1, &["backend", "weight", &v6, &backend(3), "7"]);
-    ok(&lab, 2, &["backend", "weight", &v6, &backend(3), "9"]);
+    lb_succeeds(&lab, 1, &["backend", "weight", &v6, &backend(3), "7"]);
+    lb_succeeds(&lab, 2, &["backend", "weight", &v6, &backend(3), "9"]);
     lab.set_sync_link(1, true).unwrap();
     wait_until("the peers to agree", Duration::from_secs(20), || {
         agree(&lab)
@@ -208,8 +199,8 @@ fn hard_case(tag: &str, flow_sync: bool) -> (Vec<Session>, u64, usize) {
 
     // On lb1 only: b4 joins, b1 drains. lb2 learns it through sync.
     for vip in echo_vips() {
-        ok(&lab, 1, &["backend", "add", &vip, &backend(4)]);
-        ok(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
+        lb_succeeds(&lab, 1, &["backend", "add", &vip, &backend(4)]);
+        lb_succeeds(&lab, 1, &["backend", "drain", &vip, &backend(1)]);
     }
     wait_until("the peers to agree", Duration::from_secs(10), || {
         agree(&lab)
@@ -217,7 +208,7 @@ fn hard_case(tag: &str, flow_sync: bool) -> (Vec<Session>, u64, usize) {
     std::thread::sleep(Duration::from_secs(1));
 
     // lb1's routes withdrawn: the router moves its flows to lb2.
-    ok(&lab, 1, &["node", "drain"]);
+    lb_succeeds(&lab, 1, &["node", "drain"]);
     wait_until("the router to drop lb1", Duration::from_secs(15), || {
         [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
             .iter()
@@ -289,9 +280,9 @@ fn a_cut_off_peer_converges_when_its_link_returns() {
     lab.set_sync_link(2, false).unwrap();
     let v4 = format!("{VIP4}:{HTTP_PORT}/tcp");
     let v6 = format!("[{VIP6}]:{HTTP_PORT}/tcp");
-    ok(&lab, 1, &["backend", "weight", &v4, &backend(2), "200"]);
-    ok(&lab, 1, &["vip", "add", "192.0.2.30:8080/tcp"]);
-    ok(&lab, 2, &["backend", "drain", &v6, &backend(3)]);
+    lb_succeeds(&lab, 1, &["backend", "weight", &v4, &backend(2), "200"]);
+    lb_succeeds(&lab, 1, &["vip", "add", "192.0.2.30:8080/tcp"]);
+    lb_succeeds(&lab, 2, &["backend", "drain", &v6, &backend(3)]);
     let noticed = wait_until(
         "lb1 to see its link to lb2 down",
         Duration::from_secs(15),
@@ -406,18 +397,7 @@ fn refused(lab: &Lab, i: usize) -> std::collections::BTreeMap<String, u64> {
 /// An attacker on the sync network (an address on the bridge): lb1's sync address and the
 /// fleet key, for the tests that speak the protocol by hand.
 fn attacker_on_sync_net(lab: &Lab) -> (SocketAddr, FleetKey) {
-    sh_ok(
-        lab,
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:5::99/64",
-            "dev",
-            "br0",
-            "nodad",
-        ],
-    );
+    add_attacker_on_sync_net(lab);
     let target = SocketAddr::new(IpAddr::V6(lab::lb_sync6(1)), SYNC_PORT);
     let key = FleetKey::parse(&std::fs::read_to_string(lab.key_file()).unwrap()).unwrap();
     (target, key)
@@ -669,7 +649,7 @@ fn a_captured_peer_link_shows_no_client_address_or_port() {
         || imported(&lab) >= before + n as u64,
     );
     // Summaries, a state and more flows' batches go by too.
-    ok(
+    lb_succeeds(
         &lab,
         1,
         &["backend", "weight", &echo_vips()[0], &backend(2), "150"],
@@ -714,13 +694,6 @@ fn a_captured_peer_link_shows_no_client_address_or_port() {
     finish(lab);
 }
 
-fn sh_ok(lab: &Lab, args: &[&str]) {
-    let mut a = vec!["-n".to_string(), lab.ns("sw")];
-    a.extend(args.iter().map(|s| s.to_string()));
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    tests::netns::sh("ip", &a).unwrap();
-}
-
 /// Issue 5, test 5: an agent restarted mid-traffic rejoins, converges (it missed a change while
 /// it was down), announces again only once caught up, and its flows, and the flows its peer
 /// took while it was away, survive the routes coming back.
@@ -741,7 +714,7 @@ fn a_restarted_agent_rejoins_converges_and_keeps_its_flows() {
     });
     // While lb1's agent is away: a change, and new connections (all through lb2).
     for vip in echo_vips() {
-        ok(&lab, 2, &["backend", "drain", &vip, &backend(3)]);
+        lb_succeeds(&lab, 2, &["backend", "drain", &vip, &backend(3)]);
     }
     let second = Sessions::open(&lab, echo_targets(), 60, Duration::from_millis(100));
     std::thread::sleep(Duration::from_secs(1));
@@ -875,7 +848,7 @@ fn a_peer_state_with_a_clock_at_its_end_is_refused_and_changes_nothing() {
 
     // The state still takes a normal change, one clock step above the old version.
     let version = before["version"].as_u64().unwrap();
-    ok(&lab, 1, &["backend", "weight", &v4, &backend(2), "300"]);
+    lb_succeeds(&lab, 1, &["backend", "weight", &v4, &backend(2), "300"]);
     assert_eq!(peers(&lab, 1)["version"].as_u64(), Some(version + 1));
     wait_until("lb2 to apply it", Duration::from_secs(10), || {
         agree(&lab) && weight_of(&lab, 2, &v4, 2) == Some(300)

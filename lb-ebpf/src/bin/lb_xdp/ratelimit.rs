@@ -34,16 +34,9 @@ pub fn allow() -> bool {
     if cfg.icmp_rate == 0 {
         return true;
     }
-    let Some(bucket) = ICMP_BUCKET.get_ptr_mut(0) else {
-        return true;
-    };
-    // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
-    let bucket = unsafe { &mut *bucket };
-    if bucket.take(clock::now_ns(), cfg.icmp_rate, cfg.icmp_burst) {
-        return true;
-    }
-    stats::count(Counter::DropIcmpRateLimited);
-    false
+    spend(&ICMP_BUCKET, Counter::DropIcmpRateLimited, |b, now| {
+        b.take(now, cfg.icmp_rate, cfg.icmp_burst)
+    })
 }
 
 /// The new-flow gate's setting (`lb_common::ratelimit::FlowGate`; all zeroes: no gate).
@@ -63,14 +56,26 @@ pub fn allow_new_entry() -> bool {
     if gate.rate == 0 {
         return true;
     }
-    let Some(bucket) = FLOW_GATE_BUCKET.get_ptr_mut(0) else {
+    spend(&FLOW_GATE_BUCKET, Counter::LruInsertGated, |b, now| {
+        b.take_wide(now, gate.rate, gate.burst)
+    })
+}
+
+/// Takes a token with `take` from this CPU's slot of `bucket` at the coarse clock's now;
+/// counts `refused` when there is none. A missing slot (cannot happen) allows.
+#[inline(always)]
+fn spend(
+    bucket: &PerCpuArray<TokenBucket>,
+    refused: Counter,
+    take: impl FnOnce(&mut TokenBucket, u64) -> bool,
+) -> bool {
+    let Some(slot) = bucket.get_ptr_mut(0) else {
         return true;
     };
     // SAFETY: a valid pointer to this CPU's slot, which nothing else writes meanwhile.
-    let bucket = unsafe { &mut *bucket };
-    if bucket.take_wide(clock::now_ns(), gate.rate, gate.burst) {
+    if take(unsafe { &mut *slot }, clock::now_ns()) {
         return true;
     }
-    stats::count(Counter::LruInsertGated);
+    stats::count(refused);
     false
 }
