@@ -46,7 +46,7 @@ impl LbConfig {
     /// How long a connection entry may idle before it is ignored: UDP, established TCP, or
     /// TCP after the client's FIN/RST. The XDP program and the agent's flow counts share it.
     #[inline(always)]
-    pub fn idle_timeout_ns(&self, is_tcp: bool, entry_flags: u32) -> u64 {
+    pub fn idle_timeout_ns(&self, is_tcp: bool, entry_flags: u16) -> u64 {
         if !is_tcp {
             self.udp_timeout_ns
         } else if entry_flags & CONN_F_CLOSING != 0 {

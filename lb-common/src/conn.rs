@@ -57,11 +57,11 @@ impl FlowKey {
 }
 
 /// `ConnEntry::flags`: the client sent FIN or RST; the short closing timeout applies.
-pub const CONN_F_CLOSING: u32 = 1;
+pub const CONN_F_CLOSING: u16 = 1;
 /// `ConnEntry::flags`: installed by the agent from a peer's flow; the XDP program clears it once
 /// local traffic refreshes the entry (this load balancer then owns the flow and re-exports it on
 /// refresh sweeps).
-pub const CONN_F_PEER: u32 = 2;
+pub const CONN_F_PEER: u16 = 2;
 
 /// Connection-table value: where the flow is pinned.
 #[repr(C)]
@@ -75,7 +75,11 @@ pub struct ConnEntry {
     pub atime_ns: u64,
     /// `Backend::generation` when the entry was made.
     pub generation: u32,
-    pub flags: u32,
+    pub flags: u16,
+    /// Second chance: the backend that held the flow's Maglev slot before its last change,
+    /// as id + 1 (`backend::encode_id`); 0: none. Set when a mid-flow packet without an entry
+    /// met a slot with a live previous backend; every packet of the flow then carries it.
+    pub prev: u16,
 }
 
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.

@@ -57,6 +57,9 @@ pub const ICMPV6_PKT_TOOBIG: u8 = 2;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
+/// An IPv6 Segment Routing Header with two segments (second chance, `srh`).
+pub const ENCAP_SRH_LEN: usize = crate::srh::SRH_LEN;
+
 /// IPv6 + UDP: the GUE (variant 1) outer headers.
 pub const GUE_HLEN: usize = IPV6_HLEN + UDP_HLEN;
 /// Bytes the load balancer's encapsulation adds: an IPv6 header, plus UDP for GUE.

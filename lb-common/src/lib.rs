@@ -14,7 +14,7 @@
 //! - `counters`: the counter macro and `Counter`; `decap` and `health`: the other programs'
 //!   names, types and counters.
 //! - `hash`: the flow hash; `maglev` (userspace): Maglev construction.
-//! - `checksum`, `toobig`: pure helpers of the XDP program.
+//! - `checksum`, `toobig`: pure helpers of the XDP program; `srh`: the second-chance header.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
 pub mod addr;
@@ -30,6 +30,7 @@ pub mod headers;
 pub mod health;
 pub mod names;
 pub mod ratelimit;
+pub mod srh;
 pub mod toobig;
 pub mod vip;
 pub mod vip_filter;

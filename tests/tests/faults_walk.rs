@@ -74,6 +74,7 @@ fn fill(pins: &Path, id: u32, generation: u32, n: u32) -> Duration {
             atime_ns: monotonic_ns(),
             generation,
             flags: 0,
+            prev: 0,
         };
         batch.push((key, entry));
         if batch.len() == batch.capacity() || i + 1 == n {

@@ -83,6 +83,7 @@ fn peer_entry(backend: u32, atime_ns: u64) -> ConnEntry {
         atime_ns,
         generation: 1,
         flags: CONN_F_PEER,
+        prev: 0,
     }
 }
 
@@ -249,6 +250,7 @@ fn live_lists_fresh_entries_and_omits_expired_ones() {
                 atime_ns: now - idle * SEC,
                 generation: 1,
                 flags,
+                prev: 0,
             };
             (key, entry)
         })

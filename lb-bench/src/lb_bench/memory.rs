@@ -148,6 +148,7 @@ fn fill(dp: &mut Dataplane) -> Result<u64> {
             atime_ns: now,
             generation: 1,
             flags: 0,
+            prev: 0,
         };
         table.insert(&flow_key(i), &entry)?;
     }

@@ -179,6 +179,8 @@ impl FlowIndex {
             atime_ns: now_ns,
             generation,
             flags: CONN_F_PEER,
+            // A peer's flow is pinned to the backend that serves it: no second chance needed.
+            prev: 0,
         })
     }
 }

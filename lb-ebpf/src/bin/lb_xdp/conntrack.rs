@@ -172,6 +172,7 @@ fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, h
             atime_ns: flow.now,
             generation: b.generation,
             flags: if flow.closing { CONN_F_CLOSING } else { 0 },
+            prev: 0,
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let inserted = CONNS.insert(key, &entry, 0).is_ok();
