@@ -289,6 +289,9 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             | Counter::DropFlowEvent
             // A forwarded ICMP error also counts as tx / tx_gue.
             | Counter::IcmpErrorForwarded
+            // Second chance qualifies a tx / tx_gue.
+            | Counter::TxSecondChance
+            | Counter::SecondChancePaired
     )
 }
 

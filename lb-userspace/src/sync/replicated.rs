@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::wire::{Refusal, refused};
-use crate::state::history::{self, History};
+use crate::state::history::History;
 use crate::state::{
     BackendSpec, BackendState, Capacity, Change, DesiredState, Vip, VipSpec, check_vip_addr,
 };
@@ -306,42 +306,6 @@ impl ReplicatedState {
         }
     }
 
-    /// Second chance: records, under `stamp`, a step for every VIP whose members differ between
-    /// `old` and `new` (the states materialized before and after an operator's changes).
-    pub fn record_history(
-        &mut self,
-        old: &DesiredState,
-        new: &DesiredState,
-        stamp: &Stamp,
-        now_ms: u64,
-        window_ms: u64,
-    ) {
-        if window_ms == 0 {
-            return;
-        }
-        for vip in history::changed_vips(old, new) {
-            let Some(entry) = self.vips.get_mut(&vip) else {
-                continue;
-            };
-            let steps = entry.history.take().map(|h| h.value).unwrap_or_default();
-            let before = history::members_of(&old.vips[&vip]);
-            entry.history = Some(Lww::new(
-                stamp,
-                history::with_step(steps, before, now_ms, window_ms),
-            ));
-        }
-    }
-
-    /// Every live VIP's steps (second chance).
-    pub fn histories(&self) -> BTreeMap<Vip, History> {
-        self.vips
-            .iter()
-            .filter(|(_, e)| e.exists.value.is_some())
-            .filter_map(|(vip, e)| Some((*vip, e.history.as_ref()?.value.clone())))
-            .filter(|(_, h)| !h.is_empty())
-            .collect()
-    }
-
     /// Merges a peer's (whole) state in; true if anything changed.
     ///
     /// Fields present on both sides keep the higher stamp. An entry on one side only is kept
@@ -518,6 +482,7 @@ pub fn hex16(bytes: &[u8]) -> String {
 
 pub mod caps;
 pub mod gc;
+mod steps;
 
 #[cfg(test)]
 mod tests;
