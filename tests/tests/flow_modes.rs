@@ -110,7 +110,7 @@ fn entries(lab: &Lab, i: usize, peer_copies: bool) -> Vec<(FlowKey, Ipv6Addr, u3
     let mut out = Vec::new();
     t.walk(|k, e| {
         if k.proto != PROTO_TCP
-            || k.dst_port != ECHO_PORT
+            || u16::from_be(k.dst_port) != ECHO_PORT
             || (e.flags & CONN_F_PEER != 0) != peer_copies
             || !is_live(&cfg, k, e, now)
         {

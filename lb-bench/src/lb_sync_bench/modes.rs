@@ -178,7 +178,11 @@ impl Bench<'_> {
                     let mut next = Instant::now() + Duration::from_secs_f64(DRAIN_EVERY);
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         if Instant::now() >= next {
-                            let verb = if n.is_multiple_of(2) { "drain" } else { "undrain" };
+                            let verb = if n.is_multiple_of(2) {
+                                "drain"
+                            } else {
+                                "undrain"
+                            };
                             let out = lab.lb(1, &["backend", verb, vip, b3]);
                             if out.status.success() {
                                 n += 1;
