@@ -14,7 +14,7 @@ use crate::state::Vip;
 use crate::sync::moved::SlotSet;
 use crate::sync::{ChangedSlots, Rings};
 
-/// A VIP's ring as installed, and the local ids of its backends.
+/// A VIP's ring as installed (backend id per slot), and the local ids of its backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RingSnap {
     pub slots: Option<Arc<Vec<u32>>>,
@@ -30,7 +30,11 @@ pub(super) fn snapshot(vips: &BTreeMap<Vip, InstalledVip>) -> Snapshot {
             (
                 *vip,
                 RingSnap {
-                    slots: v.slots.clone().map(Arc::new),
+                    // Only the backend each slot sends new flows to: a previous backend or its
+                    // expiry changing moves no flow.
+                    slots: v.slots.as_ref().map(|slots| {
+                        Arc::new(slots.iter().map(lb_common::RingSlot::backend_id).collect())
+                    }),
                     backends: v.backends.values().map(|b| b.id).collect(),
                 },
             )
