@@ -55,6 +55,8 @@ pub struct LabOptions {
     pub health: HealthTiming,
     /// Whether the agents share new flows with each other (the state is always replicated).
     pub flow_sync: bool,
+    /// `[sync] flows` as a mode (`all`, `changes`, `off`); when set it overrides `flow_sync`.
+    pub flow_mode: Option<String>,
     /// MTU of the links behind the router (load balancers, backends).
     pub fabric_mtu: u32,
     /// A route MTU on the router towards the client's networks (path MTU discovery tests):
@@ -95,6 +97,7 @@ impl LabOptions {
             configured_backends: 3,
             health: HealthTiming::default(),
             flow_sync: true,
+            flow_mode: None,
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
             sync_refresh_secs: None,

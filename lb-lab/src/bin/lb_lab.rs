@@ -31,6 +31,7 @@ fn options(root: &Path) -> LabOptions {
         configured_backends: 3,
         health: HealthTiming::default(),
         flow_sync: true,
+        flow_mode: None,
         fabric_mtu: lab::FABRIC_MTU,
         client_route_mtu: None,
         sync_refresh_secs: None,
