@@ -7,6 +7,11 @@
 //! had arrived directly, and the reply goes straight to the client (direct server return).
 //! Everything else passes untouched. No loops over packet data, no logging.
 //!
+//! Second chance (`srh`): a tunnel packet may carry an IPv6 Segment Routing Header naming the
+//! backend that held the flow before the last change. It is decapsulated as above when this
+//! host should take it (a SYN, a socket for the flow, a valid SYN cookie, the last segment, not
+//! TCP: `socket`), and otherwise moved to the previous backend and sent back out (XDP_TX).
+//!
 //! The counters, config and map names are in `lb_common::decap`; `lb decap` loads it.
 #![no_std]
 #![no_main]
@@ -14,6 +19,9 @@
     clippy::needless_borrows_for_generic_args,
     reason = "map keys and values stay borrowed: passed by value, LLVM emits different code"
 )]
+
+mod socket;
+mod srh;
 
 use core::ptr::write as store;
 
@@ -28,6 +36,7 @@ use lb_common::headers::{
     ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, GUE_HLEN, IPV4_HLEN, IPV6_HLEN, NEXT_HEADER_IPIP,
     NEXT_HEADER_IPV6, NEXT_HEADER_UDP, VLAN_HLEN,
 };
+use lb_common::srh::NEXT_HEADER_ROUTING;
 use lb_common::{
     CounterValue,
     decap::{DECAP_MAX_ADDRS, DecapConfig, DecapCounter},
@@ -47,7 +56,7 @@ static DECAP_STATS: PerCpuArray<CounterValue> =
 
 /// The inner IP version the outer header announces.
 #[derive(Clone, Copy)]
-enum Inner {
+pub(crate) enum Inner {
     V4,
     V6,
     /// GUE variant 1 does not say: the inner version nibble decides.
@@ -55,10 +64,11 @@ enum Inner {
 }
 
 /// A verdict and the counter it moves.
-type Outcome = (u32, DecapCounter);
+pub(crate) type Outcome = (u32, DecapCounter);
 
-const NOT_TUNNEL: Outcome = (XDP_PASS, DecapCounter::PassNotTunnel);
-const MALFORMED: Outcome = (XDP_DROP, DecapCounter::DropMalformed);
+pub(crate) const NOT_TUNNEL: Outcome = (XDP_PASS, DecapCounter::PassNotTunnel);
+pub(crate) const MALFORMED: Outcome = (XDP_DROP, DecapCounter::DropMalformed);
+pub(crate) const OTHER_ADDRESS: Outcome = (XDP_PASS, DecapCounter::PassOtherAddress);
 
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
@@ -117,83 +127,161 @@ fn outer<const L2: usize>(ctx: &XdpContext, data: usize, end: usize) -> Outcome 
         NEXT_HEADER_IPIP => Inner::V4,
         NEXT_HEADER_IPV6 => Inner::V6,
         NEXT_HEADER_UDP => {
-            if ip + GUE_HLEN > end {
-                return NOT_TUNNEL;
-            }
-            // SAFETY: the UDP header is in the frame (checked above).
-            let dport: u16 = unsafe { load(ip + IPV6_HLEN + 2) };
-            let gue_port = DECAP_CONFIG.get(0).map_or(0, |c| c.gue_port);
-            if gue_port == 0 || dport != gue_port {
+            if !is_gue(ip + IPV6_HLEN, end) {
                 return NOT_TUNNEL;
             }
             Inner::Either
         }
-        // Extension headers (e.g. RFC 2473's tunnel encapsulation limit), fragments, anything
-        // else: the load balancer never sends them, so they are not tunnel packets for us.
+        // Second chance: a Segment Routing Header before the tunnel payload.
+        NEXT_HEADER_ROUTING => return srh::routed::<L2>(ctx, data, end),
+        // Other extension headers (e.g. RFC 2473's tunnel encapsulation limit), fragments,
+        // anything else: the load balancer never sends them, so they are not tunnel packets.
         _ => return NOT_TUNNEL,
     };
     // Other addresses' tunnel packets are the kernel's business (it may route them on).
-    // SAFETY: in the IPv6 header (checked above).
-    let dst: [u32; 4] = unsafe { load(ip + 24) };
-    // SAFETY: the value is only tested for presence, never read.
-    if unsafe { DECAP_ADDRS.get(&dst) }.is_none() {
-        return (XDP_PASS, DecapCounter::PassOtherAddress);
+    if !is_ours(ip) {
+        return OTHER_ADDRESS;
     }
     // SAFETY: in the IPv6 header (checked above).
     let payload_len = u16::from_be(unsafe { load(ip + 4) }) as usize;
     match inner {
-        Inner::Either => strip::<L2, GUE_HLEN>(ctx, data, end, payload_len, inner),
-        _ => strip::<L2, IPV6_HLEN>(ctx, data, end, payload_len, inner),
+        Inner::Either => plain::<L2, GUE_HLEN>(
+            ctx,
+            data,
+            end,
+            payload_len,
+            inner,
+            [DecapCounter::DecapGueV4, DecapCounter::DecapGueV6],
+        ),
+        _ => plain::<L2, IPV6_HLEN>(
+            ctx,
+            data,
+            end,
+            payload_len,
+            inner,
+            [DecapCounter::DecapIpip, DecapCounter::DecapIp6ip6],
+        ),
     }
 }
 
-/// Checks the inner header that follows `OUTER` bytes of tunnel headers, then rewrites the
-/// frame: the link-layer header moves forward over the tunnel headers and the head follows it.
-/// The inner packet itself is not touched.
+/// A tunnel packet without a routing header: always decapsulated, counted by inner version
+/// (`counters`: IPv4, IPv6).
 #[inline(always)]
-fn strip<const L2: usize, const OUTER: usize>(
+fn plain<const L2: usize, const OUTER: usize>(
     ctx: &XdpContext,
     data: usize,
     end: usize,
     payload_len: usize,
     expect: Inner,
+    counters: [DecapCounter; 2],
 ) -> Outcome {
+    match inner_header::<L2, OUTER>(data, end, payload_len, expect) {
+        Ok(ip) => strip::<L2, OUTER>(
+            ctx,
+            data,
+            end,
+            ip.ethertype,
+            counters[if ip.v4 { 0 } else { 1 }],
+        ),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Is the outer IPv6 header at `ip` (in the frame, checked by the caller) addressed to one of
+/// our tunnel addresses?
+#[inline(always)]
+pub(crate) fn is_ours(ip: usize) -> bool {
+    // SAFETY: in the IPv6 header (checked by the caller).
+    let dst: [u32; 4] = unsafe { load(ip + 24) };
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { DECAP_ADDRS.get(&dst) }.is_some()
+}
+
+/// Is the UDP header at `udp` in the frame and addressed to the configured GUE port?
+#[inline(always)]
+pub(crate) fn is_gue(udp: usize, end: usize) -> bool {
+    if udp + lb_common::headers::UDP_HLEN > end {
+        return false;
+    }
+    // SAFETY: the UDP header is in the frame (checked above).
+    let dport: u16 = unsafe { load(udp + 2) };
+    let gue_port = DECAP_CONFIG.get(0).map_or(0, |c| c.gue_port);
+    gue_port != 0 && dport == gue_port
+}
+
+/// `end` hidden from LLVM, for comparisons with a length read from the packet: from those LLVM
+/// would conclude that a bounds check before or after is implied and drop it, and the verifier
+/// cannot follow that reasoning.
+#[inline(always)]
+pub(crate) fn opaque(end: usize) -> usize {
+    core::hint::black_box(end)
+}
+
+/// The inner IP header, checked: its version and the ethertype it gets once decapsulated.
+#[derive(Clone, Copy)]
+pub(crate) struct InnerIp {
+    pub v4: bool,
+    pub ethertype: u16,
+}
+
+/// Checks the inner header that follows `OUTER` bytes of tunnel headers (IPv6, then UDP for
+/// GUE and/or a routing header): a whole minimal IPv4 or IPv6 header of the announced version,
+/// inside the outer payload, inside the frame.
+#[inline(always)]
+pub(crate) fn inner_header<const L2: usize, const OUTER: usize>(
+    data: usize,
+    end: usize,
+    payload_len: usize,
+    expect: Inner,
+) -> Result<InnerIp, Outcome> {
     let inner = data + L2 + OUTER;
     if inner + 1 > end {
-        return MALFORMED;
+        return Err(MALFORMED);
     }
     // SAFETY: the inner header's first byte is in the frame (checked above).
     let first: u8 = unsafe { load(inner) };
-    let gue = OUTER == GUE_HLEN;
-    let (ethertype, min_len, counter) = match (first >> 4, expect) {
+    let (ip, min_len) = match (first >> 4, expect) {
         (4, Inner::V4 | Inner::Either) if first & 0x0F >= 5 => (
-            ETH_P_IP,
-            IPV4_HLEN,
-            if gue {
-                DecapCounter::DecapGueV4
-            } else {
-                DecapCounter::DecapIpip
+            InnerIp {
+                v4: true,
+                ethertype: ETH_P_IP,
             },
+            IPV4_HLEN,
         ),
         (6, Inner::V6 | Inner::Either) => (
-            ETH_P_IPV6,
-            IPV6_HLEN,
-            if gue {
-                DecapCounter::DecapGueV6
-            } else {
-                DecapCounter::DecapIp6ip6
+            InnerIp {
+                v4: false,
+                ethertype: ETH_P_IPV6,
             },
+            IPV6_HLEN,
         ),
         // Wrong version for the next header, IHL < 5, or a GUE variant 0 header.
-        _ => return MALFORMED,
+        _ => return Err(MALFORMED),
     };
-    // A whole minimal inner header, inside the outer payload, inside the frame. Lengths inside
-    // the inner packet are the kernel's to check, as for any packet it receives.
-    if payload_len < OUTER - IPV6_HLEN + min_len || data + L2 + IPV6_HLEN + payload_len > end {
-        return MALFORMED;
+    // The header against the frame (second chance reads it).
+    if inner + min_len > end {
+        return Err(MALFORMED);
     }
+    // Lengths inside the inner packet are the kernel's to check, as for any packet it receives.
+    if payload_len < OUTER - IPV6_HLEN + min_len
+        || data + L2 + IPV6_HLEN + payload_len > opaque(end)
+    {
+        return Err(MALFORMED);
+    }
+    Ok(ip)
+}
 
-    // Rewrite. Explicit bound for the verifier (implied by the checks above): the new link-layer
+/// Rewrites a checked frame: the link-layer header moves forward over the `OUTER` bytes of
+/// tunnel headers and the head follows it. The inner packet itself is not touched.
+#[inline(always)]
+pub(crate) fn strip<const L2: usize, const OUTER: usize>(
+    ctx: &XdpContext,
+    data: usize,
+    end: usize,
+    ethertype: u16,
+    counter: DecapCounter,
+) -> Outcome {
+    // Explicit bound for the verifier (implied by the checks before): the new link-layer
     // header is written at `data + OUTER`.
     let new = data + OUTER;
     if new + L2 > end {
