@@ -25,7 +25,7 @@ use lb_common::srh::{
 use lb_ebpf::load;
 
 use crate::socket::{Take, take};
-use crate::{
+use crate::tunnel::{
     Inner, MALFORMED, NOT_TUNNEL, OTHER_ADDRESS, Outcome, inner_header, is_gue, is_ours, opaque,
     strip,
 };
