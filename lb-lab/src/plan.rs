@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use anyhow::{Result, ensure};
+
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const HTTP_PORT: u16 = 80;
@@ -53,8 +55,11 @@ pub struct LabOptions {
     /// them.
     pub configured_backends: usize,
     pub health: HealthTiming,
-    /// Whether the agents share new flows with each other (the state is always replicated).
-    pub flow_sync: bool,
+    /// Which flows the agents share with each other (`[sync] flows`; the state is always
+    /// replicated).
+    pub flows: FlowSync,
+    /// `[dataplane] second_chance_secs` of the agents (None: the default; 0: second chance off).
+    pub second_chance_secs: Option<u64>,
     /// MTU of the links behind the router (load balancers, backends).
     pub fabric_mtu: u32,
     /// A route MTU on the router towards the client's networks (path MTU discovery tests):
@@ -76,6 +81,23 @@ pub struct LabOptions {
 }
 
 impl LabOptions {
+    /// A lab's load-balancer count must fit the address plan: [`MAX_LBS`].
+    pub fn check(&self) -> Result<()> {
+        ensure!(
+            (1..=MAX_LBS).contains(&self.lbs),
+            "the lab takes 1 to {MAX_LBS} load balancers, not {}",
+            self.lbs
+        );
+        ensure!(
+            (1..=MAX_BACKENDS).contains(&self.backends)
+                && self.configured_backends <= self.backends,
+            "the lab takes 1 to {MAX_BACKENDS} backends, {} configured of {}",
+            self.configured_backends,
+            self.backends
+        );
+        Ok(())
+    }
+
     /// A test lab: 2 load balancers, `backends` backends all configured, flow sync on.
     pub fn new(
         prefix: String,
@@ -94,7 +116,8 @@ impl LabOptions {
             backends: 3,
             configured_backends: 3,
             health: HealthTiming::default(),
-            flow_sync: true,
+            flows: FlowSync::All,
+            second_chance_secs: None,
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
             sync_refresh_secs: None,
@@ -105,6 +128,32 @@ impl LabOptions {
         }
     }
 }
+
+/// `[sync] flows`: every new flow (`All`), only the flows a change moves (`Changes`), none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowSync {
+    All,
+    Changes,
+    Off,
+}
+
+impl FlowSync {
+    /// The value as the agent's config file spells it. Until `[sync] flows` takes a mode
+    /// (branch h14-flows), `all` and `off` are written as the boolean it takes today.
+    pub fn toml(self) -> &'static str {
+        match self {
+            FlowSync::All => "true",
+            FlowSync::Off => "false",
+            FlowSync::Changes => "\"changes\"",
+        }
+    }
+}
+
+/// Load balancers the address plan has room for: lb i's links are 203.0.113.4i/30 (below the
+/// backends' from .64) and 2001:db8:f:i::/64; 8 keeps the lab's page readable.
+pub const MAX_LBS: usize = 8;
+/// Backends: b j's IPv4 link is 203.0.113.(64 + 4j)/30, the last one .252/30.
+pub const MAX_BACKENDS: usize = 47;
 
 /// The peer-sync port every lab agent listens on.
 pub const SYNC_PORT: u16 = 7946;

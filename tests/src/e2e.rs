@@ -107,6 +107,26 @@ pub fn add_attacker_on_sync_net(lab: &Lab) {
     .unwrap();
 }
 
+/// Every load balancer of the lab reports the same state version and state and table digests,
+/// and sees every peer agree with it.
+pub fn fleet_agrees(lab: &Lab) -> bool {
+    let all: Vec<serde_json::Value> = (1..=lab.opts.lbs)
+        .map(|i| lab.lb_json(i, &["peer", "list"]).unwrap())
+        .collect();
+    let first = &all[0];
+    all.iter().all(|p| {
+        p["state_digest"] == first["state_digest"]
+            && p["table_digest"] == first["table_digest"]
+            && p["version"] == first["version"]
+            && p["peers"].as_array().is_some_and(|peers| {
+                peers.len() == lab.opts.lbs - 1
+                    && peers
+                        .iter()
+                        .all(|x| x["state_match"] == true && x["table_match"] == true)
+            })
+    })
+}
+
 pub fn backend_of(body: &str) -> String {
     body.trim().to_string()
 }
