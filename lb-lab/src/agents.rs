@@ -47,7 +47,10 @@ impl Lab {
             lb_sync6(i),
             self.key_file().display(),
             dir.join("sync-state.json").display(),
-            o.flows.toml(),
+            match &o.flow_mode {
+                Some(m) => format!("\"{m}\""),
+                None => o.flow_sync.to_string(),
+            },
         );
         if let Some(r) = o.sync_refresh_secs {
             let _ = writeln!(c, "refresh_secs = {r}");

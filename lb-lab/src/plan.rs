@@ -55,9 +55,10 @@ pub struct LabOptions {
     /// them.
     pub configured_backends: usize,
     pub health: HealthTiming,
-    /// Which flows the agents share with each other (`[sync] flows`; the state is always
-    /// replicated).
-    pub flows: FlowSync,
+    /// Whether the agents share new flows with each other (the state is always replicated).
+    pub flow_sync: bool,
+    /// `[sync] flows` as a mode (`all`, `changes`, `off`); when set it overrides `flow_sync`.
+    pub flow_mode: Option<String>,
     /// `[dataplane] second_chance_secs` of the agents (None: the default; 0: second chance off).
     pub second_chance_secs: Option<u64>,
     /// MTU of the links behind the router (load balancers, backends).
@@ -116,7 +117,8 @@ impl LabOptions {
             backends: 3,
             configured_backends: 3,
             health: HealthTiming::default(),
-            flows: FlowSync::All,
+            flow_sync: true,
+            flow_mode: None,
             second_chance_secs: None,
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
@@ -125,26 +127,6 @@ impl LabOptions {
             web: None,
             max_flows: 200_000,
             new_flow_rate: 0,
-        }
-    }
-}
-
-/// `[sync] flows`: every new flow (`All`), only the flows a change moves (`Changes`), none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowSync {
-    All,
-    Changes,
-    Off,
-}
-
-impl FlowSync {
-    /// The value as the agent's config file spells it. Until `[sync] flows` takes a mode
-    /// (branch h14-flows), `all` and `off` are written as the boolean it takes today.
-    pub fn toml(self) -> &'static str {
-        match self {
-            FlowSync::All => "true",
-            FlowSync::Off => "false",
-            FlowSync::Changes => "\"changes\"",
         }
     }
 }

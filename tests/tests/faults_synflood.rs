@@ -190,7 +190,7 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
     let lab = lab_with(tag, |o| {
         o.backends = 4;
         o.configured_backends = 3;
-        o.flows = tests::lab::FlowSync::All;
+        o.flow_sync = true;
         o.max_flows = MAX_FLOWS;
         o.new_flow_rate = gate;
     });

@@ -88,7 +88,7 @@ fn fill(pins: &Path, id: u32, generation: u32, n: u32) -> Duration {
 #[test]
 fn a_million_flows_refreshed_to_a_peer_never_flap_its_link() {
     let lab = lab_with("fw", |o| {
-        o.flows = tests::lab::FlowSync::All;
+        o.flow_sync = true;
         o.sync_refresh_secs = Some(REFRESH_SECS);
         o.max_flows = 1_200_000;
     });

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tests::e2e::*;
-use tests::lab::{ECHO_PORT, FlowSync, Lab, VIP4, VIP6, backend_link6};
+use tests::lab::{ECHO_PORT, Lab, VIP4, VIP6, backend_link6};
 
 /// Connections held open through each run (the issue asks for at least 200).
 const CONNECTIONS: usize = 240;
@@ -28,7 +28,8 @@ static ONE_LAB: Mutex<()> = Mutex::new(());
 struct Case {
     tag: &'static str,
     lbs: usize,
-    flows: FlowSync,
+    /// `[sync] flows`: "all", "changes" or "off".
+    flows: &'static str,
     /// `[dataplane] second_chance_secs` (None: the default, the TCP idle timeout).
     second_chance_secs: Option<u64>,
     /// The add and the drain as two changes, each applied by the whole fleet before the next
@@ -59,7 +60,7 @@ impl Outcome {
             *per_backend.entry(s.backend.as_str()).or_default() += 1;
         }
         eprintln!(
-            "[{}] {} load balancers, flows {:?}, second_chance_secs {:?}, {}: {} connections {per_backend:?}, \
+            "[{}] {} load balancers, flows {}, second_chance_secs {:?}, {}: {} connections {per_backend:?}, \
              lb{} withdrawn; {} broken, {exchanges} exchanges, longest gap {max_gap:?}; \
              {FORWARDED} {} (per backend: {:?})",
             case.tag,
@@ -132,7 +133,7 @@ fn run(case: &Case) -> Outcome {
         o.lbs = case.lbs;
         o.backends = 4;
         o.configured_backends = 3;
-        o.flows = case.flows;
+        o.flow_mode = Some(case.flows.into());
         o.second_chance_secs = case.second_chance_secs;
         o.health = FAST_HEALTH;
     });
@@ -229,7 +230,7 @@ fn with_flows_off_second_chance_keeps_every_connection_through_a_route_shift() {
     let case = Case {
         tag: "sc1",
         lbs: 2,
-        flows: FlowSync::Off,
+        flows: "off",
         second_chance_secs: None,
         two_steps: false,
     };
@@ -249,7 +250,7 @@ fn with_flows_off_and_second_chance_off_the_same_shift_breaks_connections() {
     let case = Case {
         tag: "sc0",
         lbs: 2,
-        flows: FlowSync::Off,
+        flows: "off",
         second_chance_secs: Some(0),
         two_steps: false,
     };
@@ -272,7 +273,7 @@ fn two_changes_in_a_row_with_flows_changes_keep_every_connection() {
     let case = Case {
         tag: "sc2",
         lbs: 2,
-        flows: FlowSync::Changes,
+        flows: "changes",
         second_chance_secs: None,
         two_steps: true,
     };
@@ -287,7 +288,7 @@ fn four_load_balancers_with_flows_off_keep_every_connection() {
     let case = Case {
         tag: "sc4",
         lbs: 4,
-        flows: FlowSync::Off,
+        flows: "off",
         second_chance_secs: None,
         two_steps: false,
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lb_userspace::sync::wire::{self, FleetKey};
 use serde_json::Value;
 use tests::e2e::*;
-use tests::lab::{self, ECHO_PORT, FlowSync, HTTP_PORT, Lab, SYNC_PORT, VIP4, VIP6, backend_link6};
+use tests::lab::{self, ECHO_PORT, HTTP_PORT, Lab, SYNC_PORT, VIP4, VIP6, backend_link6};
 
 fn peers(lab: &Lab, i: usize) -> Value {
     lab.lb_json(i, &["peer", "list"]).unwrap()
@@ -187,11 +187,7 @@ fn hard_case(tag: &str, flow_sync: bool) -> (Vec<Session>, u64, usize) {
     let lab = lab_with(tag, |o| {
         o.backends = 4;
         o.configured_backends = 3;
-        o.flows = if flow_sync {
-            FlowSync::All
-        } else {
-            FlowSync::Off
-        };
+        o.flow_sync = flow_sync;
     });
     wait_until("the peers to agree", Duration::from_secs(15), || {
         agree(&lab)
