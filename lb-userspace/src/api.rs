@@ -115,8 +115,17 @@ pub struct SyncStatus {
     pub state_digest: String,
     /// Digest of the Maglev tables this agent computes (health included).
     pub table_digest: String,
-    /// Whether new flows are shared with peers.
+    /// Whether flows are shared with peers (`flows` is `all` or `changes`).
     pub flows: bool,
+    /// `[sync] flows`: all, changes or off.
+    #[serde(default)]
+    pub flow_mode: String,
+    /// `changes`: live flows sent because a change moved their slot, and those left out past
+    /// `changes_max`.
+    #[serde(default)]
+    pub flows_moved: u64,
+    #[serde(default)]
+    pub flows_moved_over: u64,
     /// Peers this agent, just started, still waits for before it announces its VIPs.
     pub waiting_for: Vec<String>,
     /// VIPs of the fleet's state this agent does not serve: past `dataplane.max_vips`, the

@@ -64,6 +64,13 @@ enum Cmd {
         /// With --sync: print the results as JSON.
         #[arg(long, requires = "sync")]
         json: bool,
+        /// With --sync: compare the `[sync] flows` modes (all, changes, off): steady new flows,
+        /// with a drain every 3 s, and a spoofed SYN flood (BENCHMARKS.md, "Flow sync modes").
+        #[arg(long, requires = "sync")]
+        modes: bool,
+        /// With --sync --modes: the flood's SYNs per second (default 50000).
+        #[arg(long, requires = "modes")]
+        flood_rate: Option<u32>,
     },
     /// The anycast lab in namespaces: client, BGP router with ECMP, load balancers (2 unless
     /// --lbs), 3 backends. `up` (the default) builds it and shows a live view.
@@ -180,13 +187,15 @@ fn main() -> Result<()> {
             rates,
             secs,
             json,
+            modes,
+            flood_rate,
             sections,
             conntrack,
         } => {
             setup::run(false)?;
             setup::require_root("the benchmarks load XDP programs")?;
             if sync {
-                bench_sync(&rates, secs, json)
+                bench_sync(&rates, secs, json, modes, flood_rate)
             } else if conntrack {
                 bench_conntrack(flows)
             } else {
@@ -393,8 +402,20 @@ fn bench_conntrack(flows: u32) -> Result<()> {
 }
 
 /// The flow-sync cost bench: release agents in the lab (lb-bench/src/lb_sync_bench/).
-fn bench_sync(rates: &[u32], secs: Option<f64>, json: bool) -> Result<()> {
+fn bench_sync(
+    rates: &[u32],
+    secs: Option<f64>,
+    json: bool,
+    modes: bool,
+    flood_rate: Option<u32>,
+) -> Result<()> {
     let mut args = Vec::new();
+    if modes {
+        args.push("--modes".to_string());
+    }
+    if let Some(r) = flood_rate {
+        args.extend(["--flood-rate".to_string(), r.to_string()]);
+    }
     if !rates.is_empty() {
         let list: Vec<String> = rates.iter().map(u32::to_string).collect();
         args.extend(["--rates".to_string(), list.join(",")]);

@@ -20,12 +20,16 @@
 //! backends' SYN-ACKs towards them die in a blackhole route the bench adds in the router, so no
 //! packet leaves the lab's namespaces. The lab is torn down at the end, on error and on Ctrl-C.
 //!
-//! usage: lb-sync-bench [--rates 2000,5000,10000,20000] [--secs 10] [--json] | --down
+//! With `--modes` it instead compares the `[sync] flows` modes (all, changes, off): see
+//! `modes`.
+//!
+//! usage: lb-sync-bench [--rates 2000,5000,10000,20000] [--secs 10] [--json] [--modes] | --down
 
 use anyhow::Result;
 use lb_lab::Lab;
 
 mod measure;
+mod modes;
 mod params;
 mod port;
 mod readings;
@@ -57,7 +61,13 @@ fn main() {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
     }
-    let result = if args.down { down() } else { run(&args) };
+    let result = if args.down {
+        down()
+    } else if args.modes {
+        modes::run_modes(&args)
+    } else {
+        run(&args)
+    };
     if let Err(e) = result {
         eprintln!("lb-sync-bench: {e:#}");
         std::process::exit(1);

@@ -102,7 +102,10 @@ pub(crate) fn measure(lab: &Lab, args: &Args) -> Result<Value> {
         .sync
         .as_ref()
         .context("the lab's agents have no [sync]")?;
-    ensure!(sync.flows, "the lab's agents do not share flows");
+    ensure!(
+        sync.flows == lb_userspace::config::FlowSync::All,
+        "the lab's agents do not share every new flow (flows = \"all\")"
+    );
     let period = sync.refresh_secs as f64;
 
     // The backends answer the SYNs towards their sources: those replies end in the router.

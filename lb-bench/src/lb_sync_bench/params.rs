@@ -34,13 +34,18 @@ pub(crate) struct Args {
     pub(crate) secs: f64,
     pub(crate) json: bool,
     pub(crate) down: bool,
+    /// The modes course (`modes`): all, changes and off, steady / drain / flood.
+    pub(crate) modes: bool,
+    pub(crate) flood_rate: u32,
 }
 
 pub(crate) fn usage() -> ! {
     eprintln!(
-        "usage: lb-sync-bench [--rates R1,R2,..] [--secs S] [--json] | --down\n\
+        "usage: lb-sync-bench [--rates R1,R2,..] [--secs S] [--json] [--modes [--flood-rate R]] | --down\n\
          \x20 --rates  new flows per second, one window each (default 2000,5000,10000,20000)\n\
          \x20 --secs   seconds of sending per rate (default 10)\n\
+         \x20 --modes  each [sync] flows mode (all, changes, off): steady at the first rate (default\n\
+         \x20          10000), with a drain every 3 s, and a spoofed SYN flood at --flood-rate (50000)\n\
          \x20 --json   print the results as JSON instead of tables (progress stays on stderr)\n\
          \x20 --down   remove the lab an interrupted run left behind"
     );
@@ -53,6 +58,8 @@ pub(crate) fn parse_args() -> Result<Args> {
         secs: DEFAULT_SECS,
         json: false,
         down: false,
+        modes: false,
+        flood_rate: 50_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -71,6 +78,11 @@ pub(crate) fn parse_args() -> Result<Args> {
             }
             "--json" => a.json = true,
             "--down" => a.down = true,
+            "--modes" => a.modes = true,
+            "--flood-rate" => {
+                let v = it.next().unwrap_or_else(|| usage());
+                a.flood_rate = v.parse().with_context(|| format!("--flood-rate {v}"))?;
+            }
             "-h" | "--help" => usage(),
             other => bail!("unknown argument {other} (--help lists them)"),
         }
@@ -84,7 +96,18 @@ pub(crate) fn parse_args() -> Result<Args> {
         "--secs {}: use 1 to 600",
         a.secs
     );
-    let flows: f64 = a.rates.iter().map(|&r| r as f64 * a.secs).sum();
+    ensure!(
+        (1..=1_000_000).contains(&a.flood_rate),
+        "--flood-rate: 1 to 1000000 flows per second"
+    );
+    if a.modes && a.rates == DEFAULT_RATES {
+        a.rates = vec![10_000];
+    }
+    let flows: f64 = if a.modes {
+        (2.0 * a.rates[0] as f64 + a.flood_rate as f64) * a.secs
+    } else {
+        a.rates.iter().map(|&r| r as f64 * a.secs).sum()
+    };
     ensure!(
         flows + 4.0 * MARKERS as f64 <= (SRC_HOSTS * PORTS) as f64,
         "{flows} flows in all: more than the {} distinct sources of {SRC_NET}",

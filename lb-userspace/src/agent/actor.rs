@@ -101,7 +101,12 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
         tcp_idle_timeout_ns: d.tcp_idle_timeout_secs * s,
         tcp_closing_timeout_ns: d.tcp_closing_timeout_secs * s,
         gue_port: d.gue_port.to_be(),
-        flags: if cfg.sync.as_ref().is_some_and(|s| s.flows) {
+        // Only `flows = "all"` exports each SYN's entry.
+        flags: if cfg
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.flows == crate::config::FlowSync::All)
+        {
             lb_common::LB_F_FLOW_EVENTS
         } else {
             0
@@ -260,8 +265,10 @@ impl Agent {
     /// Writes `next` (with health applied) to the maps; on success it becomes the desired state.
     pub fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
         let effective = self.effective(&next);
+        let rings_before = self.moved_before();
         match self.reconciler.apply(&mut self.dp, &effective) {
             Ok(report) => {
+                let moved = self.moved_after(rings_before);
                 self.desired = next;
                 if let Err(e) = self.write_echo_flags() {
                     error!("writing the ICMP echo switches: {e:#}");
@@ -272,6 +279,7 @@ impl Agent {
                 }
                 self.publish();
                 self.publish_fleet();
+                self.send_moved(moved);
                 Ok(report)
             }
             Err(e) => {

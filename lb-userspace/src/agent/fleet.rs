@@ -38,6 +38,8 @@ pub struct Fleet {
     pub peer_versions: BTreeMap<String, u64>,
     /// Tombstones collected since start.
     pub collected: u64,
+    /// With `flows = "changes"`: the rings as last installed (`moved`).
+    pub rings: std::sync::Arc<crate::sync::Rings>,
 }
 
 impl Fleet {

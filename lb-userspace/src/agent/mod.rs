@@ -28,6 +28,7 @@ mod api_server;
 mod fault;
 mod fleet;
 mod metrics;
+mod moved;
 mod nic;
 mod node_metrics;
 mod peers;

@@ -27,9 +27,14 @@ impl Agent {
                 version: replicated.version(),
                 state_digest: state_digest(&self.desired),
                 table_digest: table_digest(&self.effective(&self.desired), d.ring_size, d.seed),
-                flows: self.config.sync.as_ref().is_some_and(|s| s.flows),
+                flows: self.config.sync.as_ref().is_some_and(|s| s.flows.shares()),
             },
             index: Arc::new(FlowIndex::from_reconciler(&self.reconciler)),
+            rings: self
+                .fleet
+                .as_ref()
+                .map(|f| f.rings.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -156,7 +161,10 @@ impl Agent {
             version: local.summary.version,
             state_digest: local.summary.state_digest,
             table_digest: local.summary.table_digest,
-            flows: f.sync.flows,
+            flows: f.sync.flows.shares(),
+            flow_mode: f.sync.flows.to_string(),
+            flows_moved: c.flows_moved.load(Ordering::Relaxed),
+            flows_moved_over: c.flows_moved_over.load(Ordering::Relaxed),
             waiting_for: f.waiting.iter().cloned().collect(),
             held_back: f.held_back.iter().map(ToString::to_string).collect(),
             peers: f.sync.peer_status(),

@@ -262,7 +262,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::spawn(bgp::drive(bird, announce_rx, outcomes, alive.clone()));
     }
     let flow_events = match &config.sync {
-        Some(s) if s.flows => Some(dp.take_flow_events()?),
+        Some(s) if s.flows == crate::config::FlowSync::All => Some(dp.take_flow_events()?),
         _ => None,
     };
     let mut agent = Agent {
@@ -293,13 +293,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .iter()
             .map(|p| p.name.clone())
             .collect::<BTreeSet<_>>();
+        // The rings the first change is diffed against, for refreshes of moved flows.
+        let rings = std::sync::Arc::new(if sync.flows == crate::config::FlowSync::Changes {
+            super::moved::rings(&super::moved::snapshot(agent.reconciler.vips()))
+        } else {
+            sync::Rings::default()
+        });
+        let mut local = agent.local(&replicated.state);
+        local.rings = rings.clone();
         let sync = sync::spawn(sync::Start {
             config: sync,
             key,
             pin_dir: pin_dir.clone(),
             events: sync_events,
             flow_events,
-            local: agent.local(&replicated.state),
+            local,
         })
         .await?;
         if !waiting.is_empty() {
@@ -315,6 +323,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             file: replicated.file,
             peer_versions: BTreeMap::new(),
             collected: 0,
+            rings,
         };
         // A state directory that cannot be written must not keep the agent from forwarding.
         fleet.persist();

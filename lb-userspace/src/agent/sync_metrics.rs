@@ -168,7 +168,18 @@ pub fn render_sync(o: &mut String, y: &SyncStatus) {
                 "reason=\"unknown_backend_id\"".to_string(),
                 y.flows_unknown_id,
             ),
+            (
+                "reason=\"over_changes_max\"".to_string(),
+                y.flows_moved_over,
+            ),
         ],
+    );
+    family(
+        o,
+        "lb_sync_flows_moved_total",
+        "counter",
+        "flows = \"changes\": live flows queued to peers because a change of the tables moved their slot.",
+        [(String::new(), y.flows_moved)],
     );
     family(
         o,

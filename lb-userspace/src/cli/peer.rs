@@ -20,7 +20,7 @@ pub async fn run(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
         s.version,
         s.state_digest,
         s.table_digest,
-        if s.flows { "shared" } else { "not shared" }
+        flows_shared(&s)
     );
     println!();
     print!("{}", peer_table(&s));
@@ -44,6 +44,12 @@ pub async fn run(client: &Client, cmd: PeerCmd, json: bool) -> Result<()> {
         s.flows_untranslated,
         s.flows_unknown_id
     );
+    if s.flow_mode == "changes" {
+        println!(
+            "flows sent because a change moved them {}, left out past changes_max {}",
+            s.flows_moved, s.flows_moved_over
+        );
+    }
     println!(
         "links refused: {}",
         if refused.is_empty() {
@@ -107,4 +113,13 @@ pub(super) fn peer_table(s: &SyncStatus) -> String {
         ],
         &rows,
     )
+}
+
+/// How `lb peer list` and `lb status` name the flow sync mode.
+pub(super) fn flows_shared(s: &crate::api::SyncStatus) -> &'static str {
+    match (s.flow_mode.as_str(), s.flows) {
+        ("changes", _) => "shared when a change moves them",
+        (_, true) => "shared",
+        (_, false) => "not shared",
+    }
 }

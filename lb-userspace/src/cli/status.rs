@@ -98,18 +98,14 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         Some(y) => {
             let agree = y.peers.iter().filter(|p| p.state_match).count();
             println!(
-                "sync         node {}, state version {} ({}), tables {}; {} of {} peers agree{}",
+                "sync         node {}, state version {} ({}), tables {}; {} of {} peers agree; flows {}",
                 y.node,
                 y.version,
                 y.state_digest,
                 y.table_digest,
                 agree,
                 y.peers.len(),
-                if y.flows {
-                    "; flows shared"
-                } else {
-                    "; flows not shared"
-                }
+                super::peer::flows_shared(y)
             );
             if !y.peers.is_empty() {
                 print!("{}", peer_table(y));

@@ -9,6 +9,7 @@
 
 mod checks;
 mod defaults;
+mod flow_mode;
 mod name;
 mod sections;
 mod settings;
@@ -31,6 +32,7 @@ pub use defaults::{
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_SOCKET, DEFAULT_METRICS_MAX_CONNECTIONS,
     DEFAULT_PIN_DIR, DEFAULT_SYNC_MAX_CONNECTIONS,
 };
+pub use flow_mode::FlowSync;
 pub use name::{MAX_NAME, valid_name};
 pub use sections::{
     AgentConfig, AttachMode, BackendConfig, BgpConfig, DataplaneConfig, InterfaceConfig,

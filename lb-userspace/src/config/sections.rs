@@ -9,11 +9,13 @@ use serde::Deserialize;
 use super::checks::HealthOverride;
 use super::defaults::{
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_SOCKET, DEFAULT_METRICS_MAX_CONNECTIONS,
-    DEFAULT_PIN_DIR, default_flow_queue, default_gue_port, default_icmp_burst, default_icmp_rate,
-    default_max_backends, default_max_clock_jump, default_max_flows, default_max_vips,
-    default_refresh_secs, default_ring_size, default_startup_wait_secs,
-    default_sync_max_connections, default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
+    DEFAULT_PIN_DIR, default_changes_max, default_changes_rate, default_flow_queue,
+    default_gue_port, default_icmp_burst, default_icmp_rate, default_max_backends,
+    default_max_clock_jump, default_max_flows, default_max_vips, default_refresh_secs,
+    default_ring_size, default_startup_wait_secs, default_sync_max_connections,
+    default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
 };
+use super::flow_mode::FlowSync;
 use crate::state::BackendState;
 
 /// `[sync]`: see docs/sync.md.
@@ -29,9 +31,17 @@ pub struct SyncConfig {
     /// The replicated state, rewritten on every change and read at start, so a restarted
     /// agent resumes from what the fleet last agreed rather than from this file's [[vip]]s.
     pub state_file: PathBuf,
-    /// Share new flows with peers (off: only the desired state is replicated).
-    #[serde(default = "yes")]
-    pub flows: bool,
+    /// Which flows to share with peers: `all`, `changes` (only those a change of the tables
+    /// moves) or `off` (only the desired state is replicated). `true`/`false` read as all/off.
+    #[serde(default)]
+    pub flows: FlowSync,
+    /// With `flows = "changes"`: flows per second sent to each peer after a change, at most.
+    #[serde(default = "default_changes_rate")]
+    pub changes_rate: u32,
+    /// With `flows = "changes"`: flows one change sends at most (the rest are left to the
+    /// backends' second chance, and counted).
+    #[serde(default = "default_changes_max")]
+    pub changes_max: u32,
     /// Every this many seconds, re-send the flows active since the last time, so peers'
     /// copies of long-lived flows do not idle out: keep it well under
     /// `dataplane.tcp_idle_timeout_secs` (the copies' timeout).

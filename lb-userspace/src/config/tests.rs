@@ -72,7 +72,24 @@ address = "[2001:db8:5::2]:7946"
 "#;
     let ok = Config::parse(base).unwrap();
     let sync = ok.sync.as_ref().unwrap();
-    assert!(sync.flows, "flow sync is on by default");
+    assert_eq!(
+        sync.flows,
+        FlowSync::Changes,
+        "flows a change moves, by default"
+    );
+    assert_eq!((sync.changes_rate, sync.changes_max), (20_000, 262_144));
+    // The modes, and the booleans of earlier versions.
+    for (line, want) in [
+        ("flows = \"all\"", FlowSync::All),
+        ("flows = \"changes\"", FlowSync::Changes),
+        ("flows = \"off\"", FlowSync::Off),
+        ("flows = true", FlowSync::All),
+        ("flows = false", FlowSync::Off),
+    ] {
+        let text = base.replace("node = \"lb1\"", &format!("node = \"lb1\"\n{line}"));
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{line}: {e:#}"));
+        assert_eq!(c.sync.unwrap().flows, want, "{line}");
+    }
     assert_eq!(
         (sync.refresh_secs, sync.startup_wait_secs),
         (300, 10),
@@ -102,6 +119,22 @@ address = "[2001:db8:5::2]:7946"
             "refresh_secs = 0",
         ),
         (
+            ("node = \"lb1\"", "node = \"lb1\"\nflows = \"some\""),
+            "flows = \"some\": use \"all\", \"changes\" or \"off\"",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nflows = 1"),
+            "expected \"all\", \"changes\" or \"off\"",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nchanges_rate = 10"),
+            "changes_rate = 10: use 100 to",
+        ),
+        (
+            ("node = \"lb1\"", "node = \"lb1\"\nchanges_max = 0"),
+            "changes_max = 0: use 1 to",
+        ),
+        (
             ("node = \"lb1\"", "node = \"lb1\"\nmax_clock_jump = 10"),
             "max_clock_jump = 10: use 1000",
         ),
@@ -121,7 +154,7 @@ address = "[2001:db8:5::2]:7946"
     }
     // [sync] cannot change under a running agent.
     let mut other = ok.clone();
-    other.sync.as_mut().unwrap().flows = false;
+    other.sync.as_mut().unwrap().flows = FlowSync::Off;
     assert_eq!(
         ok.restart_only_difference(&other).as_deref(),
         Some("[sync]")

@@ -159,6 +159,16 @@ impl SyncConfig {
             "[sync] flow_queue and import_queue: use 1 to 1000000 batches"
         );
         ensure!(
+            (100..=1_000_000).contains(&self.changes_rate),
+            "[sync] changes_rate = {}: use 100 to 1000000 flows per second",
+            self.changes_rate
+        );
+        ensure!(
+            (1..=16_777_216).contains(&self.changes_max),
+            "[sync] changes_max = {}: use 1 to 16777216 flows",
+            self.changes_max
+        );
+        ensure!(
             self.startup_wait_secs <= 600,
             "[sync] startup_wait_secs = {}: use 0 to 600",
             self.startup_wait_secs

@@ -17,6 +17,10 @@ pub struct Counters {
     pub flows_untranslated: AtomicU64,
     /// An exported flow whose backend id the agent no longer knows.
     pub flows_unknown_id: AtomicU64,
+    /// `flows = "changes"`: live flows found in slots a change moved and queued to peers, and
+    /// those left out past `changes_max`.
+    pub flows_moved: AtomicU64,
+    pub flows_moved_over: AtomicU64,
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Walks of the connection table for refreshes (one per period and per coalesced connect,
     /// shared by every peer), the last one's duration and flows, and the longest.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::flows::FlowIndex;
 use super::link::Summary;
+use super::moved::Rings;
 use super::replicated::ReplicatedState;
 
 /// What the agent publishes for the sync tasks after every change it installs.
@@ -13,6 +14,8 @@ pub struct Local {
     pub state: Arc<ReplicatedState>,
     pub summary: Summary,
     pub index: Arc<FlowIndex>,
+    /// With `flows = "changes"`: the rings as installed (empty otherwise).
+    pub rings: Arc<Rings>,
 }
 
 /// What the sync tasks tell the agent.

@@ -13,6 +13,9 @@
 //! - the exporter reads the XDP program's new-flow ring buffer and hands batches to senders;
 //! - the walker (a thread) reads the connection table in batches, every `refresh_secs` and when
 //!   a link comes up, and hands the encoded live flows to the senders: one walk for all peers;
+//! - with `flows = "changes"` the exporter does not run: the walker queues the live flows in
+//!   the slots each change moved (the agent hands it [`ChangedSlots`] through [`Sync::moved`]),
+//!   and the senders pace them (`changes_rate`);
 //! - the importer installs peers' flows in the connection table;
 //! - the registry keeps what is known of each peer for `lb peer list` and `/metrics`;
 //! - a timer tells the agent when `startup_wait_secs` is over (`Event::WaitOver`).
@@ -20,6 +23,7 @@
 //! docs/sync.md has the protocol, the guarantees and the overload policy.
 
 pub mod flows;
+pub mod moved;
 pub mod replicated;
 pub mod state_msg;
 pub mod wire;
@@ -46,7 +50,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::api::PeerStatus;
-use crate::config::SyncConfig;
+use crate::config::{FlowSync, SyncConfig};
 use crate::dataplane::FlowTable;
 use wire::FleetKey;
 
@@ -55,6 +59,7 @@ pub use link::{
     KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_STATE_PART, KIND_SUMMARY, KIND_SYNCED, Summary,
 };
 pub use messages::{Event, Local};
+pub use moved::{ChangedSlots, Rings};
 
 /// Handles the agent keeps.
 pub struct Sync {
@@ -62,10 +67,24 @@ pub struct Sync {
     pub peers: watch::Receiver<BTreeMap<String, (PeerStatus, Option<Instant>)>>,
     pub counters: Arc<Counters>,
     pub node: String,
-    pub flows: bool,
+    pub flows: FlowSync,
+    /// With `flows = "changes"` and peers: where the agent sends the slots each install changed.
+    moved: Option<std::sync::mpsc::Sender<walk::Job>>,
 }
 
 impl Sync {
+    /// Whether the agent should diff its rings around installs (`flows = "changes"`).
+    pub fn wants_moved(&self) -> bool {
+        self.moved.is_some()
+    }
+
+    /// Hands the walker the slots an install changed: their live flows go to every peer.
+    pub fn moved(&self, changed: ChangedSlots) {
+        if let Some(m) = &self.moved {
+            let _ = m.send(walk::Job::Changed(Arc::new(changed)));
+        }
+    }
+
     /// Peers as `lb peer list` shows them, compared with our own summary.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         let ours = self.local.borrow().summary.clone();
@@ -109,7 +128,7 @@ pub async fn spawn(start: Start) -> Result<Sync> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the sync listener {}", config.listen))?;
-    info!(listen = %config.listen, node = config.node, peers = config.peers.len(), flows = config.flows, "peer sync listening");
+    info!(listen = %config.listen, node = config.node, peers = config.peers.len(), flows = %config.flows, "peer sync listening");
     let (local_tx, local_rx) = watch::channel(local);
     let counters = Arc::new(Counters::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -132,7 +151,8 @@ pub async fn spawn(start: Start) -> Result<Sync> {
     tokio::spawn(registry::run(events_rx, peers_tx));
 
     let (import_tx, import_rx) = mpsc::channel(config.import_queue);
-    if config.flows {
+    let mode = config.flows;
+    if mode.shares() {
         let table = FlowTable::open_pinned(&pin_dir)?;
         tokio::spawn(flow_tasks::run_importer(
             table,
@@ -142,21 +162,37 @@ pub async fn spawn(start: Start) -> Result<Sync> {
             agent.clone(),
         ));
     }
+    // The per-peer flow queues: the exporter's (all) or the walker's change batches (changes).
+    let mut queues = Vec::new();
+    let mut receivers = Vec::new();
+    for p in &config.peers {
+        let (tx, rx) = mpsc::channel(config.flow_queue);
+        queues.push((p.name.clone(), tx));
+        receivers.push(rx);
+    }
     // One walker for every peer, on a thread of its own.
-    let walker = if config.flows && !config.peers.is_empty() {
+    let walker = if mode.shares() && !config.peers.is_empty() {
         Some(walk::spawn(
             FlowTable::open_pinned(&pin_dir)?,
             Duration::from_secs(config.refresh_secs),
+            mode,
+            walk::Queues {
+                peers: if mode == FlowSync::Changes {
+                    queues.clone()
+                } else {
+                    Vec::new()
+                },
+                events: events_tx.clone(),
+                max: config.changes_max,
+            },
             local_rx.clone(),
             counters.clone(),
         )?)
     } else {
         None
     };
-    let mut queues = Vec::new();
-    for p in &config.peers {
-        let (tx, rx) = mpsc::channel(config.flow_queue);
-        queues.push((p.name.clone(), tx));
+    let pace = (mode == FlowSync::Changes).then_some(config.changes_rate);
+    for (p, rx) in config.peers.iter().zip(receivers) {
         tokio::spawn(send::run(send::Sender {
             peer: p.clone(),
             node: config.node.clone(),
@@ -164,11 +200,12 @@ pub async fn spawn(start: Start) -> Result<Sync> {
             local: local_rx.clone(),
             queue: rx,
             walker: walker.clone(),
+            pace,
             events: events_tx.clone(),
             counters: counters.clone(),
         }));
     }
-    if let (true, Some(ring)) = (config.flows, flow_events) {
+    if let (FlowSync::All, Some(ring)) = (mode, flow_events) {
         tokio::spawn(flow_tasks::run_exporter(
             ring,
             queues,
@@ -192,7 +229,7 @@ pub async fn spawn(start: Start) -> Result<Sync> {
         key,
         known,
         agent,
-        import: config.flows.then_some(import_tx),
+        import: mode.shares().then_some(import_tx),
         events: events_tx,
         counters: counters.clone(),
         local: local_rx,
@@ -208,6 +245,9 @@ pub async fn spawn(start: Start) -> Result<Sync> {
         peers: peers_rx,
         counters,
         node: config.node,
-        flows: config.flows,
+        flows: mode,
+        moved: walker
+            .filter(|_| mode == FlowSync::Changes)
+            .map(|w| w.requests),
     })
 }

@@ -16,6 +16,7 @@ use tracing::{debug, info};
 use super::counters::Counters;
 use super::link::{KIND_FLOWS, KIND_STATE, KIND_STATE_DELTA, KIND_SUMMARY, KIND_SYNCED, tune};
 use super::messages::Local;
+use super::moved::Pacer;
 use super::receive::log_refusal;
 use super::registry::PeerEvent;
 use super::state_msg::{self, StateDelta};
@@ -30,6 +31,8 @@ pub(super) struct Sender {
     pub queue: mpsc::Receiver<Arc<Vec<u8>>>,
     /// With flow sync: the shared walker's live flows.
     pub walker: Option<Walker>,
+    /// With `flows = "changes"`: flows per second this peer gets at most.
+    pub pace: Option<u32>,
     pub events: mpsc::UnboundedSender<PeerEvent>,
     pub counters: Arc<Counters>,
 }
@@ -89,7 +92,7 @@ async fn link(s: &mut Sender) -> Result<()> {
         Some(w) => {
             let (reply, rx) = oneshot::channel();
             w.requests
-                .send(reply)
+                .send(super::walk::Job::Connect(reply))
                 .map_err(|_| anyhow::anyhow!("the flow walker stopped"))?;
             initial = Some(rx);
             // The full pass covers any refresh published before it.
@@ -100,7 +103,14 @@ async fn link(s: &mut Sender) -> Result<()> {
         None => pending.push_back((KIND_SYNCED, Arc::new(Vec::new()))),
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut pacer = s
+        .pace
+        .map(|r| Pacer::new(r, tokio::time::Instant::now().into_std()));
     loop {
+        // Flow batches wait for the pacer (changes mode); everything else goes as it comes.
+        let now = tokio::time::Instant::now().into_std();
+        let flows_may_go = pacer.is_none_or(|p| p.ready(now));
+        let resume = tokio::time::Instant::from_std(pacer.map_or(now, |p| p.next()));
         tokio::select! {
             // Heartbeats first: however many flows wait, the peer hears from us every second.
             biased;
@@ -120,18 +130,25 @@ async fn link(s: &mut Sender) -> Result<()> {
                 tx.send(KIND_SUMMARY, &serde_json::to_vec(&local.summary)?).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), 0, tx.bytes));
             }
-            Some(batch) = s.queue.recv() => {
+            _ = tokio::time::sleep_until(resume), if !flows_may_go => {}
+            Some(batch) = s.queue.recv(), if flows_may_go => {
                 let n = u32::from_be_bytes(batch[1..5].try_into().expect("encoded")) as u64;
+                if let Some(p) = pacer.as_mut() {
+                    p.spend(n, tokio::time::Instant::now().into_std());
+                }
                 tx.send(KIND_FLOWS, &batch).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), n, tx.bytes));
             }
-            Some((kind, body)) = async { pending.pop_front() }, if !pending.is_empty() => {
-                tx.send(kind, &body).await?;
+            Some((kind, body)) = async { pending.pop_front() }, if !pending.is_empty() && flows_may_go => {
                 let n = if kind == KIND_FLOWS {
                     u32::from_be_bytes(body[1..5].try_into().expect("encoded")) as u64
                 } else {
                     0
                 };
+                if let Some(p) = pacer.as_mut() {
+                    p.spend(n, tokio::time::Instant::now().into_std());
+                }
+                tx.send(kind, &body).await?;
                 let _ = s.events.send(PeerEvent::Sent(peer.clone(), n, tx.bytes));
             }
             walked = async { initial.as_mut().expect("guarded").await }, if initial.is_some() => {
