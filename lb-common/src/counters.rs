@@ -96,6 +96,12 @@ counter_enum! {
         // budget of new connection entries, forwarded by Maglev without an entry (and not
         // exported to peers). Not a verdict: the packet was forwarded.
         LruInsertGated = "lru_insert_gated",
+        // Second chance (docs/second-chance.md). Not verdicts: the packets were forwarded.
+        // A packet sent with a Segment Routing Header naming its slot's previous backend.
+        TxSecondChance = "tx_second_chance",
+        // A mid-flow packet without an entry met a slot with a live previous backend: its flow
+        // is paired (and its entry, if the gate lets it create one, remembers the pair).
+        SecondChancePaired = "second_chance_paired",
     }
 }
 

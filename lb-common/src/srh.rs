@@ -49,7 +49,7 @@ pub const SRH_WORD1: u32 = u32::from_be_bytes([(SRH_SEGMENTS - 1) as u8, 0, 0, 0
 
 /// Builds the header the load balancer writes (for tests and tools; the XDP program writes
 /// the same bytes with word stores).
-#[cfg(feature = "user")]
+#[cfg(any(feature = "user", test))]
 pub fn build(
     next_header: u8,
     previous: std::net::Ipv6Addr,

@@ -3,7 +3,7 @@
 //! docs/dataplane.md ("Too big to encapsulate").
 
 use crate::headers::{
-    ENCAP_GUE_LEN, ENCAP_IP6_LEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN,
+    ENCAP_GUE_LEN, ENCAP_IP6_LEN, ENCAP_SRH_LEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN,
     ICMPV6_PKT_TOOBIG, IPV4_HLEN, IPV6_HLEN,
 };
 use crate::vip::VIP_F_GUE;
@@ -27,13 +27,19 @@ pub const QUOTE6_MIN: usize = IPV6_HLEN + 8;
 pub const GROW4: usize = IPV4_HLEN + ICMP_HLEN;
 pub const GROW6: usize = IPV6_HLEN + ICMP_HLEN;
 
-/// Bytes the encapsulation adds for a VIP with these flags.
+/// Bytes the encapsulation adds for a VIP with these flags, plus the Segment Routing Header
+/// for a packet that carries a second chance (`srh`).
 #[inline(always)]
-pub const fn overhead(vip_flags: u32) -> u32 {
-    if vip_flags & VIP_F_GUE != 0 {
+pub const fn overhead(vip_flags: u32, srh: bool) -> u32 {
+    let tunnel = if vip_flags & VIP_F_GUE != 0 {
         ENCAP_GUE_LEN as u32
     } else {
         ENCAP_IP6_LEN as u32
+    };
+    if srh {
+        tunnel + ENCAP_SRH_LEN as u32
+    } else {
+        tunnel
     }
 }
 
@@ -119,8 +125,10 @@ mod tests {
         assert_eq!((QUOTE4_MIN, QUOTE6_MIN), (28, 48));
         assert_eq!(ICMP_FRAG_NEEDED_WORD, 0x0304);
         assert_eq!(ICMPV6_TOO_BIG_WORD, 0x0200);
-        assert_eq!(overhead(0), 40);
-        assert_eq!(overhead(VIP_F_GUE), 48);
+        assert_eq!(overhead(0, false), 40);
+        assert_eq!(overhead(VIP_F_GUE, false), 48);
+        assert_eq!(overhead(0, true), 80);
+        assert_eq!(overhead(VIP_F_GUE, true), 88);
     }
 
     #[test]

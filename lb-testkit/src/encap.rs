@@ -188,13 +188,27 @@ pub fn check_encap(
 /// The exact frame `lb_xdp` makes of `input` when it sends it to `backend` with flow hash
 /// `hash`: outer Ethernet (VLAN kept), IPv6 (+ UDP for GUE), then the input's IP packet.
 pub fn expected_encap(input: &[u8], backend: Ipv6Addr, hash: u32, gue: bool) -> Vec<u8> {
+    expected_encap_srh(input, backend, None, hash, gue)
+}
+
+/// `expected_encap`, with a second chance at `prev`: a Segment Routing Header (routing type 4,
+/// segments left 1, list [prev, backend]) between the IPv6 header and the rest, written
+/// independently of `lb_common::srh`.
+pub fn expected_encap_srh(
+    input: &[u8],
+    backend: Ipv6Addr,
+    prev: Option<Ipv6Addr>,
+    hash: u32,
+    gue: bool,
+) -> Vec<u8> {
     let inner = ip_packet(input);
     let tclass = if inner[0] >> 4 == 4 {
         inner[1]
     } else {
         (inner[0] << 4) | (inner[1] >> 4)
     };
-    let payload_len = inner.len() + if gue { 8 } else { 0 };
+    let udp_len = inner.len() + if gue { 8 } else { 0 };
+    let payload_len = udp_len + if prev.is_some() { 40 } else { 0 };
     let mut v = Vec::new();
     v.extend_from_slice(&NEXT_HOP_MAC);
     v.extend_from_slice(&NIC_MAC);
@@ -210,14 +224,21 @@ pub fn expected_encap(input: &[u8], backend: Ipv6Addr, hash: u32, gue: bool) -> 
         (false, 4) => 4,
         _ => 41,
     };
-    v.extend_from_slice(&[next_header, 64]);
+    v.extend_from_slice(&[if prev.is_some() { 43 } else { next_header }, 64]);
     v.extend_from_slice(&lb_tunnel_addr().octets());
     v.extend_from_slice(&backend.octets());
+    if let Some(prev) = prev {
+        // Next header, Hdr Ext Len 4 (two segments), type 4, segments left 1; last entry 1,
+        // flags 0, tag 0; then the list: [0] the previous backend, [1] the backend.
+        v.extend_from_slice(&[next_header, 4, 4, 1, 1, 0, 0, 0]);
+        v.extend_from_slice(&prev.octets());
+        v.extend_from_slice(&backend.octets());
+    }
     if gue {
         let sport = 0xC000 | ((hash >> 20) as u16 & 0x3FFF);
         v.extend_from_slice(&sport.to_be_bytes());
         v.extend_from_slice(&GUE_PORT.to_be_bytes());
-        v.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        v.extend_from_slice(&(udp_len as u16).to_be_bytes());
         v.extend_from_slice(&[0, 0]);
     }
     v.extend_from_slice(inner);

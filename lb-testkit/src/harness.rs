@@ -172,6 +172,22 @@ impl Lb {
         Installed { slots }
     }
 
+    /// Rewrites ring `ring` as `slots` (backend ids) with `prev` as every slot's previous
+    /// backend until clock tick `until` (second chance; `lb_common::RingSlot`).
+    pub fn set_ring_prev(&mut self, ring: u32, slots: &[u32], prev: u32, until: u32) {
+        let values = slots.iter().enumerate().map(|(i, &id)| {
+            (
+                i as u32,
+                lb_common::RingSlot {
+                    backend: lb_common::encode_id(id),
+                    prev: lb_common::encode_id(prev),
+                    prev_until: until,
+                },
+            )
+        });
+        self.dp.write_ring_slots(ring, values).unwrap();
+    }
+
     /// Adds a VIP service whose ring holds `backends` as (id, weight).
     pub fn add_vip(
         &mut self,

@@ -103,6 +103,12 @@ pub struct Status {
     /// The health-check encapsulation program's packet counts (`HEALTH_STATS`).
     #[serde(default)]
     pub health_encap: Vec<CounterInfo>,
+    /// Second chance (docs/second-chance.md): the window (0: off) and the Maglev slots whose
+    /// previous backend still counts.
+    #[serde(default)]
+    pub second_chance_secs: u64,
+    #[serde(default)]
+    pub second_chance_slots: u64,
 }
 
 /// This agent's place in the fleet, and what it knows of each peer.

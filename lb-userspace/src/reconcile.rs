@@ -5,7 +5,8 @@
 //! 1. removed VIPs, and VIPs whose encapsulation changes (re-created), become unreachable
 //!    first (VIP entry deleted);
 //! 2. new backends are installed (BACKENDS entry, fresh generation) before any slot names them;
-//! 3. only the Maglev slots whose backend changed are rewritten;
+//! 3. only the Maglev slots whose backend or previous backend changed are rewritten
+//!    (`second_chance`);
 //! 4. a new VIP's entry is written only after its whole ring is;
 //! 5. removed backends are uninstalled last, when no slot names them any more. Their ids are
 //!    not reused within the same pass, and a reused id gets a new generation, so connection
@@ -24,15 +25,17 @@ use std::net::Ipv6Addr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, VIP_F_GUE, VipMeta,
+    BACKEND_F_DRAINING, BACKEND_F_VALID, Backend, NO_BACKEND, RingSlot, VIP_F_GUE, VipMeta,
     maglev::{MaglevMember, MaglevTable},
-    v6_words, words_v6,
+    v6_words,
 };
 
-use crate::dataplane::Dataplane;
 use crate::state::{BackendSpec, BackendState, DesiredState, Vip, VipSpec, conflict};
 
+mod adopt;
+pub mod second_chance;
 mod writer;
+pub use second_chance::SecondChance;
 pub use writer::MapWriter;
 
 /// A backend as installed: its dataplane id and what was written for it.
@@ -49,12 +52,14 @@ pub struct InstalledVip {
     pub id: u32,
     pub gue: bool,
     pub backends: BTreeMap<Ipv6Addr, InstalledBackend>,
-    /// What the ring holds (backend id per slot) as this agent last wrote or read it; None
-    /// while unknown, so the next pass writes every slot. A new VIP on a reused ring starts
-    /// with its previous VIP's slots and rewrites only those that differ.
-    pub slots: Option<Vec<u32>>,
+    /// What the ring holds (backend and previous backend per slot) as this agent last wrote or
+    /// read it; None while unknown, so the next pass writes every slot. A new VIP on a reused
+    /// ring starts with its previous VIP's slots and rewrites only those that differ.
+    pub slots: Option<Vec<RingSlot>>,
     /// The Maglev members the ring was built from (None: unknown, e.g. adopted maps).
     pub members: Option<Vec<MaglevMember>>,
+    /// The second-chance input its previous backends were computed from (None: none).
+    pub chance: Option<second_chance::Input>,
     /// Its VIP entry is in the map: packets reach it, and only then may it be announced. A new
     /// VIP whose pass stopped before the entry was written is false until a pass writes it.
     pub reachable: bool,
@@ -64,7 +69,7 @@ impl InstalledVip {
     /// Slots per backend id in the current ring.
     pub fn slot_counts(&self) -> BTreeMap<u32, u32> {
         let mut counts = BTreeMap::new();
-        for &id in self.slots.iter().flatten() {
+        for id in self.slots.iter().flatten().map(RingSlot::backend_id) {
             if id != NO_BACKEND {
                 *counts.entry(id).or_default() += 1;
             }
@@ -97,7 +102,7 @@ pub struct Reconciler {
     max_backends: u32,
     vips: BTreeMap<Vip, InstalledVip>,
     /// Rings whose contents are known (ring id -> slots), for VIP ids not in use.
-    free_rings: BTreeMap<u32, Option<Vec<u32>>>,
+    free_rings: BTreeMap<u32, Option<Vec<RingSlot>>>,
     /// Backend ids in use; allocation continues round-robin after `next_backend` so an id
     /// is reused as late as possible.
     used_backends: BTreeSet<u32>,
@@ -127,6 +132,14 @@ fn backend_entry(addr: Ipv6Addr, vip_id: u32, b: &InstalledBackend) -> Backend {
     }
 }
 
+/// A VIP's ring to write: its table, and the previous backends per slot (second chance).
+struct Table {
+    members: Vec<MaglevMember>,
+    table: MaglevTable,
+    input: Option<second_chance::Input>,
+    owners: Option<Vec<Option<(Ipv6Addr, u64)>>>,
+}
+
 /// The Maglev members of a VIP: its active backends with their weights.
 pub(crate) fn members(spec: &BTreeMap<Ipv6Addr, BackendSpec>) -> Vec<MaglevMember> {
     spec.iter()
@@ -152,69 +165,6 @@ impl Reconciler {
             pending_clear: BTreeSet::new(),
             version: 0,
         }
-    }
-
-    /// Rebuilds the installed state from maps a previous agent left pinned.
-    pub fn adopt(dp: &mut Dataplane, seed: u64) -> Result<Self> {
-        let limits = dp.limits();
-        let max_vips = limits.max_vips.min(limits.max_rings);
-        let mut r = Self::new(limits.ring_size, seed, max_vips, limits.max_backends);
-        let backends = dp.read_backends()?;
-        for (key, meta) in dp.read_vips()? {
-            let vip = Vip::from_key(&key)
-                .ok_or_else(|| anyhow!("pinned VIP entry with protocol {}", key.proto))?;
-            if meta.id != meta.ring || meta.id >= max_vips {
-                bail!(
-                    "pinned VIP {vip} has id {} / ring {}, which this agent does not use",
-                    meta.id,
-                    meta.ring
-                );
-            }
-            let slots = dp.read_ring(meta.ring)?;
-            let mut installed = BTreeMap::new();
-            for (id, b) in backends.iter().filter(|(_, b)| b.vip == meta.id) {
-                installed.insert(
-                    words_v6(&b.addr),
-                    InstalledBackend {
-                        id: *id,
-                        generation: b.generation,
-                        spec: BackendSpec {
-                            weight: b.weight,
-                            state: if b.flags & BACKEND_F_DRAINING != 0 {
-                                BackendState::Draining
-                            } else {
-                                BackendState::Active
-                            },
-                        },
-                    },
-                );
-                r.used_backends.insert(*id);
-            }
-            r.free_rings.remove(&meta.ring);
-            r.vips.insert(
-                vip,
-                InstalledVip {
-                    id: meta.id,
-                    gue: meta.flags & VIP_F_GUE != 0,
-                    backends: installed,
-                    slots: Some(slots),
-                    // Unknown: the first apply rebuilds the table and compares slot by slot.
-                    members: None,
-                    reachable: true,
-                },
-            );
-        }
-        // Backends of no VIP (an agent stopped mid-change): uninstall on the first apply.
-        let orphans: Vec<u32> = backends
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !r.used_backends.contains(id))
-            .collect();
-        for id in orphans {
-            dp.clear_backend(id)?;
-        }
-        r.next_backend = r.used_backends.last().map_or(0, |l| l + 1) % r.max_backends.max(1);
-        Ok(r)
     }
 
     pub fn vips(&self) -> &BTreeMap<Vip, InstalledVip> {
@@ -306,15 +256,16 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Makes the maps hold `desired`. On an error, what was written stays recorded (and only
-    /// that), so the next pass completes the work.
+    /// Makes the maps hold `desired`, with the previous backends `chance` gives. On an error,
+    /// what was written stays recorded (and only that), so the next pass completes the work.
     pub fn apply(
         &mut self,
         maps: &mut impl MapWriter,
         desired: &DesiredState,
+        chance: &SecondChance,
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let result = self.apply_pass(maps, desired, &mut report);
+        let result = self.apply_pass(maps, desired, chance, &mut report);
         // A failed pass counts what it wrote too (a retry that writes nothing bumps nothing).
         if !report.is_empty() {
             self.version += 1;
@@ -326,6 +277,7 @@ impl Reconciler {
         &mut self,
         maps: &mut impl MapWriter,
         desired: &DesiredState,
+        chance: &SecondChance,
         report: &mut ApplyReport,
     ) -> Result<()> {
         // Capacity and Maglev tables first: a refusal writes nothing.
@@ -342,16 +294,31 @@ impl Reconciler {
                 self.max_backends
             )));
         }
-        let mut tables: BTreeMap<Vip, (Vec<MaglevMember>, MaglevTable)> = BTreeMap::new();
+        let mut tables: BTreeMap<Vip, Table> = BTreeMap::new();
         for (vip, spec) in &desired.vips {
-            let m = members(&spec.backends);
+            let members = members(&spec.backends);
+            let input = chance.input(vip);
             let unchanged = self.vips.get(vip).is_some_and(|i| {
-                i.gue == spec.gue && i.members.as_ref() == Some(&m) && i.slots.is_some()
+                i.gue == spec.gue
+                    && i.members.as_ref() == Some(&members)
+                    && i.chance == input
+                    && i.slots.is_some()
             });
             if !unchanged {
-                let table = MaglevTable::build(self.ring_size, self.seed, &m)
+                let table = MaglevTable::build(self.ring_size, self.seed, &members)
                     .map_err(|e| conflict(format!("VIP {vip}: {e}")))?;
-                tables.insert(*vip, (m, table));
+                let owners = input
+                    .as_ref()
+                    .map(|i| second_chance::previous_owners(self.ring_size, self.seed, i));
+                tables.insert(
+                    *vip,
+                    Table {
+                        members,
+                        table,
+                        input,
+                        owners,
+                    },
+                );
             }
         }
 
@@ -396,6 +363,7 @@ impl Reconciler {
                         backends: BTreeMap::new(),
                         slots,
                         members: None,
+                        chance: None,
                         reachable: false,
                     },
                 );
@@ -422,18 +390,28 @@ impl Reconciler {
             }
             // 3. The slots that differ.
             let installed = self.vips.get_mut(vip).unwrap();
-            if let Some((m, table)) = tables.remove(vip) {
-                let ids: Vec<u32> = table
+            if let Some(t) = tables.remove(vip) {
+                let ids: Vec<u32> = t
+                    .table
                     .members()
                     .iter()
                     .map(|mm| installed.backends[&mm.addr].id)
                     .collect();
-                let new_slots = if ids.is_empty() {
+                let ids = if ids.is_empty() {
                     vec![NO_BACKEND; self.ring_size as usize]
                 } else {
-                    table.slots_as_ids(&ids)
+                    t.table.slots_as_ids(&ids)
                 };
-                let writes: Vec<(u32, u32)> = match &installed.slots {
+                // A previous backend must still be one of the VIP's backends: one leaving now
+                // is uninstalled below, and its id may serve another backend later.
+                let id_of = |addr: &Ipv6Addr| {
+                    spec.backends
+                        .contains_key(addr)
+                        .then(|| installed.backends.get(addr).map(|b| b.id))
+                        .flatten()
+                };
+                let new_slots = second_chance::ring(&ids, t.owners.as_deref(), id_of, chance);
+                let writes: Vec<(u32, RingSlot)> = match &installed.slots {
                     Some(old) => new_slots
                         .iter()
                         .zip(old)
@@ -454,11 +432,13 @@ impl Reconciler {
                     // all of it.
                     installed.slots = None;
                     installed.members = None;
+                    installed.chance = None;
                     return Err(e.context(format!("writing the ring of {vip}")));
                 }
                 report.slot_writes += writes.len() as u64;
                 installed.slots = Some(new_slots);
-                installed.members = Some(m);
+                installed.members = Some(t.members);
+                installed.chance = t.input;
             }
             // 4. A new VIP becomes reachable once its ring is complete.
             if !installed.reachable {

@@ -383,6 +383,7 @@ impl DesiredState {
     }
 }
 
+pub mod history;
 #[cfg(test)]
 mod tests;
 mod vip;

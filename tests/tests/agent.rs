@@ -842,10 +842,10 @@ fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
 
     // The XDP program's log alarm reaches the agent's log: break the ring behind its back.
     let rings = aya::maps::MapData::from_pin(files.pin_dir.join("RINGS")).unwrap();
-    let mut rings: aya::maps::Array<_, u32> =
+    let mut rings: aya::maps::Array<_, lb_common::RingSlot> =
         aya::maps::Array::try_from(aya::maps::Map::Array(rings)).unwrap();
     for slot in 0..RING {
-        rings.set(slot, 63, 0).unwrap();
+        rings.set(slot, lb_common::RingSlot::new(63), 0).unwrap();
     }
     lab.wire.send(&lab.flow(22000).tcp(Tcp::Syn, &[])).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

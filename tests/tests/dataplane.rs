@@ -505,7 +505,7 @@ fn default_ring_size_65537() {
     let mut lb = Lb::new(lb_common::DEFAULT_RING_SIZE);
     let t = lb.add_vip(ip(VIP4), 80, PROTO_TCP, 2, false, &[(7, 1), (8, 1), (9, 1)]);
     assert_eq!(t.slots.len(), 65537);
-    let ring = lb.dp.read_ring(2).unwrap();
+    let ring = lb.dp.read_ring_ids(2).unwrap();
     assert_eq!(ring, t.slots);
     let table_counts = MaglevTable::build(65537, SEED, &[]).unwrap();
     assert_eq!(table_counts.size(), 65537);

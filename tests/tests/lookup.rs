@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use lb_common::{Counter, IfaceConfig, PROTO_TCP, VipKey, VipMeta};
 use lb_userspace::dataplane::DataplaneLimits;
+use lb_userspace::reconcile::SecondChance;
 use tests::*;
 
 const VIPS: u32 = 4096;
@@ -281,7 +282,8 @@ fn a_vip_whose_entry_finds_no_index_slot_is_not_recorded_and_a_later_pass_instal
         add(&mut eight, p, 1);
     }
     let mut r = Reconciler::new(4099, SEED, 9, 32);
-    r.apply(&mut lb.dp, &eight).unwrap();
+    r.apply(&mut lb.dp, &eight, &SecondChance::default())
+        .unwrap();
     let mut nine = eight.clone();
     add(&mut nine, ninth_port, 2);
     let syn = |port| Flow::new("198.51.100.7", 40000, "192.0.2.10", port).tcp(Tcp::Syn, &[]);
@@ -289,21 +291,26 @@ fn a_vip_whose_entry_finds_no_index_slot_is_not_recorded_and_a_later_pass_instal
     // The pass writes the ninth's backend and ring, then fails at its entry: not installed,
     // so not announced, and the maps serve the eight as before.
     for _ in 0..2 {
-        let err = r.apply(&mut lb.dp, &nine).unwrap_err();
+        let err = r
+            .apply(&mut lb.dp, &nine, &SecondChance::default())
+            .unwrap_err();
         assert!(format!("{err:#}").contains("max_vips"), "{err:#}");
         assert!(!r.is_reachable(&svc(ninth_port)));
         assert_eq!(r.installed_state(), eight);
         assert_eq!(lb.run(&syn(ninth_port)).verdict, XDP_PASS);
     }
     // Back to the eight (the operator's change failed): nothing to remove for the ninth.
-    r.apply(&mut lb.dp, &eight).unwrap();
+    r.apply(&mut lb.dp, &eight, &SecondChance::default())
+        .unwrap();
     assert_eq!(r.installed_state(), eight);
-    r.apply(&mut lb.dp, &nine).unwrap_err();
+    r.apply(&mut lb.dp, &nine, &SecondChance::default())
+        .unwrap_err();
     // Room is made: the next pass writes what was missing, and the ninth forwards.
     let mut room = nine.clone();
     room.apply(&Change::RemoveVip { vip: svc(same[3]) }, &cap)
         .unwrap();
-    r.apply(&mut lb.dp, &room).unwrap();
+    r.apply(&mut lb.dp, &room, &SecondChance::default())
+        .unwrap();
     assert!(r.is_reachable(&svc(ninth_port)));
     assert_eq!(r.installed_state(), room);
     assert_eq!(lb.run(&syn(ninth_port)).verdict, XDP_TX);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lb_common::{Counter, PROTO_TCP};
-use lb_userspace::reconcile::Reconciler;
+use lb_userspace::reconcile::{Reconciler, SecondChance};
 use lb_userspace::state::{BackendState, Capacity, Change, DesiredState, Vip};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::*;
@@ -48,7 +48,8 @@ fn changes_under_traffic_only_ever_reach_current_backends() {
         state.apply(&c, &cap).unwrap();
     }
     let mut rec = Reconciler::new(RING, SEED, 8, 64);
-    rec.apply(&mut lb.dp, &state).unwrap();
+    rec.apply(&mut lb.dp, &state, &SecondChance::default())
+        .unwrap();
 
     // states[g] is the state after change g; `generation` is the last one fully applied.
     let states = Arc::new(std::sync::Mutex::new(vec![state.clone()]));
@@ -155,7 +156,9 @@ fn changes_under_traffic_only_ever_reach_current_backends() {
             continue; // keep at least one backend taking new flows, so every SYN can go somewhere
         }
         states.lock().unwrap().push(next.clone());
-        let report = rec.apply(&mut lb.dp, &next).unwrap();
+        let report = rec
+            .apply(&mut lb.dp, &next, &SecondChance::default())
+            .unwrap();
         writes += report.slot_writes;
         generation.fetch_add(1, Ordering::SeqCst);
         state = next;

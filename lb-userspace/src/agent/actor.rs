@@ -30,6 +30,7 @@ use crate::dataplane::Dataplane;
 use crate::health::{CheckSpec, EncapCounters, Health, Transition};
 use crate::neighbour::NextHop;
 use crate::reconcile::{ApplyReport, Reconciler};
+use crate::state::history::History;
 use crate::state::{BackendState, Change, DesiredState, Refused, Vip, not_found};
 use crate::sync;
 
@@ -88,6 +89,11 @@ pub(super) struct Agent {
     pub bgp: BgpStatus,
     /// Peer sync, with `[sync]`.
     pub fleet: Option<fleet::Fleet>,
+    /// Second chance, standalone: this agent's own steps of each VIP's members (in a fleet
+    /// they are in the replicated state).
+    pub history: BTreeMap<Vip, History>,
+    /// CLOCK_MONOTONIC minus Unix time (`second_chance::mono_offset_ns`).
+    pub mono_offset_ns: i128,
 }
 
 /// The dataplane's settings for this config.
@@ -266,10 +272,14 @@ impl Agent {
     pub fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
         let effective = self.effective(&next);
         let rings_before = self.moved_before();
-        match self.reconciler.apply(&mut self.dp, &effective) {
+        let (chance, history) = self.second_chance_next(&next);
+        match self.reconciler.apply(&mut self.dp, &effective, &chance) {
             Ok(report) => {
                 let moved = self.moved_after(rings_before);
                 self.desired = next;
+                if let Some(h) = history {
+                    self.history = h;
+                }
                 if let Err(e) = self.write_echo_flags() {
                     error!("writing the ICMP echo switches: {e:#}");
                 }
@@ -390,8 +400,16 @@ impl Agent {
 
     /// Every second: is each NIC still there, with the index we attached to, and up? A
     /// map-write fault stays until a write succeeds; meanwhile each second retries the pass,
-    /// which writes only what the failed one left missing.
+    /// which writes only what the failed one left missing. Then expired second-chance
+    /// backends are cleared.
     fn watchdog(&mut self) {
+        self.check_nics();
+        if self.fault.is_none() {
+            self.expire_second_chance();
+        }
+    }
+
+    fn check_nics(&mut self) {
         if matches!(self.fault, Some(Fault::MapWrite(_))) {
             let next = match &self.fleet {
                 Some(f) => super::fleet::materialize(&self.config, &f.replicated),

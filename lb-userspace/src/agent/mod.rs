@@ -34,6 +34,7 @@ mod node_metrics;
 mod peers;
 mod reload;
 mod report;
+mod second_chance;
 mod spawn;
 mod status_page;
 mod sync_metrics;

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use lb_common::RingSlot;
 use tracing::debug;
 
 use super::actor::Agent;
@@ -30,7 +31,12 @@ pub(super) fn snapshot(vips: &BTreeMap<Vip, InstalledVip>) -> Snapshot {
             (
                 *vip,
                 RingSnap {
-                    slots: v.slots.clone().map(Arc::new),
+                    // Only the backends matter here: a slot whose previous backend alone
+                    // changed moved no flow.
+                    slots: v
+                        .slots
+                        .as_ref()
+                        .map(|s| Arc::new(s.iter().map(RingSlot::backend_id).collect())),
                     backends: v.backends.values().map(|b| b.id).collect(),
                 },
             )

@@ -62,6 +62,13 @@ pub fn render_node(
     );
     family(
         o,
+        "lb_second_chance_slots",
+        "gauge",
+        "Maglev slots (all VIPs) that remember a live previous backend: flows they moved get a second chance at it (docs/second-chance.md).",
+        [(String::new(), status.second_chance_slots)],
+    );
+    family(
+        o,
         "lb_conntrack_capacity",
         "gauge",
         "Entries the connection table holds (dataplane.max_flows); past it, the least recently used are evicted.",

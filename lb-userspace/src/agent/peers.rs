@@ -72,9 +72,23 @@ impl Agent {
     pub(super) fn commit_changes(&mut self, changes: &[Change]) -> Result<ApplyReport> {
         let f = self.fleet.as_ref().expect("fleet");
         let mut next = f.replicated.clone();
+        let mut last = None;
         for c in changes {
             let stamp = next.next_stamp(&f.sync.node)?;
             next.record(c, &stamp);
+            last = Some(stamp);
+        }
+        // Second chance: the members each VIP had before, for every node to read alike.
+        if let Some(stamp) = last {
+            let before = materialize(&self.config, &f.replicated);
+            let after = materialize(&self.config, &next);
+            next.record_history(
+                &before,
+                &after,
+                &stamp,
+                crate::state::history::unix_ms(),
+                self.second_chance_ms(),
+            );
         }
         self.collect(&mut next);
         next.within_caps().map_err(|e| {

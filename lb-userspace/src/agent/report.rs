@@ -61,6 +61,8 @@ impl Agent {
             bgp: self.config.bgp.as_ref().map(|_| self.bgp.clone()),
             sync: self.sync_status(),
             health_encap: self.health_encap(),
+            second_chance_secs: self.second_chance_ms() / 1000,
+            second_chance_slots: self.second_chance_slots(),
         })
     }
 

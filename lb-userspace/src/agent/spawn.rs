@@ -174,7 +174,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => config.desired_state()?,
     };
     // Until checks say otherwise backends count as healthy (a restart must not empty tables).
-    let report = reconciler.apply(&mut dp, &desired)?;
+    // Second chance from the replicated state's steps (a standalone agent starts with none;
+    // the rings it adopts keep theirs until the first pass).
+    let mono_offset_ns = super::second_chance::mono_offset_ns();
+    let histories = replicated
+        .as_ref()
+        .map(|r| r.state.histories())
+        .unwrap_or_default();
+    let chance = super::second_chance::input(
+        &desired,
+        &histories,
+        config.dataplane.second_chance_ms(),
+        mono_offset_ns,
+    );
+    let report = reconciler.apply(&mut dp, &desired, &chance)?;
     info!(?report, "dataplane state written");
     // Attach (or take over the pinned links) only once the maps hold the state.
     for (iface, cfg) in ifaces.iter_mut().zip(&config.interfaces) {
@@ -282,6 +295,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         announce,
         bgp: BgpStatus::default(),
         fleet: None,
+        history: BTreeMap::new(),
+        mono_offset_ns,
     };
     let (sync_events, sync_events_rx) = mpsc::channel::<sync::Event>(64);
     if let (Some(sync), Some(key), Some(replicated)) = (agent.config.sync.clone(), key, replicated)

@@ -36,6 +36,17 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         "services     {} VIPs, {} backends, up to {} flows",
         s.vips, s.backends, s.max_flows
     );
+    println!(
+        "2nd chance   {}",
+        if s.second_chance_secs == 0 {
+            "off".to_string()
+        } else {
+            format!(
+                "{} s window, {} slots with a live previous backend",
+                s.second_chance_secs, s.second_chance_slots
+            )
+        }
+    );
     println!("metrics      {}", s.metrics.as_deref().unwrap_or("off"));
     if !s.health_encap.is_empty() {
         let counts: Vec<String> = s

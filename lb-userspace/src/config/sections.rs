@@ -161,6 +161,20 @@ pub struct DataplaneConfig {
     /// How many entries one CPU may create at once above the rate (0: as many as the rate).
     #[serde(default)]
     pub new_flow_burst: u32,
+    /// Second chance (docs/second-chance.md): how long a Maglev slot remembers the backend it
+    /// held before a change, in seconds; 0 turns second chance off. Default: the TCP idle
+    /// timeout, the longest an idle connection keeps its entry.
+    #[serde(default)]
+    pub second_chance_secs: Option<u64>,
+}
+
+impl DataplaneConfig {
+    /// The second-chance window in ms (0: off).
+    pub fn second_chance_ms(&self) -> u64 {
+        self.second_chance_secs
+            .unwrap_or(self.tcp_idle_timeout_secs)
+            .saturating_mul(1000)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]

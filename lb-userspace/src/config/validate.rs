@@ -29,6 +29,12 @@ impl Config {
                 "dataplane.{what} = {v}: use 1 second to 7 days"
             );
         }
+        if let Some(v) = d.second_chance_secs {
+            ensure!(
+                v <= 7 * 86_400,
+                "dataplane.second_chance_secs = {v}: use 0 (off) to 7 days"
+            );
+        }
         ensure!(
             d.icmp_rate <= u16::MAX as u32,
             "dataplane.icmp_rate = {}: use 0 (no limit) to 65535 per second per CPU",

@@ -1,7 +1,7 @@
 //! Backends and the Maglev rings that name them.
 
 use anyhow::{Context, Result, bail};
-use lb_common::{Backend, names};
+use lb_common::{Backend, RingSlot, names};
 
 use super::handle::Dataplane;
 
@@ -71,7 +71,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes a whole ring (`slots.len()` must be the ring size).
+    /// Writes a whole ring of backend ids, without previous backends (`slots.len()` must be the
+    /// ring size).
     pub fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
         if slots.len() != self.limits.ring_size as usize {
             bail!(
@@ -84,38 +85,47 @@ impl Dataplane {
             ring,
             slots
                 .iter()
-                .copied()
                 .enumerate()
-                .map(|(i, s)| (i as u32, s)),
+                .map(|(i, &id)| (i as u32, RingSlot::new(id))),
         )
     }
 
-    /// Writes the given `(slot, backend id)` pairs of one ring.
+    /// Writes the given `(slot, value)` pairs of one ring.
     pub fn write_ring_slots(
         &mut self,
         ring: u32,
-        slots: impl IntoIterator<Item = (u32, u32)>,
+        slots: impl IntoIterator<Item = (u32, RingSlot)>,
     ) -> Result<()> {
         self.check_ring(ring)?;
         let m = self.limits.ring_size;
-        let mut rings = self.array::<u32>(names::RINGS)?;
-        for (slot, id) in slots {
+        let mut rings = self.array::<RingSlot>(names::RINGS)?;
+        for (slot, value) in slots {
             if slot >= m {
                 bail!("slot {slot} is beyond the ring size {m}");
             }
             rings
-                .set(ring * m + slot, id, 0)
+                .set(ring * m + slot, value, 0)
                 .context("writing a ring slot")?;
         }
         Ok(())
     }
 
-    pub fn read_ring(&mut self, ring: u32) -> Result<Vec<u32>> {
+    /// A whole ring, slot by slot.
+    pub fn read_ring(&mut self, ring: u32) -> Result<Vec<RingSlot>> {
         self.check_ring(ring)?;
         let m = self.limits.ring_size;
-        let rings = self.array::<u32>(names::RINGS)?;
+        let rings = self.array::<RingSlot>(names::RINGS)?;
         (0..m)
             .map(|s| rings.get(&(ring * m + s), 0).context("reading a ring slot"))
             .collect()
+    }
+
+    /// A whole ring's backend ids (`NO_BACKEND` for an empty slot).
+    pub fn read_ring_ids(&mut self, ring: u32) -> Result<Vec<u32>> {
+        Ok(self
+            .read_ring(ring)?
+            .iter()
+            .map(RingSlot::backend_id)
+            .collect())
     }
 }

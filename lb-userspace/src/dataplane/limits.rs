@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::maps::MapInfo;
 use lb_common::{
-    Backend, ConnEntry, CounterValue, FlowKey, IfaceSlot, LbConfig, VipFilter, VipKey, VipMeta,
-    VipSlot, names,
+    Backend, ConnEntry, CounterValue, FlowKey, IfaceSlot, LbConfig, RingSlot, VipFilter, VipKey,
+    VipMeta, VipSlot, names,
 };
 
 /// Largest `max_vips` (the VIP index has 8 slots per VIP).
@@ -49,6 +49,13 @@ impl DataplaneLimits {
                 "{} rings of {} slots exceed the ring map's size limit",
                 self.max_rings,
                 self.ring_size
+            );
+        }
+        if self.max_backends > lb_common::MAX_BACKEND_IDS {
+            bail!(
+                "max_backends {} is over the limit of {} (ring slots name backends in 16 bits)",
+                self.max_backends,
+                lb_common::MAX_BACKEND_IDS
             );
         }
         if self.max_vips > MAX_VIPS_LIMIT {
@@ -98,7 +105,12 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<Backend>(),
             limits.max_backends,
         ),
-        (names::RINGS, 4, 4, limits.ring_size * limits.max_rings),
+        (
+            names::RINGS,
+            4,
+            size_of::<RingSlot>(),
+            limits.ring_size * limits.max_rings,
+        ),
         (
             names::CONNS,
             size_of::<FlowKey>(),

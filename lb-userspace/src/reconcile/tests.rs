@@ -7,7 +7,7 @@ use std::collections::HashMap;
 #[derive(Default)]
 struct Recorder {
     backends: HashMap<u32, Backend>,
-    rings: HashMap<u32, Vec<u32>>,
+    rings: HashMap<u32, Vec<RingSlot>>,
     vips: HashMap<VipKey, VipMeta>,
     slot_writes: u64,
     ring_size: u32,
@@ -22,15 +22,24 @@ impl Recorder {
                 self.ring_size as usize,
                 "reachable VIP with a partial ring"
             );
-            for &id in ring {
+            let valid = |id: u32| {
+                self.backends
+                    .get(&id)
+                    .is_some_and(|b| b.flags & BACKEND_F_VALID != 0)
+            };
+            for s in ring {
+                let id = s.backend_id();
                 assert!(
-                    id == NO_BACKEND
-                        || self
-                            .backends
-                            .get(&id)
-                            .is_some_and(|b| b.flags & BACKEND_F_VALID != 0),
+                    id == NO_BACKEND || valid(id),
                     "a reachable slot names uninstalled backend {id}"
                 );
+                // A previous backend is a live backend too: its id must not serve another.
+                if let Some(prev) = s.live_prev(u32::MAX - 1) {
+                    assert!(
+                        valid(prev),
+                        "a slot's previous backend {prev} is uninstalled"
+                    );
+                }
             }
         }
     }
@@ -57,14 +66,14 @@ impl MapWriter for Recorder {
     fn backend_generation(&mut self, id: u32) -> Result<u32> {
         Ok(self.backends.get(&id).map_or(0, |b| b.generation))
     }
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
+    fn write_slots(&mut self, ring: u32, slots: &[(u32, RingSlot)]) -> Result<()> {
         let m = self.ring_size as usize;
         let r = self
             .rings
             .entry(ring)
-            .or_insert_with(|| vec![NO_BACKEND; m]);
-        for &(s, id) in slots {
-            r[s as usize] = id;
+            .or_insert_with(|| vec![RingSlot::default(); m]);
+        for &(s, value) in slots {
+            r[s as usize] = value;
             self.slot_writes += 1;
         }
         // Check after the whole batch too (the real writes are one slot at a time, and
@@ -128,7 +137,7 @@ fn setup() -> (Reconciler, Recorder, DesiredState, Vip) {
 #[test]
 fn a_change_writes_exactly_the_slots_maglev_moves() {
     let (mut r, mut rec, mut s, vip) = setup();
-    let rep = r.apply(&mut rec, &s).unwrap();
+    let rep = r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     assert_eq!(
         rep.slot_writes, M as u64,
         "a new VIP writes its whole ring once"
@@ -168,7 +177,7 @@ fn a_change_writes_exactly_the_slots_maglev_moves() {
             })
             .count() as u64;
         let writes_before = rec.slot_writes;
-        let rep = r.apply(&mut rec, &s).unwrap();
+        let rep = r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
         assert_eq!(rep.slot_writes, moved, "{change}");
         assert_eq!(rec.slot_writes - writes_before, moved, "{change}");
         assert!(
@@ -179,22 +188,26 @@ fn a_change_writes_exactly_the_slots_maglev_moves() {
     let _ = table_before;
     // Nothing to do: nothing written, version unchanged.
     let v = r.version;
-    assert!(r.apply(&mut rec, &s).unwrap().is_empty());
+    assert!(
+        r.apply(&mut rec, &s, &SecondChance::default())
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(r.version, v);
 }
 
 #[test]
 fn removed_backends_are_uninstalled_after_their_slots_move_and_ids_get_new_generations() {
     let (mut r, mut rec, mut s, vip) = setup();
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     let id1 = r.vips()[&vip].backends[&b(1)].id;
     let g1 = r.vips()[&vip].backends[&b(1)].generation;
     s.apply(&Change::RemoveBackend { vip, backend: b(1) }, &CAP)
         .unwrap();
-    let rep = r.apply(&mut rec, &s).unwrap();
+    let rep = r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     assert_eq!(rep.backends_removed, 1);
     assert_eq!(rec.backends[&id1].flags, 0);
-    assert!(!rec.rings[&0].contains(&id1));
+    assert!(!rec.rings[&0].contains(&RingSlot::new(id1)));
     // Fill every other id, so the next backend must reuse id1: a new generation.
     for i in 10..(10 + 64 - 3) {
         s.apply(
@@ -208,7 +221,7 @@ fn removed_backends_are_uninstalled_after_their_slots_move_and_ids_get_new_gener
         )
         .unwrap();
     }
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     let reused = r.vips()[&vip]
         .backends
         .values()
@@ -220,7 +233,7 @@ fn removed_backends_are_uninstalled_after_their_slots_move_and_ids_get_new_gener
 #[test]
 fn vips_come_and_go_in_a_safe_order() {
     let (mut r, mut rec, mut s, vip) = setup();
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     let vip2: Vip = "[2001:db8::10]:443/tcp".parse().unwrap();
     s.apply(
         &Change::AddVip {
@@ -240,7 +253,7 @@ fn vips_come_and_go_in_a_safe_order() {
         &CAP,
     )
     .unwrap();
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     assert_eq!(rec.vips[&vip2.key()].flags, VIP_F_GUE);
     // The same address in two VIPs gets two ids (per-VIP stats, per-VIP removal).
     assert_ne!(
@@ -248,7 +261,7 @@ fn vips_come_and_go_in_a_safe_order() {
         r.vips()[&vip2].backends[&b(1)].id
     );
     s.apply(&Change::RemoveVip { vip }, &CAP).unwrap();
-    let rep = r.apply(&mut rec, &s).unwrap();
+    let rep = r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     assert_eq!((rep.vips_removed, rep.backends_removed), (1, 4));
     assert!(!rec.vips.contains_key(&vip.key()));
     // Its ring is reused by the next VIP, which writes only the slots that differ.
@@ -261,18 +274,18 @@ fn vips_come_and_go_in_a_safe_order() {
         &CAP,
     )
     .unwrap();
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     assert!(
         rec.rings[&r.vips()[&vip3].id]
             .iter()
-            .all(|&x| x == NO_BACKEND)
+            .all(|x| x.backend_id() == NO_BACKEND)
     );
 }
 
 #[test]
 fn an_impossible_state_is_refused_before_any_write() {
     let (mut r, mut rec, s, _) = setup();
-    r.apply(&mut rec, &s).unwrap();
+    r.apply(&mut rec, &s, &SecondChance::default()).unwrap();
     let mut big = s.clone();
     let cap = Capacity {
         vips: 10,
@@ -285,7 +298,10 @@ fn an_impossible_state_is_refused_before_any_write() {
             .unwrap();
     }
     let writes = rec.slot_writes;
-    let e = r.apply(&mut rec, &big).unwrap_err().to_string();
+    let e = r
+        .apply(&mut rec, &big, &SecondChance::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("more VIPs"), "{e}");
     assert_eq!(rec.slot_writes, writes);
     assert_eq!(r.installed_state(), s);

@@ -2,7 +2,7 @@
 //! the tests' recorders.
 
 use anyhow::Result;
-use lb_common::{Backend, VipKey, VipMeta};
+use lb_common::{Backend, RingSlot, VipKey, VipMeta};
 
 use crate::dataplane::Dataplane;
 
@@ -11,7 +11,7 @@ pub trait MapWriter {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
     fn clear_backend(&mut self, id: u32) -> Result<()>;
     fn backend_generation(&mut self, id: u32) -> Result<u32>;
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()>;
+    fn write_slots(&mut self, ring: u32, slots: &[(u32, RingSlot)]) -> Result<()>;
     fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()>;
     fn remove_vip(&mut self, key: VipKey) -> Result<()>;
     fn reset_vip_counter(&mut self, id: u32) -> Result<()>;
@@ -28,7 +28,7 @@ impl MapWriter for Dataplane {
     fn backend_generation(&mut self, id: u32) -> Result<u32> {
         Dataplane::backend_generation(self, id)
     }
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
+    fn write_slots(&mut self, ring: u32, slots: &[(u32, RingSlot)]) -> Result<()> {
         self.write_ring_slots(ring, slots.iter().copied())
     }
     fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {

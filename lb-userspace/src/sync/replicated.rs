@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::wire::{Refusal, refused};
+use crate::state::history::{self, History};
 use crate::state::{
     BackendSpec, BackendState, Capacity, Change, DesiredState, Vip, VipSpec, check_vip_addr,
 };
@@ -72,6 +73,33 @@ impl<T: Clone + Ord> Lww<T> {
 pub struct VipEntry {
     /// `Some(gue)` while the VIP exists, `None` once removed.
     pub exists: Lww<Option<bool>>,
+    /// Its members before its recent changes, for second chance (`state::history`): written
+    /// with each change of its members, by the node that makes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Lww<History>>,
+}
+
+impl VipEntry {
+    fn new(exists: Lww<Option<bool>>) -> Self {
+        Self {
+            exists,
+            history: None,
+        }
+    }
+
+    /// Merges the other side's fields in; true if anything changed.
+    fn merge(&mut self, other: &Self) -> bool {
+        let mut changed = self.exists.merge(&other.exists);
+        match (&mut self.history, &other.history) {
+            (Some(mine), Some(theirs)) => changed |= mine.merge(theirs),
+            (mine @ None, Some(theirs)) => {
+                *mine = Some(theirs.clone());
+                changed = true;
+            }
+            (_, None) => {}
+        }
+        changed
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +193,9 @@ impl ReplicatedState {
 
     /// Every stamp in the state, one per field.
     fn stamps(&self) -> impl Iterator<Item = &Stamp> {
-        let v = self.vips.values().map(|v| &v.exists.stamp);
+        let v = self.vips.values().flat_map(|v| {
+            std::iter::once(&v.exists.stamp).chain(v.history.as_ref().map(|h| &h.stamp))
+        });
         let b = self
             .backends
             .values()
@@ -224,20 +254,11 @@ impl ReplicatedState {
     pub fn record(&mut self, change: &Change, stamp: &Stamp) {
         match change {
             Change::AddVip { vip, gue } => {
-                self.vips.insert(
-                    *vip,
-                    VipEntry {
-                        exists: Lww::new(stamp, Some(*gue)),
-                    },
-                );
+                self.vips
+                    .insert(*vip, VipEntry::new(Lww::new(stamp, Some(*gue))));
             }
             Change::RemoveVip { vip } => {
-                self.vips.insert(
-                    *vip,
-                    VipEntry {
-                        exists: Lww::new(stamp, None),
-                    },
-                );
+                self.vips.insert(*vip, VipEntry::new(Lww::new(stamp, None)));
                 for ((v, _), b) in self.backends.iter_mut() {
                     if v == vip {
                         b.member = Lww::new(stamp, false);
@@ -285,6 +306,42 @@ impl ReplicatedState {
         }
     }
 
+    /// Second chance: records, under `stamp`, a step for every VIP whose members differ between
+    /// `old` and `new` (the states materialized before and after an operator's changes).
+    pub fn record_history(
+        &mut self,
+        old: &DesiredState,
+        new: &DesiredState,
+        stamp: &Stamp,
+        now_ms: u64,
+        window_ms: u64,
+    ) {
+        if window_ms == 0 {
+            return;
+        }
+        for vip in history::changed_vips(old, new) {
+            let Some(entry) = self.vips.get_mut(&vip) else {
+                continue;
+            };
+            let steps = entry.history.take().map(|h| h.value).unwrap_or_default();
+            let before = history::members_of(&old.vips[&vip]);
+            entry.history = Some(Lww::new(
+                stamp,
+                history::with_step(steps, before, now_ms, window_ms),
+            ));
+        }
+    }
+
+    /// Every live VIP's steps (second chance).
+    pub fn histories(&self) -> BTreeMap<Vip, History> {
+        self.vips
+            .iter()
+            .filter(|(_, e)| e.exists.value.is_some())
+            .filter_map(|(vip, e)| Some((*vip, e.history.as_ref()?.value.clone())))
+            .filter(|(_, h)| !h.is_empty())
+            .collect()
+    }
+
     /// Merges a peer's (whole) state in; true if anything changed.
     ///
     /// Fields present on both sides keep the higher stamp. An entry on one side only is kept
@@ -304,7 +361,7 @@ impl ReplicatedState {
         let (ours, theirs) = (self.horizon, other.horizon);
         for (vip, e) in &other.vips {
             match self.vips.get_mut(vip) {
-                Some(mine) => changed |= mine.exists.merge(&e.exists),
+                Some(mine) => changed |= mine.merge(e),
                 None if !covers(ours, e.exists.stamp.clock) => {
                     self.vips.insert(*vip, e.clone());
                     changed = true;

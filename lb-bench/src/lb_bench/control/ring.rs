@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::names;
-use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, VipKey, VipMeta, v6_words};
+use lb_common::{
+    BACKEND_F_VALID, Backend, NO_BACKEND, PROTO_TCP, RingSlot, VipKey, VipMeta, v6_words,
+};
 
 use super::setup::*;
 
 /// An agent's pinned maps: its VIP's ring and the backend ids.
 pub(crate) struct Ring {
-    pub(crate) rings: Array<MapData, u32>,
+    pub(crate) rings: Array<MapData, RingSlot>,
     pub(crate) backends: Array<MapData, Backend>,
     pub(crate) vips: HashMap<MapData, VipKey, VipMeta>,
 }
@@ -53,9 +55,11 @@ impl Ring {
         bail!("backend {addr} is not installed in the pinned BACKENDS map")
     }
 
+    /// The backend id in a slot (`NO_BACKEND` if empty).
     pub(crate) fn slot(&self, base: u32, slot: u32) -> Result<u32> {
         self.rings
             .get(&(base + slot), 0)
+            .map(|s| s.backend_id())
             .context("reading a ring slot")
     }
 

@@ -32,6 +32,7 @@ const SYN_1M: &str = "TCP SYN, IPv4 VIP, 1M distinct flows cycled";
 const EST: &str = "TCP established, IPv4 VIP, 1 flow";
 const EST_1M: &str = "TCP established, IPv4 VIP, 1M flows cycled";
 const GUE: &str = "TCP established, IPv4 VIP, GUE";
+const SECOND_CHANCE: &str = "TCP established, IPv4 VIP, second chance (SRH)";
 const NOT_VIP: &str = "not a VIP: XDP_PASS, alone";
 const NOT_VIP_H: &str = "not a VIP: XDP_PASS, through the harness";
 
@@ -53,6 +54,22 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     let i6 = lb.add_vip(v6, 80, PROTO_TCP, 1, false, &[(4, 1), (5, 1), (6, 1)]);
     let iu = lb.add_vip(udp, 53, PROTO_UDP, 2, false, &[(7, 1), (8, 1), (9, 1)]);
     let ig = lb.add_vip(gue, 80, PROTO_TCP, 3, true, &[(10, 1), (11, 1), (12, 1)]);
+    // Second chance: every slot of this VIP remembers backend 16.
+    let sc: IpAddr = "192.0.2.13".parse().unwrap();
+    let isc = lb.add_vip(sc, 80, PROTO_TCP, 4, false, &[(13, 1), (14, 1), (15, 1)]);
+    lb.install_backend_of(16, 1, 4);
+    let until = (lb_userspace::dataplane::monotonic_ns() >> lb_common::RING_TICK_SHIFT) as u32;
+    lb.set_ring_prev(4, &isc.slots, 16, until + 100_000);
+    let fsc = Flow::new("198.51.100.7", 40000, "192.0.2.13", 80);
+    let acksc = fsc.tcp(Tcp::Ack, PAYLOAD);
+    let ksc = fsc.key(PROTO_TCP);
+    let encap_sc = expected_encap_srh(
+        &acksc,
+        backend_addr(isc.backend_for(&ksc)),
+        Some(backend_addr(16)),
+        lb_common::flow_hash(&ksc, SEED),
+        false,
+    );
 
     let f4 = Flow::new("198.51.100.7", 40000, "192.0.2.10", 80);
     let (syn4, ack4) = (f4.tcp(Tcp::Syn, PAYLOAD), f4.tcp(Tcp::Ack, PAYLOAD));
@@ -189,6 +206,17 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
                 encap_of(&ackg, &fg.key(PROTO_TCP), &ig, true),
             ),
             Box::new(|lb, _| prime(lb, &syng)),
+        ),
+        (
+            // A flow a table change moved: its entry (made by its first mid-flow packet)
+            // remembers the previous backend, and every packet carries the routing header.
+            lb_scenario(
+                SECOND_CHANCE,
+                &acksc,
+                vec![LruHit, TxSecondChance, Tx],
+                encap_sc,
+            ),
+            Box::new(|lb, _| prime(lb, &acksc)),
         ),
         (pass.clone(), no_prep()),
         (

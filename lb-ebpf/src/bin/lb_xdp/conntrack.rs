@@ -19,16 +19,25 @@
 //!
 //! ICMP errors about a flow (`Kind::IcmpError`) read the same choice a packet of the flow would
 //! get now (`peek`, then Maglev through `new_flow`), without creating or refreshing an entry.
+//!
+//! Second chance (docs/second-chance.md): a TCP packet that is not a SYN and finds no entry is
+//! mid-flow, so its connection may live on the backend that held its slot before the slot's
+//! last change. If that previous backend is still live in the slot, the packet goes to the
+//! slot's backend with the previous one as a second chance (`Target::prev`), and the entry it
+//! creates remembers the pair, so every later packet of the flow carries it too. A SYN never
+//! does: a new connection belongs to the slot's backend.
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
-    ATIME_GRANULARITY_NS, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry, Counter, FlowKey,
-    LB_F_FLOW_EVENTS, LbConfig, TcpEvent, VipMeta, flow_hash,
+    ATIME_GRANULARITY_NS, BACKEND_F_VALID, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry,
+    Counter, FlowKey, LB_F_FLOW_EVENTS, LbConfig, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id,
+    encode_id, flow_hash,
 };
 
+use crate::maps::{BACKENDS, CONNS};
 use crate::packet::{Kind, Target};
-use crate::{clock::now_ns, flowsync, maglev, maps::CONNS, ratelimit, stats, vip};
+use crate::{clock::now_ns, flowsync, maglev, ratelimit, stats, vip};
 
 /// What the connection table says about a packet's flow.
 pub enum Found {
@@ -77,6 +86,7 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
         id: entry.backend,
         addr: b.addr,
         hash: entry.hash,
+        prev: entry.prev,
     };
     match vip::by_id(b.vip) {
         Some(vip) => Found::Hit(vip, target),
@@ -123,6 +133,7 @@ pub fn peek(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
             id: entry.backend,
             addr: b.addr,
             hash: entry.hash,
+            prev: entry.prev,
         }),
         Err(_) => Found::Miss,
     }
@@ -142,20 +153,30 @@ pub fn new_flow(
     kind: Kind,
 ) -> Option<Target> {
     let hash = flow_hash(key, cfg.hash_seed);
-    let (id, b) = ring_backend(ctx, vip, hash)?;
+    let (id, b, prev) = ring_backend(ctx, vip, hash, flow)?;
     if kind == Kind::Client {
-        pin(key, flow, cfg, id, b, hash);
+        pin(key, flow, cfg, id, b, hash, prev);
     }
     Some(Target {
         id,
         addr: b.addr,
         hash,
+        prev,
     })
 }
 
-/// Counts a client packet's miss and, unless it is a reset, pins its flow to backend `id`.
+/// Counts a client packet's miss and, unless it is a reset, pins its flow to backend `id`
+/// (with its second chance `prev`, id + 1 or 0).
 #[inline(always)]
-fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, hash: u32) {
+fn pin(
+    key: &FlowKey,
+    flow: &FlowPacket,
+    cfg: &LbConfig,
+    id: u32,
+    b: &Backend,
+    hash: u32,
+    prev: u16,
+) {
     stats::count(if flow.syn {
         Counter::LruMissSyn
     } else if flow.is_tcp {
@@ -163,6 +184,9 @@ fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, h
     } else {
         Counter::LruMissUdp
     });
+    if prev != 0 {
+        stats::count(Counter::SecondChancePaired);
+    }
     // Over the new-flow gate's budget (a flood of new flows): forwarded by Maglev without an
     // entry, so the flood cannot evict established flows' entries (nor be exported).
     if !flow.rst && ratelimit::allow_new_entry() {
@@ -172,7 +196,7 @@ fn pin(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, id: u32, b: &Backend, h
             atime_ns: flow.now,
             generation: b.generation,
             flags: if flow.closing { CONN_F_CLOSING } else { 0 },
-            prev: 0,
+            prev,
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let inserted = CONNS.insert(key, &entry, 0).is_ok();
@@ -201,16 +225,51 @@ fn entry_backend(
     }
 }
 
-/// The Maglev choice for `hash` in the VIP's ring: None for an empty slot, or (logged) a slot
-/// naming an uninstalled backend.
+/// The Maglev choice for `hash` in the VIP's ring, and for a mid-flow TCP packet the slot's
+/// live previous backend (id + 1, or 0): None for an empty slot, or (logged) a slot naming an
+/// uninstalled backend.
 #[inline(always)]
-fn ring_backend(ctx: &XdpContext, vip: &VipMeta, hash: u32) -> Option<(u32, &'static Backend)> {
-    let id = maglev::ring_lookup(vip.ring, hash)?;
+fn ring_backend(
+    ctx: &XdpContext,
+    vip: &VipMeta,
+    hash: u32,
+    flow: &FlowPacket,
+) -> Option<(u32, &'static Backend, u16)> {
+    let slot = maglev::ring_lookup(vip.ring, hash)?;
+    let id = slot.backend_id();
     let Some(b) = maglev::backend(id) else {
         uninstalled_backend(ctx, vip.ring, id);
         return None;
     };
-    Some((id, b))
+    let prev = if flow.is_tcp && !flow.syn {
+        match slot.live_prev((flow.now >> RING_TICK_SHIFT) as u32) {
+            Some(p) => encode_id(p),
+            None => 0,
+        }
+    } else {
+        0
+    };
+    Some((id, b, prev))
+}
+
+/// The address of the previous backend a packet to `target` carries as its second chance:
+/// installed, and not the target itself (an entry's pair outlives neither). An address, not
+/// a reference: LLVM turns "valid ? pointer : null" into pointer arithmetic the verifier
+/// refuses.
+#[inline(always)]
+pub fn second_chance(target: &Target) -> Option<[u32; 4]> {
+    if target.prev == 0 {
+        return None;
+    }
+    let id = decode_id(target.prev);
+    if id == target.id {
+        return None;
+    }
+    let b = BACKENDS.get(id)?;
+    if b.flags & BACKEND_F_VALID == 0 {
+        return None;
+    }
+    Some(b.addr)
 }
 
 /// The agent installs a backend before any slot points at it; this is a bug alarm, the one log

@@ -1,6 +1,8 @@
 //! Encapsulation: the client's IP packet, byte for byte, behind a new IPv6 header (RFC 2473:
 //! next header 4 for IPv4, 41 for IPv6), or behind IPv6 + UDP for GUE variant 1 (the inner IP
-//! header directly after UDP). Then out of the same NIC with XDP_TX.
+//! header directly after UDP). A packet with a second chance also carries a Segment Routing
+//! Header between the IPv6 header and the rest (`lb_common::srh`). Then out of the same NIC
+//! with XDP_TX.
 
 use core::mem::offset_of;
 use core::ptr::{read_unaligned, write as store};
@@ -11,8 +13,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::headers::{
-    ENCAP_GUE_LEN, ENCAP_IP6_LEN, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, IPV6_HLEN, NEXT_HEADER_IPIP,
-    NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
+    ENCAP_GUE_LEN, ENCAP_IP6_LEN, ENCAP_SRH_LEN, ETH_P_8021Q, ETH_P_IPV6, HOP_LIMIT, IPV6_HLEN,
+    NEXT_HEADER_IPIP, NEXT_HEADER_IPV6, NEXT_HEADER_UDP,
+};
+use lb_common::srh::{
+    NEXT_HEADER_ROUTING, SRH_OFF_CURRENT, SRH_OFF_PREVIOUS, SRH_WORD1, srh_word0,
 };
 use lb_common::{Counter, FAMILY_V4, IfaceConfig, LbConfig, VIP_F_GUE, VipMeta};
 
@@ -32,6 +37,7 @@ pub fn encapsulate(
     cfg: &LbConfig,
     iface: &IfaceConfig,
     target: &Target,
+    prev: Option<[u32; 4]>,
 ) -> u32 {
     let gue = vip.flags & VIP_F_GUE != 0;
     // Link-layer padding after the IP packet would end up inside the tunnel payload: trim it.
@@ -43,36 +49,48 @@ pub fn encapsulate(
     {
         return stats::drop(Counter::DropEncap);
     }
-    let grow = if gue { ENCAP_GUE_LEN } else { ENCAP_IP6_LEN };
+    let grow = if gue { ENCAP_GUE_LEN } else { ENCAP_IP6_LEN }
+        + if prev.is_some() { ENCAP_SRH_LEN } else { 0 };
     // SAFETY: a helper call on this program's own context; it checks the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return stats::drop(Counter::DropEncap);
     }
-    let ok = match (pkt.l3_off == 18, gue) {
-        (false, false) => write_outer::<14, false>(ctx, pkt, cfg, iface, target),
-        (false, true) => write_outer::<14, true>(ctx, pkt, cfg, iface, target),
-        (true, false) => write_outer::<18, false>(ctx, pkt, cfg, iface, target),
-        (true, true) => write_outer::<18, true>(ctx, pkt, cfg, iface, target),
+    let ok = match (pkt.l3_off == 18, gue, prev) {
+        (false, false, None) => write_outer::<14, false, false>(ctx, pkt, cfg, iface, target, None),
+        (false, true, None) => write_outer::<14, true, false>(ctx, pkt, cfg, iface, target, None),
+        (true, false, None) => write_outer::<18, false, false>(ctx, pkt, cfg, iface, target, None),
+        (true, true, None) => write_outer::<18, true, false>(ctx, pkt, cfg, iface, target, None),
+        // Second chance: the rare packets of flows a table change moved.
+        (false, false, p) => write_outer::<14, false, true>(ctx, pkt, cfg, iface, target, p),
+        (false, true, p) => write_outer::<14, true, true>(ctx, pkt, cfg, iface, target, p),
+        (true, false, p) => write_outer::<18, false, true>(ctx, pkt, cfg, iface, target, p),
+        (true, true, p) => write_outer::<18, true, true>(ctx, pkt, cfg, iface, target, p),
     };
     if !ok {
         return stats::drop(Counter::DropEncap);
+    }
+    if prev.is_some() {
+        stats::count(Counter::TxSecondChance);
     }
     stats::count(if gue { Counter::TxGue } else { Counter::Tx });
     xdp_action::XDP_TX
 }
 
-/// Writes Ethernet (+ VLAN), IPv6 and, for GUE, UDP in front of the inner packet.
+/// Writes Ethernet (+ VLAN), IPv6, with `SRH` the Segment Routing Header naming `prev` then
+/// the target (`lb_common::srh`), and for GUE UDP, in front of the inner packet.
 #[inline(always)]
-fn write_outer<const L3: usize, const GUE: bool>(
+fn write_outer<const L3: usize, const GUE: bool, const SRH: bool>(
     ctx: &XdpContext,
     pkt: &Parsed,
     cfg: &LbConfig,
     iface: &IfaceConfig,
     target: &Target,
+    prev: Option<[u32; 4]>,
 ) -> bool {
     let data = ctx.data();
     let udp_len = if GUE { UDP_HLEN as usize } else { 0 };
-    if data + L3 + IPV6_HLEN + udp_len > ctx.data_end() {
+    let srh_len = if SRH { ENCAP_SRH_LEN } else { 0 };
+    if data + L3 + IPV6_HLEN + srh_len + udp_len > ctx.data_end() {
         return false;
     }
     // RFC 6438: the flow label carries the flow's hash so routers and backend NICs can spread
@@ -82,13 +100,19 @@ fn write_outer<const L3: usize, const GUE: bool>(
         label = 1;
     }
     let word0 = (6u32 << 28) | ((pkt.tclass as u32) << 20) | label;
-    let payload_len = pkt.ip_len + if GUE { UDP_HLEN } else { 0 };
-    let next_header = if GUE {
+    let udp_payload = pkt.ip_len + if GUE { UDP_HLEN } else { 0 };
+    let payload_len = udp_payload + srh_len as u16;
+    let tunnel_header = if GUE {
         NEXT_HEADER_UDP
     } else if pkt.key.family == FAMILY_V4 {
         NEXT_HEADER_IPIP
     } else {
         NEXT_HEADER_IPV6
+    };
+    let next_header = if SRH {
+        NEXT_HEADER_ROUTING
+    } else {
+        tunnel_header
     };
     // SAFETY: the new headers are in the frame (checked above); the MAC reads stay inside
     // `*iface` (two 6-byte arrays, read as 2 + 4 and 4 + 2 bytes).
@@ -120,13 +144,24 @@ fn write_outer<const L3: usize, const GUE: bool>(
             store((ip + 8 + 4 * i) as *mut u32, cfg.src_ip6[i]);
             store((ip + 24 + 4 * i) as *mut u32, target.addr[i]);
         }
+        if SRH && let Some(prev) = prev {
+            // Segment list[0] is the previous backend (the next segment), [1] the target (the
+            // active one, already the destination); segments left 1 (RFC 8754).
+            let srh = ip + IPV6_HLEN;
+            store(srh as *mut u32, srh_word0(tunnel_header).to_be());
+            store((srh + 4) as *mut u32, SRH_WORD1.to_be());
+            for (i, (p, t)) in prev.iter().zip(&target.addr).enumerate() {
+                store((srh + SRH_OFF_PREVIOUS + 4 * i) as *mut u32, *p);
+                store((srh + SRH_OFF_CURRENT + 4 * i) as *mut u32, *t);
+            }
+        }
         if GUE {
-            let udp = ip + IPV6_HLEN;
+            let udp = ip + IPV6_HLEN + srh_len;
             // Source port from the flow hash (ephemeral range) for RSS on the backend's NIC.
             let sport = 0xC000u16 | ((target.hash >> 20) as u16 & 0x3FFF);
             store(udp as *mut u16, sport.to_be());
             store((udp + 2) as *mut u16, cfg.gue_port);
-            store((udp + 4) as *mut u16, payload_len.to_be());
+            store((udp + 4) as *mut u16, udp_payload.to_be());
             // Zero UDP checksum over IPv6 for a tunnel, as RFC 6935/6936 allow: the inner
             // packet carries its own transport checksum (see docs/dataplane.md).
             store((udp + 6) as *mut u16, 0);

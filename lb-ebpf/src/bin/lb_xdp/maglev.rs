@@ -1,15 +1,15 @@
 //! Maglev ring lookup and backend validation.
 
-use lb_common::{BACKEND_F_VALID, Backend, NO_BACKEND, ring_slot};
+use lb_common::{BACKEND_F_VALID, Backend, RingSlot, ring_slot};
 
 use crate::maps::{BACKENDS, RINGS, ring_size};
 
-/// The backend id in `ring`'s slot for `hash`, or None for an empty slot.
+/// `ring`'s slot for `hash` if it names a backend (None for an empty slot).
 #[inline(always)]
-pub fn ring_lookup(ring: u32, hash: u32) -> Option<u32> {
+pub fn ring_lookup(ring: u32, hash: u32) -> Option<&'static RingSlot> {
     let m = ring_size();
-    let id = *RINGS.get(ring.wrapping_mul(m).wrapping_add(ring_slot(hash, m)))?;
-    if id == NO_BACKEND { None } else { Some(id) }
+    let slot = RINGS.get(ring.wrapping_mul(m).wrapping_add(ring_slot(hash, m)))?;
+    if slot.backend == 0 { None } else { Some(slot) }
 }
 
 /// An installed backend; a slot whose backend was removed reads as None.

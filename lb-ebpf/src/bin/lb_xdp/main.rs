@@ -103,15 +103,17 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
     let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
         return stats::drop(Counter::DropNoIface);
     };
+    // Second chance: the slot's previous backend, for a flow a table change moved.
+    let prev = conntrack::second_chance(&target);
     // Too big once encapsulated: answered with ICMP (or dropped), never forwarded. One compare
     // when it fits. The backend choice above already ran (see docs/dataplane.md).
-    if client && let Some(verdict) = toobig::check(ctx, pkt, vip, iface) {
+    if client && let Some(verdict) = toobig::check(ctx, pkt, vip, iface, prev.is_some()) {
         return verdict;
     }
     let len = pkt.frame_len as u64;
     stats::add_vip(vip.id, len);
     stats::add_backend(target.id, len);
-    let action = encap::encapsulate(ctx, pkt, vip, cfg, iface, &target);
+    let action = encap::encapsulate(ctx, pkt, vip, cfg, iface, &target, prev);
     if !client && action == xdp_action::XDP_TX {
         stats::count(Counter::IcmpErrorForwarded);
     }

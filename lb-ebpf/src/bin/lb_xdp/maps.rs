@@ -7,8 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
     DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
-    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, STATS_SLOTS, VipFilter, VipKey, VipMeta,
-    VipSlot, iface_slot, vip_index_size,
+    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, RingSlot, STATS_SLOTS, VipFilter, VipKey,
+    VipMeta, VipSlot, iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -63,7 +63,8 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 
 /// All Maglev rings, back to back: ring r is `RINGS[r * M .. (r + 1) * M]`.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_RINGS * DEFAULT_RING_SIZE, 0);
+pub static RINGS: Array<RingSlot> =
+    Array::with_max_entries(DEFAULT_MAX_RINGS * DEFAULT_RING_SIZE, 0);
 
 /// The connection table: one LRU hash shared by all CPUs, so a flow is found whichever CPU
 /// receives it (RSS changes, flows installed by the agent). `cargo xtask bench` compares it with

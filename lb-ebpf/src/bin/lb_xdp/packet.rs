@@ -77,4 +77,7 @@ pub struct Target {
     pub id: u32,
     pub addr: [u32; 4],
     pub hash: u32,
+    /// Second chance: the backend that held the flow's slot before its last change, as id + 1
+    /// (`lb_common::encode_id`); 0: none. Carried in a Segment Routing Header (`encap`).
+    pub prev: u16,
 }

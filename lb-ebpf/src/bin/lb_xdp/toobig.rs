@@ -53,8 +53,14 @@ const _: () = assert!(32 + ICMP_HLEN + QUOTE6_FULL <= 3 * CSUM_CHUNK);
 /// The too-big check, between the backend choice and the encapsulation. `None`: the packet
 /// fits, encapsulate it. `Some(verdict)`: it was answered with ICMP (XDP_TX) or dropped.
 #[inline(always)]
-pub fn check(ctx: &XdpContext, pkt: &Parsed, vip: &VipMeta, iface: &IfaceConfig) -> Option<u32> {
-    let overhead = overhead(vip.flags);
+pub fn check(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    vip: &VipMeta,
+    iface: &IfaceConfig,
+    srh: bool,
+) -> Option<u32> {
+    let overhead = overhead(vip.flags, srh);
     if !exceeds(pkt.ip_len, overhead, iface.mtu) {
         return None;
     }

@@ -1,6 +1,7 @@
 //! A pass that fails at any one of its writes, and the pass after it.
 
 use super::*;
+use lb_common::words_v6;
 use std::collections::BTreeSet;
 
 /// A `Recorder` whose `fail_at`-th call (1-based, reads included) fails; a failing ring write
@@ -37,7 +38,7 @@ impl MapWriter for FailOnce {
         }
         self.rec.backend_generation(id)
     }
-    fn write_slots(&mut self, ring: u32, slots: &[(u32, u32)]) -> Result<()> {
+    fn write_slots(&mut self, ring: u32, slots: &[(u32, RingSlot)]) -> Result<()> {
         if self.fails() {
             self.rec.write_slots(ring, &slots[..slots.len() / 2])?;
             bail!("injected")
@@ -89,7 +90,8 @@ fn served(rec: &Recorder) -> Served {
             .collect();
         let ring = rec.rings[&meta.ring]
             .iter()
-            .map(|&id| (id != NO_BACKEND).then(|| words_v6(&rec.backends[&id].addr)))
+            .map(|s| s.backend_id())
+            .map(|id| (id != NO_BACKEND).then(|| words_v6(&rec.backends[&id].addr)))
             .collect();
         out.insert(Vip::from_key(key).unwrap(), (meta.flags, backends, ring));
     }
@@ -109,7 +111,7 @@ fn assert_recorded_matches(r: &Reconciler, rec: &Recorder, k: u32) {
         );
         if let Some(slots) = &v.slots {
             let m = rec.rings.get(&v.id).cloned();
-            let m = m.unwrap_or_else(|| vec![NO_BACKEND; M as usize]);
+            let m = m.unwrap_or_else(|| vec![RingSlot::default(); M as usize]);
             assert!(
                 &m == slots,
                 "fail at {k}: ring of {vip} differs from its record"
@@ -229,8 +231,9 @@ fn a_pass_that_fails_at_any_write_records_only_what_it_wrote_and_the_next_one_co
             ring_size: M,
             ..Default::default()
         };
-        r.apply(&mut rec, &before).unwrap();
-        r.apply(&mut rec, &after).unwrap();
+        r.apply(&mut rec, &before, &SecondChance::default())
+            .unwrap();
+        r.apply(&mut rec, &after, &SecondChance::default()).unwrap();
         served(&rec)
     };
     // Count the pass's calls with a writer that never fails.
@@ -244,9 +247,9 @@ fn a_pass_that_fails_at_any_write_records_only_what_it_wrote_and_the_next_one_co
             calls: 0,
             fail_at: 0,
         };
-        r.apply(&mut w, &before).unwrap();
+        r.apply(&mut w, &before, &SecondChance::default()).unwrap();
         w.calls = 0;
-        r.apply(&mut w, &after).unwrap();
+        r.apply(&mut w, &after, &SecondChance::default()).unwrap();
         w.calls
     };
     assert!(calls > 20, "the pass makes {calls} calls");
@@ -260,10 +263,12 @@ fn a_pass_that_fails_at_any_write_records_only_what_it_wrote_and_the_next_one_co
             calls: 0,
             fail_at: 0,
         };
-        r.apply(&mut w, &before).unwrap();
+        r.apply(&mut w, &before, &SecondChance::default()).unwrap();
         w.calls = 0;
         w.fail_at = k;
-        let e = r.apply(&mut w, &after).unwrap_err();
+        let e = r
+            .apply(&mut w, &after, &SecondChance::default())
+            .unwrap_err();
         assert!(format!("{e:#}").contains("injected"), "fail at {k}: {e:#}");
         assert_recorded_matches(&r, &w.rec, k);
         // Only VIPs whose entry is written count as installed (what the agent may announce).
@@ -272,7 +277,7 @@ fn a_pass_that_fails_at_any_write_records_only_what_it_wrote_and_the_next_one_co
         assert_eq!(installed, in_map, "fail at {k}");
         // A healthy writer then completes the work: the maps a clean install gives.
         w.fail_at = 0;
-        r.apply(&mut w, &after).unwrap();
+        r.apply(&mut w, &after, &SecondChance::default()).unwrap();
         assert_recorded_matches(&r, &w.rec, k);
         assert!(
             served(&w.rec) == clean,
@@ -280,6 +285,11 @@ fn a_pass_that_fails_at_any_write_records_only_what_it_wrote_and_the_next_one_co
         );
         assert_eq!(r.installed_state(), after, "fail at {k}");
         // And then there is nothing left to do.
-        assert!(r.apply(&mut w, &after).unwrap().is_empty(), "fail at {k}");
+        assert!(
+            r.apply(&mut w, &after, &SecondChance::default())
+                .unwrap()
+                .is_empty(),
+            "fail at {k}"
+        );
     }
 }

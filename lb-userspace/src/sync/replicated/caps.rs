@@ -20,6 +20,10 @@ pub struct Caps {
     pub backends_per_vip: usize,
     /// Removed VIPs and backends not yet collected.
     pub tombstones: usize,
+    /// Second-chance steps of one VIP (`state::history::MAX_STEPS`).
+    pub steps_per_vip: usize,
+    /// Members recorded in all VIPs' steps.
+    pub step_members: usize,
 }
 
 impl Caps {
@@ -28,6 +32,8 @@ impl Caps {
         backends: 65_536,
         backends_per_vip: 16_384,
         tombstones: 32_768,
+        steps_per_vip: crate::state::history::MAX_STEPS,
+        step_members: 131_072,
     };
 }
 
@@ -38,6 +44,8 @@ pub struct Counts {
     pub backends: usize,
     pub most_per_vip: usize,
     pub tombstones: usize,
+    pub most_steps: usize,
+    pub step_members: usize,
 }
 
 impl ReplicatedState {
@@ -52,11 +60,18 @@ impl ReplicatedState {
             };
             most_per_vip = most_per_vip.max(run.1);
         }
+        let steps = self
+            .vips
+            .values()
+            .filter_map(|e| e.history.as_ref())
+            .map(|h| &h.value);
         Counts {
             vips: self.vips.len(),
             backends: self.backends.len(),
             most_per_vip,
             tombstones: self.tombstones(),
+            most_steps: steps.clone().map(Vec::len).max().unwrap_or(0),
+            step_members: steps.flatten().map(|s| s.before.len()).sum(),
         }
     }
 
@@ -77,6 +92,16 @@ impl ReplicatedState {
                 caps.backends_per_vip,
             ),
             ("tombstones", n.tombstones, caps.tombstones),
+            (
+                "second-chance steps of one VIP",
+                n.most_steps,
+                caps.steps_per_vip,
+            ),
+            (
+                "members in second-chance steps",
+                n.step_members,
+                caps.step_members,
+            ),
         ]
         .into_iter()
         .find(|(_, have, cap)| have > cap);

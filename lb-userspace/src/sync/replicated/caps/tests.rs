@@ -49,6 +49,7 @@ fn states_over_each_cap_are_refused_and_states_at_it_pass() {
         backends: 8,
         backends_per_vip: 4,
         tombstones: 2,
+        ..Caps::DEFAULT
     };
     state(3, 2, 0).check_caps(&caps).unwrap();
     state(2, 4, 1).check_caps(&caps).unwrap();
