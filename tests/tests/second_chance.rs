@@ -42,6 +42,8 @@ struct Outcome {
     /// Backend name -> its decap counters with packets > 0 (name -> packets).
     decap: BTreeMap<String, BTreeMap<String, u64>>,
     forwarded: u64,
+    /// Load balancer i's (tx_second_chance, second_chance_paired) is `sent[i - 1]`.
+    sent: Vec<(u64, u64)>,
     /// Which load balancer's routes were withdrawn.
     withdrawn: usize,
 }
@@ -62,6 +64,7 @@ impl Outcome {
         eprintln!(
             "[{}] {} load balancers, flows {}, second_chance_secs {:?}, {}: {} connections {per_backend:?}, \
              lb{} withdrawn; {} broken, {exchanges} exchanges, longest gap {max_gap:?}; \
+             load balancers' (tx_second_chance, second_chance_paired) {:?}; \
              {FORWARDED} {} (per backend: {:?})",
             case.tag,
             case.lbs,
@@ -75,6 +78,7 @@ impl Outcome {
             self.sessions.len(),
             self.withdrawn,
             broken.len(),
+            self.sent,
             self.forwarded,
             self.decap,
         );
@@ -122,6 +126,18 @@ fn decap_counters(lab: &Lab, j: usize) -> BTreeMap<String, u64> {
         .filter_map(|(name, v)| Some((name.clone(), v["packets"].as_u64()?)))
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// A dataplane counter's packets in load balancer `i`'s `lb stats` (0 if it has no such counter).
+fn lb_counter(lab: &Lab, i: usize, name: &str) -> u64 {
+    let stats = lab.lb_json(i, &["stats", "--interval", "0.1"]).unwrap();
+    stats["now"]["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or(0)
 }
 
 /// The hard case: connections open; b4 added and b1 drained through lb1's CLI (the fleet
@@ -186,12 +202,21 @@ fn run(case: &Case) -> Outcome {
         .values()
         .map(|c| c.get(FORWARDED).copied().unwrap_or(0))
         .sum();
+    let sent = (1..=lab.opts.lbs)
+        .map(|i| {
+            (
+                lb_counter(&lab, i, "tx_second_chance"),
+                lb_counter(&lab, i, "second_chance_paired"),
+            )
+        })
+        .collect();
     finish(lab);
     eprintln!("[{}] run took {:?}", case.tag, started.elapsed());
     let outcome = Outcome {
         sessions,
         decap,
         forwarded,
+        sent,
         withdrawn,
     };
     outcome.report(case);
@@ -237,6 +262,11 @@ fn with_flows_off_second_chance_keeps_every_connection_through_a_route_shift() {
     let o = run(&case);
     assert_survived(&o);
     assert!(
+        o.sent.iter().any(|&(tx, _)| tx > 0),
+        "load balancers sent packets with a previous backend: {:?}",
+        o.sent
+    );
+    assert!(
         o.forwarded > 0,
         "the backends handed packets on ({FORWARDED}): {:?}",
         o.decap
@@ -260,10 +290,12 @@ fn with_flows_off_and_second_chance_off_the_same_shift_breaks_connections() {
         broken > 0,
         "without second chance or flow sync the shift breaks connections whose slots moved"
     );
-    assert_eq!(
-        o.forwarded, 0,
-        "no packet carries a previous backend, so none is handed on"
+    assert!(
+        o.sent.iter().all(|&(tx, _)| tx == 0),
+        "no packet carries a previous backend: {:?}",
+        o.sent
     );
+    assert_eq!(o.forwarded, 0, "so none is handed on");
 }
 
 /// Issue 14, test 2: two changes in a row before the shift (b4 added, applied everywhere, then
@@ -294,6 +326,11 @@ fn four_load_balancers_with_flows_off_keep_every_connection() {
     };
     let o = run(&case);
     assert_survived(&o);
+    assert!(
+        o.sent.iter().any(|&(tx, _)| tx > 0),
+        "load balancers sent packets with a previous backend: {:?}",
+        o.sent
+    );
     assert!(
         o.forwarded > 0,
         "the backends handed packets on ({FORWARDED}): {:?}",
