@@ -230,3 +230,38 @@ fn the_header_counts_in_the_too_big_limit_only_when_carried() {
         )
     );
 }
+
+/// ICMP errors about a flow with a second chance carry it too: read from the flow's entry, or
+/// from its slot when it has none (a quoted mid-flow packet).
+#[test]
+fn icmp_errors_about_such_a_flow_carry_the_previous_backend() {
+    let (mut lb, v4, _) = lb_with_prev(false, now_ticks() + 1000);
+    for (port, with_entry) in [(46000, true), (46001, false)] {
+        let flow = Flow::new("198.51.100.12", port, VIP4, 80);
+        let key = flow.key(PROTO_TCP);
+        if with_entry {
+            assert_eq!(lb.run(&flow.tcp(Tcp::Ack, b"x")).verdict, XDP_TX);
+        }
+        // The backend's reply (VIP -> client), quoted by a router that found it too big.
+        let back = Flow::new(VIP4, 80, "198.51.100.12", port);
+        let reply = ip_packet(&back.tcp(Tcp::Ack, &[0x42; 200])).to_vec();
+        let mut error = IcmpFrame::new("203.0.113.1", VIP4, 3, 4);
+        error.rest = [0, 0, 0x05, 0x78];
+        let frame = error.build(&reply);
+        let run = lb.run(&frame);
+        assert_eq!(run.verdict, XDP_TX, "entry {with_entry}");
+        assert_eq!(
+            run.out,
+            expected_encap_srh(
+                &frame,
+                backend_addr(v4.backend_for(&key)),
+                Some(backend_addr(PREV)),
+                flow_hash(&key, SEED),
+                false
+            ),
+            "entry {with_entry}"
+        );
+    }
+    assert_eq!(lb.counter(Counter::IcmpErrorForwarded), 2);
+    assert_eq!(lb.counter(Counter::TxSecondChance), 3);
+}
