@@ -56,11 +56,37 @@ counter_enum! {
         PassOtherAddress = "pass_other_address",
         /// A tunnel packet for our address that cannot be decapsulated: the inner header is cut
         /// short or is not the IP version the outer header announces, or the outer payload length
-        /// runs past the frame. Dropped.
+        /// runs past the frame; with a routing header also an inner TCP header cut short (there
+        /// is nothing to decide on). Dropped.
         DropMalformed = "drop_malformed",
         /// `bpf_xdp_adjust_head` failed after the checks (cannot happen on a checked frame).
         /// Dropped, since the Ethernet header was already moved.
         DropError = "drop_error",
+        // Appended for second chance (indices above are stable): tunnel packets to our address
+        // with a Segment Routing Header (`srh`). Each is counted here, not under `decap_*`.
+        /// Handed on to the previous backend: no socket for the inner TCP flow, segments left
+        /// 1. Destination = segment list[0], segments left 0, hop limit - 1, MACs swapped,
+        /// `XDP_TX`.
+        SrhForwarded = "srh_forwarded",
+        /// Decapsulated and passed: the inner packet is a TCP SYN (a new connection is ours).
+        SrhPassSyn = "srh_pass_syn",
+        /// Decapsulated and passed: `bpf_skc_lookup_tcp` found an established, request or
+        /// TIME_WAIT socket for the inner flow.
+        SrhPassSocket = "srh_pass_socket",
+        /// Decapsulated and passed: a listener accepts the inner ACK as a valid SYN cookie.
+        SrhPassSyncookie = "srh_pass_syncookie",
+        /// Decapsulated and passed: segments left 0 (this backend is the last segment).
+        SrhPassLast = "srh_pass_last",
+        /// Decapsulated and passed: the inner packet is not TCP (or an IPv4 fragment, or IPv6
+        /// with an extension header before TCP).
+        SrhPassNotTcp = "srh_pass_not_tcp",
+        /// A malformed routing header: wrong routing type, Hdr Ext Len not 4, last entry not 1,
+        /// segments left above 1, the header or the outer payload length past the frame, or a
+        /// next segment that is unspecified or multicast. Dropped, never transmitted.
+        DropBadSrh = "drop_bad_srh",
+        /// Would be handed on, but the outer hop limit is 0 or 1 (it would reach 0). Dropped,
+        /// as a router drops it (no ICMP time exceeded is sent).
+        DropSrhHopLimit = "drop_srh_hop_limit",
     }
 }
 
@@ -74,5 +100,7 @@ mod tests {
         let names: Vec<&str> = DecapCounter::ALL.iter().map(|c| c.name()).collect();
         crate::counters::check_counters(&indices, &names, DecapCounter::COUNT);
         assert_eq!(DecapCounter::DropError as u32, 7);
+        assert_eq!(DecapCounter::SrhForwarded as u32, 8);
+        assert_eq!(DecapCounter::SrhForwarded.name(), "srh_forwarded");
     }
 }

@@ -81,6 +81,7 @@ impl DecapStatus {
                 )
             })
             .collect();
+        let (handed_on, kept, dropped) = self.second_chance();
         json!({
             "iface": self.iface,
             "pin_dir": self.pin_dir,
@@ -90,7 +91,27 @@ impl DecapStatus {
             "addresses": self.addresses,
             "gue_port": self.gue_port,
             "counters": counters,
+            "second_chance": {"handed_on": handed_on, "kept": kept, "dropped": dropped},
         })
+    }
+
+    /// Packets with a routing header (second chance), in packets: handed on to the previous
+    /// backend, kept (decapsulated here), dropped (a malformed header or the hop limit).
+    pub fn second_chance(&self) -> (u64, u64, u64) {
+        let mut sums = (0, 0, 0);
+        for (c, v) in &self.counters {
+            match c {
+                DecapCounter::SrhForwarded => sums.0 += v.packets,
+                DecapCounter::SrhPassSyn
+                | DecapCounter::SrhPassSocket
+                | DecapCounter::SrhPassSyncookie
+                | DecapCounter::SrhPassLast
+                | DecapCounter::SrhPassNotTcp => sums.1 += v.packets,
+                DecapCounter::DropBadSrh | DecapCounter::DropSrhHopLimit => sums.2 += v.packets,
+                _ => {}
+            }
+        }
+        sums
     }
 
     pub(crate) fn render(&self) -> String {
@@ -109,9 +130,11 @@ impl DecapStatus {
                 ]
             })
             .collect();
+        let (handed_on, kept, dropped) = self.second_chance();
         format!(
             "lb-decap on {}: {state} (program id {}), pinned at {}\ntunnel addresses: {}\nGUE \
-             port: {}\n\n{}",
+             port: {}\nsecond chance (routing header): {handed_on} handed on to the previous \
+             backend, {kept} kept, {dropped} dropped\n\n{}",
             self.iface,
             self.program_id,
             self.pin_dir.display(),
@@ -119,5 +142,62 @@ impl DecapStatus {
             self.gue_port,
             table(&["COUNTER", "PACKETS", "BYTES"], &rows)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_every_counter_and_sums_second_chance() {
+        let counters = DecapCounter::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let v = CounterValue {
+                    packets: i as u64 + 1,
+                    bytes: 100 * (i as u64 + 1),
+                };
+                (c, v)
+            })
+            .collect();
+        let st = DecapStatus {
+            iface: "eth0".into(),
+            pin_dir: "/sys/fs/bpf/lb-decap/eth0".into(),
+            program_id: 7,
+            mode: Some("driver"),
+            addresses: vec!["2001:db8:be::1".parse().unwrap()],
+            gue_port: 6080,
+            counters,
+        };
+        let n = |c: DecapCounter| c as u64 + 1;
+        let kept = n(DecapCounter::SrhPassSyn)
+            + n(DecapCounter::SrhPassSocket)
+            + n(DecapCounter::SrhPassSyncookie)
+            + n(DecapCounter::SrhPassLast)
+            + n(DecapCounter::SrhPassNotTcp);
+        let dropped = n(DecapCounter::DropBadSrh) + n(DecapCounter::DropSrhHopLimit);
+        let handed_on = n(DecapCounter::SrhForwarded);
+        assert_eq!(st.second_chance(), (handed_on, kept, dropped));
+        let text = st.render();
+        for (c, v) in &st.counters {
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(c.name()))
+                .unwrap_or_else(|| panic!("{} missing: {text}", c.name()));
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(
+                cells,
+                [c.name(), &v.packets.to_string(), &v.bytes.to_string()]
+            );
+        }
+        assert!(text.contains(&format!(
+            "{handed_on} handed on to the previous backend, {kept} kept, {dropped} dropped"
+        )));
+        let j = st.to_json();
+        assert_eq!(j["counters"]["srh_forwarded"]["packets"], handed_on);
+        assert_eq!(j["second_chance"]["kept"], kept);
+        assert_eq!(j["second_chance"]["dropped"], dropped);
     }
 }
