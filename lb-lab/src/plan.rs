@@ -191,3 +191,41 @@ pub fn services() -> [(IpAddr, u16, bool); 4] {
         (IpAddr::V6(VIP6), ECHO_PORT, false),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(lbs: usize) -> LabOptions {
+        let mut o = LabOptions::new(
+            "t".into(),
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+        );
+        o.lbs = lbs;
+        o
+    }
+
+    #[test]
+    fn the_load_balancer_count_fits_the_address_plan() {
+        for n in 1..=MAX_LBS {
+            opts(n).check().unwrap();
+        }
+        for n in [0, MAX_LBS + 1] {
+            let e = opts(n).check().unwrap_err().to_string();
+            assert!(e.contains("1 to 8 load balancers"), "{e}");
+        }
+        // Every load balancer's links and sync address are distinct, and below the backends'.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 1..=MAX_LBS {
+            let (r4, l4) = lb_link4(i);
+            assert!(l4 < backend_link4(1).0);
+            assert!(seen.insert(r4.to_string()) && seen.insert(l4.to_string()));
+            assert!(seen.insert(lb_link6(i).1.to_string()));
+            assert!(seen.insert(lb_sync6(i).to_string()));
+        }
+        assert_eq!(backend_link4(MAX_BACKENDS).1.octets()[3], 254);
+    }
+}
