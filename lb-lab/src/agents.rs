@@ -25,7 +25,7 @@ impl Lab {
         let mut c = format!(
             "[agent]\napi_socket = \"{}\"\npin_dir = \"{}\"\nmetrics = \"127.0.0.1:9450\"\n\n\
              [dataplane]\ntunnel_source = \"{l6}\"\nseed = {SEED}\nmax_flows = {}\nnew_flow_rate = {}\n\
-             tcp_closing_timeout_secs = 10\n\n\
+             tcp_closing_timeout_secs = 10\n{}\n\
              [[interface]]\nname = \"eth0\"\ngateway = \"{r4}\"\n\n\
              [health]\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n\n\
              [bgp]\nbird_socket = \"{}\"\nroutes_file = \"{}\"\n\n\
@@ -35,6 +35,9 @@ impl Lab {
             o.pin_root.join(&lb).display(),
             o.max_flows,
             o.new_flow_rate,
+            o.second_chance_secs
+                .map(|s| format!("second_chance_secs = {s}\n"))
+                .unwrap_or_default(),
             h.interval_ms,
             h.timeout_ms,
             h.rise,

@@ -108,6 +108,45 @@ impl Lab {
         Ok(hops)
     }
 
+    /// Withdraws load balancer `i`'s routes (`lb node drain`), or restores them (`undrain`),
+    /// and waits until the router's routes to both VIPs leave out (or include) its next hops:
+    /// its clients move to the other load balancers by ECMP. Returns how long the router took.
+    pub fn shift(&self, i: usize, restore: bool, timeout: Duration) -> Result<Duration> {
+        ensure!(
+            (1..=self.opts.lbs).contains(&i),
+            "no load balancer lb{i}: the lab has lb1 to lb{}",
+            self.opts.lbs
+        );
+        let verb = if restore { "undrain" } else { "drain" };
+        let out = self.lb(i, &["node", verb]);
+        ensure!(
+            out.status.success(),
+            "lb node {verb} on lb{i}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let started = std::time::Instant::now();
+        wait_for(
+            &format!(
+                "the router to {} lb{i}",
+                if restore { "use" } else { "drop" }
+            ),
+            timeout,
+            || {
+                for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+                    let routed = self
+                        .router_paths(vip)?
+                        .into_iter()
+                        .any(|h| self.lb_of_hop(h) == Some(i));
+                    if routed != restore {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        Ok(started.elapsed())
+    }
+
     /// Which load balancer (1-based) owns a router next hop.
     pub fn lb_of_hop(&self, hop: IpAddr) -> Option<usize> {
         (1..=self.opts.lbs)

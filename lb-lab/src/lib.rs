@@ -5,6 +5,7 @@
 //! ```text
 //!  client ─── router ─┬─ lb1   (BGP: router AS 64500, load balancers AS 64501)
 //!                     ├─ lb2
+//!                     ├─ ...   (`LabOptions::lbs`: 1 to 8, each peered with all others)
 //!                     ├─ b1    (backends: replies go straight back through the router)
 //!                     ├─ b2
 //!                     └─ b3

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use anyhow::{Result, ensure};
+
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const HTTP_PORT: u16 = 80;
@@ -57,6 +59,8 @@ pub struct LabOptions {
     pub flow_sync: bool,
     /// `[sync] flows` as a mode (`all`, `changes`, `off`); when set it overrides `flow_sync`.
     pub flow_mode: Option<String>,
+    /// `[dataplane] second_chance_secs` of the agents (None: the default; 0: second chance off).
+    pub second_chance_secs: Option<u64>,
     /// MTU of the links behind the router (load balancers, backends).
     pub fabric_mtu: u32,
     /// A route MTU on the router towards the client's networks (path MTU discovery tests):
@@ -78,6 +82,23 @@ pub struct LabOptions {
 }
 
 impl LabOptions {
+    /// A lab's load-balancer count must fit the address plan: [`MAX_LBS`].
+    pub fn check(&self) -> Result<()> {
+        ensure!(
+            (1..=MAX_LBS).contains(&self.lbs),
+            "the lab takes 1 to {MAX_LBS} load balancers, not {}",
+            self.lbs
+        );
+        ensure!(
+            (1..=MAX_BACKENDS).contains(&self.backends)
+                && self.configured_backends <= self.backends,
+            "the lab takes 1 to {MAX_BACKENDS} backends, {} configured of {}",
+            self.configured_backends,
+            self.backends
+        );
+        Ok(())
+    }
+
     /// A test lab: 2 load balancers, `backends` backends all configured, flow sync on.
     pub fn new(
         prefix: String,
@@ -98,6 +119,7 @@ impl LabOptions {
             health: HealthTiming::default(),
             flow_sync: true,
             flow_mode: None,
+            second_chance_secs: None,
             fabric_mtu: FABRIC_MTU,
             client_route_mtu: None,
             sync_refresh_secs: None,
@@ -108,6 +130,12 @@ impl LabOptions {
         }
     }
 }
+
+/// Load balancers the address plan has room for: lb i's links are 203.0.113.4i/30 (below the
+/// backends' from .64) and 2001:db8:f:i::/64; 8 keeps the lab's page readable.
+pub const MAX_LBS: usize = 8;
+/// Backends: b j's IPv4 link is 203.0.113.(64 + 4j)/30, the last one .252/30.
+pub const MAX_BACKENDS: usize = 47;
 
 /// The peer-sync port every lab agent listens on.
 pub const SYNC_PORT: u16 = 7946;
@@ -162,4 +190,42 @@ pub fn services() -> [(IpAddr, u16, bool); 4] {
         (IpAddr::V6(VIP6), HTTP_PORT, true),
         (IpAddr::V6(VIP6), ECHO_PORT, false),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(lbs: usize) -> LabOptions {
+        let mut o = LabOptions::new(
+            "t".into(),
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+            PathBuf::new(),
+        );
+        o.lbs = lbs;
+        o
+    }
+
+    #[test]
+    fn the_load_balancer_count_fits_the_address_plan() {
+        for n in 1..=MAX_LBS {
+            opts(n).check().unwrap();
+        }
+        for n in [0, MAX_LBS + 1] {
+            let e = opts(n).check().unwrap_err().to_string();
+            assert!(e.contains("1 to 8 load balancers"), "{e}");
+        }
+        // Every load balancer's links and sync address are distinct, and below the backends'.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 1..=MAX_LBS {
+            let (r4, l4) = lb_link4(i);
+            assert!(l4 < backend_link4(1).0);
+            assert!(seen.insert(r4.to_string()) && seen.insert(l4.to_string()));
+            assert!(seen.insert(lb_link6(i).1.to_string()));
+            assert!(seen.insert(lb_sync6(i).to_string()));
+        }
+        assert_eq!(backend_link4(MAX_BACKENDS).1.octets()[3], 254);
+    }
 }

@@ -40,6 +40,24 @@ impl Lab {
         Ok(())
     }
 
+    /// `lb decap --stats` on backend `j`, as JSON (settings, attachment, and each counter's
+    /// packets and bytes under `counters`).
+    pub fn decap_stats(&self, j: usize) -> Result<serde_json::Value> {
+        let b = backend_name(j);
+        let out = self
+            .lb_command(&b)?
+            .args(["--json", "decap", "--iface", "eth0", "--stats"])
+            .arg("--pin-dir")
+            .arg(self.opts.pin_root.join(format!("{b}-decap")))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "lb decap --stats on {b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Starts backend `j`'s HTTP (nginx) or echo server.
     pub fn start_server(&self, j: usize, which: Server) -> Result<()> {
         let b = backend_name(j);

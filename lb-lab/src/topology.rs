@@ -51,6 +51,19 @@ impl Lab {
         self.dir(node).join("bird.ctl")
     }
 
+    /// How many load balancers the running lab with `prefix` has: its highest `<prefix>-lbN`
+    /// namespace (0 when none is up), so `view`, `shift` and `down` see every one of them.
+    pub fn running_lbs(prefix: &str) -> usize {
+        let head = format!("{prefix}-lb");
+        std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&head)?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn exists(opts: &LabOptions) -> bool {
         Path::new("/run/netns")
             .join(format!("{}-router", opts.prefix))
@@ -94,6 +107,7 @@ impl Lab {
 
     /// Builds and starts everything; `progress` hears about each step.
     pub fn up(opts: LabOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab> {
+        opts.check()?;
         ensure!(
             !Self::exists(&opts),
             "a lab with prefix {} is already up (`cargo xtask lab down` removes it)",
@@ -279,13 +293,7 @@ impl Lab {
             // Health checks leave this NIC through the kernel: full checksums before the
             // encapsulation, as for the client.
             ethtool_tx_off(&self.ns(&lb), "eth0")?;
-            // veth hands XDP_TX frames only to a peer running XDP.
-            let pin = o.pin_root.join(format!("router-{lb}-pass"));
-            let iface = lb.clone();
-            in_ns(&self.ns("router"), move || {
-                lb_objects::testing::attach_pass_pinned(&iface, &pin).map_err(|e| format!("{e:#}"))
-            })?
-            .map_err(anyhow::Error::msg)?;
+            self.accept_xdp_tx(&lb)?;
         }
         // The sync network: each load balancer's sync0 on one bridge, apart from the fabric,
         // so a test can cut a load balancer off from its peers and nothing else.
@@ -323,12 +331,28 @@ impl Lab {
                     ("net.ipv4.conf.eth0.rp_filter", "0"),
                 ],
             )?;
+            // A backend hands a packet on to the previous backend (second chance) with XDP_TX
+            // back to the router.
+            self.accept_xdp_tx(&b)?;
         }
         Ok(())
     }
 }
 
 impl Lab {
+    /// Lets the router's end of `node`'s link take the XDP_TX frames `node` sends back: veth
+    /// hands them only to a peer with NAPI, which a pass-through XDP program turns on. (GRO
+    /// on the router's end turns NAPI on too, but on this kernel such frames then waited up to
+    /// a second in the lab, so requests timed out.)
+    fn accept_xdp_tx(&self, node: &str) -> Result<()> {
+        let pin = self.opts.pin_root.join(format!("router-{node}-pass"));
+        let iface = node.to_string();
+        in_ns(&self.ns("router"), move || {
+            lb_objects::testing::attach_pass_pinned(&iface, &pin).map_err(|e| format!("{e:#}"))
+        })?
+        .map_err(anyhow::Error::msg)
+    }
+
     /// Stops every recorded process, removes the pins, the namespaces and the run directory.
     pub fn down(&self) -> Cleanup {
         let mut c = Cleanup::default();

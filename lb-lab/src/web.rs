@@ -47,10 +47,20 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(o.run_dir.join("web.log"))?);
-        // SAFETY: setsid is async-signal-safe: the server outlives `lb-lab up` in its own session.
+        // SAFETY: setsid and close_range are async-signal-safe: the server outlives `lb-lab up`
+        // in its own session, and keeps none of its caller's files (such as the lock of `flock
+        // /tmp/lb-test.lock cargo xtask lab`, which `lab down` would then wait for forever).
         unsafe {
             cmd.pre_exec(|| {
                 libc::setsid();
+                if libc::close_range(
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }

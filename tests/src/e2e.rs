@@ -107,6 +107,26 @@ pub fn add_attacker_on_sync_net(lab: &Lab) {
     .unwrap();
 }
 
+/// Every load balancer of the lab reports the same state version and state and table digests,
+/// and sees every peer agree with it.
+pub fn fleet_agrees(lab: &Lab) -> bool {
+    let all: Vec<serde_json::Value> = (1..=lab.opts.lbs)
+        .map(|i| lab.lb_json(i, &["peer", "list"]).unwrap())
+        .collect();
+    let first = &all[0];
+    all.iter().all(|p| {
+        p["state_digest"] == first["state_digest"]
+            && p["table_digest"] == first["table_digest"]
+            && p["version"] == first["version"]
+            && p["peers"].as_array().is_some_and(|peers| {
+                peers.len() == lab.opts.lbs - 1
+                    && peers
+                        .iter()
+                        .all(|x| x["state_match"] == true && x["table_match"] == true)
+            })
+    })
+}
+
 pub fn backend_of(body: &str) -> String {
     body.trim().to_string()
 }
@@ -147,6 +167,9 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// How long a session waits for an answer before it counts its connection as broken.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
 /// One long-lived echo connection's record.
 #[derive(Debug, Default, Clone)]
 pub struct Session {
@@ -178,7 +201,7 @@ impl Sessions {
                 let t = targets[i % targets.len()];
                 let mut s = TcpStream::connect_timeout(&t, Duration::from_secs(3))
                     .unwrap_or_else(|e| panic!("connection {i} to {t}: {e}"));
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.set_read_timeout(Some(READ_WAIT)).unwrap();
                 s.set_nodelay(true).unwrap();
                 let mut greeting = [0u8; 64];
                 let mut got = 0;
@@ -202,20 +225,34 @@ impl Sessions {
             }
             tx.send(conns.iter().map(|c| c.1.clone()).collect::<Vec<_>>())
                 .unwrap();
-            // Round robin over the connections: one exchange each per period.
+            // Rounds: one exchange per connection each period. Every live connection sends
+            // first, then the answers are read against one deadline, so connections that stall
+            // cost a round at most READ_WAIT together, not READ_WAIT each.
             let deadline = Instant::now() + Duration::from_secs(300);
             let mut seq = 0u64;
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let round = Instant::now();
-                for (s, rec, last) in conns.iter_mut() {
+                let mut sent = Vec::with_capacity(conns.len());
+                for (k, (s, rec, _)) in conns.iter_mut().enumerate() {
                     if rec.error.is_some() {
                         continue;
                     }
                     seq += 1;
                     let msg = format!("{seq:031}\n");
+                    match s.write_all(msg.as_bytes()) {
+                        Ok(()) => sent.push((k, msg)),
+                        Err(e) => rec.error = Some(format!("{e} ({:?})", e.kind())),
+                    }
+                }
+                let read_by = Instant::now() + READ_WAIT;
+                for (k, msg) in sent {
+                    let (s, rec, last) = &mut conns[k];
+                    let wait = read_by
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1));
                     let mut back = [0u8; 32];
                     let r = s
-                        .write_all(msg.as_bytes())
+                        .set_read_timeout(Some(wait))
                         .and_then(|_| s.read_exact(&mut back));
                     match r {
                         Ok(()) if back == *msg.as_bytes() => {
@@ -235,6 +272,7 @@ impl Sessions {
                 if rec.error.is_some() {
                     continue;
                 }
+                let _ = s.set_read_timeout(Some(READ_WAIT));
                 let _ = s.shutdown(std::net::Shutdown::Write);
                 let mut rest = Vec::new();
                 rec.closed_cleanly = s.read_to_end(&mut rest).is_ok() && rest.is_empty();

@@ -72,9 +72,13 @@ enum Cmd {
         #[arg(long, requires = "modes")]
         flood_rate: Option<u32>,
     },
-    /// The anycast lab in namespaces: client, BGP router with ECMP, 2 load balancers, 3
-    /// backends. `up` (the default) builds it and shows a live view.
+    /// The anycast lab in namespaces: client, BGP router with ECMP, load balancers (2 unless
+    /// --lbs), 3 backends. `up` (the default) builds it and shows a live view.
     Lab {
+        /// Load balancers to build (1 to 8), all peered with the router (ECMP) and each other.
+        /// (lb-lab checks the same bound, lb_lab::MAX_LBS; here it fails before the build.)
+        #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=8))]
+        lbs: Option<u16>,
         #[command(subcommand)]
         action: Option<LabCmd>,
     },
@@ -105,7 +109,7 @@ enum LabCmd {
     },
     /// Withdraw one load balancer's routes (`lb node drain`), or restore them.
     Shift {
-        /// lb1 or lb2.
+        /// lb1, lb2, ... (one of the running lab's).
         lb: String,
         #[arg(long)]
         restore: bool,
@@ -134,13 +138,23 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab { action } => {
+        Cmd::Lab { lbs, action } => {
+            let action = action.unwrap_or(LabCmd::Up { view: 20 });
+            if lbs.is_some() && !matches!(action, LabCmd::Up { .. }) {
+                bail!(
+                    "--lbs is for building the lab (`cargo xtask lab --lbs N`, or `lab up --lbs N`)"
+                );
+            }
             setup::run(false)?;
             setup::require_root("the lab creates namespaces and loads XDP programs")?;
-            let args: Vec<String> = match action.unwrap_or(LabCmd::Up { view: 20 }) {
+            let args: Vec<String> = match action {
                 LabCmd::Up { view } => {
                     build(false)?;
-                    vec!["up".into(), "--view".into(), view.to_string()]
+                    let mut a = vec!["up".into(), "--view".into(), view.to_string()];
+                    if let Some(n) = lbs {
+                        a.extend(["--lbs".into(), n.to_string()]);
+                    }
+                    a
                 }
                 LabCmd::View { secs } => vec!["view".into(), "--secs".into(), secs.to_string()],
                 LabCmd::Shift { lb, restore } => {

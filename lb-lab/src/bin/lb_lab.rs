@@ -2,7 +2,7 @@
 //! `up` builds it and shows a live view; `view` shows it again; `shift` withdraws or restores
 //! one load balancer's routes; `down` removes everything it started.
 //!
-//! usage: lb-lab up [--view SECS] | view [--secs SECS] | shift lb1|lb2 [--restore] | down
+//! usage: lb-lab up [--view SECS] [--lbs N] | view [--secs SECS] | shift lbN [--restore] | down
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,19 +19,21 @@ const PIN_ROOT: &str = "/sys/fs/bpf/lb-lab";
 /// The lab page on the host; load balancer i's status page on WEB_PORT + i.
 const WEB_PORT: u16 = 9460;
 
-fn options(root: &Path) -> LabOptions {
+/// The lab's options; `lbs` load balancers (`up --lbs N`; the others find the running lab's).
+fn options(root: &Path, lbs: usize) -> LabOptions {
     LabOptions {
         prefix: PREFIX.into(),
         run_dir: RUN_DIR.into(),
         pin_root: PIN_ROOT.into(),
         lb_bin: root.join("target/debug/lb"),
         echo_bin: root.join("target/debug/lb-echo"),
-        lbs: 2,
+        lbs,
         backends: 3,
         configured_backends: 3,
         health: HealthTiming::default(),
         flow_sync: true,
         flow_mode: None,
+        second_chance_secs: None,
         fabric_mtu: lab::FABRIC_MTU,
         client_route_mtu: None,
         sync_refresh_secs: None,
@@ -44,16 +46,16 @@ fn options(root: &Path) -> LabOptions {
 
 /// The running lab, not torn down when this process exits.
 fn running(root: &Path) -> Result<Lab> {
-    let opts = options(root);
+    let opts = options(root, Lab::running_lbs(PREFIX));
     if !Lab::exists(&opts) {
         bail!("the lab is not up (`cargo xtask lab` starts it)");
     }
     Ok(Lab { opts, owned: false })
 }
 
-fn up(root: &Path, view_secs: u64) -> Result<()> {
+fn up(root: &Path, view_secs: u64, lbs: usize) -> Result<()> {
     let started = Instant::now();
-    let mut lab = Lab::up(options(root), &mut |step| println!("[lab] {step}"))?;
+    let mut lab = Lab::up(options(root, lbs), &mut |step| println!("[lab] {step}"))?;
     lab.owned = false;
     println!("[lab] up in {:.1} s\n", started.elapsed().as_secs_f64());
     describe(&lab);
@@ -65,8 +67,10 @@ fn view_running(root: &Path, secs: u64) -> Result<()> {
 }
 
 fn down(root: &Path) -> Result<()> {
+    // Every load balancer a lab of any size made (2 when none is left, for the other nodes).
+    let lbs = Lab::running_lbs(PREFIX).max(DEFAULT_LBS);
     let lab = Lab {
-        opts: options(root),
+        opts: options(root, lbs),
         owned: false,
     };
     let c = lab.down();
@@ -87,33 +91,22 @@ fn shift(root: &Path, lb_name: &str, restore: bool) -> Result<()> {
         .strip_prefix("lb")
         .and_then(|n| n.parse().ok())
         .filter(|n| (1..=lab.opts.lbs).contains(n))
-        .with_context(|| format!("no load balancer `{lb_name}`: use lb1 or lb2"))?;
-    let verb = if restore { "undrain" } else { "drain" };
-    let out = lab.lb(i, &["node", verb]);
-    if !out.status.success() {
-        bail!(
-            "lb node {verb}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    print!("[lab] lb{i}: {}", String::from_utf8_lossy(&out.stdout));
-    let want = if restore {
-        lab.opts.lbs
-    } else {
-        lab.opts.lbs - 1
-    };
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(15) {
-        let n = lab.router_paths(IpAddr::V4(lab::VIP4))?.len();
-        if n == want {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .with_context(|| {
+            format!(
+                "no load balancer `{lb_name}`: the lab has lb1 to lb{}",
+                lab.opts.lbs
+            )
+        })?;
+    let took = lab.shift(i, restore, Duration::from_secs(15))?;
     println!(
-        "[lab] router after {:.1} s:",
-        started.elapsed().as_secs_f64()
+        "[lab] lb{i}: {}",
+        if restore {
+            "routes restored"
+        } else {
+            "routes withdrawn"
+        }
     );
+    println!("[lab] router after {:.1} s:", took.as_secs_f64());
     for vip in [IpAddr::V4(lab::VIP4), IpAddr::V6(lab::VIP6)] {
         let hops: Vec<String> = lab
             .router_paths(vip)?
@@ -329,7 +322,8 @@ fn root() -> PathBuf {
 }
 
 const USAGE: &str =
-    "usage: lb-lab up [--view SECS] | view [--secs SECS] | shift lb1|lb2 [--restore] | down";
+    "usage: lb-lab up [--view SECS] [--lbs N] | view [--secs SECS] | shift lbN [--restore] | down";
+const DEFAULT_LBS: usize = 2;
 
 fn secs(args: &[String], flag: &str) -> Result<u64> {
     match args {
@@ -337,6 +331,23 @@ fn secs(args: &[String], flag: &str) -> Result<u64> {
         [f, n] if f == flag => n.parse().with_context(|| format!("{flag} takes seconds")),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// `up`'s flags: (view seconds, load balancers).
+fn up_flags(args: &[String]) -> Result<(u64, usize)> {
+    let (mut view, mut lbs) = (20, DEFAULT_LBS);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} takes a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--view" => view = value.parse().context("--view takes seconds")?,
+            "--lbs" => lbs = value.parse().context("--lbs takes a number")?,
+            _ => bail!("{USAGE}"),
+        }
+    }
+    Ok((view, lbs))
 }
 
 fn main() -> Result<()> {
@@ -347,7 +358,10 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = root();
     match args.first().map(String::as_str).unwrap_or("up") {
-        "up" => up(&root, secs(args.get(1..).unwrap_or_default(), "--view")?),
+        "up" => {
+            let (view, lbs) = up_flags(args.get(1..).unwrap_or_default())?;
+            up(&root, view, lbs)
+        }
         "view" => view_running(&root, secs(&args[1..], "--secs")?),
         "shift" => match &args[1..] {
             [lb] => shift(&root, lb, false),

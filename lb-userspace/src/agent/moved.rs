@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use lb_common::RingSlot;
 use tracing::debug;
 
 use super::actor::Agent;
@@ -32,9 +33,10 @@ pub(super) fn snapshot(vips: &BTreeMap<Vip, InstalledVip>) -> Snapshot {
                 RingSnap {
                     // Only the backend each slot sends new flows to: a previous backend or its
                     // expiry changing moves no flow.
-                    slots: v.slots.as_ref().map(|slots| {
-                        Arc::new(slots.iter().map(lb_common::RingSlot::backend_id).collect())
-                    }),
+                    slots: v
+                        .slots
+                        .as_ref()
+                        .map(|slots| Arc::new(slots.iter().map(RingSlot::backend_id).collect())),
                     backends: v.backends.values().map(|b| b.id).collect(),
                 },
             )
