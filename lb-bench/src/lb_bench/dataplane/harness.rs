@@ -1,13 +1,16 @@
 //! The measuring machinery: the bench harness program, scenarios, their path checks (output
 //! frame, counters) and timed rounds.
 
+use std::net::Ipv6Addr;
+
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
-use lb_common::Counter;
+use lb_common::decap::{DecapConfig, PROGRAM_NAME, names};
+use lb_common::{Counter, v6_words};
 use lb_testkit::*;
 
 use crate::report::{Figure, Row};
@@ -42,9 +45,11 @@ pub(crate) struct BenchFrame {
 // SAFETY: repr(C), plain integers and bytes, no padding (4 + 4 + 272).
 unsafe impl aya::Pod for BenchFrame {}
 
-/// The harness object: bench_harness, bench_floor, bench_empty and their maps.
+/// The harness object: bench_harness, bench_floor, bench_empty and their maps; and the
+/// backend's program.
 pub(crate) struct Harness {
     pub(crate) ebpf: Ebpf,
+    pub(crate) decap: Ebpf,
     pub(crate) progs: ProgramArray<MapData>,
     pub(crate) frame: Array<MapData, BenchFrame>,
     pub(crate) seq: PerCpuArray<MapData, u32>,
@@ -68,8 +73,10 @@ impl Harness {
         let progs = ProgramArray::try_from(take("BENCH_PROGS")?)?;
         let frame = Array::try_from(take("BENCH_FRAME")?)?;
         let seq = PerCpuArray::try_from(take("BENCH_SEQ")?)?;
+        let decap = load_decap(&[backend_addr(1), backend_addr(2)])?;
         Ok(Self {
             ebpf,
+            decap,
             progs,
             frame,
             seq,
@@ -103,6 +110,36 @@ impl Harness {
     }
 }
 
+/// The backend's `lb_decap` (`backend`), loaded for tunnel addresses `addrs`, GUE on `GUE_PORT`.
+pub(crate) fn load_decap(addrs: &[Ipv6Addr]) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(lb_objects::DECAP_OBJECT).context("loading lb_decap")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .context("lb_decap missing from its object")?
+        .try_into()?;
+    prog.load().context("the verifier rejected lb_decap")?;
+    let mut map: HashMap<_, [u32; 4], u32> =
+        HashMap::try_from(ebpf.map_mut(names::ADDRS).context("DECAP_ADDRS")?)?;
+    for (i, a) in addrs.iter().enumerate() {
+        map.insert(v6_words(*a), i as u32, 0)?;
+    }
+    let mut cfg: Array<_, DecapConfig> =
+        Array::try_from(ebpf.map_mut(names::CONFIG).context("DECAP_CONFIG")?)?;
+    cfg.set(
+        0,
+        DecapConfig {
+            gue_port: GUE_PORT.to_be(),
+            _pad: [0; 6],
+        },
+        0,
+    )?;
+    Ok(ebpf)
+}
+
+pub(crate) fn decap_program(ebpf: &Ebpf) -> &Xdp {
+    ebpf.program(PROGRAM_NAME).unwrap().try_into().unwrap()
+}
+
 /// One BPF_PROG_TEST_RUN: (verdict, kernel-measured ns per repetition, output frame).
 pub(crate) fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, u64, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
@@ -122,6 +159,8 @@ pub(crate) enum Prog {
     Lb,
     Floor,
     Empty,
+    /// The backend's `lb_decap` (`backend`).
+    Decap,
 }
 
 #[derive(Clone)]
@@ -187,6 +226,7 @@ pub(crate) fn entry<'a>(h: &'a Harness, lb: &'a Lb, s: &Scenario) -> &'a Xdp {
         (false, Prog::Lb) => lb.dp.program(),
         (false, Prog::Floor) => h.prog("bench_floor"),
         (false, Prog::Empty) => h.prog("bench_empty"),
+        (false, Prog::Decap) => decap_program(&h.decap),
     }
 }
 
@@ -196,6 +236,7 @@ pub(crate) fn arm(h: &mut Harness, lb: &Lb, s: &Scenario) -> Result<()> {
         Prog::Lb => lb.dp.program().fd()?.try_clone()?,
         Prog::Floor => h.own_fd("bench_floor")?,
         Prog::Empty => h.own_fd("bench_empty")?,
+        Prog::Decap => decap_program(&h.decap).fd()?.try_clone()?,
     };
     h.prepare(&target, &s.frame, s.flows)
 }

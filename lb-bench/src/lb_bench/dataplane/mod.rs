@@ -16,6 +16,7 @@ use lb_testkit::*;
 
 use crate::report::{Figure, Row};
 
+mod backend;
 mod harness;
 pub(crate) mod scale;
 
@@ -228,6 +229,13 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             no_prep(),
         ),
     ];
+    // The backend's side of second chance, against the same floor.
+    let mut scenarios = scenarios;
+    scenarios.extend(
+        backend::scenarios(backend_addr(1), backend_addr(2))
+            .into_iter()
+            .map(|s| (s, no_prep())),
+    );
 
     // Profiling experiments: LB_BENCH_ONLY=floor,established keeps the rows whose names
     // contain one of the words.
