@@ -25,17 +25,7 @@ pub(crate) fn command_in(ns: &str, program: &Path) -> Result<Command> {
             if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::setsid();
-            // Close-on-exec rather than close: the spawn's own error pipe stays usable.
-            if libc::close_range(
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            own_session()
         });
     }
     Ok(cmd)
@@ -103,4 +93,24 @@ pub(crate) fn wait_for(
 
 pub(crate) fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// For `pre_exec`: a new session, and none of the caller's files kept across exec (such as the
+/// lock of `flock /tmp/lb-test.lock cargo xtask lab`, which `lab down` would otherwise wait for).
+/// Close-on-exec rather than close, so the spawn's own error pipe stays usable. Only
+/// async-signal-safe calls.
+pub(crate) fn own_session() -> std::io::Result<()> {
+    // SAFETY: plain syscalls without pointers.
+    unsafe {
+        libc::setsid();
+        if libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

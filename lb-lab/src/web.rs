@@ -47,22 +47,10 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(o.run_dir.join("web.log"))?);
-        // SAFETY: setsid and close_range are async-signal-safe: the server outlives `lb-lab up`
-        // in its own session, and keeps none of its caller's files (such as the lock of `flock
-        // /tmp/lb-test.lock cargo xtask lab`, which `lab down` would then wait for forever).
+        // SAFETY: `own_session` makes only async-signal-safe calls: the server outlives `lb-lab
+        // up` in its own session and keeps none of its caller's files.
         unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                if libc::close_range(
-                    3,
-                    libc::c_uint::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(crate::process::own_session);
         }
         let child = cmd
             .spawn()

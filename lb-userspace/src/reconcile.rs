@@ -405,10 +405,8 @@ impl Reconciler {
                 // A previous backend must still be one of the VIP's backends: one leaving now
                 // is uninstalled below, and its id may serve another backend later.
                 let id_of = |addr: &Ipv6Addr| {
-                    spec.backends
-                        .contains_key(addr)
-                        .then(|| installed.backends.get(addr).map(|b| b.id))
-                        .flatten()
+                    let b = installed.backends.get(addr)?;
+                    spec.backends.contains_key(addr).then_some(b.id)
                 };
                 let new_slots = second_chance::ring(&ids, t.owners.as_deref(), id_of, chance);
                 let writes: Vec<(u32, RingSlot)> = match &installed.slots {

@@ -349,3 +349,50 @@ pub fn post(path: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A backend namespace `<prefix>-b` reached over a veth (`b0`) from a "wire" namespace
+/// `<prefix>-w` (`w0`: the router/load-balancer side, where a test injects and captures frames).
+/// The backend is set up as docs/backends.md says: its tunnel address 2001:db8:be::1 on the NIC,
+/// `vip4` and `vip6` on lo, replies by the normal route, loose reverse-path filtering.
+pub fn wire_and_backend(prefix: &str, vip4: &str, vip6: &str) -> Result<(Netns, Netns)> {
+    let wire = Netns::new(&format!("{prefix}-w"))?;
+    let be = Netns::new(&format!("{prefix}-b"))?;
+    sh(
+        "ip",
+        &[
+            "link", "add", "w0", "netns", &wire.name, "type", "veth", "peer", "name", "b0",
+            "netns", &be.name,
+        ],
+    )?;
+    wire.ip(&["addr", "add", "198.51.100.1/24", "dev", "w0"])?;
+    wire.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:be::fe/64",
+        "dev",
+        "w0",
+        "nodad",
+    ])?;
+    wire.ip(&["link", "set", "w0", "up"])?;
+    be.ip(&["addr", "add", "198.51.100.2/24", "dev", "b0"])?;
+    be.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:be::1/64",
+        "dev",
+        "b0",
+        "nodad",
+    ])?;
+    be.ip(&["link", "set", "b0", "up"])?;
+    be.ip(&["addr", "add", &format!("{vip4}/32"), "dev", "lo"])?;
+    be.ip(&["-6", "addr", "add", &format!("{vip6}/128"), "dev", "lo"])?;
+    be.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    be.ip(&["-6", "route", "add", "default", "via", "2001:db8:be::fe"])?;
+    be.sysctl(&[
+        ("net.ipv4.conf.all.rp_filter", "2"),
+        ("net.ipv4.conf.b0.rp_filter", "2"),
+    ])?;
+    Ok((wire, be))
+}

@@ -813,78 +813,7 @@ fn a_tunnelled_syn_is_answered_directly_from_the_vip() {
     require_root();
     let pid = std::process::id();
     // "wire": the router/load-balancer side, where the test injects and captures frames.
-    let wire_ns = Netns::new(&format!("lbt-decap-{pid}-w")).unwrap();
-    let be = Netns::new(&format!("lbt-decap-{pid}-b")).unwrap();
-    sh(
-        "ip",
-        &[
-            "link",
-            "add",
-            "w0",
-            "netns",
-            &wire_ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "b0",
-            "netns",
-            &be.name,
-        ],
-    )
-    .unwrap();
-    wire_ns
-        .ip(&["addr", "add", "198.51.100.1/24", "dev", "w0"])
-        .unwrap();
-    wire_ns
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:be::fe/64",
-            "dev",
-            "w0",
-            "nodad",
-        ])
-        .unwrap();
-    wire_ns.ip(&["link", "set", "w0", "up"]).unwrap();
-    // The backend as docs/backends.md sets it up: tunnel address on the NIC, VIPs on lo,
-    // replies by the normal route, loose reverse-path filtering.
-    be.ip(&["addr", "add", "198.51.100.2/24", "dev", "b0"])
-        .unwrap();
-    be.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:be::1/64",
-        "dev",
-        "b0",
-        "nodad",
-    ])
-    .unwrap();
-    be.ip(&["link", "set", "b0", "up"]).unwrap();
-    be.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])
-        .unwrap();
-    be.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])
-        .unwrap();
-    be.ip(&["route", "add", "default", "via", "198.51.100.1"])
-        .unwrap();
-    be.ip(&["-6", "route", "add", "default", "via", "2001:db8:be::fe"])
-        .unwrap();
-    for key in ["all", "b0"] {
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &be.name,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{key}.rp_filter=2"),
-            ],
-        )
-        .unwrap();
-    }
+    let (wire_ns, be) = wire_and_backend(&format!("lbt-decap-{pid}"), VIP4, VIP6).unwrap();
     let listeners: Vec<TcpListener> = be
         .run(|| {
             [format!("{VIP4}:80"), format!("[{VIP6}]:80")]

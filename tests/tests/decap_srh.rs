@@ -672,68 +672,8 @@ impl WireBackend {
     fn new(tag: &str) -> Self {
         require_root();
         let pid = std::process::id();
-        let wire_ns = Netns::new(&format!("lbt-srh-{tag}-{pid}-w")).unwrap();
-        let be = Netns::new(&format!("lbt-srh-{tag}-{pid}-b")).unwrap();
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                "w0",
-                "netns",
-                &wire_ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "b0",
-                "netns",
-                &be.name,
-            ],
-        )
-        .unwrap();
-        wire_ns
-            .ip(&["addr", "add", "198.51.100.1/24", "dev", "w0"])
-            .unwrap();
-        wire_ns
-            .ip(&[
-                "-6",
-                "addr",
-                "add",
-                "2001:db8:be::fe/64",
-                "dev",
-                "w0",
-                "nodad",
-            ])
-            .unwrap();
-        wire_ns.ip(&["link", "set", "w0", "up"]).unwrap();
-        be.ip(&["addr", "add", "198.51.100.2/24", "dev", "b0"])
-            .unwrap();
-        be.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:be::1/64",
-            "dev",
-            "b0",
-            "nodad",
-        ])
-        .unwrap();
-        be.ip(&["link", "set", "b0", "up"]).unwrap();
-        be.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])
-            .unwrap();
-        be.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])
-            .unwrap();
-        be.ip(&["route", "add", "default", "via", "198.51.100.1"])
-            .unwrap();
-        be.ip(&["-6", "route", "add", "default", "via", "2001:db8:be::fe"])
-            .unwrap();
-        be.sysctl(&[
-            ("net.ipv4.conf.all.rp_filter", "2"),
-            ("net.ipv4.conf.b0.rp_filter", "2"),
-            ("net.ipv4.tcp_timestamps", "0"),
-        ])
-        .unwrap();
+        let (wire_ns, be) = wire_and_backend(&format!("lbt-srh-{tag}-{pid}"), VIP4, VIP6).unwrap();
+        be.sysctl(&[("net.ipv4.tcp_timestamps", "0")]).unwrap();
         let listeners = be
             .run(|| {
                 [format!("{VIP4}:80"), format!("[{VIP6}]:80")]

@@ -247,6 +247,20 @@ fn assert_survived(o: &Outcome) {
     );
 }
 
+/// The load balancers sent packets with a previous backend, and the backends handed some on.
+fn assert_handed_on(o: &Outcome) {
+    assert!(
+        o.sent.iter().any(|&(tx, _)| tx > 0),
+        "load balancers sent packets with a previous backend: {:?}",
+        o.sent
+    );
+    assert!(
+        o.forwarded > 0,
+        "the backends handed packets on ({FORWARDED}): {:?}",
+        o.decap
+    );
+}
+
 /// Issue 14, test 1: no flow sync at all, second chance at its default. The clients of the
 /// withdrawn load balancer whose slots moved survive only because the backend that now holds
 /// the slot hands their packets on to the one that held it before.
@@ -261,16 +275,7 @@ fn with_flows_off_second_chance_keeps_every_connection_through_a_route_shift() {
     };
     let o = run(&case);
     assert_survived(&o);
-    assert!(
-        o.sent.iter().any(|&(tx, _)| tx > 0),
-        "load balancers sent packets with a previous backend: {:?}",
-        o.sent
-    );
-    assert!(
-        o.forwarded > 0,
-        "the backends handed packets on ({FORWARDED}): {:?}",
-        o.decap
-    );
+    assert_handed_on(&o);
 }
 
 /// Issue 14, test 1, the other half: the same run with second chance off breaks connections,
@@ -326,14 +331,5 @@ fn four_load_balancers_with_flows_off_keep_every_connection() {
     };
     let o = run(&case);
     assert_survived(&o);
-    assert!(
-        o.sent.iter().any(|&(tx, _)| tx > 0),
-        "load balancers sent packets with a previous backend: {:?}",
-        o.sent
-    );
-    assert!(
-        o.forwarded > 0,
-        "the backends handed packets on ({FORWARDED}): {:?}",
-        o.decap
-    );
+    assert_handed_on(&o);
 }

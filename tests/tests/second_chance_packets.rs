@@ -37,6 +37,12 @@ fn lb_with_prev(gue: bool, until: u32) -> (Lb, Installed, Installed) {
     (lb, v4, v6)
 }
 
+/// What `lb_xdp` sends for TCP `frame` of `flow` to `backend` without a second chance.
+fn plain(flow: &Flow, frame: &[u8], backend: u32) -> Vec<u8> {
+    let hash = flow_hash(&flow.key(PROTO_TCP), SEED);
+    expected_encap(frame, backend_addr(backend), hash, false)
+}
+
 /// Every encapsulation kind: IPv4 and IPv6 inside, plain and GUE, with and without VLAN.
 #[test]
 fn a_mid_flow_packet_without_an_entry_carries_the_previous_backend_exactly() {
@@ -78,14 +84,12 @@ fn a_mid_flow_packet_without_an_entry_carries_the_previous_backend_exactly() {
 fn a_syn_never_carries_it_and_its_entry_has_no_pair() {
     let (mut lb, v4, _) = lb_with_prev(false, now_ticks() + 1000);
     let flow = Flow::new("198.51.100.8", 41000, VIP4, 80);
-    let key = flow.key(PROTO_TCP);
-    let hash = flow_hash(&key, SEED);
-    let backend = backend_addr(v4.backend_for(&key));
+    let to = v4.backend_for(&flow.key(PROTO_TCP));
     for (flags, payload) in [(Tcp::Syn, &b""[..]), (Tcp::Ack, b"data"), (Tcp::Fin, b"")] {
         let frame = flow.tcp(flags, payload);
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX);
-        assert_eq!(run.out, expected_encap(&frame, backend, hash, false));
+        assert_eq!(run.out, plain(&flow, &frame, to));
     }
     assert_eq!(lb.counter(Counter::TxSecondChance), 0);
     assert_eq!(lb.counter(Counter::SecondChancePaired), 0);
@@ -128,16 +132,8 @@ fn the_entry_remembers_the_pair_after_the_slot_forgets_it() {
     // A new flow in the rewritten ring has no pair.
     let other = Flow::new("198.51.100.9", 42001, VIP4, 80);
     let frame = other.tcp(Tcp::Ack, b"x");
-    let k = other.key(PROTO_TCP);
-    assert_eq!(
-        lb.run(&frame).out,
-        expected_encap(
-            &frame,
-            backend_addr(v4.backend_for(&k)),
-            flow_hash(&k, SEED),
-            false
-        )
-    );
+    let to = v4.backend_for(&other.key(PROTO_TCP));
+    assert_eq!(lb.run(&frame).out, plain(&other, &frame, to));
 }
 
 #[test]
@@ -145,39 +141,21 @@ fn an_expired_or_same_or_uninstalled_previous_backend_is_no_second_chance() {
     // Expired: the window ended one tick ago.
     let (mut lb, v4, _) = lb_with_prev(false, now_ticks().saturating_sub(1));
     let flow = Flow::new("198.51.100.10", 43000, VIP4, 80);
-    let key = flow.key(PROTO_TCP);
-    let hash = flow_hash(&key, SEED);
-    let backend = v4.backend_for(&key);
     let frame = flow.tcp(Tcp::Ack, b"x");
-    assert_eq!(
-        lb.run(&frame).out,
-        expected_encap(&frame, backend_addr(backend), hash, false)
-    );
-    // The slot's own backend as previous: nothing to hand on to.
-    lb.set_ring_prev(0, &v4.slots, backend, now_ticks() + 1000);
+    let to = v4.backend_for(&flow.key(PROTO_TCP));
+    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, to));
+    // The slot's own backend as previous (every slot: backend 1, previous 1): nothing to hand
+    // on to.
+    lb.set_ring_prev(0, &vec![1; RING as usize], 1, now_ticks() + 1000);
     let flow = Flow::new("198.51.100.10", 43001, VIP4, 80);
     let frame = flow.tcp(Tcp::Ack, b"x");
-    let k = flow.key(PROTO_TCP);
-    if v4.backend_for(&k) == backend {
-        assert_eq!(
-            lb.run(&frame).out,
-            expected_encap(&frame, backend_addr(backend), flow_hash(&k, SEED), false)
-        );
-    }
+    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, 1));
     // A previous backend whose entry is no longer valid (uninstalled): plain encapsulation.
     lb.set_ring_prev(0, &v4.slots, 200, now_ticks() + 1000);
     let flow = Flow::new("198.51.100.10", 43002, VIP4, 80);
     let frame = flow.tcp(Tcp::Ack, b"x");
-    let k = flow.key(PROTO_TCP);
-    assert_eq!(
-        lb.run(&frame).out,
-        expected_encap(
-            &frame,
-            backend_addr(v4.backend_for(&k)),
-            flow_hash(&k, SEED),
-            false
-        )
-    );
+    let to = v4.backend_for(&flow.key(PROTO_TCP));
+    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, to));
     assert_eq!(lb.counter(Counter::TxSecondChance), 0);
 }
 
@@ -190,20 +168,12 @@ fn the_header_counts_in_the_too_big_limit_only_when_carried() {
     lb.set_mtu(1060);
     let payload = vec![0x5a; 1000 - 20 - 20];
     // A flow pinned by its SYN has no pair: its 1000-byte packet is encapsulated.
-    let plain = Flow::new("198.51.100.11", 44000, VIP4, 80);
-    let k = plain.key(PROTO_TCP);
-    assert_eq!(lb.run(&plain.tcp(Tcp::Syn, &[])).verdict, XDP_TX);
-    let frame = plain.tcp(Tcp::Ack, &payload);
+    let pinned = Flow::new("198.51.100.11", 44000, VIP4, 80);
+    assert_eq!(lb.run(&pinned.tcp(Tcp::Syn, &[])).verdict, XDP_TX);
+    let frame = pinned.tcp(Tcp::Ack, &payload);
     assert_eq!(ip_packet(&frame).len(), 1000);
-    assert_eq!(
-        lb.run(&frame).out,
-        expected_encap(
-            &frame,
-            backend_addr(v4.backend_for(&k)),
-            flow_hash(&k, SEED),
-            false
-        )
-    );
+    let to = v4.backend_for(&pinned.key(PROTO_TCP));
+    assert_eq!(lb.run(&frame).out, plain(&pinned, &frame, to));
     // A mid-flow packet with a second chance would be 1080 bytes: "too big" (IPv4 with DF),
     // advertising the MTU minus both headers.
     let moved = Flow::new("198.51.100.11", 44001, VIP4, 80);

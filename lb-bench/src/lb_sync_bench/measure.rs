@@ -109,17 +109,7 @@ pub(crate) fn measure(lab: &Lab, args: &Args) -> Result<Value> {
     let period = sync.refresh_secs as f64;
 
     // The backends answer the SYNs towards their sources: those replies end in the router.
-    sh(
-        "ip",
-        &[
-            "-n",
-            &lab.ns("router"),
-            "route",
-            "add",
-            "blackhole",
-            SRC_NET,
-        ],
-    )?;
+    blackhole_sources(lab)?;
     progress(&format!(
         "router: blackhole route for the SYNs' sources {SRC_NET} (the backends' SYN-ACKs end there)"
     ));
@@ -196,6 +186,23 @@ pub(crate) fn measure(lab: &Lab, args: &Args) -> Result<Value> {
 
 /// What refreshing costs per 10,000 new flows/s, from the refresh that re-sent the most flows:
 /// in a steady state every new flow is re-sent once, by the first refresh after it started.
+/// The backends answer the SYNs towards their sources: a blackhole route for `SRC_NET` in the
+/// router ends those replies there.
+pub(crate) fn blackhole_sources(lab: &Lab) -> Result<()> {
+    sh(
+        "ip",
+        &[
+            "-n",
+            &lab.ns("router"),
+            "route",
+            "add",
+            "blackhole",
+            SRC_NET,
+        ],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn refresh_per_10k(events: &[Value]) -> Value {
     let Some(e) = events
         .iter()

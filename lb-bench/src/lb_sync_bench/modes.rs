@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lb_common::CONN_F_PEER;
-use lb_lab::netns::sh;
 use lb_lab::{HTTP_PORT, Lab, VIP4, backend_link6};
 use lb_userspace::dataplane::FlowTable;
 use serde_json::{Value, json};
@@ -72,17 +71,7 @@ fn measure_mode(lab: &Lab, args: &Args, mode: &str) -> Result<Value> {
             .map(|p| p.2)
             .with_context(|| format!("no agent recorded for {node}"))
     };
-    sh(
-        "ip",
-        &[
-            "-n",
-            &lab.ns("router"),
-            "route",
-            "add",
-            "blackhole",
-            SRC_NET,
-        ],
-    )?;
+    blackhole_sources(lab)?;
     let mut b = Bench {
         lab,
         agents: [

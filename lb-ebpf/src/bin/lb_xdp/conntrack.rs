@@ -235,8 +235,7 @@ fn ring_backend(
     hash: u32,
     flow: &FlowPacket,
 ) -> Option<(u32, &'static Backend, u16)> {
-    let slot = maglev::ring_lookup(vip.ring, hash)?;
-    let id = slot.backend_id();
+    let (id, slot) = maglev::ring_lookup(vip.ring, hash)?;
     let Some(b) = maglev::backend(id) else {
         uninstalled_backend(ctx, vip.ring, id);
         return None;
