@@ -39,8 +39,13 @@ pub struct LbConfig {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for LbConfig {}
 
-/// `LbConfig::flags`: export SYN-created connection entries on FLOW_EVENTS for peer sync.
+/// `LbConfig::flags`: export new TCP connection entries on FLOW_EVENTS for peer sync.
 pub const LB_F_FLOW_EVENTS: u16 = 1;
+/// `LbConfig::flags`: the agent keeps each ring slot's previous backend (second chance is on),
+/// so a SYN whose slot did not change recently writes no connection entry: its flow's entry is
+/// made by its first packet after the SYN, and a table change in between is covered by the
+/// second chance. Unset (second chance off, or an older agent): every SYN writes its entry.
+pub const LB_F_SECOND_CHANCE: u16 = 2;
 
 impl LbConfig {
     /// How long a connection entry may idle before it is ignored: UDP, established TCP, or

@@ -102,6 +102,9 @@ counter_enum! {
         // A mid-flow packet without an entry met a slot with a live previous backend: its flow
         // is paired (and its entry, if the gate lets it create one, remembers the pair).
         SecondChancePaired = "second_chance_paired",
+        // A SYN that wrote its connection entry: its ring slot has a live previous backend, or
+        // second chance is off (`LB_F_SECOND_CHANCE`). Other SYNs write nothing.
+        SynPinned = "syn_pinned",
     }
 }
 

@@ -1,8 +1,9 @@
 //! Fault model, spoofed SYN floods (issue 15 §10). Through BPF_PROG_TEST_RUN: what a flood of
 //! ten times `max_flows` new flows does to the connection table, with and without the new-flow
-//! gate (`dataplane.new_flow_rate`), and that the gate changes no packet. In the lab: idle
+//! gate (`dataplane.new_flow_rate`), and that the gate changes no packet (these with second
+//! chance off, where every SYN writes its entry). In the lab, second chance on: idle
 //! connections, a drain, new connections and a route shift during a flood of hundreds of times
-//! `max_flows`.
+//! `max_flows`, whose SYNs write no entries at all.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -410,10 +411,15 @@ fn idle_connections_survive_a_drain_and_a_route_shift_during_a_syn_flood() {
         &broken[..broken.len().min(3)]
     );
     assert_eq!(failed, 0, "new connections failed during the flood");
-    // Most of the flood was gated, and what was exported stayed far below it.
-    assert!(gated >= sent / 2, "gated {gated} of {sent}");
+    // Second chance is on (the lab's default) and the flood's service did not change, so its
+    // SYNs wrote no entries: nothing for the gate to refuse, nothing exported. What was gated
+    // or exported are the real connections' first packets (a few hundred at most). The gate
+    // itself, and what a flood that does write entries takes, are tested above through
+    // BPF_PROG_TEST_RUN (SYNs with second chance off; spoofed ACKs write entries the same way).
+    assert!(sent >= 100_000);
+    assert!(gated < 1000, "gated {gated} of {sent}");
     assert!(
-        exported + lost < sent / 10,
+        exported + lost < 1000,
         "exported {exported} + lost {lost} of {sent}"
     );
 }

@@ -110,6 +110,7 @@ fn a_syn_exports_exactly_its_new_entry() {
                 key,
                 backend: entry.backend,
                 hash: entry.hash,
+                flags: lb_common::FLOW_EVENT_F_SYN,
             }],
             "{flow:?}"
         );
@@ -338,8 +339,10 @@ fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
 #[test]
 fn a_full_ring_loses_exports_not_packets() {
     let (mut lb, _, mut events) = lb(true);
-    // Each record takes an 8-byte header and the event; nobody reads until the end.
-    let capacity = FLOW_EVENTS_BYTES as u64 / (8 + size_of::<FlowEvent>() as u64);
+    // Each record takes an 8-byte header and the event, rounded up to 8 bytes, and a full ring
+    // keeps one byte free; nobody reads until the end.
+    let record = (8 + size_of::<FlowEvent>() as u64).next_multiple_of(8);
+    let capacity = (FLOW_EVENTS_BYTES as u64 - 1) / record;
     let extra = 50;
     let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..capacity + extra {

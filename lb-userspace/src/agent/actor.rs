@@ -107,20 +107,29 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
         tcp_idle_timeout_ns: d.tcp_idle_timeout_secs * s,
         tcp_closing_timeout_ns: d.tcp_closing_timeout_secs * s,
         gue_port: d.gue_port.to_be(),
-        // Only `flows = "all"` exports each SYN's entry.
-        flags: if cfg
-            .sync
-            .as_ref()
-            .is_some_and(|s| s.flows == crate::config::FlowSync::All)
-        {
-            lb_common::LB_F_FLOW_EVENTS
-        } else {
-            0
-        },
+        flags: lb_flags(cfg),
         // validate() keeps both within u16 (0 = no limit).
         icmp_rate: d.icmp_rate as u16,
         icmp_burst: d.icmp_burst as u16,
     }
+}
+
+/// `LbConfig::flags` for this config.
+fn lb_flags(cfg: &Config) -> u16 {
+    let mut flags = 0;
+    // Only `flows = "all"` exports each new flow's entry.
+    if cfg
+        .sync
+        .as_ref()
+        .is_some_and(|s| s.flows == crate::config::FlowSync::All)
+    {
+        flags |= lb_common::LB_F_FLOW_EVENTS;
+    }
+    // Rings keep previous backends: SYNs in unchanged slots need no entry.
+    if cfg.dataplane.second_chance_ms() > 0 {
+        flags |= lb_common::LB_F_SECOND_CHANCE;
+    }
+    flags
 }
 
 /// The new-flow gate for this config (a burst of 0 means one second of the rate).

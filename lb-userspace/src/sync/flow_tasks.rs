@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
-use lb_common::{CONN_F_PEER, FlowEvent};
+use lb_common::{CONN_F_PEER, FLOW_EVENT_F_SYN, FlowEvent};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
@@ -92,7 +92,7 @@ pub(super) async fn run_exporter(
         tokio::time::sleep(Duration::from_millis(5)).await;
         let index = local.borrow().index.clone();
         let ring = guard.get_inner_mut();
-        let mut records = Vec::new();
+        let (mut starts, mut firsts) = (Vec::new(), Vec::new());
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<FlowEvent>() {
                 continue;
@@ -100,8 +100,15 @@ pub(super) async fn run_exporter(
             // SAFETY: the XDP program writes whole FlowEvents; read unaligned from its bytes.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
+            // A SYN's entry goes over any entry on the peer; a first packet's only where the
+            // peer has none of its own (lb_xdp's flowsync.rs): two batches.
+            let batch = if ev.flags & FLOW_EVENT_F_SYN != 0 {
+                &mut starts
+            } else {
+                &mut firsts
+            };
             match index.address(ev.backend, None) {
-                Some(backend) => records.push(FlowRecord {
+                Some(backend) => batch.push(FlowRecord {
                     key: ev.key,
                     backend,
                     hash: ev.hash,
@@ -110,20 +117,25 @@ pub(super) async fn run_exporter(
                     counters.flows_unknown_id.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if records.len() == flows::MAX_BATCH {
-                fan_out(&queues, &records, &counters, &events);
-                records.clear();
+            for (mode, records) in [(Mode::New, &mut starts), (Mode::Refresh, &mut firsts)] {
+                if records.len() == flows::MAX_BATCH {
+                    fan_out(&queues, mode, records, &counters, &events);
+                    records.clear();
+                }
             }
         }
         guard.clear_ready();
-        if !records.is_empty() {
-            fan_out(&queues, &records, &counters, &events);
+        for (mode, records) in [(Mode::New, &starts), (Mode::Refresh, &firsts)] {
+            if !records.is_empty() {
+                fan_out(&queues, mode, records, &counters, &events);
+            }
         }
     }
 }
 
 fn fan_out(
     queues: &[(String, mpsc::Sender<Arc<Vec<u8>>>)],
+    mode: Mode,
     records: &[FlowRecord],
     counters: &Counters,
     events: &mpsc::UnboundedSender<PeerEvent>,
@@ -131,7 +143,7 @@ fn fan_out(
     counters
         .flows_exported
         .fetch_add(records.len() as u64, Ordering::Relaxed);
-    let body = Arc::new(flows::encode_batch(Mode::New, records));
+    let body = Arc::new(flows::encode_batch(mode, records));
     for (peer, q) in queues {
         // Overload policy: never wait for a slow peer; drop the batch and count it. The
         // peer gets those flows again with our next refresh (or when it reconnects).

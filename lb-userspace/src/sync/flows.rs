@@ -27,8 +27,10 @@ pub const MAX_BATCH: usize = 4096;
 pub enum Mode {
     /// Flows a peer just saw start (SYN): installed over any entry.
     New = 0,
-    /// A peer's live flows (on connect, and refreshed periodically): installed where there is
-    /// no entry or only a peer's; a flow this load balancer forwards itself is left alone.
+    /// A peer's live flows (on connect, and refreshed periodically), and new flows whose entry
+    /// their first packet after the SYN made (which may be a flow that moved mid-way): installed
+    /// where there is no entry or only a peer's; a flow this load balancer forwards itself is
+    /// left alone.
     Refresh = 1,
 }
 

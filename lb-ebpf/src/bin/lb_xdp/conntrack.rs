@@ -6,14 +6,22 @@
 //! backend names its VIP (`VIPS_BY_ID`), so the `VIPS` lookup by address is skipped
 //! (`established`). Everything else finds its VIP by address first (`new_flow`).
 //!
-//! SYN: always through Maglev, (re)creating the entry. RST: the entry if any, else Maglev,
-//! never creating one. Over the new-flow gate's rate (`ratelimit::allow_new_entry`), a miss
-//! creates no entry either. Anything else: the entry if any, else Maglev and a new entry (a
-//! mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
+//! SYN: always through Maglev. With second chance on (`LB_F_SECOND_CHANCE`) a SYN writes no
+//! entry unless its ring slot changed recently (has a live previous backend): the flow's entry
+//! is made by its first packet after the SYN, so a SYN flood cannot fill the table, and the
+//! kernel's LRU insert leaves the SYN path. A table change between the SYN and that packet
+//! moves the packet to the slot's new backend with the old one as its second chance, which
+//! holds the handshake. In a changed slot, or with second chance off, the SYN (re)creates the
+//! entry as before: a reused 5-tuple is re-pinned to Maglev's choice, and a new connection is
+//! not paired with the slot's previous backend for its whole life. RST: the entry if any, else
+//! Maglev, never creating one. Over the new-flow gate's rate (`ratelimit::allow_new_entry`), a
+//! miss creates no entry either. Anything else: the entry if any, else Maglev and a new entry
+//! (a mid-flow packet that arrives after a route shift gets pinned too). An entry expires after
 //! its idle timeout: UDP, established TCP, or TCP after the client's FIN/RST (closing). An
 //! entry whose backend id was removed or handed to another backend (generation) is stale.
 //!
-//! Peer flow sync: with `LB_F_FLOW_EVENTS`, the entry a SYN creates is exported (`flowsync`).
+//! Peer flow sync: with `LB_F_FLOW_EVENTS`, the entry a SYN creates is exported (`flowsync`),
+//! and with `LB_F_SECOND_CHANCE` also the entry a TCP flow's first packet after its SYN makes.
 //! Entries the agent installs from peers carry `CONN_F_PEER`, which the first local refresh of
 //! the entry's atime clears.
 //!
@@ -31,8 +39,8 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, BACKEND_F_VALID, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry,
-    Counter, FlowKey, LB_F_FLOW_EVENTS, LbConfig, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id,
-    encode_id, flow_hash,
+    Counter, FlowKey, LB_F_FLOW_EVENTS, LB_F_SECOND_CHANCE, LbConfig, RING_TICK_SHIFT, TcpEvent,
+    VipMeta, decode_id, encode_id, flow_hash,
 };
 
 use crate::maps::{BACKENDS, CONNS};
@@ -153,9 +161,11 @@ pub fn new_flow(
     kind: Kind,
 ) -> Option<Target> {
     let hash = flow_hash(key, cfg.hash_seed);
-    let (id, b, prev) = ring_backend(ctx, vip, hash, flow)?;
+    let (id, b, slot_prev) = ring_backend(ctx, vip, hash, flow)?;
+    // A new connection belongs to the slot's backend alone.
+    let prev = if flow.syn { 0 } else { slot_prev };
     if kind == Kind::Client {
-        pin(key, flow, cfg, id, b, hash, prev);
+        pin(key, flow, cfg, id, b, hash, prev, slot_prev != 0);
     }
     Some(Target {
         id,
@@ -165,8 +175,13 @@ pub fn new_flow(
     })
 }
 
-/// Counts a client packet's miss and, unless it is a reset, pins its flow to backend `id`
-/// (with its second chance `prev`, id + 1 or 0).
+/// Counts a client packet's miss and, unless it is a reset or a SYN that needs no entry, pins
+/// its flow to backend `id` (with its second chance `prev`, id + 1 or 0). `changed`: the slot
+/// has a live previous backend.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined: the values stay in registers"
+)]
 #[inline(always)]
 fn pin(
     key: &FlowKey,
@@ -176,6 +191,7 @@ fn pin(
     b: &Backend,
     hash: u32,
     prev: u16,
+    changed: bool,
 ) {
     stats::count(if flow.syn {
         Counter::LruMissSyn
@@ -184,6 +200,13 @@ fn pin(
     } else {
         Counter::LruMissUdp
     });
+    let second_chance = cfg.flags & LB_F_SECOND_CHANCE != 0;
+    if flow.syn {
+        if second_chance && !changed {
+            return;
+        }
+        stats::count(Counter::SynPinned);
+    }
     if prev != 0 {
         stats::count(Counter::SecondChancePaired);
     }
@@ -200,8 +223,14 @@ fn pin(
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         let inserted = CONNS.insert(key, &entry, 0).is_ok();
-        if flow.syn && inserted && cfg.flags & LB_F_FLOW_EVENTS != 0 {
-            flowsync::export(key, id, hash);
+        // Exported: a flow's start, by its SYN or (second chance on) by its first packet after
+        // the SYN. UDP has no start to tell a new flow by.
+        if inserted
+            && flow.is_tcp
+            && (flow.syn || second_chance)
+            && cfg.flags & LB_F_FLOW_EVENTS != 0
+        {
+            flowsync::export(key, id, hash, flow.syn);
         }
     }
 }
@@ -225,9 +254,8 @@ fn entry_backend(
     }
 }
 
-/// The Maglev choice for `hash` in the VIP's ring, and for a mid-flow TCP packet the slot's
-/// live previous backend (id + 1, or 0): None for an empty slot, or (logged) a slot naming an
-/// uninstalled backend.
+/// The Maglev choice for `hash` in the VIP's ring, and for TCP the slot's live previous backend
+/// (id + 1, or 0): None for an empty slot, or (logged) a slot naming an uninstalled backend.
 #[inline(always)]
 fn ring_backend(
     ctx: &XdpContext,
@@ -240,7 +268,7 @@ fn ring_backend(
         uninstalled_backend(ctx, vip.ring, id);
         return None;
     };
-    let prev = if flow.is_tcp && !flow.syn {
+    let prev = if flow.is_tcp {
         match slot.live_prev((flow.now >> RING_TICK_SHIFT) as u32) {
             Some(p) => encode_id(p),
             None => 0,
