@@ -184,6 +184,18 @@ impl FlowTable {
         .context("reading the connection table")
     }
 
+    /// Deletes every entry of flows to `dst` (a benchmark's fresh start). Returns how many.
+    pub fn remove_to(&mut self, dst: std::net::IpAddr) -> Result<usize> {
+        let (family, dst) = lb_common::addr_words(dst);
+        let mut keys = Vec::new();
+        self.walk(|k, _| {
+            if k.family == family && k.dst == dst {
+                keys.push(*k)
+            }
+        })?;
+        batch::delete_all(self.conns_fd.as_fd(), &keys).context("deleting connection entries")
+    }
+
     /// Every entry the XDP program would still follow at `now_ns` (`is_live` under `cfg`).
     pub fn live(&self, cfg: &LbConfig, now_ns: u64) -> Result<Vec<(FlowKey, ConnEntry)>> {
         let mut out = Vec::new();

@@ -44,6 +44,7 @@ pub(crate) fn scenarios(current: Ipv6Addr, prev: Ipv6Addr) -> Vec<Scenario> {
         verdict: XDP_PASS,
         counters: vec![],
         expected: decapsulated(&plain, 40),
+        fresh_table: None,
     };
     vec![
         Scenario {

@@ -47,6 +47,7 @@ pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
         verdict: XDP_TX,
         counters: vec![],
         expected: floor_output(&ack),
+        fresh_table: None,
     };
     let mut floor_ns = Vec::new();
     let first = &mut builds[0].lb;
