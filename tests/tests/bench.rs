@@ -26,7 +26,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("dataplane", "TCP SYN, IPv4 VIP, 1M distinct flows cycled"),
     (
         "dataplane",
-        "TCP first packet after the SYN, 250k flows cycled: table insert",
+        "TCP first packet after the SYN, 250k new flows per run: table insert",
     ),
     ("dataplane", "TCP established, IPv4 VIP, 1M flows cycled"),
     ("dataplane", "TCP established, IPv6 VIP"),

@@ -177,7 +177,8 @@ pub(crate) struct Scenario {
     pub(crate) counters: Vec<Counter>,
     /// The exact output of one run.
     pub(crate) expected: Vec<u8>,
-    /// Entries to this address are deleted before every run: each repetition makes a new one.
+    /// Entries to this address are deleted before and after every run, and a run is at most
+    /// `flows` repetitions: each makes a new entry, and none is left for the other rows.
     pub(crate) fresh_table: Option<std::net::IpAddr>,
 }
 
@@ -283,8 +284,14 @@ pub(crate) fn timed(h: &mut Harness, lb: &mut Lb, s: &Scenario) -> Result<u64> {
     }
     arm(h, lb, s)?;
     let before = counters(lb)?;
-    let n = repeat();
+    let n = match s.fresh_table {
+        Some(_) => s.flows.min(repeat()),
+        None => repeat(),
+    };
     let (verdict, t, _) = test_run(entry(h, lb, s), &s.frame, n)?;
+    if let Some(dst) = s.fresh_table {
+        lb.dp.flow_table()?.remove_to(dst)?;
+    }
     ensure!(
         verdict == s.verdict,
         "verdict {verdict}, want {}",

@@ -31,7 +31,7 @@ const FLOOR: &str = "floor: parse + IPv6 encap + XDP_TX";
 const SYN: &str = "TCP SYN, IPv4 VIP: Maglev, no entry";
 const SYN_1M: &str = "TCP SYN, IPv4 VIP, 1M distinct flows cycled";
 const SYN_PINNED: &str = "TCP SYN in a changed slot: Maglev + table insert";
-const FIRST: &str = "TCP first packet after the SYN, 250k flows cycled: table insert";
+const FIRST: &str = "TCP first packet after the SYN, 250k new flows per run: table insert";
 /// The first-packet row's flows: with the established rows' 1M, well inside the table's 2M (a
 /// table near its size evicts: the kernel's LRU keeps free entries per CPU).
 const FIRST_FLOWS: u32 = FLOWS / 4;
@@ -190,7 +190,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
         ),
         (
             // The table insert a SYN no longer makes: each repetition is a new flow's first
-            // packet after its SYN (the table, sized for 2M, is cleared before every run).
+            // packet after its SYN (their entries are deleted before and after every run).
             Scenario {
                 flows: FIRST_FLOWS,
                 fresh_table: Some(first),
