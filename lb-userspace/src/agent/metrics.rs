@@ -203,6 +203,21 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_second_chance_total",
+        "counter",
+        "Second chance: packets sent with the slot's previous backend in a routing header, flows paired with one, and SYNs that wrote their connection entry (in a slot that changed within the window, or with second chance off; other SYNs write none).",
+        relabel(
+            &stats.counters,
+            "event",
+            &[
+                ("tx_second_chance", "tx"),
+                ("second_chance_paired", "paired"),
+                ("syn_pinned", "syn_pinned"),
+            ],
+        ),
+    );
+    family(
+        &mut o,
         "lb_icmp_total",
         "counter",
         "ICMP the XDP program handled itself: echo replies sent, errors forwarded to the flow's backend, too-big replies sent (drops are in lb_drops_total).",
