@@ -269,6 +269,16 @@ fn handshakes_survive_a_table_change_between_syn_and_ack() {
 
     let paired =
         lb_counter(&lab, 1, "second_chance_paired") + lb_counter(&lab, 2, "second_chance_paired");
+    // The same count in /metrics.
+    let exported: u64 = (1..=2)
+        .map(|i| {
+            let m = tests::netns::metrics_in(&lab.ns(&lab::lb_name(i))).unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("lb_second_chance_total{event=\"paired\"} "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
     let handed_on = decap_counter(&lab, 4, "srh_forwarded");
     let greeted: Vec<_> = done.iter().filter_map(|h| h.backend.clone()).collect();
     let echoed = done.iter().filter(|h| h.echoed).count();
@@ -284,5 +294,9 @@ fn handshakes_survive_a_table_change_between_syn_and_ack() {
     assert!(greeted.iter().all(|b| b != "b4"), "{greeted:?}");
     // Some handshakes were in moved slots, and they completed through the hand-on.
     assert!(paired > 0, "no first ACK landed in a moved slot");
+    assert_eq!(
+        exported, paired,
+        "lb_second_chance_total{{event=\"paired\"}}"
+    );
     assert!(handed_on >= paired, "b4 handed on {handed_on} of {paired}");
 }
