@@ -12,7 +12,10 @@ pub const VIPS_BY_ID: &str = "VIPS_BY_ID";
 pub const VIP_INDEX: &str = "VIP_INDEX";
 pub const BACKENDS: &str = "BACKENDS";
 pub const RINGS: &str = "RINGS";
+/// IPv6 flows' connection table (`FlowKey`).
 pub const CONNS: &str = "CONNS";
+/// IPv4 flows' connection table (`FlowKey4`).
+pub const CONNS4: &str = "CONNS4";
 pub const STATS: &str = "STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -35,6 +38,7 @@ pub const PINNED: &[&str] = &[
     BACKENDS,
     RINGS,
     CONNS,
+    CONNS4,
     STATS,
     VIP_STATS,
     BACKEND_STATS,

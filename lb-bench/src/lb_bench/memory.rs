@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Map, MapData};
 use lb_common::{ConnEntry, FlowKey, PROTO_TCP, names};
 use lb_userspace::dataplane::{Dataplane, DataplaneLimits};
 
@@ -152,23 +152,16 @@ fn fill(dp: &mut Dataplane) -> Result<u64> {
         };
         table.insert(&flow_key(i), &entry)?;
     }
-    let map = dp
-        .ebpf_mut()
-        .map(names::CONNS)
-        .context("the connection table missing from the object")?;
-    let conns: HashMap<&MapData, FlowKey, ConnEntry> = HashMap::try_from(map)?;
-    let mut n = 0u64;
-    for k in conns.keys() {
-        k?;
-        n += 1;
-        if n.is_multiple_of(65536) && Instant::now() > deadline {
-            bail!("counting the flows took too long ({n} counted)");
-        }
-        ensure!(
-            n <= 2 * FLOWS as u64,
-            "the table lists more entries than it holds"
-        );
-    }
+    // Counted through the same handle, in batches: how many entries the tables now hold.
+    let n = table.walk(|_, _| {})? as u64;
+    ensure!(
+        Instant::now() <= deadline + FILL_BUDGET,
+        "counting the flows took too long"
+    );
+    ensure!(
+        n <= 2 * FLOWS as u64,
+        "the tables list more entries than they hold"
+    );
     Ok(n)
 }
 
@@ -229,23 +222,25 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     f.ratio = format!("{} maps", maps.len());
     rows.push(Row::ok(SECTION, default_name, f));
 
-    let conns = get(&maps, names::CONNS).map(|m| (m.memlock, m.max_entries));
-    rows.push(Row::from_result(
-        SECTION,
-        format!(
-            "{}: connection table (LRU hash, preallocated)",
-            names::CONNS
-        ),
-        conns.map(|(bytes, entries)| {
-            let mut f = Figure::single(mib(bytes), "MiB");
-            f.ratio = format!(
-                "{}; {:.0} B/flow",
-                pct(bytes, sum),
-                bytes as f64 / entries.max(1) as f64
-            );
-            f
-        }),
-    ));
+    for (name, what) in [
+        (names::CONNS4, "IPv4 connection table"),
+        (names::CONNS, "IPv6 connection table"),
+    ] {
+        let conns = get(&maps, name).map(|m| (m.memlock, m.max_entries));
+        rows.push(Row::from_result(
+            SECTION,
+            format!("{name}: {what} (LRU hash, preallocated)"),
+            conns.map(|(bytes, entries)| {
+                let mut f = Figure::single(mib(bytes), "MiB");
+                f.ratio = format!(
+                    "{}; {:.0} B/flow",
+                    pct(bytes, sum),
+                    bytes as f64 / entries.max(1) as f64
+                );
+                f
+            }),
+        ));
+    }
     let rings = get(&maps, names::RINGS).map(|m| (m.memlock, m.max_entries));
     rows.push(Row::from_result(
         SECTION,
@@ -268,7 +263,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     ));
     let others: Vec<&MapMem> = maps
         .iter()
-        .filter(|m| m.name != names::CONNS && m.name != names::RINGS)
+        .filter(|m| ![names::CONNS, names::CONNS4, names::RINGS].contains(&m.name.as_str()))
         .collect();
     let other_bytes: u64 = others.iter().map(|m| m.memlock).sum();
     let biggest = others

@@ -1,12 +1,13 @@
-//! The connection table: the flow-event ring buffer, live-flow counts, and [`FlowTable`], a
-//! handle on its own file descriptors for peer sync.
+//! The connection tables (IPv4 flows in `CONNS4`, IPv6 in `CONNS`): the flow-event ring
+//! buffer, live-flow counts, and [`FlowTable`], a handle on their own file descriptors for peer
+//! sync that speaks `FlowKey` for both.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
-use lb_common::{ConnEntry, FlowKey, LbConfig, names};
+use lb_common::{ConnEntry, FAMILY_V4, FlowKey, FlowKey4, LbConfig, names};
 
 use super::batch;
 use super::handle::Dataplane;
@@ -44,14 +45,21 @@ impl Dataplane {
                 .with_context(|| format!("duplicating the fd of {name}"))?;
             MapData::from_fd(fd).with_context(|| format!("opening {name} from its fd"))
         };
-        FlowTable::from_map_data(dup(names::CONNS)?, dup(names::CONFIG)?)
+        FlowTable::from_map_data(dup(names::CONNS)?, dup(names::CONNS4)?, dup(names::CONFIG)?)
     }
 
     /// The connection-table entry of a flow, if any.
     pub fn conn(&mut self, key: &FlowKey) -> Result<Option<ConnEntry>> {
-        let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
-            HashMap::try_from(self.map(names::CONNS)?)?;
-        match conns.get(key, 0) {
+        let found = if key.family == FAMILY_V4 {
+            let conns: HashMap<&mut MapData, FlowKey4, ConnEntry> =
+                HashMap::try_from(self.map(names::CONNS4)?)?;
+            conns.get(&key.v4(), 0)
+        } else {
+            let conns: HashMap<&mut MapData, FlowKey, ConnEntry> =
+                HashMap::try_from(self.map(names::CONNS)?)?;
+            conns.get(key, 0)
+        };
+        match found {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -108,35 +116,49 @@ pub fn flow_counts_pinned(pin_dir: &Path) -> Result<FlowCounts> {
 /// lists the live ones. It holds its own file descriptors, so it works alongside the agent's
 /// `Dataplane` (and outlives it, as long as the maps are pinned or a program holds them).
 pub struct FlowTable {
+    /// IPv6 flows (`CONNS`).
     conns: HashMap<MapData, FlowKey, ConnEntry>,
-    /// The connection table's fd again, for the batch syscalls aya does not wrap.
+    /// IPv4 flows (`CONNS4`).
+    conns4: HashMap<MapData, FlowKey4, ConnEntry>,
+    /// The tables' fds again, for the batch syscalls aya does not wrap.
     conns_fd: OwnedFd,
+    conns4_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
 }
 
 impl FlowTable {
-    /// Opens the connection table and config map pinned under `pin_dir`.
+    /// Opens the connection tables and config map pinned under `pin_dir`.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
-        let conns = MapData::from_pin(pin_dir.join(names::CONNS))
-            .context("opening the pinned connection table")?;
-        let config = MapData::from_pin(pin_dir.join(names::CONFIG))
-            .context("opening the pinned config map")?;
-        Self::from_map_data(conns, config)
+        let open = |name: &str| {
+            MapData::from_pin(pin_dir.join(name))
+                .with_context(|| format!("opening the pinned map {name}"))
+        };
+        Self::from_map_data(
+            open(names::CONNS)?,
+            open(names::CONNS4)?,
+            open(names::CONFIG)?,
+        )
     }
 
-    fn from_map_data(conns: MapData, config: MapData) -> Result<Self> {
-        let conns_fd = conns
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the connection table's fd")?;
+    fn from_map_data(conns: MapData, conns4: MapData, config: MapData) -> Result<Self> {
+        let fd = |m: &MapData| {
+            m.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating a connection table's fd")
+        };
+        let (conns_fd, conns4_fd) = (fd(&conns)?, fd(&conns4)?);
         let conns = HashMap::try_from(Map::from_map_data(conns)?)
-            .context("the connection table is not a (shared LRU) hash map of flows")?;
+            .context("CONNS is not a (shared LRU) hash map of IPv6 flows")?;
+        let conns4 = HashMap::try_from(Map::from_map_data(conns4)?)
+            .context("CONNS4 is not a (shared LRU) hash map of IPv4 flows")?;
         let config = Array::try_from(Map::from_map_data(config)?)
             .context("the config map is not an array")?;
         Ok(Self {
             conns,
+            conns4,
             conns_fd,
+            conns4_fd,
             config,
         })
     }
@@ -148,7 +170,12 @@ impl FlowTable {
 
     /// A flow's entry, if any.
     pub fn get(&self, key: &FlowKey) -> Result<Option<ConnEntry>> {
-        match self.conns.get(key, 0) {
+        let found = if key.family == FAMILY_V4 {
+            self.conns4.get(&key.v4(), 0)
+        } else {
+            self.conns.get(key, 0)
+        };
+        match found {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading a connection entry"),
@@ -158,42 +185,73 @@ impl FlowTable {
     /// Installs or replaces a flow's entry (BPF_ANY). The entry's `atime_ns` must be on this
     /// host's CLOCK_MONOTONIC (`monotonic_ns`) and its generation the local backend's.
     pub fn insert(&mut self, key: &FlowKey, entry: &ConnEntry) -> Result<()> {
-        self.conns
-            .insert(key, entry, 0)
-            .context("writing a connection entry")
+        let written = if key.family == FAMILY_V4 {
+            self.conns4.insert(key.v4(), entry, 0)
+        } else {
+            self.conns.insert(key, entry, 0)
+        };
+        written.context("writing a connection entry")
     }
 
-    /// Installs flows in batches (BPF_MAP_UPDATE_BATCH). Returns how many were written; an entry
-    /// the kernel refuses is skipped, unless every one is refused (then the first error).
+    /// Installs flows in batches (BPF_MAP_UPDATE_BATCH), each in its family's table. Returns
+    /// how many were written; an entry the kernel refuses is skipped, unless every one is
+    /// refused (then the first error).
     pub fn insert_batch(&mut self, flows: &[(FlowKey, ConnEntry)]) -> Result<usize> {
-        let (keys, values): (Vec<FlowKey>, Vec<ConnEntry>) = flows.iter().copied().unzip();
-        match batch::update_all(self.conns_fd.as_fd(), &keys, &values) {
+        let (mut keys4, mut values4, mut keys, mut values) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in flows {
+            if k.family == FAMILY_V4 {
+                keys4.push(k.v4());
+                values4.push(*v);
+            } else {
+                keys.push(*k);
+                values.push(*v);
+            }
+        }
+        let (n4, e4) = batch::update_all(self.conns4_fd.as_fd(), &keys4, &values4);
+        let (n6, e6) = batch::update_all(self.conns_fd.as_fd(), &keys, &values);
+        match (n4 + n6, e4.or(e6)) {
             (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
             (written, _) => Ok(written),
         }
     }
 
-    /// Calls `f` with every entry (live or not), read in batches (BPF_MAP_LOOKUP_BATCH): one
-    /// syscall per few thousand entries. Returns how many were read.
+    /// Calls `f` with every entry (live or not) of both tables, read in batches
+    /// (BPF_MAP_LOOKUP_BATCH): one syscall per few thousand entries. Returns how many were read.
     pub fn walk(&self, mut f: impl FnMut(&FlowKey, &ConnEntry)) -> Result<usize> {
-        batch::lookup_all::<FlowKey, ConnEntry>(self.conns_fd.as_fd(), |keys, values| {
+        let v4 =
+            batch::lookup_all::<FlowKey4, ConnEntry>(self.conns4_fd.as_fd(), |keys, values| {
+                for (k, v) in keys.iter().zip(values) {
+                    f(&k.widen(), v);
+                }
+            })
+            .context("reading the IPv4 connection table")?;
+        let v6 = batch::lookup_all::<FlowKey, ConnEntry>(self.conns_fd.as_fd(), |keys, values| {
             for (k, v) in keys.iter().zip(values) {
                 f(k, v);
             }
         })
-        .context("reading the connection table")
+        .context("reading the IPv6 connection table")?;
+        Ok(v4 + v6)
     }
 
     /// Deletes every entry of flows to `dst` (a benchmark's fresh start). Returns how many.
     pub fn remove_to(&mut self, dst: std::net::IpAddr) -> Result<usize> {
         let (family, dst) = lb_common::addr_words(dst);
-        let mut keys = Vec::new();
+        let (mut keys4, mut keys) = (Vec::new(), Vec::new());
         self.walk(|k, _| {
             if k.family == family && k.dst == dst {
-                keys.push(*k)
+                if family == FAMILY_V4 {
+                    keys4.push(k.v4());
+                } else {
+                    keys.push(*k);
+                }
             }
         })?;
-        batch::delete_all(self.conns_fd.as_fd(), &keys).context("deleting connection entries")
+        let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
+        let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
+        Ok(n4.context("deleting connection entries")?
+            + n6.context("deleting connection entries")?)
     }
 
     /// Every entry the XDP program would still follow at `now_ns` (`is_live` under `cfg`).

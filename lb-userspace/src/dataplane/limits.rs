@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::maps::MapInfo;
 use lb_common::{
-    Backend, ConnEntry, CounterValue, FlowKey, IfaceSlot, LbConfig, RingSlot, VipFilter, VipKey,
-    VipMeta, VipSlot, names,
+    Backend, ConnEntry, CounterValue, FlowKey, FlowKey4, IfaceSlot, LbConfig, RingSlot, VipFilter,
+    VipKey, VipMeta, VipSlot, names,
 };
 
 /// Largest `max_vips` (the VIP index has 8 slots per VIP).
@@ -114,6 +114,12 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
         (
             names::CONNS,
             size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+            limits.max_conns,
+        ),
+        (
+            names::CONNS4,
+            size_of::<FlowKey4>(),
             size_of::<ConnEntry>(),
             limits.max_conns,
         ),

@@ -43,9 +43,9 @@ use lb_common::{
     VipMeta, decode_id, encode_id, flow_hash,
 };
 
-use crate::maps::{BACKENDS, CONNS};
+use crate::maps::BACKENDS;
 use crate::packet::{Kind, Target};
-use crate::{clock::now_ns, flowsync, maglev, ratelimit, stats, vip};
+use crate::{clock::now_ns, conns, flowsync, maglev, ratelimit, stats, vip};
 
 /// What the connection table says about a packet's flow.
 pub enum Found {
@@ -65,7 +65,7 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
     if flow.syn {
         return Found::Miss;
     }
-    let Some(entry) = CONNS.get_ptr_mut(key) else {
+    let Some(entry) = conns::get_mut(key) else {
         return Found::Miss;
     };
     // SAFETY: a valid pointer to the entry's value; the kernel keeps it alive for the program
@@ -130,7 +130,7 @@ impl FlowPacket {
 /// always looked up by address), else `Miss`. Refreshes and counts nothing.
 #[inline(always)]
 pub fn peek(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
-    let Some(entry) = CONNS.get_ptr(key) else {
+    let Some(entry) = conns::get(key) else {
         return Found::Miss;
     };
     // SAFETY: a valid pointer to the entry's value for the program run (see `established`).
@@ -222,7 +222,7 @@ fn pin(
             prev,
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
-        let inserted = CONNS.insert(key, &entry, 0).is_ok();
+        let inserted = conns::insert(key, &entry);
         // Exported: a flow's start, by its SYN or (second chance on) by its first packet after
         // the SYN. UDP has no start to tell a new flow by.
         if inserted

@@ -20,6 +20,7 @@
 )]
 
 mod clock;
+mod conns;
 mod conntrack;
 mod encap;
 mod flowsync;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
-    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey,
+    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey, FlowKey4,
     IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, RingSlot, STATS_SLOTS, VipFilter, VipKey,
     VipMeta, VipSlot, iface_slot, vip_index_size,
 };
@@ -66,24 +66,38 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 pub static RINGS: Array<RingSlot> =
     Array::with_max_entries(DEFAULT_MAX_RINGS * DEFAULT_RING_SIZE, 0);
 
-/// The connection table: one LRU hash shared by all CPUs, so a flow is found whichever CPU
-/// receives it (RSS changes, flows installed by the agent). `cargo xtask bench` compares it with
-/// per-CPU LRU lists and per-CPU tables; see docs/dataplane.md for the figures.
+/// The connection tables, IPv4 flows in `CONNS4` (a 16-byte key, cheaper to hash and compare)
+/// and IPv6 flows in `CONNS` (conns.rs picks by family): LRU hashes shared by all CPUs, so a
+/// flow is found whichever CPU receives it (RSS changes, flows installed by the agent). `cargo
+/// xtask bench` compares them with per-CPU LRU lists and per-CPU tables; see docs/dataplane.md
+/// for the figures.
 #[cfg(not(any(feature = "conns-no-common-lru", feature = "conns-percpu-lru")))]
 #[map]
 pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
     aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+#[cfg(not(any(feature = "conns-no-common-lru", feature = "conns-percpu-lru")))]
+#[map]
+pub static CONNS4: aya_ebpf::maps::LruHashMap<FlowKey4, ConnEntry> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
-/// Bench variant: the shared table with a separate LRU list per CPU.
+/// Bench variant: the shared tables with a separate LRU list per CPU.
 #[cfg(feature = "conns-no-common-lru")]
 #[map]
 pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
     aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, BPF_F_NO_COMMON_LRU);
+#[cfg(feature = "conns-no-common-lru")]
+#[map]
+pub static CONNS4: aya_ebpf::maps::LruHashMap<FlowKey4, ConnEntry> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, BPF_F_NO_COMMON_LRU);
 
-/// Bench variant: a private table per CPU (Katran's layout).
+/// Bench variant: private tables per CPU (Katran's layout).
 #[cfg(feature = "conns-percpu-lru")]
 #[map]
 pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
+    aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+#[cfg(feature = "conns-percpu-lru")]
+#[map]
+pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
     aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
 /// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
