@@ -183,12 +183,21 @@ fn the_cli_drives_a_running_agent() {
         "{text}"
     );
 
-    // 120 SYNs: each to its Maglev backend; the flow counts match.
+    // 120 handshakes (a SYN, then the first ACK, which makes the entry): each to its Maglev
+    // backend; the flow counts match.
     let all = [(be(1), 100), (be(2), 100), (be(3), 100)];
     let syns: Vec<Vec<u8>> = (0..120)
         .map(|i| lab.flow(20000 + i).tcp(Tcp::Syn, &[]))
         .collect();
     let got = lab.exchange(&syns);
+    let firsts: Vec<Vec<u8>> = (0..120)
+        .map(|i| lab.flow(20000 + i).tcp(Tcp::Ack, &[]))
+        .collect();
+    assert_eq!(
+        lab.exchange(&firsts),
+        got,
+        "the first ACKs follow their SYNs"
+    );
     let mut per_backend: BTreeMap<Ipv6Addr, u64> = BTreeMap::new();
     for (i, b) in got.iter().enumerate() {
         let key = lab.flow(20000 + i as u16).key(PROTO_TCP);
@@ -200,7 +209,7 @@ fn the_cli_drives_a_running_agent() {
     for (addr, n) in &per_backend {
         let row = &list[&addr.to_string()];
         assert_eq!(row["flows"].as_u64(), Some(*n), "{row}");
-        assert_eq!(row["packets"].as_u64(), Some(*n), "{row}");
+        assert_eq!(row["packets"].as_u64(), Some(2 * *n), "{row}");
         assert_eq!(row["state"], "active");
     }
 
@@ -332,8 +341,9 @@ fn the_cli_drives_a_running_agent() {
     assert_eq!(text.matches("COUNTER").count(), 2, "{text}");
     let j = lb_json(s, &["stats", "--interval", "0.2"]);
     let counter = |name: &str| counter(&j, name);
-    // SYNs, ACKs, new SYNs, FINs, weighted SYNs; the GUE SYN (the one after removal passed).
-    assert_eq!(counter("tx"), 120 + 120 + 60 + fin_count + 40);
+    // SYNs, first ACKs, ACKs, new SYNs, FINs, weighted SYNs; the GUE SYN (the one after
+    // removal passed).
+    assert_eq!(counter("tx"), 120 + 120 + 120 + 60 + fin_count + 40);
     assert_eq!(counter("tx_gue"), 1);
 
     // Runtime changes show as drift; a reload returns to the file.
@@ -798,6 +808,11 @@ fn sighup_reloads_the_difference_metrics_and_xdp_logs_reach_the_operator() {
     );
     assert!(m.contains("lb_tx_total{encap=\"ipip6\"} 10\n"), "{m}");
     assert!(m.contains("lb_table_version 1\n"), "{m}");
+    // The handshakes' first ACKs make the flows' entries (SYNs make none).
+    let firsts: Vec<Vec<u8>> = (0..10)
+        .map(|i| lab.flow(21000 + i).tcp(Tcp::Ack, &[]))
+        .collect();
+    assert_eq!(lab.exchange(&firsts), got);
 
     // SIGHUP with one more backend and a new weight: applied as a difference.
     let body = with_metrics(static_next_hop_config(&lab.topo).replacen(

@@ -494,10 +494,32 @@ fn per_vip_and_per_backend_counters() {
     let v = lb.dp.vip_counter(0).unwrap();
     assert_eq!((v.packets, v.bytes), (50, vip_bytes));
     assert_eq!(lb.dp.vip_counter(1).unwrap().packets, 0);
-    for (id, (p, b)) in per {
-        let c = lb.dp.backend_counter(id).unwrap();
-        assert_eq!((c.packets, c.bytes), (p, b), "backend {id}");
+    for (id, (p, b)) in &per {
+        let c = lb.dp.backend_counter(*id).unwrap();
+        assert_eq!((c.packets, c.bytes), (*p, *b), "backend {id}");
     }
+    // The program counts per backend only; a VIP keeps the counts of a backend that leaves it.
+    let (&gone, &(p, _)) = per.iter().next().unwrap();
+    lb.dp.clear_backend(gone).unwrap();
+    assert_eq!(lb.dp.backend_counter(gone).unwrap().packets, 0);
+    let v = lb.dp.vip_counter(0).unwrap();
+    assert_eq!(
+        (v.packets, v.bytes),
+        (50, vip_bytes),
+        "after backend {gone} left ({p} packets)"
+    );
+    // Its id, given to a new backend of the VIP, starts from zero and adds to the VIP.
+    lb.install_backend_of(gone, 2, 0);
+    let flow = (0..1000u16)
+        .map(|i| Flow::new("198.51.100.71", 3000 + i, VIP4, 80))
+        .find(|f| v4.backend_for(&f.key(PROTO_TCP)) == gone)
+        .unwrap();
+    let frame = flow.tcp(Tcp::Ack, b"again");
+    assert_eq!(lb.run(&frame).verdict, XDP_TX);
+    assert_eq!(lb.dp.backend_counter(gone).unwrap().packets, 1);
+    let v = lb.dp.vip_counter(0).unwrap();
+    assert_eq!(v.packets, 51);
+    assert_eq!(v.bytes, vip_bytes + frame.len() as u64);
 }
 
 #[test]

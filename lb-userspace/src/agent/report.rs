@@ -68,7 +68,7 @@ impl Agent {
 
     pub(super) fn vips(&mut self) -> Result<Vec<VipInfo>> {
         let mut out = Vec::new();
-        let installed: Vec<(Vip, u32, bool, usize, usize)> = self
+        let installed: Vec<(Vip, u32, bool, usize, usize, Vec<u32>)> = self
             .reconciler
             .vips()
             .iter()
@@ -78,11 +78,19 @@ impl Agent {
                     .values()
                     .filter(|b| b.spec.state == BackendState::Draining)
                     .count();
-                (*vip, v.id, v.gue, v.backends.len() - draining, draining)
+                let ids = v.backends.values().map(|b| b.id).collect();
+                (
+                    *vip,
+                    v.id,
+                    v.gue,
+                    v.backends.len() - draining,
+                    draining,
+                    ids,
+                )
             })
             .collect();
-        for (vip, id, gue, active, draining) in installed {
-            let c = self.dp.vip_counter(id)?;
+        for (vip, id, gue, active, draining, backends) in installed {
+            let c = self.dp.vip_counter_of(id, &backends)?;
             out.push(VipInfo {
                 vip,
                 id,

@@ -1,7 +1,7 @@
 //! Backends and the Maglev rings that name them.
 
 use anyhow::{Context, Result, bail};
-use lb_common::{Backend, RingSlot, names};
+use lb_common::{BACKEND_F_VALID, Backend, RingSlot, names};
 
 use super::handle::Dataplane;
 
@@ -37,21 +37,26 @@ impl Dataplane {
             .generation)
     }
 
-    /// Uninstalls backend `id`: connection entries pointing at it fall back to Maglev.
-    /// Call only once no ring slot points at it.
+    /// Uninstalls backend `id`: connection entries pointing at it fall back to Maglev. Its
+    /// packet counts move to its VIP's retired counts (see `vip_counter`). Call only once no
+    /// ring slot points at it.
     pub fn clear_backend(&mut self, id: u32) -> Result<()> {
         self.check_backend_id(id)?;
         let mut map = self.array::<Backend>(names::BACKENDS)?;
-        let generation = map.get(&id, 0)?.generation;
+        let old = map.get(&id, 0)?;
         map.set(
             id,
             Backend {
-                generation,
+                generation: old.generation,
                 ..Default::default()
             },
             0,
         )
-        .context("clearing backend")
+        .context("clearing backend")?;
+        if old.flags & BACKEND_F_VALID != 0 {
+            self.retire_backend_counter(id, old.vip)?;
+        }
+        Ok(())
     }
 
     fn check_backend_id(&self, id: u32) -> Result<()> {

@@ -112,7 +112,6 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
         return verdict;
     }
     let len = pkt.frame_len as u64;
-    stats::add_vip(vip.id, len);
     stats::add_backend(target.id, len);
     let action = encap::encapsulate(ctx, pkt, vip, cfg, iface, &target, prev);
     if !client && action == xdp_action::XDP_TX {

@@ -107,6 +107,8 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
+/// Written by the agent only: the counts of each VIP's uninstalled backends (a VIP's count is
+/// these plus its installed backends' `BACKEND_STATS`).
 #[map]
 pub static VIP_STATS: PerCpuArray<CounterValue> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);

@@ -1,9 +1,10 @@
-//! Per-CPU counters: plain adds, no atomics (each CPU owns its slot).
+//! Per-CPU counters: plain adds, no atomics (each CPU owns its slot). A forwarded packet counts
+//! under its backend only; the agent sums a VIP's backends (dataplane/counters.rs).
 
 use aya_ebpf::{bindings::xdp_action, maps::PerCpuArray};
 use lb_common::{Counter, CounterValue};
 
-use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, STATS};
 
 #[inline(always)]
 fn add(map: &PerCpuArray<CounterValue>, index: u32, bytes: u64) {
@@ -26,11 +27,6 @@ pub fn count(counter: Counter) {
 pub fn drop(counter: Counter) -> u32 {
     count(counter);
     xdp_action::XDP_DROP
-}
-
-#[inline(always)]
-pub fn add_vip(id: u32, bytes: u64) {
-    add(&VIP_STATS, id, bytes);
 }
 
 #[inline(always)]
