@@ -102,6 +102,14 @@ counter_enum! {
         // A mid-flow packet without an entry met a slot with a live previous backend: its flow
         // is paired (and its entry, if the gate lets it create one, remembers the pair).
         SecondChancePaired = "second_chance_paired",
+        // The egress step (lb-ebpf/src/bin/lb_xdp/egress.rs, docs/dataplane.md).
+        // The backend's next hop is not resolved (or its egress entry is not written): dropped,
+        // never sent to a zero or stale MAC.
+        DropNoNextHop = "drop_no_next_hop",
+        // Sent out of another NIC than the one it came in on (XDP_REDIRECT through EGRESS_DEVS).
+        TxRedirect = "tx_redirect",
+        // The redirect's NIC was not in EGRESS_DEVS: dropped.
+        DropRedirect = "drop_redirect",
     }
 }
 
@@ -142,5 +150,6 @@ mod tests {
         assert_eq!(Counter::DropTooBigNoDf as u32, 29);
         assert_eq!(Counter::DropIcmpRateLimited as u32, 31);
         assert_eq!(Counter::LruInsertGated as u32, 32);
+        assert_eq!(Counter::SecondChancePaired as u32, 34);
     }
 }
