@@ -118,6 +118,15 @@ impl Edge {
         ])?;
         router.ip(&["route", "add", "192.0.2.10/32", "via", "203.0.113.2"])?;
         lb.ip(&["addr", "add", "203.0.113.2/30", "dev", "eth0"])?;
+        // The VIP's route (health checks are made to the VIP) is the client side's.
+        lb.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        // Health checks leave through the kernel: full checksums before the encapsulation.
+        sh(
+            "ip",
+            &[
+                "netns", "exec", &lb.name, "ethtool", "-K", "eth0", "tx", "off",
+            ],
+        )?;
         lb.ip(&[
             "-6",
             "addr",
@@ -221,7 +230,7 @@ impl Edge {
     }
 
     /// The agent's config: every uplink named, no next hop (the kernel's routes), one VIP.
-    pub fn config(uplinks: u32) -> String {
+    pub fn config(uplinks: u32, extra: &str) -> String {
         let mut c = String::from(
             "metrics = \"127.0.0.1:9450\"\n\n[dataplane]\ntunnel_source = \"2001:db8:f::2\"\n\
              seed = 7\nring_size = 4099\nmax_vips = 4\nmax_backends = 16\nmax_flows = 10000\n",
@@ -232,11 +241,13 @@ impl Edge {
         c.push_str(&format!(
             "\n[[vip]]\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"{BACKEND}\"\n"
         ));
+        c.push_str(extra);
         c
     }
 
-    pub fn start_agent(&self, tag: &str, uplinks: u32) -> Result<(AgentFiles, Agent)> {
-        let files = AgentFiles::new(tag, &Self::config(uplinks))?;
+    /// The agent with `Edge::config(uplinks, extra)`.
+    pub fn start_agent(&self, tag: &str, uplinks: u32, extra: &str) -> Result<(AgentFiles, Agent)> {
+        let files = AgentFiles::new(tag, &Self::config(uplinks, extra))?;
         let agent = files.start(&self.lb, 0)?;
         Ok((files, agent))
     }

@@ -86,7 +86,7 @@ fn mac_of(edge: &Edge, nic: &str) -> String {
 fn two_arm_tcp_enters_on_eth0_and_leaves_for_the_backend_by_eth1() {
     let edge = Edge::new("eg2arm", 1).unwrap();
     edge.echo_server().unwrap();
-    let (_files, agent) = edge.start_agent("eg2arm", 1).unwrap();
+    let (_files, agent) = edge.start_agent("eg2arm", 1, "").unwrap();
     // The route and the router's MAC came from the kernel.
     assert_eq!(
         paths(&agent.socket),
@@ -125,7 +125,7 @@ fn two_arm_tcp_enters_on_eth0_and_leaves_for_the_backend_by_eth1() {
 fn a_new_router_mac_is_followed_and_an_unresolved_next_hop_drops() {
     let edge = Edge::new("egmac", 1).unwrap();
     edge.echo_server().unwrap();
-    let (_files, agent) = edge.start_agent("egmac", 1).unwrap();
+    let (_files, agent) = edge.start_agent("egmac", 1, "").unwrap();
     let mut s = edge.connect(Duration::from_secs(3)).unwrap();
     round_trip(&mut s, b"before").unwrap();
 
@@ -217,7 +217,7 @@ impl EchoWithin for std::net::TcpStream {
 fn two_uplinks_share_flows_and_one_going_down_moves_them_within_a_second() {
     let edge = Edge::new("egecmp", 2).unwrap();
     edge.echo_server().unwrap();
-    let (_files, agent) = edge.start_agent("egecmp", 2).unwrap();
+    let (_files, agent) = edge.start_agent("egecmp", 2, "").unwrap();
     let p = paths(&agent.socket);
     assert_eq!(
         p.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
@@ -250,5 +250,40 @@ fn two_uplinks_share_flows_and_one_going_down_moves_them_within_a_second() {
     let after = read_stats(&agent.socket);
     assert_eq!(egress(&after, "eth2").1, e2, "nothing more by eth2");
     assert!(egress(&after, "eth1").1 >= e1 + 32);
+    agent.stop().unwrap();
+}
+
+#[test]
+fn health_checks_take_the_tunnel_by_the_backends_route_not_the_vips() {
+    let edge = Edge::new("eghc", 1).unwrap();
+    edge.echo_server().unwrap();
+    // The client side has no way to the backends: IPv6 arriving from the load balancer's eth0
+    // is refused by the router, so a check can only pass through eth1.
+    edge.router
+        .ip(&["-6", "rule", "add", "iif", "rl0", "prohibit"])
+        .unwrap();
+    let health =
+        "\n[health]\nenabled = true\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 1\n";
+    let (_files, agent) = edge.start_agent("eghc", 1, health).unwrap();
+    let start = Instant::now();
+    loop {
+        let list = lb_json(&agent.socket, &["backend", "list"]);
+        if list[0]["health"] == "up" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the check never passed: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = lb_json(&agent.socket, &["status"]);
+    let redirected = status["health_encap"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "redirected")
+        .map_or(0, |c| c["packets"].as_u64().unwrap());
+    assert!(redirected > 0, "{status}");
     agent.stop().unwrap();
 }

@@ -354,7 +354,8 @@ impl Agent {
         for (vip, spec) in &self.desired.vips {
             let cfg = self.config.health_for(vip);
             for addr in spec.backends.keys() {
-                if let Some(c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                if let Some(mut c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                    c.egress = self.health_egress(addr);
                     specs.push(c);
                 }
             }

@@ -78,6 +78,20 @@ impl Agent {
             }
         }
         self.egress.routes = routes;
+        // Health checks follow the new paths.
+        self.publish();
+    }
+
+    /// The NIC a backend's health checks leave by: its route's first resolved path (next hops
+    /// from the kernel), else 0 (the VIP route's NIC, as with static next hops).
+    pub(super) fn health_egress(&self, addr: &Ipv6Addr) -> u32 {
+        let paths = self
+            .egress
+            .routes
+            .get(addr)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        entry(paths, &self.ifaces).paths[0].ifindex
     }
 
     /// Tells the follower which backend addresses to resolve (every backend of every VIP).
