@@ -292,6 +292,8 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             // Second chance qualifies a tx / tx_gue.
             | Counter::TxSecondChance
             | Counter::SecondChancePaired
+            // A redirect qualifies a tx / tx_gue (the packet left by another NIC).
+            | Counter::TxRedirect
     )
 }
 

@@ -10,7 +10,7 @@
 //! outer IPv6 header), so the two can be measured against each other (`cargo xtask bench`).
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Counter, EGRESS_ROUTED, IfaceConfig};
+use lb_common::{Counter, IfaceConfig};
 
 use crate::maps::{EGRESS_DEVS, EGRESS_STATS};
 use crate::stats;
@@ -44,7 +44,7 @@ pub fn choose(
             dev: None,
         });
     }
-    if e.state != EGRESS_ROUTED || e.paths_len == 0 {
+    if e.state != lb_common::EGRESS_ROUTED || e.paths_len == 0 {
         return Err(stats::drop(Counter::DropNoNextHop));
     }
     let i = lb_common::egress_path_index(hash, e.paths_len) as usize;
@@ -108,11 +108,8 @@ pub fn choose(
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = 10; // AF_INET6
     p.ifindex = ingress;
-    // SAFETY: writes to the IPv6 members of the params' unions.
-    unsafe {
-        p.__bindgen_anon_4.ipv6_dst = backend.addr;
-        p.__bindgen_anon_3.ipv6_src = crate::maps::config().map_or([0; 4], |c| c.src_ip6);
-    }
+    p.__bindgen_anon_4.ipv6_dst = backend.addr;
+    p.__bindgen_anon_3.ipv6_src = crate::maps::config().map_or([0; 4], |c| c.src_ip6);
     // SAFETY: a helper call on this program's own context with a params struct of its size.
     let rc = unsafe {
         bpf_fib_lookup(
