@@ -7,16 +7,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::edge::{BACKEND, Edge, GW1, round_trip};
-use tests::netns::{lb_json, metrics_in, raw_http};
+use tests::netns::{lb_json, lb_ok, metrics_in, raw_http};
 
 /// The status's paths for the backend: (interface, next hop, MAC).
 fn paths(socket: &std::path::Path) -> Vec<(String, String, String)> {
+    paths_of(socket, BACKEND)
+}
+
+fn paths_of(socket: &std::path::Path, backend: &str) -> Vec<(String, String, String)> {
     let s = lb_json(socket, &["status"]);
     let e = s["egress"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["backend"] == BACKEND)
+        .find(|e| e["backend"] == backend)
         .cloned()
         .expect("the backend is in lb status");
     assert_eq!(e["source"], "route");
@@ -118,6 +122,16 @@ fn two_arm_tcp_enters_on_eth0_and_leaves_for_the_backend_by_eth1() {
         "{m}"
     );
     assert!(m.contains("lb_drops_total{reason=\"no_next_hop\"} 0"));
+    // A backend added at runtime has its way out before its first packet: resolved while
+    // being installed, not only by the follower afterwards.
+    lb_ok(
+        &agent.socket,
+        &["backend", "add", "192.0.2.10:80/tcp", "2001:db8:be::2"],
+    );
+    assert_eq!(
+        paths_of(&agent.socket, "2001:db8:be::2"),
+        vec![("eth1".into(), GW1.into(), mac_of(&edge, "rl1"))]
+    );
     agent.stop().unwrap();
 }
 

@@ -275,6 +275,7 @@ impl Agent {
 
     /// Writes `next` (with health applied) to the maps; on success it becomes the desired state.
     pub fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
+        self.resolve_new_backends(&next);
         let effective = self.effective(&next);
         let (chance, history) = self.second_chance_next(&next);
         let rings_before = self.moved_before();

@@ -54,8 +54,42 @@ pub(super) fn write_routes(dp: &mut Dataplane, ifaces: &[Iface], routes: &Routes
 }
 
 impl Agent {
-    /// The follower's news: rewrites the entries of addresses whose paths changed.
+    /// The follower's news: rewrites the entries of addresses whose paths changed, and moves
+    /// the health checks with them.
     pub(super) fn apply_routes(&mut self, routes: Routes) {
+        self.write_changed_routes(routes);
+        self.publish();
+    }
+
+    /// Backends about to be installed whose address has no route known yet are resolved now,
+    /// so their first packets have a way out (the follower takes them over at once). Only what
+    /// the kernel already knows: an unresolved neighbour is left to the follower.
+    pub(super) fn resolve_new_backends(&mut self, next: &crate::state::DesiredState) {
+        if !self.egress.kernel {
+            return;
+        }
+        let new: BTreeSet<Ipv6Addr> = next
+            .vips
+            .values()
+            .flat_map(|v| v.backends.keys().copied())
+            .filter(|a| !self.egress.routes.contains_key(a))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let found = crate::routes::Netlink::requests()
+            .and_then(|mut nl| crate::routes::resolve(&mut nl, &new));
+        match found {
+            Ok(found) => {
+                let mut all = self.egress.routes.clone();
+                all.extend(found);
+                self.write_changed_routes(all);
+            }
+            Err(e) => warn!("resolving new backends' routes: {e:#}"),
+        }
+    }
+
+    fn write_changed_routes(&mut self, routes: Routes) {
         for (addr, paths) in &routes {
             if self.egress.routes.get(addr) == Some(paths) {
                 continue;
@@ -78,8 +112,6 @@ impl Agent {
             }
         }
         self.egress.routes = routes;
-        // Health checks follow the new paths.
-        self.publish();
     }
 
     /// The NIC a backend's health checks leave by: its route's first resolved path (next hops
