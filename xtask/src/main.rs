@@ -43,8 +43,8 @@ enum Cmd {
     /// XDP_TX throughput, control-plane times and kernel map memory (about 3 minutes). With
     /// `--conntrack`, the connection-table layouts; with `--sync`, what peer flow sync costs.
     Bench {
-        /// Only these sections: dataplane, scale, live, control, memory (default: all).
-        #[arg(value_parser = ["dataplane", "scale", "live", "control", "memory"])]
+        /// Only these sections: dataplane, egress, scale, live, control, memory (default: all).
+        #[arg(value_parser = ["dataplane", "egress", "scale", "live", "control", "memory"])]
         sections: Vec<String>,
         /// Compare the connection-table layouts under concurrent inserts and hits instead.
         #[arg(long, conflicts_with = "sync")]

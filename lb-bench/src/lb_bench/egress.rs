@@ -1,7 +1,8 @@
 //! Section "egress": what the way out costs per packet, through the dataplane harness
 //! (BENCHMARKS.md). Three ways for the same established and SYN packets of an IPv4 flow:
 //! - the static next hop (`EGRESS_INGRESS`: the NIC's configured MAC, XDP_TX), the base;
-//! - the per-backend cache of the kernel's route (`EGRESS_ROUTED`, another NIC: XDP_REDIRECT);
+//! - the per-backend cache of the kernel's route (`EGRESS_ROUTED`), leaving by another NIC
+//!   (XDP_REDIRECT) and by the NIC it came in on (XDP_TX: the lookup alone);
 //! - `bpf_fib_lookup` per packet (the `egress-fib` build of lb_xdp, `--fib-object`).
 //!
 //! They run in a namespace of their own (`lbbe-<pid>`) with IPv6 forwarding on (the helper
@@ -26,6 +27,8 @@ const EST_STATIC: &str = "egress: static next hop, established (XDP_TX)";
 const SYN_STATIC: &str = "egress: static next hop, SYN (XDP_TX)";
 const EST_CACHE: &str = "egress: route cached per backend, established (XDP_REDIRECT)";
 const SYN_CACHE: &str = "egress: route cached per backend, SYN (XDP_REDIRECT)";
+const EST_SAME: &str = "egress: route cached per backend, same NIC, established (XDP_TX)";
+const SYN_SAME: &str = "egress: route cached per backend, same NIC, SYN (XDP_TX)";
 const EST_FIB: &str = "egress: bpf_fib_lookup per packet, established (XDP_REDIRECT)";
 const SYN_FIB: &str = "egress: bpf_fib_lookup per packet, SYN (XDP_REDIRECT)";
 
@@ -78,8 +81,8 @@ fn mac(m: [u8; 6]) -> String {
     lb_userspace::config::format_mac(&m)
 }
 
-/// The route's path through eg0 (EGRESS_DEVS slot 0), with the same MACs as the static hop.
-fn routed(eg0: u32) -> Egress {
+/// The route's path through `nic` (EGRESS_DEVS slot 0), with the same MACs as the static hop.
+fn routed(nic: u32) -> Egress {
     let mut e = Egress {
         state: lb_common::EGRESS_ROUTED,
         paths_len: 1,
@@ -92,7 +95,7 @@ fn routed(eg0: u32) -> Egress {
             mtu: 0,
             _pad: 0,
         },
-        ifindex: eg0,
+        ifindex: nic,
         dev: 0,
     };
     e
@@ -113,10 +116,22 @@ fn measure(lb_object: &[u8], fib_object: Option<&[u8]>) -> Result<Vec<Row>> {
         false,
         &[(4, 1), (5, 1), (6, 1)],
     );
+    // VIP 2 (backends 7-9): routed through the NIC the packets arrive on (BPF_PROG_TEST_RUN's
+    // loopback): the cache's lookup without a redirect.
+    let same_vip = lb.add_vip(
+        "192.0.2.30".parse().unwrap(),
+        80,
+        PROTO_TCP,
+        2,
+        false,
+        &[(7, 1), (8, 1), (9, 1)],
+    );
     lb.dp.set_egress_dev(0, eg0)?;
-    for i in 4..=6 {
+    let lo = lb_userspace::neighbour::ifindex("lo")?;
+    for i in 4..=9 {
+        let nic = if i <= 6 { eg0 } else { lo };
         lb.dp
-            .set_egress(lb_common::v6_words(backend_addr(i)), Some(routed(eg0)))?;
+            .set_egress(lb_common::v6_words(backend_addr(i)), Some(routed(nic)))?;
     }
     let packets = |vip: &str, installed: &Installed| {
         let flow = Flow::new("198.51.100.7", 40000, vip, 80);
@@ -130,6 +145,7 @@ fn measure(lb_object: &[u8], fib_object: Option<&[u8]>) -> Result<Vec<Row>> {
     };
     let (s_syn, s_ack, (s_syn_out, s_ack_out)) = packets("192.0.2.10", &static_vip);
     let (c_syn, c_ack, (c_syn_out, c_ack_out)) = packets("192.0.2.20", &cached_vip);
+    let (l_syn, l_ack, (l_syn_out, l_ack_out)) = packets("192.0.2.30", &same_vip);
     use Counter::*;
     let scenario = |name, frame: &Vec<u8>, expected: &Vec<u8>, verdict, counters| Scenario {
         name,
@@ -178,6 +194,14 @@ fn measure(lb_object: &[u8], fib_object: Option<&[u8]>) -> Result<Vec<Row>> {
                 XDP_REDIRECT,
                 redirect(LruMissSyn),
             ),
+            no_prep(),
+        ),
+        (
+            scenario(EST_SAME, &l_ack, &l_ack_out, XDP_TX, vec![LruHit, Tx]),
+            primed(&l_syn),
+        ),
+        (
+            scenario(SYN_SAME, &l_syn, &l_syn_out, XDP_TX, vec![LruMissSyn, Tx]),
             no_prep(),
         ),
     ];

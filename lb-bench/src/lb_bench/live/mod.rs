@@ -335,7 +335,9 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
         false,
         &[(4, 1), (5, 1), (6, 1)],
     );
-    lb.dp.set_egress_dev(0, env.lb2_ifindex)?;
+    // The device map resolves the ifindex in the caller's namespace: the bench's.
+    let lb2 = env.lb2_ifindex;
+    env.run(|| lb.dp.set_egress_dev(0, lb2))?;
     for i in 4..=6 {
         lb.dp.set_egress(
             lb_common::v6_words(backend_addr(i)),
