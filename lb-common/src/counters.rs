@@ -105,6 +105,14 @@ counter_enum! {
         // A SYN that wrote its connection entry: its ring slot has a live previous backend, or
         // second chance is off (`LB_F_SECOND_CHANCE`). Other SYNs write nothing.
         SynPinned = "syn_pinned",
+        // The egress step (lb-ebpf/src/bin/lb_xdp/egress.rs, docs/dataplane.md).
+        // The backend's next hop is not resolved (or its egress entry is not written): dropped,
+        // never sent to a zero or stale MAC.
+        DropNoNextHop = "drop_no_next_hop",
+        // Sent out of another NIC than the one it came in on (XDP_REDIRECT through EGRESS_DEVS).
+        TxRedirect = "tx_redirect",
+        // The redirect's NIC was not in EGRESS_DEVS: dropped.
+        DropRedirect = "drop_redirect",
     }
 }
 
@@ -145,5 +153,6 @@ mod tests {
         assert_eq!(Counter::DropTooBigNoDf as u32, 29);
         assert_eq!(Counter::DropIcmpRateLimited as u32, 31);
         assert_eq!(Counter::LruInsertGated as u32, 32);
+        assert_eq!(Counter::SecondChancePaired as u32, 34);
     }
 }

@@ -39,7 +39,10 @@ pub struct HealthTarget {
     /// GUE destination port, network order (used with `HEALTH_F_GUE`).
     pub gue_port: u16,
     pub flags: u16,
-    pub _pad: u32,
+    /// The NIC the backend's route leaves by (its first path), where the tunnelled check is
+    /// sent with the kernel's route and neighbour for the backend (`bpf_redirect_neigh`); 0:
+    /// it leaves as the VIP's route built it (static next hops). In what was padding.
+    pub egress_ifindex: u32,
 }
 
 // SAFETY: repr(C), no implicit padding, every bit pattern valid.
@@ -59,6 +62,10 @@ counter_enum! {
         /// segment of a finished check (no socket, so no mark). Dropped: it would otherwise reach
         /// the VIP untunnelled through the router.
         DropStrayReset = "drop_stray_reset",
+        /// Check packets sent out of another NIC than the VIP's route, because the backend's
+        /// route leaves by it (two-arm: the backends behind another NIC). Not a verdict: the
+        /// packet was also counted `Encapsulated`.
+        Redirected = "redirected",
     }
 }
 

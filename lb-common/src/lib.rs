@@ -9,7 +9,7 @@
 //! One idea per module; nothing here imports upward (`headers` and `addr` at the bottom, the
 //! map types above them, `maglev` on top):
 //! - `headers`: header sizes and field values; `addr`: address words and families.
-//! - `conn`, `vip`, `vip_index`, `vip_filter`, `backend`, `config`, `flow_event`: the
+//! - `conn`, `vip`, `vip_index`, `vip_filter`, `backend`, `config`, `egress`, `flow_event`: the
 //!   `lb-xdp` object's map types; `names`: its map and global names.
 //! - `counters`: the counter macro and `Counter`; `decap` and `health`: the other programs'
 //!   names, types and counters.
@@ -24,6 +24,7 @@ pub mod config;
 pub mod conn;
 pub mod counters;
 pub mod decap;
+pub mod egress;
 pub mod flow_event;
 pub mod hash;
 pub mod headers;
@@ -44,6 +45,7 @@ pub use backend::*;
 pub use config::*;
 pub use conn::*;
 pub use counters::{Counter, CounterValue, STATS_SLOTS};
+pub use egress::*;
 pub use flow_event::*;
 pub use hash::{flow_hash, ring_slot};
 pub use headers::{ENCAP_GUE_LEN, ENCAP_IP6_LEN, PROTO_TCP, PROTO_UDP};

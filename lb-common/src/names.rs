@@ -26,6 +26,14 @@ pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
 /// The new-flow gate's setting (`ratelimit::FlowGate`). Not pinned: the agent writes it after
 /// every load, like its per-CPU buckets, which start full.
 pub const FLOW_GATE: &str = "FLOW_GATE";
+/// Each backend's way out (`Egress`, by backend id). Not pinned: the agent writes it for every
+/// installed backend after each load, from the kernel's routes or the static next hops.
+pub const EGRESS: &str = "EGRESS";
+/// The NICs packets may be redirected to (a DEVMAP, by `EgressPath::dev`). Not pinned.
+pub const EGRESS_DEVS: &str = "EGRESS_DEVS";
+/// Per-NIC counters of the egress step (`EGRESS_STATS_SLOTS`: XDP_TX and XDP_REDIRECT per
+/// `EgressPath::dev`). Not pinned.
+pub const EGRESS_STATS: &str = "EGRESS_STATS";
 
 /// The maps that hold state worth keeping across an agent restart or upgrade; the agent
 /// pins them in bpffs and a new agent's program reuses them.

@@ -294,6 +294,8 @@ pub fn is_verdict_counter(c: Counter) -> bool {
             | Counter::SecondChancePaired
             // A SYN that wrote its entry was also forwarded (tx / tx_gue).
             | Counter::SynPinned
+            // A redirect qualifies a tx / tx_gue (the packet left by another NIC).
+            | Counter::TxRedirect
     )
 }
 

@@ -109,6 +109,28 @@ pub struct Status {
     pub second_chance_secs: u64,
     #[serde(default)]
     pub second_chance_slots: u64,
+    /// Each backend's way out (its route's NICs and next hops, or the static next hop).
+    #[serde(default)]
+    pub egress: Vec<EgressInfo>,
+}
+
+/// A backend address's way out, for `lb status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressInfo {
+    pub backend: String,
+    /// `route` (next hops from the kernel) or `static` (the ingress NIC's next hop).
+    pub source: String,
+    /// The route's paths (ECMP: several), empty for `static` or when there is no route.
+    pub paths: Vec<EgressPathInfo>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressPathInfo {
+    pub interface: String,
+    /// The neighbour packets go to: the route's gateway, or the backend on a connected route.
+    pub next_hop: String,
+    /// Its MAC, or `unresolved` (packets dropped, `drop_no_next_hop`).
+    pub mac: String,
 }
 
 /// This agent's place in the fleet, and what it knows of each peer.
@@ -316,6 +338,9 @@ pub struct Stats {
     /// The health-check encapsulation program's packet counts (`HEALTH_STATS`).
     #[serde(default)]
     pub health_encap: Vec<CounterInfo>,
+    /// Per NIC: packets the egress step sent with XDP_TX and with XDP_REDIRECT.
+    #[serde(default)]
+    pub egress: Vec<(String, CounterInfo, CounterInfo)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

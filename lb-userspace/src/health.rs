@@ -16,15 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_common::health::{
-    HEALTH_F_GUE, HEALTH_MARK_BASE, HealthCounter, HealthTarget, MAX_HEALTH_TARGETS, names,
-};
+use lb_common::health::{HEALTH_MARK_BASE, HealthCounter, HealthTarget, MAX_HEALTH_TARGETS, names};
 use lb_common::v6_words;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,53 +29,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::{CheckKind, HealthConfig};
+use crate::config::CheckKind;
 use crate::state::Vip;
 
-/// What one check does, and where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckSpec {
-    pub vip: Vip,
-    pub backend: Ipv6Addr,
-    pub gue: bool,
-    pub port: u16,
-    pub kind: CheckKind,
-    pub http_path: String,
-    pub http_status: u16,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
-
-impl CheckSpec {
-    /// The check of `backend` under `vip`, if `cfg` checks this VIP at all.
-    pub fn new(vip: Vip, backend: Ipv6Addr, gue: bool, cfg: &HealthConfig) -> Option<Self> {
-        Some(CheckSpec {
-            vip,
-            backend,
-            gue,
-            port: cfg.port_for(&vip)?,
-            kind: cfg.kind,
-            http_path: cfg.http_path.clone(),
-            http_status: cfg.http_status,
-            interval: Duration::from_millis(cfg.interval_ms),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            rise: cfg.rise,
-            fall: cfg.fall,
-        })
-    }
-
-    fn describe(&self) -> String {
-        match self.kind {
-            CheckKind::Tcp => format!("tcp:{}", self.port),
-            CheckKind::Http => format!(
-                "http:{}{} = {}",
-                self.port, self.http_path, self.http_status
-            ),
-        }
-    }
-}
+mod spec;
+use spec::target;
+pub use spec::{CheckSpec, Tunnel};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,16 +198,6 @@ impl EncapCounters {
     }
 }
 
-/// The tunnel parameters every check shares.
-#[derive(Clone, Debug)]
-pub struct Tunnel {
-    pub source: Ipv6Addr,
-    /// GUE destination port (host order).
-    pub gue_port: u16,
-    /// The NIC check sockets are bound to, so they can only leave where the TC program runs.
-    pub iface: String,
-}
-
 struct Running {
     spec: CheckSpec,
     index: u32,
@@ -298,6 +244,16 @@ pub async fn run(
             }
         }
         let keep: BTreeSet<(Vip, Ipv6Addr)> = specs.iter().map(|s| (s.vip, s.backend)).collect();
+        // A new route to a backend only moves its check's packets: the target is rewritten.
+        for r in running.values_mut() {
+            let moved = |s: &&CheckSpec| s.same_check(&r.spec) && s.egress != r.spec.egress;
+            if let Some(s) = specs.iter().find(moved) {
+                if let Err(e) = targets.insert(HEALTH_MARK_BASE | r.index, target(&tunnel, s), 0) {
+                    warn!(backend = %s.backend, "health-check target not updated: {e}");
+                }
+                r.spec.egress = s.egress;
+            }
+        }
         // Stop checks no longer wanted, or whose settings changed.
         let stale: Vec<_> = running
             .iter()
@@ -323,14 +279,7 @@ pub async fn run(
                 continue;
             };
             let mark = HEALTH_MARK_BASE | index;
-            let target = HealthTarget {
-                src_ip6: v6_words(tunnel.source),
-                dst_ip6: v6_words(spec.backend),
-                gue_port: tunnel.gue_port.to_be(),
-                flags: if spec.gue { HEALTH_F_GUE } else { 0 },
-                _pad: 0,
-            };
-            if let Err(e) = targets.insert(mark, target, 0) {
+            if let Err(e) = targets.insert(mark, target(&tunnel, &spec), 0) {
                 warn!(backend = %spec.backend, "health-check target not installed: {e}");
                 free.push(index);
                 continue;

@@ -14,6 +14,7 @@ pub mod ifctl;
 pub mod listen;
 pub mod neighbour;
 pub mod reconcile;
+pub mod routes;
 pub mod state;
 pub mod sync;
 

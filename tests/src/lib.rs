@@ -12,4 +12,5 @@ pub use lb_testkit::*;
 
 pub mod deploy;
 pub mod e2e;
+pub mod edge;
 pub mod netns;

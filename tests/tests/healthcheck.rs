@@ -53,7 +53,7 @@ impl Hc {
             dst_ip6: v6_words(backend),
             gue_port: 6080u16.to_be(),
             flags: if gue { HEALTH_F_GUE } else { 0 },
-            _pad: 0,
+            egress_ifindex: 0,
         };
         m.insert(HEALTH_MARK_BASE | index, t, 0).unwrap();
     }

@@ -43,8 +43,8 @@ enum Cmd {
     /// XDP_TX throughput, control-plane times and kernel map memory (about 3 minutes). With
     /// `--conntrack`, the connection-table layouts; with `--sync`, what peer flow sync costs.
     Bench {
-        /// Only these sections: dataplane, scale, live, control, memory (default: all).
-        #[arg(value_parser = ["dataplane", "scale", "live", "control", "memory"])]
+        /// Only these sections: dataplane, egress, scale, live, control, memory (default: all).
+        #[arg(value_parser = ["dataplane", "egress", "scale", "live", "control", "memory"])]
         sections: Vec<String>,
         /// Compare the connection-table layouts under concurrent inserts and hits instead.
         #[arg(long, conflicts_with = "sync")]
@@ -296,9 +296,22 @@ const CONN_VARIANTS: &[(&str, &str)] = &[
 /// The bench of BENCHMARKS.md (lb-bench/src/lb_bench/): release builds, because the
 /// control-plane section runs the real `lb` agent.
 fn bench(sections: &[String]) -> Result<()> {
+    let mut args = Vec::new();
+    // The egress section compares the cache with a lookup per packet: another build of lb-xdp.
+    if sections.is_empty() || sections.iter().any(|s| s == "egress") {
+        step("building the XDP object with a FIB lookup per packet (egress-fib)");
+        args.push("--fib-object".to_string());
+        args.push(
+            workspace()
+                .join(build_variant("egress-fib")?)
+                .display()
+                .to_string(),
+        );
+    }
+    args.extend(sections.iter().cloned());
     run_release_bin(
         "lb-bench",
-        sections,
+        &args,
         "running the bench (progress on stderr, the table on stdout)",
     )
 }
@@ -332,54 +345,61 @@ fn run_release_bin(bin: &str, args: &[String], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Builds lb-xdp with an lb-ebpf `feature` ("" for none) into target/bpf-variants/ and returns
+/// the object's path.
+fn build_variant(feature: &str) -> Result<String> {
+    let dir = format!(
+        "target/bpf-variants/{}",
+        if feature.is_empty() {
+            "default"
+        } else {
+            feature
+        }
+    );
+    // The same flags aya-build uses for the embedded object.
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--quiet",
+            "--package",
+            "lb-ebpf",
+            "--bins",
+            "--release",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            &dir,
+        ])
+        .args(["--features", feature])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .context("building an XDP object variant")?;
+    if !status.success() {
+        bail!("building the XDP object with feature {feature:?} failed");
+    }
+    Ok(format!("{dir}/bpfel-unknown-none/release/lb-xdp"))
+}
+
 fn bench_conntrack(flows: u32) -> Result<()> {
     let mut specs = Vec::new();
     for (label, feature) in CONN_VARIANTS {
         step(&format!(
             "building the XDP object: connection table {label}"
         ));
-        let dir = format!(
-            "target/bpf-variants/{}",
-            if feature.is_empty() {
-                "default"
-            } else {
-                feature
-            }
-        );
-        // The same flags aya-build uses for the embedded object.
-        let status = Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "build",
-                "--quiet",
-                "--package",
-                "lb-ebpf",
-                "--bins",
-                "--release",
-            ])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--target-dir",
-                &dir,
-            ])
-            .args(["--features", feature])
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
-            )
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .status()
-            .context("building an XDP object variant")?;
-        if !status.success() {
-            bail!("building the {label} variant failed");
-        }
-        specs.push(format!("{label}={dir}/bpfel-unknown-none/release/lb-xdp"));
+        let object = build_variant(feature)?;
+        specs.push(format!("{label}={object}"));
     }
     step(
         "running: 2 threads pinned to CPU 0 and 1, BPF_PROG_TEST_RUN, kernel-measured ns per packet",

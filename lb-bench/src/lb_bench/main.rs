@@ -21,6 +21,7 @@ use lb_testkit::*;
 mod control;
 mod cpu;
 mod dataplane;
+mod egress;
 mod live;
 mod memory;
 mod report;
@@ -132,12 +133,13 @@ fn bench_object(path: &str, flows: u32) -> Result<Vec<Phase>> {
 }
 
 /// Sections of the default bench, in table order.
-const SECTIONS: &[&str] = &["dataplane", "scale", "live", "control", "memory"];
+const SECTIONS: &[&str] = &["dataplane", "egress", "scale", "live", "control", "memory"];
 
 fn main() -> Result<()> {
     require_root();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut object: Option<Vec<u8>> = None;
+    let mut fib_object: Option<&'static [u8]> = None;
     let mut sections: Vec<String> = Vec::new();
     let mut rest = args.iter();
     match args.first().map(String::as_str) {
@@ -157,7 +159,7 @@ fn main() -> Result<()> {
         }
         Some("-h" | "--help") => {
             println!(
-                "usage: lb-bench [--object <lb-xdp object>] [section...]\n       \
+                "usage: lb-bench [--object <lb-xdp object>] [--fib-object <egress-fib build>] [section...]\n       \
                  lb-bench conntrack <flows per CPU> <label=object>...\n       \
                  lb-bench compare <label=lb-xdp object>...\n\
                  sections: {} (default: all)",
@@ -172,6 +174,11 @@ fn main() -> Result<()> {
             // Another build of lb-xdp: profiling experiments, before/after figures.
             let path = rest.next().context("--object needs a path")?;
             object = Some(std::fs::read(path).with_context(|| format!("reading {path}"))?);
+        } else if a == "--fib-object" {
+            // lb-xdp built with the egress-fib feature (section egress; xtask builds it).
+            let path = rest.next().context("--fib-object needs a path")?;
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            fib_object = Some(Vec::leak(bytes));
         } else if SECTIONS.contains(&a.as_str()) {
             sections.push(a.clone());
         } else {
@@ -187,6 +194,7 @@ fn main() -> Result<()> {
         eprintln!("==> section: {section}");
         rows.extend(match section.as_str() {
             "dataplane" => dataplane::run(lb_object)?,
+            "egress" => egress::run(lb_objects::EBPF_OBJECT, fib_object)?,
             "scale" => dataplane::scale::scale(lb_object)?,
             "live" => live::run(lb_object)?,
             "control" => control::run()?,

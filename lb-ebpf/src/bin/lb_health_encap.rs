@@ -2,7 +2,10 @@
 //! sockets (marked `HEALTH_MARK_BASE | index`) are encapsulated to the backend `HEALTH_TARGETS[mark]`
 //! names, in the same IPv6 (or IPv6 + UDP for GUE) header the XDP program writes for client
 //! packets. So a check connection to the VIP travels the tunnel like real traffic, and the
-//! backend's reply comes back directly, as for a client. Every other packet passes untouched.
+//! backend's reply comes back directly, as for a client. The tunnelled packet then leaves the
+//! way the kernel routes the backend's address (its NIC and next hop, from `bpf_fib_lookup`),
+//! which in a two-arm setup is another NIC than the VIP's route. Every other packet passes
+//! untouched.
 #![no_std]
 #![no_main]
 #![allow(
@@ -101,7 +104,7 @@ pub fn lb_health_encap(ctx: TcContext) -> i32 {
     match encapsulate(&ctx, target) {
         Ok(()) => {
             count(HealthCounter::Encapsulated);
-            OK
+            route(&ctx, target)
         }
         Err(()) => {
             count(HealthCounter::DropEncap);
@@ -152,6 +155,29 @@ fn encapsulate(ctx: &TcContext, t: &HealthTarget) -> Result<(), ()> {
         ctx.store(ETH_HLEN + IPV6_HLEN, &udp, 0).map_err(|_| ())?;
     }
     ctx.store(12, &ETH_P_IPV6, 0).map_err(|_| ())
+}
+
+/// Sends the tunnelled check by the backend's route when the agent named its NIC: the kernel
+/// finds the route and the neighbour there (`bpf_redirect_neigh`, Linux 5.10), so the check
+/// takes the same NIC and next hop as the backend's client packets. (`bpf_fib_lookup` would
+/// need IPv6 forwarding on the NIC.)
+#[inline(always)]
+fn route(ctx: &TcContext, t: &HealthTarget) -> i32 {
+    use aya_ebpf::helpers::bpf_redirect_neigh;
+    if t.egress_ifindex == 0 {
+        return OK;
+    }
+    // SAFETY: the context's skb pointer is valid for the program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if t.egress_ifindex != ifindex {
+        count(HealthCounter::Redirected);
+    }
+    // The egress NIC runs this program again: without the mark the tunnelled packet passes it
+    // untouched instead of being encapsulated twice.
+    // SAFETY: the context's skb pointer is valid; `mark` is writable from TC programs.
+    unsafe { (*ctx.skb.skb).mark = 0 };
+    // SAFETY: a helper call without neighbour parameters (the kernel looks the route up).
+    unsafe { bpf_redirect_neigh(t.egress_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Whether an unmarked packet is a TCP reset to a checked VIP. A check's socket marks all it

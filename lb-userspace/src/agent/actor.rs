@@ -56,6 +56,8 @@ pub(super) struct Inputs {
     pub commands: mpsc::Receiver<Command>,
     pub transitions: mpsc::Receiver<Transition>,
     pub next_hops: mpsc::Receiver<NextHop>,
+    /// Routes and neighbours of the backends (next hops from the kernel only).
+    pub routes: mpsc::Receiver<crate::routes::Routes>,
     pub bgp: mpsc::Receiver<bgp::Outcome>,
     pub sync: mpsc::Receiver<sync::Event>,
 }
@@ -94,6 +96,8 @@ pub(super) struct Agent {
     pub history: BTreeMap<Vip, History>,
     /// CLOCK_MONOTONIC minus Unix time (`second_chance::mono_offset_ns`).
     pub mono_offset_ns: i128,
+    /// The egress cache: static next hops or the kernel's routes (`agent::egress`).
+    pub egress: super::nic::EgressState,
 }
 
 /// The dataplane's settings for this config.
@@ -161,6 +165,7 @@ impl Agent {
                         error!(iface = hop.iface, "updating the next hop: {e:#}");
                     }
                 }
+                Some(routes) = inputs.routes.recv() => self.apply_routes(routes),
                 Some(outcome) = inputs.bgp.recv() => self.bgp_outcome(outcome),
                 Some(ev) = inputs.sync.recv() => match ev {
                     sync::Event::PeerState { from, state } => self.peer_state(&from, state),
@@ -279,6 +284,7 @@ impl Agent {
 
     /// Writes `next` (with health applied) to the maps; on success it becomes the desired state.
     pub fn install(&mut self, next: DesiredState) -> Result<ApplyReport> {
+        self.resolve_new_backends(&next);
         let effective = self.effective(&next);
         let (chance, history) = self.second_chance_next(&next);
         let rings_before = self.moved_before();
@@ -358,7 +364,8 @@ impl Agent {
         for (vip, spec) in &self.desired.vips {
             let cfg = self.config.health_for(vip);
             for addr in spec.backends.keys() {
-                if let Some(c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                if let Some(mut c) = CheckSpec::new(*vip, *addr, spec.gue, &cfg) {
+                    c.egress = self.health_egress(addr);
                     specs.push(c);
                 }
             }
@@ -373,6 +380,7 @@ impl Agent {
             }
             changed
         });
+        self.publish_backend_addrs();
         let want = self.announcements();
         self.announce.send_if_modified(|cur| {
             let changed = *cur != want;
@@ -430,13 +438,26 @@ impl Agent {
             return;
         }
         let mut nic = None;
+        let mut down = 0;
         for i in &self.ifaces {
             match i.check() {
                 // As before: a NIC that is down is reported only if no earlier one failed.
-                Some(super::fault::NicFault::Down(_)) if nic.is_some() => {}
+                Some(super::fault::NicFault::Down(_)) if nic.is_some() => down += 1,
+                Some(f @ super::fault::NicFault::Down(_)) => {
+                    down += 1;
+                    nic = Some(f);
+                }
                 Some(f) => nic = Some(f),
                 None => {}
             }
+        }
+        // Next hops from the kernel: a link down is one path fewer (its routes go, and the
+        // egress cache follows); it stops forwarding only when every NIC is down.
+        if self.egress.kernel
+            && down < self.ifaces.len()
+            && matches!(nic, Some(super::fault::NicFault::Down(_)))
+        {
+            nic = None;
         }
         let fault = nic.map(Fault::Nic);
         if fault != self.fault {

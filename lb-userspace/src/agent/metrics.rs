@@ -254,6 +254,20 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
     );
     family(
         &mut o,
+        "lb_egress_packets_total",
+        "counter",
+        "Encapsulated packets sent by the route's NIC, by interface and action (tx: back out of the NIC they came in on; redirect: out of another NIC). Static next hops are counted in lb_tx_total only; unresolved next hops in lb_drops_total{reason=\"no_next_hop\"}.",
+        stats.egress.iter().flat_map(|(nic, tx, redirect)| {
+            [tx, redirect].map(|c| {
+                (
+                    format!("interface=\"{}\",action=\"{}\"", escape(nic), c.name),
+                    c.packets,
+                )
+            })
+        }),
+    );
+    family(
+        &mut o,
         "lb_table_version",
         "gauge",
         "Bumped by every change the agent wrote to the dataplane.",

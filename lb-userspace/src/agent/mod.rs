@@ -25,6 +25,7 @@
 
 mod actor;
 mod api_server;
+mod egress;
 mod fault;
 mod fleet;
 mod metrics;

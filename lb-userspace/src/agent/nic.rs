@@ -18,6 +18,11 @@ pub(super) struct Iface {
     pub attachment: Option<Attachment>,
     pub src_mac: [u8; 6],
     pub next_hop: Option<[u8; 6]>,
+    /// Next hops from the kernel's routes: `IFACES` holds only the NIC's MAC and MTU (its next
+    /// hop is never used: every backend's `EGRESS` entry is routed or unresolved).
+    pub routed: bool,
+    /// The NIC's slot in `EGRESS_DEVS` (its place in the config).
+    pub dev: u32,
     /// Largest outer IP packet this NIC may send (`[[interface]] mtu`, else the NIC's MTU).
     pub mtu: u16,
     /// The watchdog's checks go through this socket, opened at start: out of descriptors,
@@ -36,12 +41,20 @@ impl Iface {
         Ok(true)
     }
 
+    /// Next hops from the kernel: the NIC's `IFACES` entry (MAC, MTU) without a next hop.
+    pub fn set_routed(&mut self, dp: &mut Dataplane) -> Result<()> {
+        self.routed = true;
+        self.write(dp, [0; 6])
+    }
+
     /// A new egress MTU; written at once if the next hop is known.
     pub fn set_mtu(&mut self, dp: &mut Dataplane, mtu: u16) -> Result<()> {
         if self.mtu != mtu {
             self.mtu = mtu;
             if let Some(mac) = self.next_hop {
                 self.write(dp, mac)?;
+            } else if self.routed {
+                self.write(dp, [0; 6])?;
             }
             info!(iface = self.name, mtu, "egress MTU set");
         }
@@ -69,6 +82,32 @@ impl Iface {
         }
         (!self.ctl.is_up(&self.name).unwrap_or(false)).then(|| NicFault::Down(self.name.clone()))
     }
+}
+
+/// What the actor keeps of the egress cache (`agent::egress` writes it).
+pub(super) struct EgressState {
+    /// Next hops from the kernel's routes (no static next hop configured).
+    pub kernel: bool,
+    /// The last routes the follower reported, by backend address.
+    pub routes: crate::routes::Routes,
+    /// The backend addresses the follower resolves (None: static next hops, no follower).
+    pub addrs: Option<tokio::sync::watch::Sender<std::collections::BTreeSet<std::net::Ipv6Addr>>>,
+}
+
+/// The too-big limit of each NIC (`IFACES` mtu, checked on the NIC a packet arrives on).
+/// Static next hops: each NIC's own egress MTU, since packets leave by the NIC they came in.
+/// From the kernel's routes a packet may leave by any of them: the smallest.
+pub(super) fn egress_mtus(cfg: &crate::config::Config) -> Result<Vec<u16>> {
+    let mtus = cfg
+        .interfaces
+        .iter()
+        .map(egress_mtu)
+        .collect::<Result<Vec<u16>>>()?;
+    if !cfg.kernel_next_hops() {
+        return Ok(mtus);
+    }
+    let min = mtus.iter().copied().min().unwrap_or(0);
+    Ok(vec![min; mtus.len()])
 }
 
 /// The egress MTU of a NIC: the config's, else the NIC's own.

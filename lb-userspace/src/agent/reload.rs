@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use tracing::{info, warn};
 
 use super::actor::{Agent, flow_gate, lb_config};
-use super::nic::egress_mtu;
+use super::nic::egress_mtus;
 use crate::api::{ReloadReply, ReloadRequest};
 use crate::config::{Config, parse_mac};
 use crate::neighbour;
@@ -83,8 +83,9 @@ impl Agent {
         self.settings = settings;
         self.dp.set_config(&lb_config(&new))?;
         self.dp.set_flow_gate(flow_gate(&new))?;
-        for ((iface, mac), cfg) in self.ifaces.iter_mut().zip(hops).zip(&new.interfaces) {
-            iface.set_mtu(&mut self.dp, egress_mtu(cfg)?)?;
+        let mtus = egress_mtus(&new)?;
+        for ((iface, mac), mtu) in self.ifaces.iter_mut().zip(hops).zip(mtus) {
+            iface.set_mtu(&mut self.dp, mtu)?;
             if let Some(mac) = mac {
                 iface.set_next_hop(&mut self.dp, mac)?;
             }

@@ -39,7 +39,11 @@ impl Agent {
                     attachment: i
                         .attachment
                         .map_or("none".into(), |a| format!("{a:?}").to_lowercase()),
-                    next_hop_mac: i.next_hop.map_or("unresolved".into(), |m| format_mac(&m)),
+                    next_hop_mac: match i.next_hop {
+                        Some(m) => format_mac(&m),
+                        None if i.routed => "kernel routes".into(),
+                        None => "unresolved".into(),
+                    },
                     mtu: i.mtu,
                 })
                 .collect(),
@@ -63,6 +67,7 @@ impl Agent {
             health_encap: self.health_encap(),
             second_chance_secs: self.second_chance_ms() / 1000,
             second_chance_slots: self.second_chance_slots(),
+            egress: self.egress_status(),
         })
     }
 
@@ -218,6 +223,7 @@ impl Agent {
             backends,
             sync: self.sync_status(),
             health_encap: self.health_encap(),
+            egress: self.egress_counters(),
         })
     }
 

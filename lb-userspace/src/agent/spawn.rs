@@ -17,7 +17,7 @@ use super::actor::{Agent, Command, Inputs, flow_gate, lb_config};
 use super::api_server::serve_api;
 use super::fleet;
 use super::metrics::serve_metrics;
-use super::nic::{Iface, egress_mtu};
+use super::nic::{Iface, egress_mtus};
 use crate::api::BgpStatus;
 use crate::bgp::{self, Bird};
 use crate::config::{AttachMode, Config, parse_mac};
@@ -125,7 +125,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         crate::ifctl::IfaceControl::open().context("a socket for the NIC checks")?,
     );
     let mut ifaces = Vec::new();
-    for i in &config.interfaces {
+    let kernel_hops = config.kernel_next_hops();
+    let mtus = egress_mtus(&config)?;
+    for (dev, (i, mtu)) in config.interfaces.iter().zip(mtus).enumerate() {
         let ifindex = neighbour::ifindex(&i.name)?;
         let src_mac = neighbour::iface_mac(&i.name)?;
         let next_hop = match (&i.next_hop_mac, i.gateway) {
@@ -137,7 +139,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
                 mac
             }
-            (None, None) => unreachable!("validated"),
+            // Next hops from the kernel's routes (agent::egress).
+            (None, None) => None,
         };
         let mut iface = Iface {
             name: i.name.clone(),
@@ -145,12 +148,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             attachment: None,
             src_mac,
             next_hop: None,
-            mtu: egress_mtu(i)?,
+            routed: false,
+            dev: dev as u32,
+            mtu,
             ctl: ifctl.clone(),
         };
         if let Some(mac) = next_hop {
             iface.set_next_hop(&mut dp, mac)?;
         }
+        if kernel_hops {
+            iface.set_routed(&mut dp)?;
+        }
+        // Every configured NIC may be a redirect's target; each also gets the program
+        // attached below, which drivers need to accept redirected frames.
+        dp.set_egress_dev(iface.dev, ifindex)?;
         ifaces.push(iface);
     }
     for (ifindex, _) in dp.ifaces()? {
@@ -187,6 +198,32 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         config.dataplane.second_chance_ms(),
         mono_offset_ns,
     );
+    // Next hops from the kernel: every backend's way out is known (or marked unresolved)
+    // before the first ring slot names it.
+    let (routes_tx, routes_rx) = mpsc::channel::<crate::routes::Routes>(16);
+    let mut egress = super::nic::EgressState {
+        kernel: kernel_hops,
+        routes: Default::default(),
+        addrs: None,
+    };
+    if kernel_hops {
+        dp.set_egress_default(lb_common::Egress::UNRESOLVED)?;
+        let addrs: BTreeSet<std::net::Ipv6Addr> = desired
+            .vips
+            .values()
+            .flat_map(|v| v.backends.keys().copied())
+            .collect();
+        let routes = tokio::task::block_in_place(|| {
+            crate::routes::resolve_now(&addrs, Duration::from_secs(1))
+        })?;
+        super::egress::write_routes(&mut dp, &ifaces, &routes)?;
+        egress.routes = routes;
+        let (tx, rx) = watch::channel(addrs);
+        crate::routes::follow(rx, routes_tx)?;
+        egress.addrs = Some(tx);
+    } else {
+        drop(routes_tx);
+    }
     let report = reconciler.apply(&mut dp, &desired, &chance)?;
     info!(?report, "dataplane state written");
     // Attach (or take over the pinned links) only once the maps hold the state.
@@ -297,6 +334,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         fleet: None,
         history: BTreeMap::new(),
         mono_offset_ns,
+        egress,
     };
     let (sync_events, sync_events_rx) = mpsc::channel::<sync::Event>(64);
     if let (Some(sync), Some(key), Some(replicated)) = (agent.config.sync.clone(), key, replicated)
@@ -352,6 +390,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             commands: commands_rx,
             transitions: health.transitions,
             next_hops: next_hops_rx,
+            routes: routes_rx,
             bgp: outcomes_rx,
             sync: sync_events_rx,
         })

@@ -208,6 +208,7 @@ mod tests {
             backends: vec![(vip, "2001:db8::1".into(), c("b", vip_packets))],
             sync: None,
             health_encap: Vec::new(),
+            egress: Vec::new(),
         }
     }
 

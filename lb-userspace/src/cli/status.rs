@@ -77,6 +77,7 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         "{}",
         table(&["INTERFACE", "IFINDEX", "XDP", "NEXT HOP", "MTU"], &rows)
     );
+    print_egress(&s.egress);
     println!();
     println!(
         "node         {}",
@@ -155,4 +156,35 @@ pub async fn run(client: &Client, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each backend's way out: with next hops from the kernel, one row per path of its route.
+fn print_egress(egress: &[crate::api::EgressInfo]) {
+    if egress.iter().all(|e| e.source != "route") {
+        return;
+    }
+    let mut rows = Vec::new();
+    for e in egress {
+        if e.paths.is_empty() {
+            rows.push(vec![
+                e.backend.clone(),
+                "-".into(),
+                "no route".into(),
+                "unresolved".into(),
+            ]);
+        }
+        for p in &e.paths {
+            rows.push(vec![
+                e.backend.clone(),
+                p.interface.clone(),
+                p.next_hop.clone(),
+                p.mac.clone(),
+            ]);
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        table(&["BACKEND", "EGRESS", "NEXT HOP", "MAC"], &rows)
+    );
 }

@@ -113,6 +113,14 @@ impl Config {
     }
 
     /// VIP addresses that must not answer ping (`icmp_echo = false` on one of their services).
+    /// Next hops from the kernel's routes and neighbours: no `[[interface]]` gives a static
+    /// `next_hop_mac` or `gateway` (validate() refuses a mix).
+    pub fn kernel_next_hops(&self) -> bool {
+        self.interfaces
+            .iter()
+            .all(|i| i.next_hop_mac.is_none() && i.gateway.is_none())
+    }
+
     pub fn echo_off(&self) -> BTreeSet<IpAddr> {
         self.vips
             .iter()
@@ -184,6 +192,10 @@ impl Config {
             ),
             ("[bgp]", self.bgp != new.bgp),
             ("[sync]", self.sync != new.sync),
+            (
+                "next hops from static settings or from the kernel's routes",
+                self.kernel_next_hops() != new.kernel_next_hops(),
+            ),
             (
                 "the [[interface]] names or modes",
                 self.interfaces

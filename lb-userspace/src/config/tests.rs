@@ -222,8 +222,11 @@ address = "2001:db8:be::1"
             "outside 1328..=65535",
         ),
         (
-            ("next_hop_mac = \"02:00:00:00:00:01\"", ""),
-            "exactly one of next_hop_mac and gateway",
+            (
+                "next_hop_mac = \"02:00:00:00:00:01\"",
+                "next_hop_mac = \"02:00:00:00:00:01\"\ngateway = \"2001:db8::1\"",
+            ),
+            "at most one of next_hop_mac and gateway",
         ),
         (
             ("protocol = \"tcp\"", "protocol = \"icmp\""),

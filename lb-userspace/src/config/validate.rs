@@ -101,13 +101,24 @@ impl Config {
                 (Some(mac), None) => {
                     parse_mac(mac).with_context(|| format!("interface {}", i.name))?;
                 }
-                (None, Some(_)) => {}
+                (None, Some(_)) | (None, None) => {}
                 _ => bail!(
-                    "interface {}: give exactly one of next_hop_mac and gateway",
+                    "interface {}: give at most one of next_hop_mac and gateway",
                     i.name
                 ),
             }
         }
+        // Static next hops (each NIC's own) or the kernel's routes (no next hop anywhere):
+        // mixing them would leave some backends' way out unclear.
+        let static_hops = self
+            .interfaces
+            .iter()
+            .filter(|i| i.next_hop_mac.is_some() || i.gateway.is_some())
+            .count();
+        ensure!(
+            static_hops == 0 || static_hops == self.interfaces.len(),
+            "give next_hop_mac or gateway on every [[interface]], or on none (next hops from the kernel's routes)"
+        );
         self.health.validate().context("[health]")?;
         for v in &self.vips {
             self.health

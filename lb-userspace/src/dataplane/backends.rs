@@ -7,8 +7,12 @@ use super::handle::Dataplane;
 
 impl Dataplane {
     /// Installs (or updates) backend `id`.
+    /// Its way out (`EGRESS[id]`) is written first, so no packet meets it without one.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         self.check_backend_id(id)?;
+        let e = self.egress_for(&backend.addr);
+        self.write_egress(id, &e)?;
+        self.backend_addrs.insert(id, backend.addr);
         self.array::<Backend>(names::BACKENDS)?
             .set(id, backend, 0)
             .with_context(|| format!("writing backend {id}"))
@@ -42,6 +46,7 @@ impl Dataplane {
     /// ring slot points at it.
     pub fn clear_backend(&mut self, id: u32) -> Result<()> {
         self.check_backend_id(id)?;
+        self.backend_addrs.remove(&id);
         let mut map = self.array::<Backend>(names::BACKENDS)?;
         let old = map.get(&id, 0)?;
         map.set(

@@ -23,6 +23,11 @@ pub struct Dataplane {
     pub(super) adopted: bool,
     /// VIP addresses and how many services use each (for the marker entries and the filter).
     pub(super) addresses: BTreeMap<(u8, [u32; 4]), u32>,
+    /// Installed backends' tunnel addresses by id, to write each one's `EGRESS` entry.
+    pub(super) backend_addrs: BTreeMap<u32, [u32; 4]>,
+    /// The way out of each backend address the agent resolved, and of the others.
+    pub(super) egress_by_addr: std::collections::HashMap<[u32; 4], lb_common::Egress>,
+    pub(super) egress_default: lb_common::Egress,
 }
 
 pub const PROGRAM_NAME: &str = "lb_xdp";

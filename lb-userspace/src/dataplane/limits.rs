@@ -147,6 +147,13 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<IfaceSlot>(),
             lb_common::DEFAULT_MAX_IFACES,
         ),
+        // Not pinned (written after every load): sized here only.
+        (
+            names::EGRESS,
+            4,
+            size_of::<lb_common::Egress>(),
+            limits.max_backends,
+        ),
     ]
 }
 

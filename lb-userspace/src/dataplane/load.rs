@@ -72,10 +72,22 @@ impl Dataplane {
             pin_dir: pin_dir.map(Path::to_path_buf),
             adopted,
             addresses: BTreeMap::new(),
+            backend_addrs: BTreeMap::new(),
+            egress_by_addr: Default::default(),
+            // The static next hops' way out until the agent says otherwise: what every build
+            // before the egress cache did.
+            egress_default: lb_common::Egress::INGRESS,
         };
         if adopted {
             for (key, _) in dp.read_vips()? {
                 *dp.addresses.entry((key.family, key.addr)).or_default() += 1;
+            }
+            // EGRESS is not pinned: the new program's starts empty (every packet dropped as
+            // unresolved) until written here, before the link is switched to this program.
+            for (id, b) in dp.read_backends()? {
+                dp.backend_addrs.insert(id, b.addr);
+                let e = dp.egress_for(&b.addr);
+                dp.write_egress(id, &e)?;
             }
         }
         Ok(dp)

@@ -8,12 +8,13 @@
 //!
 //! Files: `limits` (map sizes and the pinned layout), `load` (load, adopt, attach, pin),
 //! `vips` (VIP entries, the VIP index and the address filter), `backends` (backends and
-//! rings), `ifaces` (the NICs' link layer), `probe` (open-addressed slot lookup), `counters`,
+//! rings), `egress` (each backend's way out: NIC and MACs), `ifaces` (the NICs' link layer), `probe` (open-addressed slot lookup), `counters`,
 //! `flows` (the connection table), `batch` (the batched map syscalls aya does not wrap).
 
 mod backends;
 mod batch;
 mod counters;
+mod egress;
 mod flows;
 mod handle;
 mod ifaces;

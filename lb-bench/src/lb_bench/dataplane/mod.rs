@@ -21,7 +21,9 @@ mod harness;
 pub(crate) mod scale;
 
 use harness::*;
-pub(crate) use harness::{Harness, check_counters, counters};
+pub(crate) use harness::{
+    Harness, Prep, Prog, Scenario, check_counters, counters, encap_of, measure_all, no_prep, ratios,
+};
 
 // Row names the targets refer to.
 const EMPTY: &str = "empty program (XDP_TX), alone";

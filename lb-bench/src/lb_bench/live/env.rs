@@ -1,4 +1,5 @@
-//! The live section's namespace: a veth pair, the receiver's XDP_DROP program, packet counts.
+//! The live section's namespace: two veth pairs (the load balancer's NIC and a second NIC it
+//! redirects to, each with its receiver), the receivers' XDP_DROP program, packet counts.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -10,6 +11,11 @@ use lb_testkit::*;
 /// The load balancer's NIC and the next hop's, a veth pair.
 pub(crate) const IF_LB: &str = "lbl0";
 pub(crate) const IF_RX: &str = "lbl1";
+/// The load balancer's second NIC (a backend route's: XDP_REDIRECT) and its next hop.
+pub(crate) const IF_LB2: &str = "lbl2";
+pub(crate) const IF_RX2: &str = "lbl3";
+/// The second NIC's MAC.
+pub(crate) const NIC2_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x02];
 
 /// A two-instruction XDP program returning XDP_DROP, loaded and attached with raw bpf(2)
 /// calls (no object file needed): the cheapest receiver for the veth peer. Its bpf_link is
@@ -84,9 +90,13 @@ impl DropProg {
 pub(crate) struct Env {
     /// The receiver's XDP program, while measuring (dropped before the namespace).
     pub(crate) drop_prog: Option<DropProg>,
+    /// The second receiver's, likewise.
+    pub(crate) drop_prog2: Option<DropProg>,
     pub(crate) file: File,
     pub(crate) lb_ifindex: u32,
     pub(crate) rx_ifindex: u32,
+    pub(crate) lb2_ifindex: u32,
+    pub(crate) rx2_ifindex: u32,
     pub(crate) cpu: usize,
     pub(crate) ns: Netns,
 }
@@ -120,8 +130,23 @@ impl Env {
             "address",
             &mac_str(NEXT_HOP_MAC),
         ])?;
-        ns.ip(&["link", "set", IF_LB, "up"])?;
-        ns.ip(&["link", "set", IF_RX, "up"])?;
+        ns.ip(&[
+            "link",
+            "add",
+            IF_LB2,
+            "address",
+            &mac_str(NIC2_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            IF_RX2,
+            "address",
+            &mac_str(NEXT_HOP_MAC),
+        ])?;
+        for nic in [IF_LB, IF_RX, IF_LB2, IF_RX2] {
+            ns.ip(&["link", "set", nic, "up"])?;
+        }
         let ifindex = |name: &str| -> Result<u32> {
             let out = ns.ip(&["-j", "link", "show", name])?;
             let v: serde_json::Value = serde_json::from_str(&out)?;
@@ -130,9 +155,12 @@ impl Env {
         let (lb_ifindex, rx_ifindex) = (ifindex(IF_LB)?, ifindex(IF_RX)?);
         Ok(Self {
             drop_prog: None,
+            drop_prog2: None,
             file: ns.file()?,
             lb_ifindex,
             rx_ifindex,
+            lb2_ifindex: ifindex(IF_LB2)?,
+            rx2_ifindex: ifindex(IF_RX2)?,
             cpu,
             ns,
         })
@@ -152,9 +180,9 @@ impl Env {
         })
     }
 
-    /// Frames the receiving veth has counted (XDP-dropped ones included).
-    pub(crate) fn rx_packets(&self) -> Result<u64> {
-        let out = self.ns.ip(&["-s", "-j", "link", "show", IF_RX])?;
+    /// Frames the receiving veth `rx` has counted (XDP-dropped ones included).
+    pub(crate) fn rx_packets(&self, rx: &str) -> Result<u64> {
+        let out = self.ns.ip(&["-s", "-j", "link", "show", rx])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         v[0]["stats64"]["rx"]["packets"]
             .as_u64()

@@ -1,4 +1,5 @@
-//! Live throughput: frames pushed through the real XDP_TX path with BPF_PROG_RUN's XDP live
+//! Live throughput: frames pushed through the real XDP_TX path (and, for a backend whose route
+//! leaves by a second NIC, XDP_REDIRECT into a second veth pair) with BPF_PROG_RUN's XDP live
 //! frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`), on one pinned CPU.
 //!
 //! Topology: one namespace `lbbl-<pid>` holding a veth pair. `lbl0` is the load balancer's NIC
@@ -88,6 +89,9 @@ struct Scenario {
     name: &'static str,
     which: Which,
     harness: bool,
+    /// The frame sent, and the veth that receives what the program sends.
+    frame: Vec<u8>,
+    rx: &'static str,
     /// The frame the receiver must get from one live run.
     expected: Vec<u8>,
 }
@@ -103,7 +107,6 @@ struct Bench<'a> {
     env: &'a Env,
     lb: Lb,
     h: Harness,
-    frame: Vec<u8>,
 }
 
 impl Bench<'_> {
@@ -115,7 +118,7 @@ impl Bench<'_> {
                 Which::Floor => self.h.prog("bench_floor").fd()?.try_clone()?,
                 Which::Empty => self.h.prog("bench_empty").fd()?.try_clone()?,
             };
-            self.h.prepare(&target, &self.frame, 0)?;
+            self.h.prepare(&target, &s.frame, 0)?;
         }
         Ok(())
     }
@@ -137,10 +140,10 @@ impl Bench<'_> {
         } else {
             vec![]
         };
-        let rx_before = self.env.rx_packets()?;
-        let (prog, frame, ifindex) = (self.prog(s), &self.frame, self.env.lb_ifindex);
+        let rx_before = self.env.rx_packets(s.rx)?;
+        let (prog, frame, ifindex) = (self.prog(s), &s.frame, self.env.lb_ifindex);
         let (wall, kns) = self.env.run(|| live_run(prog, frame, ifindex, n))?;
-        let received = self.env.rx_packets()? - rx_before;
+        let received = self.env.rx_packets(s.rx)? - rx_before;
         if is_lb {
             check_counters(
                 &before,
@@ -253,13 +256,14 @@ const EMPTY: &str = "empty program (XDP_TX), alone: veth round trip";
 const EMPTY_H: &str = "empty program, through the harness";
 const FLOOR: &str = "floor: parse + IPv6 encap + XDP_TX (harness)";
 const EST: &str = "TCP established, IPv4 VIP, 1 flow (harness)";
+const REDIRECT: &str = "TCP established, IPv4 VIP, 1 flow, XDP_REDIRECT to a second veth (harness)";
 
 /// Section "live": Mpps on one core through XDP_TX into a veth, ratios to the floor.
 pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     let started = Instant::now();
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let cpu = cpus - 1;
-    let names = [EMPTY, EMPTY_H, FLOOR, EST];
+    let names = [EMPTY, EMPTY_H, FLOOR, EST, REDIRECT];
     let all_failed = |e: &anyhow::Error| -> Vec<Row> {
         eprintln!("    FAILED: live setup: {e:#}");
         names.iter().map(|n| Row::failed(SECTION, *n, e)).collect()
@@ -282,6 +286,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     };
     // The receiver's program first, then the namespace (Env's drop order does the same).
     env.drop_prog = None;
+    env.drop_prog2 = None;
     drop(env);
     Ok(rows)
 }
@@ -321,64 +326,98 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
         e[15] = 0;
         e
     };
+    // The same packet to a second VIP whose backends' route leaves by the second NIC: the
+    // egress cache sends it there with XDP_REDIRECT (issue 16), measured against XDP_TX above.
+    let redirected = lb.add_vip(
+        "192.0.2.20".parse().unwrap(),
+        80,
+        PROTO_TCP,
+        1,
+        false,
+        &[(4, 1), (5, 1), (6, 1)],
+    );
+    // The device map resolves the ifindex in the caller's namespace: the bench's.
+    let lb2 = env.lb2_ifindex;
+    env.run(|| lb.dp.set_egress_dev(0, lb2))?;
+    for i in 4..=6 {
+        lb.dp.set_egress(
+            lb_common::v6_words(backend_addr(i)),
+            Some(second_nic(env.lb2_ifindex)),
+        )?;
+    }
+    let flow2 = Flow::new("198.51.100.7", 40000, "192.0.2.20", 80);
+    let ack2 = flow2.tcp(Tcp::Ack, PAYLOAD);
+    let key2 = flow2.key(PROTO_TCP);
+    // Its entry, made by its first ACK (SYNs make none).
+    let r = lb.run(&ack2);
+    ensure!(
+        r.verdict == 4,
+        "priming ACK (redirect): verdict {}",
+        r.verdict
+    );
+    let mut redirect_expected = expected_encap(
+        &ack2,
+        backend_addr(redirected.backend_for(&key2)),
+        lb_common::flow_hash(&key2, SEED),
+        false,
+    );
+    redirect_expected[6..12].copy_from_slice(&NIC2_MAC);
+    let base = |name, which, harness, expected| Scenario {
+        name,
+        which,
+        harness,
+        frame: ack.clone(),
+        rx: IF_RX,
+        expected,
+    };
     let scenarios = [
+        base(EMPTY, Which::Empty, false, ack.clone()),
+        base(EMPTY_H, Which::Empty, true, ack.clone()),
+        base(FLOOR, Which::Floor, true, floor_expected),
+        base(EST, Which::Lb, true, est_expected),
         Scenario {
-            name: EMPTY,
-            which: Which::Empty,
-            harness: false,
-            expected: ack.clone(),
-        },
-        Scenario {
-            name: EMPTY_H,
-            which: Which::Empty,
-            harness: true,
-            expected: ack.clone(),
-        },
-        Scenario {
-            name: FLOOR,
-            which: Which::Floor,
-            harness: true,
-            expected: floor_expected,
-        },
-        Scenario {
-            name: EST,
-            which: Which::Lb,
-            harness: true,
-            expected: est_expected,
+            frame: ack2,
+            rx: IF_RX2,
+            ..base(REDIRECT, Which::Lb, true, redirect_expected)
         },
     ];
     let mut bench = Bench {
         env,
         lb,
         h: Harness::load(lb_objects::testing::BENCH_OBJECT)?,
-        frame: ack,
     };
 
     // Step 1: the receiver passes frames to the stack, where a packet socket sees them.
     eprintln!("==> live: one frame of each scenario, captured on {IF_RX}");
-    let rx = bench.env.rx_ifindex;
-    let (pass, wire) = bench.env.run(|| {
-        let pass = lb_objects::testing::attach_pass(IF_RX)?;
+    let (rx, rx2) = (bench.env.rx_ifindex, bench.env.rx2_ifindex);
+    let (pass, wire, wire2) = bench.env.run(|| {
+        let pass = [
+            lb_objects::testing::attach_pass(IF_RX)?,
+            lb_objects::testing::attach_pass(IF_RX2)?,
+        ];
         let wire = Wire::open(IF_RX)?;
+        let wire2 = Wire::open(IF_RX2)?;
         ensure!(
             lb_userspace::neighbour::ifindex(IF_RX)? == rx,
             "{IF_RX} changed its ifindex"
         );
-        Ok((pass, wire))
+        Ok((pass, wire, wire2))
     })?;
     let checked: Vec<Result<()>> = scenarios
         .iter()
         .map(|s| {
+            let w = if s.rx == IF_RX2 { &wire2 } else { &wire };
             bench
-                .capture_check(s, &wire)
+                .capture_check(s, w)
                 .with_context(|| format!("{}: capture check", s.name))
         })
         .collect();
-    drop(wire);
+    drop((wire, wire2));
     drop(pass);
 
-    // Step 2: the receiver drops in XDP (its cheapest path), and the runs are timed.
+    // Step 2: the receivers drop in XDP (their cheapest path), and the runs are timed.
     let drop_prog = bench.env.run(|| DropProg::attach(rx))?;
+    let drop_prog2 = bench.env.run(|| DropProg::attach(rx2))?;
     let deadline = started + SECTION_BUDGET;
     let mut results: Vec<Result<Measured>> = Vec::new();
     for (s, check) in scenarios.iter().zip(checked) {
@@ -387,8 +426,10 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
     }
     drop(bench);
     env.drop_prog = Some(drop_prog);
+    env.drop_prog2 = Some(drop_prog2);
 
     let floor = results[2].as_ref().ok().map(|m| median(&m.mpps));
+    let tx = results[3].as_ref().ok().map(|m| median(&m.mpps));
     let rows = scenarios
         .iter()
         .zip(results)
@@ -398,6 +439,9 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
                 let mut notes = Vec::new();
                 if let Some(b) = floor {
                     notes.push(format!("{:.2}× floor", f.median / b));
+                }
+                if let (REDIRECT, Some(t)) = (s.name, tx) {
+                    notes.push(format!("{:.2}× XDP_TX", f.median / t));
                 }
                 if m.received < m.sent {
                     notes.push(format!(
@@ -412,6 +456,26 @@ fn run_in(env: &mut Env, lb_object: &[u8], started: Instant) -> Result<Vec<Row>>
         })
         .collect();
     Ok(rows)
+}
+
+/// The egress entry of a backend whose route leaves by the second NIC (`EGRESS_DEVS[0]`).
+fn second_nic(ifindex: u32) -> lb_common::Egress {
+    let mut e = lb_common::Egress {
+        state: lb_common::EGRESS_ROUTED,
+        paths_len: 1,
+        ..lb_common::Egress::UNRESOLVED
+    };
+    e.paths[0] = lb_common::EgressPath {
+        link: IfaceConfig {
+            src_mac: NIC2_MAC,
+            dst_mac: NEXT_HOP_MAC,
+            mtu: 0,
+            _pad: 0,
+        },
+        ifindex,
+        dev: 0,
+    };
+    e
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -1,8 +1,8 @@
 //! Encapsulation: the client's IP packet, byte for byte, behind a new IPv6 header (RFC 2473:
 //! next header 4 for IPv4, 41 for IPv6), or behind IPv6 + UDP for GUE variant 1 (the inner IP
 //! header directly after UDP). A packet with a second chance also carries a Segment Routing
-//! Header between the IPv6 header and the rest (`lb_common::srh`). Then out of the same NIC
-//! with XDP_TX.
+//! Header between the IPv6 header and the rest (`lb_common::srh`). The MACs are the egress
+//! step's (`egress`), which then sends the frame.
 
 use core::mem::offset_of;
 use core::ptr::{read_unaligned, write as store};

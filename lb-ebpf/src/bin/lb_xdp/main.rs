@@ -4,9 +4,10 @@
 //! `parse` reads and checks the headers. ICMP to a VIP address goes to `icmp`, which answers
 //! echo requests itself and hands an error back as the flow it quotes. Every packet that is
 //! forwarded then takes the one tail below, `forward`: `vip` finds the service, `conntrack`
-//! and `maglev` pick the backend, `toobig` answers a client packet that would not fit once
-//! encapsulated, and `encap` rewrites the frame into IPv6 (or IPv6 + UDP for GUE). `stats`
-//! counts every outcome.
+//! and `maglev` pick the backend, `egress` its way out (this NIC or another, and the MACs),
+//! `toobig` answers a client packet that would not fit once encapsulated, `encap` rewrites the
+//! frame into IPv6 (or IPv6 + UDP for GUE) and `egress` sends it (XDP_TX or XDP_REDIRECT).
+//! `stats` counts every outcome.
 //!
 //! Modules import only downward: this file uses the steps; the steps use `packet` (the types
 //! they pass each other), `stats`, `maps` and the helpers below them; none imports a step
@@ -22,6 +23,7 @@
 mod clock;
 mod conns;
 mod conntrack;
+mod egress;
 mod encap;
 mod flowsync;
 mod icmp;
@@ -59,8 +61,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// The forwarding tail, the same for a client packet and an ICMP error about a flow (`Kind`
-/// says what differs): VIP lookup, connection table and backend choice, the NIC, the too-big
-/// check, the counters and the encapsulation.
+/// says what differs): VIP lookup, connection table and backend choice, the NIC, the way out,
+/// the too-big check, the counters, the encapsulation and the send.
 ///
 /// Each call above passes its `Kind` as a constant, so LLVM compiles one copy per kind with
 /// the `Kind` tests folded away: the client path pays nothing for ICMP errors (joining both
@@ -104,6 +106,18 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
     let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
         return stats::drop(Counter::DropNoIface);
     };
+    // The way out: the backend's route (another NIC: XDP_REDIRECT) or this NIC's next hop;
+    // an unresolved next hop drops here, before anything is counted as sent.
+    let out = match egress::choose(
+        ctx,
+        target.id,
+        target.hash,
+        ctx.ingress_ifindex() as u32,
+        iface,
+    ) {
+        Ok(out) => out,
+        Err(verdict) => return verdict,
+    };
     // Second chance: the slot's previous backend, for a flow a table change moved.
     let prev = conntrack::second_chance(&target);
     // Too big once encapsulated: answered with ICMP (or dropped), never forwarded. One compare
@@ -113,8 +127,12 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
     }
     let len = pkt.frame_len as u64;
     stats::add_backend(target.id, len);
-    let action = encap::encapsulate(ctx, pkt, vip, cfg, iface, &target, prev);
-    if !client && action == xdp_action::XDP_TX {
+    let action = encap::encapsulate(ctx, pkt, vip, cfg, out.link, &target, prev);
+    if action != xdp_action::XDP_TX {
+        return action;
+    }
+    let action = egress::send(&out, len);
+    if !client && action != xdp_action::XDP_DROP {
         stats::count(Counter::IcmpErrorForwarded);
     }
     action

@@ -2,13 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
-    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES, FlowKey, FlowKey4,
-    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, RingSlot, STATS_SLOTS, VipFilter, VipKey,
-    VipMeta, VipSlot, iface_slot, vip_index_size,
+    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, EGRESS_MAX_DEVS, EGRESS_STATS_SLOTS,
+    Egress, FLOW_EVENTS_BYTES, FlowKey, FlowKey4, IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig,
+    RingSlot, STATS_SLOTS, VipFilter, VipKey, VipMeta, VipSlot, iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -103,6 +103,24 @@ pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
 /// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// Each backend's way out (`lb_common::Egress`, by backend id), written by the agent.
+#[map]
+pub static EGRESS: Array<Egress> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The NICs a packet may be redirected to, by `EgressPath::dev`.
+#[map]
+pub static EGRESS_DEVS: DevMap = DevMap::with_max_entries(EGRESS_MAX_DEVS, 0);
+
+/// Per NIC of the egress step: packets sent with XDP_TX, then with XDP_REDIRECT.
+#[map]
+pub static EGRESS_STATS: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(EGRESS_STATS_SLOTS, 0);
+
+/// Bench variant `egress-fib`: where the per-packet FIB lookup leaves the MACs it found.
+#[cfg(feature = "egress-fib")]
+#[map]
+pub static EGRESS_FIB_SCRATCH: PerCpuArray<IfaceConfig> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
