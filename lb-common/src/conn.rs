@@ -176,7 +176,7 @@ mod tests {
             40000,
             "192.0.2.10".parse().unwrap(),
             80,
-            crate::PROTO_TCP,
+            crate::headers::PROTO_TCP,
         );
         let n = k.v4();
         assert_eq!((n.src, n.dst), (k.src[0], k.dst[0]));
