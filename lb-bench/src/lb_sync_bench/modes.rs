@@ -142,9 +142,20 @@ impl Bench<'_> {
         let label = format!("{mode}/{name} {rate}/s");
         let count = (rate as f64 * secs).round() as u64;
         let first = self.next_flow;
-        let frames = (first..first + count)
-            .map(|n| self.ports[0].syn(n))
-            .collect::<Result<Vec<_>>>()?;
+        // Real new flows are a SYN and a first ACK (the ACK makes the entry); the flood is
+        // spoofed SYNs alone.
+        let flood = name == "flood";
+        let per_flow = if flood { 1 } else { 2 };
+        let frames = if flood {
+            (first..first + count)
+                .map(|n| self.ports[0].syn(n))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            (first..first + count)
+                .map(|n| self.ports[0].new_flow(n))
+                .collect::<Result<Vec<_>>>()?
+                .concat()
+        };
         self.next_flow += count;
         let table_before = table_of(self.lab, 2)?;
         let a = self.snapshot()?;
@@ -183,7 +194,7 @@ impl Bench<'_> {
                     n
                 })
             });
-            let sent = send_paced(&self.ports[0], &frames, rate, &label);
+            let sent = send_paced(&self.ports[0], &frames, per_flow, rate, &label);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let n = toggler.map_or(0, |t| t.join().unwrap_or(0));
             Ok((sent?, n))

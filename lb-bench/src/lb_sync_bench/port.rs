@@ -79,19 +79,33 @@ impl Port {
 
     /// SYN number `n` (distinct for every n below 64 x 64000) to VIP4:80, checked.
     pub(crate) fn syn(&self, n: u64) -> Result<Vec<u8>> {
+        self.segment(n, Tcp::Syn)
+    }
+
+    /// New flow number `n` as a client makes it: its SYN, then its first ACK. Since issue 18 a
+    /// SYN (second chance on, an unchanged slot) writes no connection entry; the first ACK does,
+    /// and that entry is what flow sync exports. A spoofed SYN flood is `syn` alone.
+    pub(crate) fn new_flow(&self, n: u64) -> Result<[Vec<u8>; 2]> {
+        Ok([self.segment(n, Tcp::Syn)?, self.segment(n, Tcp::Ack)?])
+    }
+
+    fn segment(&self, n: u64, flags: Tcp) -> Result<Vec<u8>> {
         let src = Ipv4Addr::new(203, 0, 113, SRC_BASE + (n % SRC_HOSTS) as u8);
         let sport = PORT_BASE + ((n / SRC_HOSTS) % PORTS) as u16;
         let mut flow = Flow::new("203.0.113.192", sport, "192.0.2.10", HTTP_PORT)
             .macs(self.src_mac, self.dst_mac);
         flow.src = IpAddr::V4(src);
-        let frame = flow.tcp(Tcp::Syn, &[]);
-        self.check(&frame, src, sport)?;
+        let frame = flow.tcp(flags, &[]);
+        // The frame builder's flags: SYN alone, or ACK with PSH.
+        let want = if flags == Tcp::Syn { 0x02 } else { 0x18 };
+        self.check(&frame, src, sport, want)?;
         Ok(frame)
     }
 
-    /// A well-formed SYN: our MACs, IPv4 to the VIP, correct IPv4 and TCP checksums.
-    pub(crate) fn check(&self, f: &[u8], src: Ipv4Addr, sport: u16) -> Result<()> {
-        ensure!(f.len() == 14 + 20 + 20, "a SYN frame of {} bytes", f.len());
+    /// A well-formed SYN or ACK (`flags`): our MACs, IPv4 to the VIP, correct IPv4 and TCP
+    /// checksums.
+    pub(crate) fn check(&self, f: &[u8], src: Ipv4Addr, sport: u16, flags: u8) -> Result<()> {
+        ensure!(f.len() == 14 + 20 + 20, "a TCP frame of {} bytes", f.len());
         ensure!(
             f[0..6] == self.dst_mac && f[6..12] == self.src_mac,
             "frame MACs"
@@ -110,7 +124,7 @@ impl Port {
         ensure!(
             u16::from_be_bytes([tcp[0], tcp[1]]) == sport
                 && u16::from_be_bytes([tcp[2], tcp[3]]) == HTTP_PORT
-                && tcp[13] == 0x02,
+                && tcp[13] == flags,
             "TCP header {:02x?}",
             tcp
         );
@@ -139,8 +153,16 @@ pub(crate) struct Sent {
     pub(crate) cpu_s: f64,
 }
 
-/// Sends `frames` at `rate` per second: a bounded loop (every frame once, and a deadline).
-pub(crate) fn send_paced(port: &Port, frames: &[Vec<u8>], rate: u32, label: &str) -> Result<Sent> {
+/// Sends `frames`, `per_flow` frames to a flow, at `rate` flows per second: a bounded loop
+/// (every frame once, and a deadline). `Sent::frames` counts flows (frames / `per_flow`).
+pub(crate) fn send_paced(
+    port: &Port,
+    frames: &[Vec<u8>],
+    per_flow: usize,
+    rate: u32,
+    label: &str,
+) -> Result<Sent> {
+    let rate = rate * per_flow as u32;
     let total = frames.len();
     let planned = total as f64 / rate as f64;
     let start = Instant::now();
@@ -184,7 +206,7 @@ pub(crate) fn send_paced(port: &Port, frames: &[Vec<u8>], rate: u32, label: &str
         progress(&format!("{label}: {errors} sends failed, the last: {e}"));
     }
     Ok(Sent {
-        frames: i as u64 - errors,
+        frames: (i as u64 - errors) / per_flow as u64,
         errors,
         secs,
         cpu_s: thread_cpu_s() - cpu0,

@@ -111,14 +111,16 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Sends `n` SYNs to load balancer `k` (0: lb1, 1: lb2) without pacing.
+    /// Sends `n` new flows (SYN, then first ACK) to load balancer `k` (0: lb1, 1: lb2) without
+    /// pacing.
     pub(crate) fn send_markers(&mut self, k: usize, n: u64) -> Result<()> {
         for _ in 0..n {
-            let f = self.ports[k].syn(self.next_flow)?;
+            for f in self.ports[k].new_flow(self.next_flow)? {
+                self.ports[k]
+                    .send(&f)
+                    .context("sending a marker flow from the router")?;
+            }
             self.next_flow += 1;
-            self.ports[k]
-                .send(&f)
-                .context("sending a marker SYN from the router")?;
         }
         self.last_syn[k] = Some(Instant::now());
         Ok(())
@@ -302,14 +304,15 @@ impl Bench<'_> {
         let count = (rate as f64 * secs).round() as u64;
         let first = self.next_flow;
         let frames = (first..first + count)
-            .map(|n| self.ports[0].syn(n))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|n| self.ports[0].new_flow(n))
+            .collect::<Result<Vec<_>>>()?
+            .concat();
         self.next_flow += count;
         progress(&format!(
-            "{label}: {count} SYNs over {secs} s (frames checked: IPv4 and TCP checksums)"
+            "{label}: {count} new flows (SYN, first ACK) over {secs} s (frames checked: IPv4 and TCP checksums)"
         ));
         let a = self.snapshot()?;
-        let sent = send_paced(&self.ports[0], &frames, rate, &label)?;
+        let sent = send_paced(&self.ports[0], &frames, 2, rate, &label)?;
         self.last_syn[0] = Some(Instant::now());
         drop(frames);
         let settle_s = self.settle(Duration::from_secs(10))?;
