@@ -24,6 +24,13 @@ pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `iface`'s MAC in namespace `ns`.
+pub fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    let out = sh("ip", &["-n", ns, "-j", "link", "show", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no address")?)
+}
+
 /// A network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -74,9 +81,7 @@ impl Netns {
     }
 
     pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no address")?)
+        mac(&self.name, iface)
     }
 
     /// The id of the XDP program attached to `iface`, if any.

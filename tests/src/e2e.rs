@@ -301,3 +301,26 @@ pub fn echo_targets() -> Vec<SocketAddr> {
         SocketAddr::new(IpAddr::V6(VIP6), ECHO_PORT),
     ]
 }
+
+/// A dataplane counter's packets in load balancer `i`'s `lb stats` (0 if it has no such counter).
+pub fn lb_counter(lab: &Lab, i: usize, name: &str) -> u64 {
+    let stats = lab.lb_json(i, &["stats", "--interval", "0.1"]).unwrap();
+    stats["now"]["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The Maglev slots backend `j` (by its tunnel address) holds in VIP `vip`'s table on load
+/// balancer `i`.
+pub fn backend_slots(lab: &Lab, i: usize, vip: &str, j: usize) -> Option<u64> {
+    let addr = lab::backend_link6(j).1.to_string();
+    let list = lab.lb_json(i, &["backend", "list", vip]).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|b| b["backend"] == addr.as_str())
+        .and_then(|b| b["slots"].as_u64())
+}

@@ -204,19 +204,9 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
     std::thread::sleep(Duration::from_secs(1));
 
     // The flood: SYNs from 100.64.0.0/10 to VIP4:80, framed for lb1's NIC.
-    let mac = |ns: &str, dev: &str| -> [u8; 6] {
-        let out = netns::sh("ip", &["-n", ns, "-j", "link", "show", dev]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        let s = v[0]["address"].as_str().unwrap().to_string();
-        let b: Vec<u8> = s
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect();
-        b.try_into().unwrap()
-    };
     let (router_mac, lb1_mac) = (
-        mac(&lab.ns("router"), "lb1"),
-        mac(&lab.ns(&lab::lb_name(1)), "eth0"),
+        lab::netns::mac(&lab.ns("router"), "lb1").unwrap(),
+        lab::netns::mac(&lab.ns(&lab::lb_name(1)), "eth0").unwrap(),
     );
     let frames: Vec<Vec<u8>> = (0..20 * MAX_FLOWS)
         .map(|i| {
@@ -270,9 +260,10 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
     // being rewritten may move (the gate's cost, documented).
     wait_until("both tables rewritten", Duration::from_secs(60), || {
         (1..=2).all(|i| {
-            echo_vips()
-                .iter()
-                .all(|vip| slots(&lab, i, vip, 1) == Some(0) && slots(&lab, i, vip, 4) > Some(0))
+            echo_vips().iter().all(|vip| {
+                backend_slots(&lab, i, vip, 1) == Some(0)
+                    && backend_slots(&lab, i, vip, 4) > Some(0)
+            })
         })
     });
     let (failed, retried) = new_connections(&lab, 20);
@@ -312,15 +303,6 @@ fn flood_in_the_lab(tag: &str, gate: u32) -> (Vec<Session>, u64, f64, usize, Str
 
 fn backend(j: usize) -> String {
     lab::backend_link6(j).1.to_string()
-}
-
-/// The Maglev slots backend `j` holds in VIP `vip`'s table on load balancer `i`.
-fn slots(lab: &lab::Lab, i: usize, vip: &str, j: usize) -> Option<u64> {
-    let list = lab.lb_json(i, &["backend", "list", vip]).ok()?;
-    list.as_array()?
-        .iter()
-        .find(|b| b["backend"] == backend(j).as_str())
-        .and_then(|b| b["slots"].as_u64())
 }
 
 fn echo_vips() -> [String; 2] {

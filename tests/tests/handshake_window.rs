@@ -32,44 +32,6 @@ fn vip() -> String {
     format!("{}:{}/tcp", lab::VIP4, lab::ECHO_PORT)
 }
 
-fn backend(j: usize) -> String {
-    lab::backend_link6(j).1.to_string()
-}
-
-/// The Maglev slots backend `j` holds in the echo VIP's table on load balancer `i`.
-fn slots(lab: &lab::Lab, i: usize, j: usize) -> Option<u64> {
-    let list = lab.lb_json(i, &["backend", "list", &vip()]).ok()?;
-    list.as_array()?
-        .iter()
-        .find(|b| b["backend"] == backend(j).as_str())
-        .and_then(|b| b["slots"].as_u64())
-}
-
-/// A dataplane counter's packets in load balancer `i`'s `lb stats`.
-fn lb_counter(lab: &lab::Lab, i: usize, name: &str) -> u64 {
-    let stats = lab.lb_json(i, &["stats", "--interval", "0.1"]).unwrap();
-    stats["now"]["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or(0)
-}
-
-/// `dev`'s MAC in namespace `ns`.
-fn mac(ns: &str, dev: &str) -> [u8; 6] {
-    let out = tests::netns::sh("ip", &["-n", ns, "-j", "link", "show", dev]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let bytes: Vec<u8> = v[0]["address"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 fn decap_counter(lab: &lab::Lab, j: usize, name: &str) -> u64 {
     let s = lab.decap_stats(j).unwrap();
     s["counters"][name]["packets"].as_u64().unwrap_or(0)
@@ -152,8 +114,8 @@ fn handshakes_survive_a_table_change_between_syn_and_ack() {
         o.configured_backends = 3;
     });
     // The router reaches the raw client on the client link, at the client's MAC.
-    let client_mac = mac(&lab.ns("client"), "eth0");
-    let router_mac = mac(&lab.ns("router"), "c0");
+    let client_mac = lab::netns::mac(&lab.ns("client"), "eth0").unwrap();
+    let router_mac = lab::netns::mac(&lab.ns("router"), "c0").unwrap();
     let raw = RAW_CLIENT.to_string();
     let mac = client_mac
         .iter()
@@ -260,9 +222,18 @@ fn handshakes_survive_a_table_change_between_syn_and_ack() {
     assert_eq!(pinned, 0, "SYNs pinned their flows");
 
     // The change: b4 joins; both load balancers rewrite their tables.
-    lb_succeeds(&lab, 1, &["backend", "add", &vip(), &backend(4)]);
+    lb_succeeds(
+        &lab,
+        1,
+        &[
+            "backend",
+            "add",
+            &vip(),
+            &lab::backend_link6(4).1.to_string(),
+        ],
+    );
     wait_until("both tables give b4 slots", Duration::from_secs(30), || {
-        (1..=2).all(|i| slots(&lab, i, 4) > Some(0))
+        (1..=2).all(|i| backend_slots(&lab, i, &vip(), 4) > Some(0))
     });
     to_client.send(()).unwrap();
     let done = client.join().unwrap();

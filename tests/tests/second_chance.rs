@@ -128,18 +128,6 @@ fn decap_counters(lab: &Lab, j: usize) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// A dataplane counter's packets in load balancer `i`'s `lb stats` (0 if it has no such counter).
-fn lb_counter(lab: &Lab, i: usize, name: &str) -> u64 {
-    let stats = lab.lb_json(i, &["stats", "--interval", "0.1"]).unwrap();
-    stats["now"]["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .and_then(|c| c["packets"].as_u64())
-        .unwrap_or(0)
-}
-
 /// The hard case: connections open; b4 added and b1 drained through lb1's CLI (the fleet
 /// learns it by sync); then the last load balancer's routes are withdrawn.
 fn run(case: &Case) -> Outcome {

@@ -4,11 +4,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use lb_lab::netns::sh;
+use anyhow::{Result, ensure};
+use lb_lab::netns::mac;
 use lb_lab::{self as lab, HTTP_PORT, Lab, VIP4, in_ns};
 use lb_testkit::{Flow, Tcp, check_inner_checksums, ip_packet};
-use serde_json::Value;
 
 use crate::params::*;
 use crate::steps::*;
@@ -130,12 +129,6 @@ impl Port {
         );
         check_inner_checksums(ip)
     }
-}
-
-pub(crate) fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
-    let out = sh("ip", &["-n", ns, "-j", "link", "show", iface])?;
-    let v: Value = serde_json::from_str(&out)?;
-    lb_userspace::config::parse_mac(v[0]["address"].as_str().context("no MAC address")?)
 }
 
 pub(crate) fn thread_cpu_s() -> f64 {
