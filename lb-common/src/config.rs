@@ -46,6 +46,9 @@ pub const LB_F_FLOW_EVENTS: u16 = 1;
 /// made by its first packet after the SYN, and a table change in between is covered by the
 /// second chance. Unset (second chance off, or an older agent): every SYN writes its entry.
 pub const LB_F_SECOND_CHANCE: u16 = 2;
+/// `LbConfig::flags`: established IPv4 packets may be answered by the per-CPU flow cache
+/// (`flow_cache`). Unset: every packet reads the connection table, as before.
+pub const LB_F_FLOW_CACHE: u16 = 4;
 
 impl LbConfig {
     /// How long a connection entry may idle before it is ignored: UDP, established TCP, or

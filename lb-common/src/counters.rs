@@ -113,6 +113,9 @@ counter_enum! {
         TxRedirect = "tx_redirect",
         // The redirect's NIC was not in EGRESS_DEVS: dropped.
         DropRedirect = "drop_redirect",
+        // An established IPv4 packet answered by this CPU's flow cache (lb-common/src/
+        // flow_cache.rs) instead of a connection-table lookup (`lru_hit`).
+        FlowCacheHit = "flow_cache_hit",
     }
 }
 

@@ -9,8 +9,8 @@
 //! One idea per module; nothing here imports upward (`headers` and `addr` at the bottom, the
 //! map types above them, `maglev` on top):
 //! - `headers`: header sizes and field values; `addr`: address words and families.
-//! - `conn`, `vip`, `vip_index`, `vip_filter`, `backend`, `config`, `egress`, `flow_event`: the
-//!   `lb-xdp` object's map types; `names`: its map and global names.
+//! - `conn`, `flow_cache`, `vip`, `vip_index`, `vip_filter`, `backend`, `config`, `egress`,
+//!   `flow_event`: the `lb-xdp` object's map types; `names`: its map and global names.
 //! - `counters`: the counter macro and `Counter`; `decap` and `health`: the other programs'
 //!   names, types and counters.
 //! - `hash`: the flow hash; `maglev` (userspace): Maglev construction.
@@ -25,6 +25,7 @@ pub mod conn;
 pub mod counters;
 pub mod decap;
 pub mod egress;
+pub mod flow_cache;
 pub mod flow_event;
 pub mod hash;
 pub mod headers;
@@ -46,6 +47,7 @@ pub use config::*;
 pub use conn::*;
 pub use counters::{Counter, CounterValue, STATS_SLOTS};
 pub use egress::*;
+pub use flow_cache::*;
 pub use flow_event::*;
 pub use hash::{flow_hash, ring_slot};
 pub use headers::{ENCAP_GUE_LEN, ENCAP_IP6_LEN, PROTO_TCP, PROTO_UDP};

@@ -16,6 +16,13 @@ pub const RINGS: &str = "RINGS";
 pub const CONNS: &str = "CONNS";
 /// IPv4 flows' connection table (`FlowKey4`).
 pub const CONNS4: &str = "CONNS4";
+/// Per CPU, the established IPv4 flows last read from `CONNS4` (`CachedFlow`). Not pinned:
+/// each program load starts with an empty cache.
+pub const FLOW_CACHE: &str = "FLOW_CACHE";
+/// One u64, the flow cache's epoch: written by userspace after every change it makes to the
+/// connection tables, which retires every cached flow. Pinned with the tables it guards, so
+/// any process that writes them (through their pins) can find it.
+pub const FLOW_CACHE_EPOCH: &str = "FLOW_CACHE_EPOCH";
 pub const STATS: &str = "STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -47,6 +54,7 @@ pub const PINNED: &[&str] = &[
     RINGS,
     CONNS,
     CONNS4,
+    FLOW_CACHE_EPOCH,
     STATS,
     VIP_STATS,
     BACKEND_STATS,

@@ -280,6 +280,7 @@ pub fn is_verdict_counter(c: Counter) -> bool {
     !matches!(
         c,
         Counter::LruHit
+            | Counter::FlowCacheHit
             | Counter::LruMissSyn
             | Counter::LruMissNonSyn
             | Counter::LruMissUdp

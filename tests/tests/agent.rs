@@ -455,7 +455,8 @@ fn an_agent_restart_loses_no_packets() {
         8,
         "each flow was looked up in Maglev once, before the restart"
     );
-    assert_eq!(counter("lru_hit"), N as u64 - 8);
+    // Each of the other packets found its flow: in the table, or in its CPU's flow cache.
+    assert_eq!(counter("lru_hit") + counter("flow_cache_hit"), N as u64 - 8);
     assert_eq!(counter("tx"), N as u64, "counters survive the restart");
     let udp_flows = backends(&files.socket, "192.0.2.53:53/udp");
     assert_eq!(udp_flows["2001:db8:be::1"]["flows"], 8);

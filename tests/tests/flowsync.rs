@@ -316,6 +316,8 @@ fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
         std::process::id()
     )));
     let _ = std::fs::remove_dir_all(&pins.0);
+    // bpffs may not be mounted yet on a fresh machine (the agent mounts it when it starts).
+    lb_userspace::dataplane::ensure_bpffs(&pins.0).unwrap();
     let limits = DataplaneLimits {
         ring_size: RING,
         max_vips: 16,

@@ -118,22 +118,22 @@ pub(super) fn lb_config(cfg: &Config) -> LbConfig {
     }
 }
 
-/// `LbConfig::flags` for this config.
+/// `LbConfig::flags` for this config: only `flows = "all"` exports each new flow's entry;
+/// with second chance on, rings keep previous backends (SYNs in unchanged slots need no entry).
 fn lb_flags(cfg: &Config) -> u16 {
-    let mut flags = 0;
-    // Only `flows = "all"` exports each new flow's entry.
-    if cfg
-        .sync
-        .as_ref()
-        .is_some_and(|s| s.flows == crate::config::FlowSync::All)
-    {
-        flags |= lb_common::LB_F_FLOW_EVENTS;
-    }
-    // Rings keep previous backends: SYNs in unchanged slots need no entry.
-    if cfg.dataplane.second_chance_ms() > 0 {
-        flags |= lb_common::LB_F_SECOND_CHANCE;
-    }
-    flags
+    use lb_common::{LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS, LB_F_SECOND_CHANCE};
+    let sync = cfg.sync.as_ref();
+    [
+        (
+            sync.is_some_and(|s| s.flows == crate::config::FlowSync::All),
+            LB_F_FLOW_EVENTS,
+        ),
+        (cfg.dataplane.second_chance_ms() > 0, LB_F_SECOND_CHANCE),
+        (cfg.dataplane.flow_cache, LB_F_FLOW_CACHE),
+    ]
+    .into_iter()
+    .filter_map(|(on, bit)| on.then_some(bit))
+    .fold(0, |flags, bit| flags | bit)
 }
 
 /// The new-flow gate for this config (a burst of 0 means one second of the rate).

@@ -166,6 +166,10 @@ pub struct DataplaneConfig {
     /// timeout, the longest an idle connection keeps its entry.
     #[serde(default)]
     pub second_chance_secs: Option<u64>,
+    /// The per-CPU flow cache in front of the IPv4 connection table (docs/dataplane.md, "The
+    /// flow cache"): on by default; off, every established packet reads the table.
+    #[serde(default = "yes")]
+    pub flow_cache: bool,
 }
 
 impl DataplaneConfig {

@@ -322,3 +322,11 @@ address = "2001:db8:be::1"
         assert!(e.contains(why), "{edit:?}: `{e}` should say `{why}`");
     }
 }
+
+#[test]
+fn the_flow_cache_is_on_unless_switched_off() {
+    assert!(Config::parse(EXAMPLE).unwrap().dataplane.flow_cache);
+    let off = EXAMPLE.replace("# flow_cache = true", "flow_cache = false");
+    assert_ne!(off, EXAMPLE);
+    assert!(!Config::parse(&off).unwrap().dataplane.flow_cache);
+}

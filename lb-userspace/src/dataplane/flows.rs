@@ -45,7 +45,12 @@ impl Dataplane {
                 .with_context(|| format!("duplicating the fd of {name}"))?;
             MapData::from_fd(fd).with_context(|| format!("opening {name} from its fd"))
         };
-        FlowTable::from_map_data(dup(names::CONNS)?, dup(names::CONNS4)?, dup(names::CONFIG)?)
+        FlowTable::from_map_data(
+            dup(names::CONNS)?,
+            dup(names::CONNS4)?,
+            dup(names::CONFIG)?,
+            dup(names::FLOW_CACHE_EPOCH)?,
+        )
     }
 
     /// The connection-table entry of a flow, if any.
@@ -124,6 +129,9 @@ pub struct FlowTable {
     conns_fd: OwnedFd,
     conns4_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
+    /// `FLOW_CACHE_EPOCH`: written after every change to the tables, so no CPU's flow cache
+    /// keeps answering for an entry changed here.
+    cache_epoch: Array<MapData, u64>,
 }
 
 impl FlowTable {
@@ -137,10 +145,16 @@ impl FlowTable {
             open(names::CONNS)?,
             open(names::CONNS4)?,
             open(names::CONFIG)?,
+            open(names::FLOW_CACHE_EPOCH)?,
         )
     }
 
-    fn from_map_data(conns: MapData, conns4: MapData, config: MapData) -> Result<Self> {
+    fn from_map_data(
+        conns: MapData,
+        conns4: MapData,
+        config: MapData,
+        cache_epoch: MapData,
+    ) -> Result<Self> {
         let fd = |m: &MapData| {
             m.fd()
                 .as_fd()
@@ -154,13 +168,34 @@ impl FlowTable {
             .context("CONNS4 is not a (shared LRU) hash map of IPv4 flows")?;
         let config = Array::try_from(Map::from_map_data(config)?)
             .context("the config map is not an array")?;
+        let cache_epoch = Array::try_from(Map::from_map_data(cache_epoch)?)
+            .context("the flow cache's epoch map is not an array")?;
         Ok(Self {
             conns,
             conns4,
             conns_fd,
             conns4_fd,
             config,
+            cache_epoch,
         })
+    }
+
+    /// Retires every CPU's flow cache (lb-common/src/flow_cache.rs): called after each change
+    /// to the tables, never before it. The epoch is fresh: CLOCK_MONOTONIC, or one past the
+    /// last this process wrote.
+    fn retire_cached_flows(&mut self) -> Result<()> {
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = monotonic_ns();
+        let prev = LAST
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |last| Some(now.max(last + 1)),
+            )
+            .unwrap_or_else(|last| last);
+        self.cache_epoch
+            .set(0, now.max(prev + 1), 0)
+            .context("writing the flow cache's epoch")
     }
 
     /// The load balancer's current settings (`LB_CONFIG[0]`), for `live`'s timeouts.
@@ -190,7 +225,8 @@ impl FlowTable {
         } else {
             self.conns.insert(key, entry, 0)
         };
-        written.context("writing a connection entry")
+        written.context("writing a connection entry")?;
+        self.retire_cached_flows()
     }
 
     /// Installs flows in batches (BPF_MAP_UPDATE_BATCH), each in its family's table. Returns
@@ -210,6 +246,9 @@ impl FlowTable {
         }
         let (n4, e4) = batch::update_all(self.conns4_fd.as_fd(), &keys4, &values4);
         let (n6, e6) = batch::update_all(self.conns_fd.as_fd(), &keys, &values);
+        if n4 != 0 {
+            self.retire_cached_flows()?;
+        }
         match (n4 + n6, e4.or(e6)) {
             (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
             (written, _) => Ok(written),
@@ -250,6 +289,8 @@ impl FlowTable {
         })?;
         let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
         let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
+        // Even after a partial delete: whatever went is retired from the caches.
+        self.retire_cached_flows()?;
         Ok(n4.context("deleting connection entries")?
             + n6.context("deleting connection entries")?)
     }

@@ -123,6 +123,7 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<ConnEntry>(),
             limits.max_conns,
         ),
+        (names::FLOW_CACHE_EPOCH, 4, 8, 1),
         (
             names::STATS,
             4,

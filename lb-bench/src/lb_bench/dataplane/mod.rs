@@ -46,14 +46,18 @@ const NOT_VIP_H: &str = "not a VIP: XDP_PASS, through the harness";
 
 const SECTION: &str = "dataplane";
 
+/// The dataplane as the agent runs it by default (builds from before a flag ignore it): rings
+/// keep previous backends and SYNs in unchanged slots write no entry (second chance), and
+/// established IPv4 packets may be answered by the per-CPU flow cache.
+pub(crate) const AGENT_FLAGS: u16 = lb_common::LB_F_SECOND_CHANCE | lb_common::LB_F_FLOW_CACHE;
+
 /// Section "dataplane": every scenario of BENCHMARKS.md, ratios to the floor.
 pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let cpu = cpus - 1;
     crate::cpu::pin_to_cpu(cpu)?;
     let mut lb = Lb::with_object(lb_object, 65537, 2 * FLOWS)?;
-    // As the agent runs it by default: rings keep previous backends, SYNs write no entry.
-    lb.set_config(|c| c.flags |= lb_common::LB_F_SECOND_CHANCE);
+    lb.set_config(|c| c.flags |= AGENT_FLAGS);
     let mut h = Harness::load(lb_objects::testing::BENCH_OBJECT)?;
 
     let v4: IpAddr = "192.0.2.10".parse().unwrap();
@@ -172,7 +176,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             lb_scenario(
                 EST,
                 &ack4,
-                vec![LruHit, Tx],
+                vec![FlowCacheHit, Tx],
                 encap_of(&ack4, &k4, &i4, false),
             ),
             Box::new(|lb, _| prime(lb, &ack4)),
@@ -239,7 +243,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             lb_scenario(
                 "UDP, IPv4 VIP, established",
                 &udp_frame,
-                vec![LruHit, Tx],
+                vec![FlowCacheHit, Tx],
                 encap_of(&udp_frame, &fu.key(PROTO_UDP), &iu, false),
             ),
             Box::new(|lb, _| prime(lb, &udp_frame)),
@@ -248,7 +252,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             lb_scenario(
                 GUE,
                 &ackg,
-                vec![LruHit, TxGue],
+                vec![FlowCacheHit, TxGue],
                 encap_of(&ackg, &fg.key(PROTO_TCP), &ig, true),
             ),
             Box::new(|lb, _| prime(lb, &ackg)),
@@ -259,7 +263,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             lb_scenario(
                 SECOND_CHANCE,
                 &acksc,
-                vec![LruHit, TxSecondChance, Tx],
+                vec![FlowCacheHit, TxSecondChance, Tx],
                 encap_sc,
             ),
             Box::new(|lb, _| prime(lb, &acksc)),
@@ -381,8 +385,7 @@ fn basic_scenarios(installed: &Installed, pass: bool) -> Vec<(Scenario, Prep<'st
 /// flows of `basic_scenarios`).
 pub(super) fn lb_with_one_vip(object: &[u8]) -> Result<(Lb, Installed)> {
     let mut lb = Lb::with_object(object, 65537, 1 << 16)?;
-    // As the agent runs it by default (builds from before the flag ignore it).
-    lb.set_config(|c| c.flags |= lb_common::LB_F_SECOND_CHANCE);
+    lb.set_config(|c| c.flags |= AGENT_FLAGS);
     let installed = lb.add_vip(
         "192.0.2.10".parse().unwrap(),
         80,

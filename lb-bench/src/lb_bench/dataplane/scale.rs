@@ -123,8 +123,7 @@ pub fn scale(lb_object: &[u8]) -> Result<Vec<Row>> {
                 continue;
             }
         };
-        // As the agent runs it by default: SYNs in unchanged slots write no entry.
-        lb.set_config(|c| c.flags |= lb_common::LB_F_SECOND_CHANCE);
+        lb.set_config(|c| c.flags |= super::AGENT_FLAGS);
         eprintln!("==> scale: {label}");
         let ids: Vec<(u32, u32)> = (1..=backends).map(|id| (id, 1)).collect();
         // VIP 0 is measured; the others (198.51.100.0/24 and 203.0.113.0/24 addresses, ports

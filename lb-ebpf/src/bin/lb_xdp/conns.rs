@@ -2,6 +2,7 @@
 //! IPv6 flows in `CONNS` under the whole `FlowKey`. The kernel hashes and compares the whole key
 //! on every lookup; the short key makes an IPv4 lookup about 10 ns cheaper here.
 
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{ConnEntry, FAMILY_V4, FlowKey};
 
 use crate::maps::{CONNS, CONNS4};
@@ -26,13 +27,34 @@ pub fn get(key: &FlowKey) -> Option<*const ConnEntry> {
     }
 }
 
-/// Writes the flow's entry (a full table evicts its least recently used one); false if the
-/// kernel refused it.
+/// What `insert` did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The flow had no entry.
+    New,
+    /// An IPv4 flow's entry replaced one (live or not) that a flow cache may hold.
+    Replaced,
+    /// The kernel refused the entry.
+    Refused,
+}
+
+/// Writes the flow's entry (a full table evicts its least recently used one). An IPv4 entry is
+/// added only if none exists (BPF_NOEXIST, the same cost as BPF_ANY when it is new), and
+/// replaces one otherwise, so the flow cache learns of replacements.
 #[inline(always)]
-pub fn insert(key: &FlowKey, entry: &ConnEntry) -> bool {
-    if key.family == FAMILY_V4 {
-        CONNS4.insert(&key.v4(), entry, 0).is_ok()
+pub fn insert(key: &FlowKey, entry: &ConnEntry) -> Written {
+    let written = if key.family == FAMILY_V4 {
+        let k = key.v4();
+        if CONNS4.insert(&k, entry, BPF_NOEXIST as u64).is_ok() {
+            return Written::New;
+        }
+        CONNS4.insert(&k, entry, BPF_ANY as u64).is_ok()
     } else {
-        CONNS.insert(key, entry, 0).is_ok()
+        CONNS.insert(key, entry, BPF_ANY as u64).is_ok()
+    };
+    match written {
+        true if key.family == FAMILY_V4 => Written::Replaced,
+        true => Written::New,
+        false => Written::Refused,
     }
 }

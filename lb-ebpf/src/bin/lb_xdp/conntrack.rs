@@ -39,13 +39,14 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, BACKEND_F_VALID, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry,
-    Counter, FlowKey, LB_F_FLOW_EVENTS, LB_F_SECOND_CHANCE, LbConfig, RING_TICK_SHIFT, TcpEvent,
-    VipMeta, decode_id, encode_id, flow_hash,
+    Counter, FAMILY_V4, FlowKey, LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS, LB_F_SECOND_CHANCE, LbConfig,
+    PROTO_TCP, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id, encode_id, flow_hash,
 };
 
+use crate::conns::Written;
 use crate::maps::BACKENDS;
 use crate::packet::{Kind, Target};
-use crate::{clock::now_ns, conns, flowsync, maglev, ratelimit, stats, vip};
+use crate::{clock::now_ns, conns, flowcache, flowsync, maglev, ratelimit, stats, vip};
 
 /// What the connection table says about a packet's flow.
 pub enum Found {
@@ -58,10 +59,53 @@ pub enum Found {
     Miss,
 }
 
-/// Step 1 of the backend choice: the flow's connection entry, refreshed. One hash lookup (the
-/// entry) and array reads (backend, VIP by id) for an established flow.
+/// What this CPU's flow cache says about a client packet (step 0).
+pub enum Cached {
+    /// The flow's cached entry, its backend and VIP still installed: the table is not read.
+    Hit(&'static VipMeta, Target),
+    /// Not cached: the table decides. `Some(epoch)`: the entry it finds may be cached (with
+    /// the epoch read before the lookup).
+    Miss(Option<u64>),
+}
+
+/// Step 0, for a client packet: this CPU's flow cache (flowcache.rs), for established IPv4
+/// packets only (no SYN, FIN or RST: they change the entry). Array reads, no hash lookup, and
+/// not even the clock.
 #[inline(always)]
-pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
+pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
+    let event = TcpEvent::of(key.proto == PROTO_TCP, tcp_flags);
+    if cfg.flags & LB_F_FLOW_CACHE == 0 || key.family != FAMILY_V4 || event.syn || event.closing {
+        return Cached::Miss(None);
+    }
+    let epoch = flowcache::epoch();
+    let Some(c) = flowcache::lookup(&key.v4(), epoch) else {
+        return Cached::Miss(Some(epoch));
+    };
+    let vip = match maglev::backend(c.backend) {
+        Some(b) if b.generation == c.generation => vip::by_id(b.vip).map(|vip| (vip, b)),
+        _ => None,
+    };
+    let Some((vip, b)) = vip else {
+        // The table says why (stale backend, VIP removed) and counts it.
+        return Cached::Miss(Some(epoch));
+    };
+    stats::count(Counter::FlowCacheHit);
+    Cached::Hit(
+        vip,
+        Target {
+            id: c.backend,
+            addr: b.addr,
+            hash: c.hash,
+            prev: c.prev,
+        },
+    )
+}
+
+/// Step 1 of the backend choice: the flow's connection entry, refreshed. One hash lookup (the
+/// entry) and array reads (backend, VIP by id) for an established flow. `cache`: the epoch to
+/// cache a live entry under (see `Cached::Miss`).
+#[inline(always)]
+pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Option<u64>) -> Found {
     if flow.syn {
         return Found::Miss;
     }
@@ -82,6 +126,9 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig) -> Found {
         }
     };
     stats::count(Counter::LruHit);
+    if let Some(epoch) = cache {
+        flowcache::fill(&key.v4(), entry, epoch);
+    }
     // A refresh also takes over a peer's entry: local traffic now owns it.
     if flow.closing && entry.flags & CONN_F_CLOSING == 0 {
         entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
@@ -222,7 +269,12 @@ fn pin(
             prev,
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
-        let inserted = conns::insert(key, &entry);
+        let written = conns::insert(key, &entry);
+        // Every CPU's cache may hold the entry this one replaced (a reused 5-tuple).
+        if written == Written::Replaced && cfg.flags & LB_F_FLOW_CACHE != 0 {
+            flowcache::retire_all();
+        }
+        let inserted = written != Written::Refused;
         // Exported: a flow's start, by its SYN or (second chance on) by its first packet after
         // the SYN. UDP has no start to tell a new flow by.
         if inserted

@@ -1,10 +1,11 @@
 //! `lb_xdp`, the load balancer's XDP program, as one pipeline read top-down:
-//! parse -> ICMP -> VIP lookup -> connection table -> backend choice -> too big? -> encap.
+//! parse -> ICMP -> flow cache -> connection table -> VIP lookup -> backend choice -> too big?
+//! -> encap.
 //!
 //! `parse` reads and checks the headers. ICMP to a VIP address goes to `icmp`, which answers
 //! echo requests itself and hands an error back as the flow it quotes. Every packet that is
-//! forwarded then takes the one tail below, `forward`: `vip` finds the service, `conntrack`
-//! and `maglev` pick the backend, `egress` its way out (this NIC or another, and the MACs),
+//! forwarded then takes the one tail below, `forward`: `flowcache` may know an established
+//! flow's backend; otherwise `vip` finds the service and `conntrack` and `maglev` pick the backend, `egress` its way out (this NIC or another, and the MACs),
 //! `toobig` answers a client packet that would not fit once encapsulated, `encap` rewrites the
 //! frame into IPv6 (or IPv6 + UDP for GUE) and `egress` sends it (XDP_TX or XDP_REDIRECT).
 //! `stats` counts every outcome.
@@ -25,6 +26,7 @@ mod conns;
 mod conntrack;
 mod egress;
 mod encap;
+mod flowcache;
 mod flowsync;
 mod icmp;
 mod maglev;
@@ -37,11 +39,11 @@ mod toobig;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, PROTO_TCP};
+use lb_common::{Counter, LbConfig, PROTO_TCP, VipMeta};
 
-use conntrack::{FlowPacket, Found};
+use conntrack::{Cached, FlowPacket, Found};
 use icmp::Handled;
-use packet::{Kind, NotBalanced, Parsed};
+use packet::{Kind, NotBalanced, Parsed, Target};
 
 // `inline(always)` reaches the function the macro wraps: the whole pipeline stays in the
 // program's own section, with no BPF-to-BPF call in front of it (LLVM would otherwise keep a
@@ -74,33 +76,19 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
         return stats::drop(Counter::DropEncap);
     };
     let client = kind == Kind::Client;
-    let flow = FlowPacket::new(pkt.key.proto == PROTO_TCP, pkt.tcp_flags);
-    let found = if client {
-        conntrack::established(&pkt.key, &flow, cfg)
+    // This CPU's flow cache first (established IPv4 client packets); the table and Maglev if
+    // it does not know the flow.
+    let cached = if client {
+        conntrack::cached(&pkt.key, pkt.tcp_flags, cfg)
     } else {
-        conntrack::peek(&pkt.key, &flow, cfg)
+        Cached::Miss(None)
     };
-    // An established flow knows its VIP from its entry; the rest look it up by address.
-    let (vip, target) = match found {
-        Found::Hit(vip, target) => (vip, target),
-        found => {
-            let Some(vip) = vip::lookup(&pkt.key) else {
-                if !client {
-                    return stats::drop(Counter::DropIcmpNoFlow);
-                }
-                stats::count(Counter::PassVipOtherService);
-                return xdp_action::XDP_PASS;
-            };
-            let target = match found {
-                Found::Pinned(target) => target,
-                _ => match conntrack::new_flow(ctx, &pkt.key, &flow, vip, cfg, kind) {
-                    Some(target) => target,
-                    None if client => return stats::drop(Counter::DropNoBackend),
-                    None => return stats::drop(Counter::DropIcmpNoFlow),
-                },
-            };
-            (vip, target)
-        }
+    let (vip, target) = match cached {
+        Cached::Hit(vip, target) => (vip, target),
+        Cached::Miss(cache) => match choose_backend(ctx, pkt, cfg, kind, cache) {
+            Ok(chosen) => chosen,
+            Err(verdict) => return verdict,
+        },
     };
     // The agent configures every NIC it attaches to; anything else is a misconfiguration.
     let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
@@ -136,4 +124,46 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
         stats::count(Counter::IcmpErrorForwarded);
     }
     action
+}
+
+/// The backend when the flow cache did not answer: the connection table (refreshed, or read
+/// only for an ICMP error), else the VIP by address and Maglev (pinning a client's new flow).
+/// `cache`: the epoch to cache a live IPv4 entry under. Err: the verdict (counted).
+#[inline(always)]
+fn choose_backend(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    cfg: &LbConfig,
+    kind: Kind,
+    cache: Option<u64>,
+) -> Result<(&'static VipMeta, Target), u32> {
+    let client = kind == Kind::Client;
+    let flow = FlowPacket::new(pkt.key.proto == PROTO_TCP, pkt.tcp_flags);
+    let found = if client {
+        conntrack::established(&pkt.key, &flow, cfg, cache)
+    } else {
+        conntrack::peek(&pkt.key, &flow, cfg)
+    };
+    // An established flow knows its VIP from its entry; the rest look it up by address.
+    let target = match found {
+        Found::Hit(vip, target) => return Ok((vip, target)),
+        Found::Pinned(target) => Some(target),
+        Found::Miss => None,
+    };
+    let Some(vip) = vip::lookup(&pkt.key) else {
+        if !client {
+            return Err(stats::drop(Counter::DropIcmpNoFlow));
+        }
+        stats::count(Counter::PassVipOtherService);
+        return Err(xdp_action::XDP_PASS);
+    };
+    let target = match target {
+        Some(target) => target,
+        None => match conntrack::new_flow(ctx, &pkt.key, &flow, vip, cfg, kind) {
+            Some(target) => target,
+            None if client => return Err(stats::drop(Counter::DropNoBackend)),
+            None => return Err(stats::drop(Counter::DropIcmpNoFlow)),
+        },
+    };
+    Ok((vip, target))
 }

@@ -5,10 +5,11 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    Backend, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES,
-    DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, EGRESS_MAX_DEVS, EGRESS_STATS_SLOTS,
-    Egress, FLOW_EVENTS_BYTES, FlowKey, FlowKey4, IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig,
-    RingSlot, STATS_SLOTS, VipFilter, VipKey, VipMeta, VipSlot, iface_slot, vip_index_size,
+    Backend, CachedFlow, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS,
+    DEFAULT_MAX_IFACES, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, EGRESS_MAX_DEVS,
+    EGRESS_STATS_SLOTS, Egress, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FlowKey, FlowKey4,
+    IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, RingSlot, STATS_SLOTS, VipFilter, VipKey,
+    VipMeta, VipSlot, iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -99,6 +100,14 @@ pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
 #[map]
 pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
     aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Per CPU, established IPv4 flows as last read from `CONNS4` (flowcache.rs).
+#[map]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// The flow cache's epoch: a slot of another epoch does not count (flowcache.rs).
+#[map]
+pub static FLOW_CACHE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
 #[map]

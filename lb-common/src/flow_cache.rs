@@ -1,0 +1,93 @@
+//! The flow cache: per CPU, direct-mapped, in front of the IPv4 connection table (`CONNS4`).
+//!
+//! A kernel hash lookup is the largest single cost of an established packet (BENCHMARKS.md,
+//! "Closer to the floor"): one call into the kernel, a hash of the key, a bucket walk. An
+//! established IPv4 flow's answer (its backend, the backend's generation, its flow hash and
+//! second chance) is therefore kept per CPU in a plain array slot chosen by a cheap hash of the
+//! key, which the verifier inlines to a few loads. A slot counts only while all of these hold:
+//! - its key is the packet's own (four word compares);
+//! - its `epoch` is the current `FLOW_CACHE_EPOCH`: userspace writes a new epoch after every
+//!   change it makes to the connection tables (peers' flows, deletions), so nothing the agent
+//!   wrote is shadowed;
+//! - it was read from the table less than `FLOW_CACHE_RECHECK_JIFFIES` ago: a busy flow still
+//!   reads (and refreshes) its entry a few times a second, so its idle time, the LRU's order and
+//!   peer sync see it as before, and an expired or evicted entry is noticed as before;
+//! - the backend still has the generation the slot names, and its VIP is installed (read on
+//!   every hit, as for a table hit).
+//!
+//! The XDP program's own writes keep it coherent too: an entry that replaces another one (a SYN
+//! re-pinning a reused 5-tuple, a new entry over an expired one) writes a new epoch, which
+//! retires every CPU's slots at once. SYNs, FINs and RSTs never use the cache (they change the
+//! entry), nor do IPv6 flows and ICMP errors (they read the table).
+//!
+//! Every epoch is CLOCK_MONOTONIC in ns when it is written (userspace: or one more than the last
+//! it wrote, if that is later), so no epoch comes back: a slot is never mistaken for a fresh one.
+
+use crate::conn::FlowKey4;
+
+/// Slots per CPU: 48 bytes each, 768 KiB per CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 16_384;
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// A slot is used for at most this many jiffies after its flow's entry was read from the table:
+/// 64 ms at HZ=1000, 256 ms at HZ=250, 640 ms at HZ=100, below the shortest idle timeout (1 s).
+pub const FLOW_CACHE_RECHECK_JIFFIES: u64 = 64;
+
+/// One cached flow: what an established packet needs from its connection entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow {
+    pub key: FlowKey4,
+    pub backend: u32,
+    /// `ConnEntry::generation`: checked against the backend's on every hit.
+    pub generation: u32,
+    /// `ConnEntry::hash`.
+    pub hash: u32,
+    /// `ConnEntry::prev`.
+    pub prev: u16,
+    pub _pad: u16,
+    /// `FLOW_CACHE_EPOCH` when the entry was read.
+    pub epoch: u64,
+    /// `bpf_jiffies64` when the entry was read.
+    pub read_jiffies: u64,
+}
+
+// SAFETY: repr(C), no implicit padding (explicit `_pad`), every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CachedFlow {}
+
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 48);
+
+/// The slot of `key` among `FLOW_CACHE_SLOTS`: a multiplicative hash of its words (not the
+/// seeded flow hash: a slot only has to spread one CPU's flows, and this costs two multiplies).
+#[inline(always)]
+pub const fn flow_cache_slot(key: &FlowKey4) -> u32 {
+    let h = (key.src ^ key.ports.rotate_left(16) ^ key.dst.wrapping_mul(0x85EB_CA6B))
+        .wrapping_mul(0x9E37_79B1);
+    h >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_in_range_and_spread_one_clients_ports() {
+        let mut hits = vec![0u32; FLOW_CACHE_SLOTS as usize];
+        // One client, 32768 source ports, to one VIP: the case a weak hash folds together.
+        for port in 1024..1024 + 32_768u16 {
+            let ([s0, s1], [d0, d1]) = (port.to_be_bytes(), 80u16.to_be_bytes());
+            let key = FlowKey4 {
+                src: 0xC633_6407u32.to_be(),
+                dst: 0xC000_020Au32.to_be(),
+                ports: u32::from_ne_bytes([s0, s1, d0, d1]),
+                proto: 6,
+            };
+            hits[flow_cache_slot(&key) as usize] += 1;
+        }
+        let used = hits.iter().filter(|&&n| n > 0).count() as u32;
+        // Two keys per slot on average: a uniform hash leaves about e^-2 = 13.5% slots empty.
+        assert!(used > FLOW_CACHE_SLOTS * 80 / 100, "{used} slots used");
+        assert!(hits.iter().all(|&n| n <= 12), "a slot holds too many keys");
+    }
+}

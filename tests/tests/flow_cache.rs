@@ -1,0 +1,240 @@
+//! The per-CPU flow cache (`LB_F_FLOW_CACHE`, lb-common/src/flow_cache.rs, docs/dataplane.md
+//! "The flow cache"): through BPF_PROG_TEST_RUN, frames in, exact frames out, counters read
+//! back. An established IPv4 packet whose entry this CPU read moments ago is answered from the
+//! cache with the same frame the table gives; every change to the tables (by userspace, or by
+//! the program replacing an entry) and every backend change is seen by the very next packet;
+//! SYN, FIN and RST, IPv6 and a cache switched off always read the table. Each test pins itself
+//! to one CPU: the cache is per CPU. Needs root.
+
+use std::net::IpAddr;
+
+use lb_common::{ConnEntry, Counter, LB_F_FLOW_CACHE, PROTO_TCP, flow_hash};
+use lb_userspace::dataplane::monotonic_ns;
+use tests::*;
+
+const RING: u32 = 4099;
+const VIP: &str = "192.0.2.10";
+const VIP6: &str = "2001:db8:10::10";
+
+/// VIP 0 (192.0.2.10:80) over backends 1, 2, 3, VIP 1 ([2001:db8:10::10]:80) over 4, 5, 6,
+/// config flags `flags`; the calling thread pinned to its CPU.
+fn lb(flags: u16) -> (Lb, Installed, Installed) {
+    stay_on_this_cpu();
+    let mut lb = Lb::new(RING);
+    let v4 = lb.add_vip(
+        VIP.parse::<IpAddr>().unwrap(),
+        80,
+        PROTO_TCP,
+        0,
+        false,
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+    let v6 = lb.add_vip(
+        VIP6.parse::<IpAddr>().unwrap(),
+        80,
+        PROTO_TCP,
+        1,
+        false,
+        &[(4, 1), (5, 1), (6, 1)],
+    );
+    lb.set_config(|c| c.flags = flags);
+    (lb, v4, v6)
+}
+
+fn to(flow: &Flow, frame: &[u8], backend: u32) -> Vec<u8> {
+    let hash = flow_hash(&flow.key(PROTO_TCP), SEED);
+    expected_encap(frame, backend_addr(backend), hash, false)
+}
+
+/// (lru_hit, flow_cache_hit) so far.
+fn hits(lb: &mut Lb) -> (u64, u64) {
+    (
+        lb.counter(Counter::LruHit),
+        lb.counter(Counter::FlowCacheHit),
+    )
+}
+
+/// Another backend of VIP 0 than `than`.
+fn other(than: u32) -> u32 {
+    if than == 1 { 2 } else { 1 }
+}
+
+/// Pins `flow` to `backend` as the agent would install a peer's entry.
+fn install(lb: &Lb, flow: &Flow, backend: u32) {
+    let entry = ConnEntry {
+        backend,
+        hash: flow_hash(&flow.key(PROTO_TCP), SEED),
+        atime_ns: monotonic_ns(),
+        generation: 1,
+        flags: 0,
+        prev: 0,
+    };
+    lb.dp
+        .flow_table()
+        .unwrap()
+        .insert(&flow.key(PROTO_TCP), &entry)
+        .unwrap();
+}
+
+#[test]
+fn an_established_flow_is_answered_from_the_cache_with_the_tables_frame() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40000, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    // The first packet makes the entry, the second reads it from the table (and caches it).
+    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(lb.counter(Counter::LruMissNonSyn), 1);
+    let data = flow.tcp(Tcp::Ack, b"data");
+    assert_eq!(lb.run(&data).out, to(&flow, &data, b));
+    assert_eq!(hits(&mut lb), (1, 0));
+    for i in 0..10 {
+        let data = flow.tcp(Tcp::Ack, format!("data {i}").as_bytes());
+        assert_eq!(lb.run(&data).out, to(&flow, &data, b));
+    }
+    let (table, cache) = hits(&mut lb);
+    assert_eq!(table + cache, 11);
+    // The cache reads the table again every 64 jiffies at most: nearly all from the cache.
+    assert!(cache >= 9, "{cache} of 10 packets from the cache");
+    assert_eq!(lb.counter(Counter::Tx), 12);
+}
+
+/// Without the epoch userspace writes after its changes, the cache would keep sending the flow
+/// to the backend it read before the agent installed a peer's entry.
+#[test]
+fn an_entry_userspace_writes_is_followed_by_the_next_packet() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40001, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..3 {
+        assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    }
+    assert_eq!(hits(&mut lb), (1, 1), "cached");
+    // A peer says the flow is on another backend.
+    let moved = other(b);
+    install(&lb, &flow, moved);
+    assert_eq!(lb.run(&ack).out, to(&flow, &ack, moved));
+    assert_eq!(hits(&mut lb), (2, 1), "read from the table, not the cache");
+    assert_eq!(lb.run(&ack).out, to(&flow, &ack, moved));
+    assert_eq!(hits(&mut lb), (2, 2), "cached again");
+
+    // Deleted by the agent: the next packet is a miss, pinned by Maglev again.
+    let removed = lb.dp.flow_table().unwrap().remove_to(VIP.parse().unwrap());
+    assert_eq!(removed.unwrap(), 1);
+    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(lb.counter(Counter::LruMissNonSyn), 2);
+    assert_eq!(hits(&mut lb), (2, 2));
+}
+
+/// With second chance off every SYN writes its entry; a SYN of a reused 5-tuple replaces the
+/// old connection's entry, and no CPU's cache may keep the old backend.
+#[test]
+fn a_syn_that_replaces_an_entry_retires_the_cache() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40002, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let old = other(b);
+    install(&lb, &flow, old);
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..3 {
+        assert_eq!(lb.run(&ack).out, to(&flow, &ack, old));
+    }
+    assert_eq!(hits(&mut lb), (1, 2), "the old connection is cached");
+    // A new connection on the same 5-tuple: Maglev's backend, and its entry replaces the old.
+    let syn = flow.tcp(Tcp::Syn, b"");
+    assert_eq!(lb.run(&syn).out, to(&flow, &syn, b));
+    assert_eq!(lb.counter(Counter::SynPinned), 1);
+    assert_eq!(
+        lb.run(&ack).out,
+        to(&flow, &ack, b),
+        "the new connection went to the cached old backend"
+    );
+    assert_eq!(hits(&mut lb), (2, 2));
+}
+
+#[test]
+fn a_removed_or_reused_backend_is_seen_by_the_next_packet() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40003, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..3 {
+        assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    }
+    assert_eq!(hits(&mut lb), (1, 1));
+    // The backend id is handed to another backend (a new generation): the entry is stale.
+    lb.install_backend_generation(b, 2);
+    let run = lb.run(&ack);
+    assert_eq!(lb.counter(Counter::LruStaleBackend), 1);
+    assert_eq!(lb.counter(Counter::LruMissNonSyn), 2);
+    assert_eq!(
+        run.out,
+        to(&flow, &ack, b),
+        "re-pinned by Maglev to the same slot"
+    );
+    assert_eq!(hits(&mut lb), (1, 1));
+    // Removed: Maglev's slot now names no installed backend, so nothing is sent to it.
+    lb.dp.clear_backend(b).unwrap();
+    let run = lb.run(&ack);
+    assert_ne!(run.verdict, XDP_TX, "sent to a removed backend");
+    assert_eq!(hits(&mut lb), (1, 1));
+}
+
+#[test]
+fn syn_fin_rst_ipv6_and_a_cache_switched_off_read_the_table() {
+    let (mut lb, t, v6) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40004, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..2 {
+        lb.run(&ack);
+    }
+    // FIN and RST change the entry (the closing timeout): the table, every time.
+    for flags in [Tcp::Fin, Tcp::Rst] {
+        let frame = flow.tcp(flags, b"");
+        assert_eq!(lb.run(&frame).out, to(&flow, &frame, b));
+    }
+    assert_eq!(hits(&mut lb), (3, 0));
+
+    let f6 = Flow::new("2001:db8:c::7", 40004, VIP6, 80);
+    let b6 = v6.backend_for(&f6.key(PROTO_TCP));
+    let ack6 = f6.tcp(Tcp::Ack, b"");
+    for _ in 0..4 {
+        assert_eq!(lb.run(&ack6).out, to(&f6, &ack6, b6));
+    }
+    assert_eq!(hits(&mut lb), (6, 0), "IPv6 flows are not cached");
+
+    lb.set_config(|c| c.flags = 0);
+    let f = Flow::new("198.51.100.7", 40005, VIP, 80);
+    let ack = f.tcp(Tcp::Ack, b"");
+    for _ in 0..4 {
+        lb.run(&ack);
+    }
+    assert_eq!(hits(&mut lb), (9, 0), "the cache is off");
+}
+
+/// A busy flow still reads its entry every 64 jiffies at most (at most 640 ms, at HZ=100): its
+/// idle time stays current, and an expired or evicted entry is noticed.
+#[test]
+fn a_cached_flow_reads_the_table_again_after_64_jiffies() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40006, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..3 {
+        lb.run(&ack);
+    }
+    assert_eq!(hits(&mut lb), (1, 1));
+    // Past 64 jiffies and past the 1 s an entry's idle time may lag.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(
+        hits(&mut lb),
+        (2, 1),
+        "read from the table after 64 jiffies"
+    );
+    // The entry's idle time was refreshed by that read.
+    let entry = lb.dp.conn(&flow.key(PROTO_TCP)).unwrap().unwrap();
+    assert!(monotonic_ns() - entry.atime_ns < 500_000_000);
+}
