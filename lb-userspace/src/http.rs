@@ -251,12 +251,13 @@ async fn write_response_inner<S: AsyncWrite + Unpin>(stream: &mut S, r: &Respons
     Ok(())
 }
 
-/// Sends one request on a fresh stream and returns (status, body).
+/// Sends one request on a fresh stream and returns (status, body), waiting at most `timeout`.
 pub async fn call<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     method: &str,
     target: &str,
     body: Option<&[u8]>,
+    timeout: Duration,
 ) -> Result<(u16, Vec<u8>)> {
     let body = body.unwrap_or_default();
     let head = format!(
@@ -266,9 +267,14 @@ pub async fn call<S: AsyncRead + AsyncWrite + Unpin>(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut buf))
+    tokio::time::timeout(timeout, stream.read_to_end(&mut buf))
         .await
-        .context("the agent did not answer within 120 s")??;
+        .with_context(|| {
+            format!(
+                "the agent did not answer within {} s (lb --timeout)",
+                timeout.as_secs()
+            )
+        })??;
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

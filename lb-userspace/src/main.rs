@@ -24,6 +24,11 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for the agent's answer (a reload of tens of thousands of backends on
+    /// a slow machine can take minutes).
+    #[arg(long, global = true, env = "LB_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +77,7 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Cli::parse();
-    let client = Client::new(&args.socket);
+    let client = Client::new(&args.socket, std::time::Duration::from_secs(args.timeout));
     let json = args.json;
     match args.command {
         Command::Agent(a) => lb_userspace::agent::run(a).await,

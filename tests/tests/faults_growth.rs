@@ -270,7 +270,16 @@ fn a_long_fleet_history_stays_in_sync_and_bounded() {
     let f = &files[0];
     f.write_config(&config(&topos[0], &f.dir, 1, ROUNDS + 1, 8, 3300))
         .unwrap();
-    let reply = lb_json(&f.socket, &["reload", "--fleet", "--yes"]);
+    // Debug agents on a slow 2-vCPU VM take minutes over 26,400 backends: wait up to 10.
+    let t = Instant::now();
+    let reply = lb_json(
+        &f.socket,
+        &["--timeout", "600", "reload", "--fleet", "--yes"],
+    );
+    println!(
+        "the reload to 26,400 backends took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(
         reply["changes"].as_array().unwrap().len(),
         VIPS * PER_VIP + 4 + 8 * 3300

@@ -13,6 +13,7 @@ use crate::state::Change;
 
 pub struct Client {
     socket: PathBuf,
+    timeout: std::time::Duration,
 }
 
 /// Why a call to the agent failed.
@@ -55,9 +56,11 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 impl Client {
-    pub fn new(socket: &Path) -> Self {
+    /// A client of the agent at `socket`, waiting at most `timeout` for each answer.
+    pub fn new(socket: &Path, timeout: std::time::Duration) -> Self {
         Self {
             socket: socket.to_path_buf(),
+            timeout,
         }
     }
 
@@ -74,7 +77,7 @@ impl Client {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let (status, body) = http::call(&mut stream, method, target, body.as_deref())
+        let (status, body) = http::call(&mut stream, method, target, body.as_deref(), self.timeout)
             .await
             .map_err(ClientError::Exchange)?;
         if status != 200 {
