@@ -15,9 +15,11 @@
 //! - the backend still has the generation the slot names, and its VIP is installed (read on
 //!   every hit, as for a table hit).
 //!
-//! The XDP program's own writes keep it coherent too: an entry that replaces another one (a SYN
-//! re-pinning a reused 5-tuple, a new entry over an expired one) writes a new epoch, which
-//! retires every CPU's slots at once. SYNs, FINs and RSTs never use the cache (they change the
+//! The XDP program's own writes keep it coherent too: a SYN's entry that replaces another one
+//! (a reused 5-tuple) writes a new epoch, which retires every CPU's slots at once. Other
+//! packets only write an entry where the flow's was missing, expired or stale: a slot never
+//! answers for those (it is filled only while its entry has at least `FLOW_CACHE_MAX_LIFE_NS`
+//! to live, and it checks the backend's generation). SYNs, FINs and RSTs never use the cache (they change the
 //! entry), nor do IPv6 flows and ICMP errors (they read the table).
 //!
 //! Every epoch is CLOCK_MONOTONIC in ns when it is written (userspace: or one more than the last
@@ -32,6 +34,9 @@ const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 /// A slot is used for at most this many jiffies after its flow's entry was read from the table:
 /// 64 ms at HZ=1000, 256 ms at HZ=250, 640 ms at HZ=100, below the shortest idle timeout (1 s).
 pub const FLOW_CACHE_RECHECK_JIFFIES: u64 = 64;
+/// The longest a slot may be used, at the lowest HZ Linux has (100). An entry is cached only if
+/// it stays live at least this long after the read, even without traffic.
+pub const FLOW_CACHE_MAX_LIFE_NS: u64 = FLOW_CACHE_RECHECK_JIFFIES * 10_000_000;
 
 /// One cached flow: what an established packet needs from its connection entry.
 #[repr(C)]

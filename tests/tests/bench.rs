@@ -20,7 +20,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("dataplane", "TCP SYN, IPv4 VIP: Maglev, no entry"),
     (
         "dataplane",
-        "TCP SYN in a changed slot: Maglev + table insert",
+        "TCP SYN in a changed slot, 250k new flows per run: Maglev + table insert",
     ),
     ("dataplane", "TCP established, IPv4 VIP, 1 flow"),
     ("dataplane", "TCP SYN, IPv4 VIP, 1M distinct flows cycled"),
@@ -34,6 +34,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("dataplane", "TCP established, IPv4 VIP, GUE"),
     ("dataplane", "not a VIP: XDP_PASS, alone"),
     ("dataplane", "not a VIP: XDP_PASS, through the harness"),
+    (
+        "dataplane",
+        "machine: one dependent load at a random place in 96 MiB (a cold 1M-flow table)",
+    ),
     ("scale", "SYN, 1 VIP, 10 backends"),
     ("scale", "established, 1 VIP, 10 backends"),
     ("scale", "SYN, 100 VIPs, 10 backends"),

@@ -238,3 +238,46 @@ fn a_cached_flow_reads_the_table_again_after_64_jiffies() {
     let entry = lb.dp.conn(&flow.key(PROTO_TCP)).unwrap().unwrap();
     assert!(monotonic_ns() - entry.atime_ns < 500_000_000);
 }
+
+/// A slot never outlives its entry: an entry read when it has less than the slot's longest life
+/// (640 ms) left is not cached, so a flow whose entry expires meanwhile is seen expired by its
+/// next packet. Without that rule, the packet below, 50 ms past the entry's 1 s timeout, would
+/// still be answered by a slot filled 150 ms earlier.
+#[test]
+fn an_entry_close_to_its_timeout_is_not_cached() {
+    let (mut lb, _, _) = lb(LB_F_FLOW_CACHE);
+    lb.set_udp_timeout_ns(1_000_000_000);
+    let t = lb.add_vip(
+        "192.0.2.11".parse::<IpAddr>().unwrap(),
+        53,
+        lb_common::PROTO_UDP,
+        2,
+        false,
+        &[(7, 1), (8, 1), (9, 1)],
+    );
+    let flow = Flow::new("198.51.100.7", 40007, "192.0.2.11", 53);
+    let b = t.backend_for(&flow.key(lb_common::PROTO_UDP));
+    let query = flow.udp(b"query");
+    let want = expected_encap(
+        &query,
+        backend_addr(b),
+        flow_hash(&flow.key(lb_common::PROTO_UDP), SEED),
+        false,
+    );
+    assert_eq!(lb.run(&query).out, want);
+    assert_eq!(lb.counter(Counter::LruMissUdp), 1);
+    // 900 ms later the entry has 100 ms to live: read from the table, not cached.
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    assert_eq!(lb.run(&query).out, want);
+    assert_eq!(hits(&mut lb), (1, 0));
+    // Past the timeout: expired, and the flow is pinned again.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert_eq!(lb.run(&query).out, want);
+    assert_eq!(
+        hits(&mut lb),
+        (1, 0),
+        "answered by a slot past its entry's life"
+    );
+    assert_eq!(lb.counter(Counter::LruExpired), 1);
+    assert_eq!(lb.counter(Counter::LruMissUdp), 2);
+}

@@ -198,8 +198,12 @@ pub fn render(stats: &Stats, backends: &[BackendInfo]) -> String {
         &mut o,
         "lb_conntrack_lookups_total",
         "counter",
-        "Connection-table lookups, by result (hit, miss_syn, miss_non_syn, miss_udp, stale_backend, expired; insert_gated: a miss over the new-flow gate, forwarded without an entry).",
-        by_prefix(&stats.counters, "lru_", "result"),
+        "Connection-table lookups, by result (hit, miss_syn, miss_non_syn, miss_udp, stale_backend, expired; insert_gated: a miss over the new-flow gate, forwarded without an entry; cache_hit: answered by the CPU's flow cache without a table lookup).",
+        by_prefix(&stats.counters, "lru_", "result").chain(relabel(
+            &stats.counters,
+            "result",
+            &[("flow_cache_hit", "cache_hit")],
+        )),
     );
     family(
         &mut o,

@@ -30,7 +30,7 @@ pub fn get(key: &FlowKey) -> Option<*const ConnEntry> {
 /// What `insert` did.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// The flow had no entry.
+    /// The flow had no entry, or (without `tell_replaced`) had one and it was overwritten.
     New,
     /// An IPv4 flow's entry replaced one (live or not) that a flow cache may hold.
     Replaced,
@@ -38,23 +38,29 @@ pub enum Written {
     Refused,
 }
 
-/// Writes the flow's entry (a full table evicts its least recently used one). An IPv4 entry is
-/// added only if none exists (BPF_NOEXIST, the same cost as BPF_ANY when it is new), and
-/// replaces one otherwise, so the flow cache learns of replacements.
+/// Writes the flow's entry (a full table evicts its least recently used one). With
+/// `tell_replaced`, an IPv4 entry is first added only if none exists (BPF_NOEXIST, the same cost
+/// as BPF_ANY when it is new), and replaces one otherwise, so the caller learns of it.
 #[inline(always)]
-pub fn insert(key: &FlowKey, entry: &ConnEntry) -> Written {
+pub fn insert(key: &FlowKey, entry: &ConnEntry, tell_replaced: bool) -> Written {
     let written = if key.family == FAMILY_V4 {
         let k = key.v4();
-        if CONNS4.insert(&k, entry, BPF_NOEXIST as u64).is_ok() {
-            return Written::New;
+        if tell_replaced {
+            if CONNS4.insert(&k, entry, BPF_NOEXIST as u64).is_ok() {
+                return Written::New;
+            }
+            return match CONNS4.insert(&k, entry, BPF_ANY as u64) {
+                Ok(()) => Written::Replaced,
+                Err(_) => Written::Refused,
+            };
         }
         CONNS4.insert(&k, entry, BPF_ANY as u64).is_ok()
     } else {
         CONNS.insert(key, entry, BPF_ANY as u64).is_ok()
     };
-    match written {
-        true if key.family == FAMILY_V4 => Written::Replaced,
-        true => Written::New,
-        false => Written::Refused,
+    if written {
+        Written::New
+    } else {
+        Written::Refused
     }
 }

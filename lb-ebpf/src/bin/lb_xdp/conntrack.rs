@@ -39,8 +39,9 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, BACKEND_F_VALID, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry,
-    Counter, FAMILY_V4, FlowKey, LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS, LB_F_SECOND_CHANCE, LbConfig,
-    PROTO_TCP, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id, encode_id, flow_hash,
+    Counter, FAMILY_V4, FLOW_CACHE_MAX_LIFE_NS, FlowKey, LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS,
+    LB_F_SECOND_CHANCE, LbConfig, PROTO_TCP, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id,
+    encode_id, flow_hash,
 };
 
 use crate::conns::Written;
@@ -126,16 +127,24 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Opti
         }
     };
     stats::count(Counter::LruHit);
-    if let Some(epoch) = cache {
-        flowcache::fill(&key.v4(), entry, epoch);
-    }
     // A refresh also takes over a peer's entry: local traffic now owns it.
-    if flow.closing && entry.flags & CONN_F_CLOSING == 0 {
+    let idle = if flow.closing && entry.flags & CONN_F_CLOSING == 0 {
         entry.flags = (entry.flags | CONN_F_CLOSING) & !CONN_F_PEER;
         entry.atime_ns = flow.now;
+        0
     } else if idle > ATIME_GRANULARITY_NS {
         entry.flags &= !CONN_F_PEER;
         entry.atime_ns = flow.now;
+        0
+    } else {
+        idle
+    };
+    // Cached only if the entry outlives the slot: no cache ever answers for an expired entry,
+    // so replacing one needs no retiring (`pin`).
+    if let Some(epoch) = cache
+        && idle + FLOW_CACHE_MAX_LIFE_NS <= cfg.idle_timeout_ns(flow.is_tcp, entry.flags)
+    {
+        flowcache::fill(&key.v4(), entry, epoch);
     }
     let target = Target {
         id: entry.backend,
@@ -269,9 +278,12 @@ fn pin(
             prev,
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
-        let written = conns::insert(key, &entry);
-        // Every CPU's cache may hold the entry this one replaced (a reused 5-tuple).
-        if written == Written::Replaced && cfg.flags & LB_F_FLOW_CACHE != 0 {
+        // A SYN may replace a live entry (a reused 5-tuple) that any CPU's flow cache holds:
+        // then every cache is retired. Any other packet gets here only when its flow's entry
+        // was missing, expired or stale, which no cache answers for (`established`).
+        let cached = flow.syn && cfg.flags & LB_F_FLOW_CACHE != 0;
+        let written = conns::insert(key, &entry, cached);
+        if written == Written::Replaced {
             flowcache::retire_all();
         }
         let inserted = written != Written::Refused;
