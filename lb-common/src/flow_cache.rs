@@ -1,4 +1,5 @@
 //! The flow cache: per CPU, direct-mapped, in front of the IPv4 connection table (`CONNS4`).
+//! One array map holds each CPU's slots in a block of its own: only that CPU touches them.
 //!
 //! A kernel hash lookup is the largest single cost of an established packet (BENCHMARKS.md,
 //! "Closer to the floor"): one call into the kernel, a hash of the key, a bucket walk. An
@@ -27,7 +28,8 @@
 
 use crate::conn::FlowKey4;
 
-/// Slots per CPU: 48 bytes each, 768 KiB per CPU.
+/// Slots per CPU: 48 bytes each, 768 KiB per CPU. `FLOW_CACHE` holds every possible CPU's
+/// slots back to back (the loader sizes it), CPU n's from `n * FLOW_CACHE_SLOTS`.
 pub const FLOW_CACHE_SLOTS: u32 = 16_384;
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 

@@ -155,7 +155,20 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<lb_common::Egress>(),
             limits.max_backends,
         ),
+        // Each possible CPU's slots, back to back (lb-common/src/flow_cache.rs).
+        (
+            names::FLOW_CACHE,
+            4,
+            size_of::<lb_common::CachedFlow>(),
+            lb_common::FLOW_CACHE_SLOTS * possible_cpus(),
+        ),
     ]
+}
+
+/// The CPUs the kernel may ever run the program on (`/sys/devices/system/cpu/possible`); 1 if
+/// that cannot be read (then only CPU 0 has flow cache slots: the others read the table).
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// Checks maps pinned by a previous agent against this build's layout and these limits.

@@ -2,8 +2,10 @@
 //! counts): `epoch` before the table is read, `lookup` for an established IPv4 packet, `fill`
 //! after its entry was read from the table, `retire_all` when an entry replaced another.
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
-use lb_common::{CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FlowKey4, flow_cache_slot};
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
+use lb_common::{
+    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FLOW_CACHE_SLOTS, FlowKey4, flow_cache_slot,
+};
 
 use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCH};
 
@@ -19,10 +21,19 @@ pub fn epoch() -> u64 {
     }
 }
 
+/// The index of this CPU's slot for `key`. Only this CPU reads or writes its slots, and a
+/// program run is never moved to another CPU.
+#[inline(always)]
+fn index(key: &FlowKey4) -> u32 {
+    // SAFETY: a helper without arguments (the verifier inlines it).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    cpu.wrapping_mul(FLOW_CACHE_SLOTS) | flow_cache_slot(key)
+}
+
 /// This CPU's slot for `key` if it holds `key`, of `epoch`, read recently enough.
 #[inline(always)]
 pub fn lookup(key: &FlowKey4, epoch: u64) -> Option<&'static CachedFlow> {
-    let c = FLOW_CACHE.get(flow_cache_slot(key))?;
+    let c = FLOW_CACHE.get(index(key))?;
     // SAFETY: a helper without arguments (the verifier inlines it to a load).
     let now = unsafe { bpf_jiffies64() };
     let fresh = now.wrapping_sub(c.read_jiffies) < FLOW_CACHE_RECHECK_JIFFIES;
@@ -36,10 +47,10 @@ pub fn lookup(key: &FlowKey4, epoch: u64) -> Option<&'static CachedFlow> {
 /// Remembers `entry`, just read from `CONNS4` for `key`, in this CPU's slot.
 #[inline(always)]
 pub fn fill(key: &FlowKey4, entry: &ConnEntry, epoch: u64) {
-    let Some(c) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(key)) else {
+    let Some(c) = FLOW_CACHE.get_ptr_mut(index(key)) else {
         return;
     };
-    // SAFETY: this CPU's slot, which nothing else writes meanwhile; a helper without arguments.
+    // SAFETY: this CPU's slot, which no other CPU reads or writes; a helper without arguments.
     unsafe {
         (*c).key = *key;
         (*c).backend = entry.backend;
