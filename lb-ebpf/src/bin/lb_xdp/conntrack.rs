@@ -4,7 +4,9 @@
 //!
 //! An established flow needs one hash lookup here: its entry names the backend, and the
 //! backend names its VIP (`VIPS_BY_ID`), so the `VIPS` lookup by address is skipped
-//! (`established`). Everything else finds its VIP by address first (`new_flow`).
+//! (`established`). Everything else finds its VIP by address first (`new_flow`). An established
+//! IPv4 flow whose entry this CPU read moments ago needs not even that lookup: its CPU's flow
+//! cache answers (`cached`, flowcache.rs, lb-common/src/flow_cache.rs).
 //!
 //! SYN: always through Maglev. With second chance on (`LB_F_SECOND_CHANCE`) a SYN writes no
 //! entry unless its ring slot changed recently (has a live previous backend): the flow's entry
