@@ -185,6 +185,13 @@ pub fn check_encap(
     Ok(e)
 }
 
+/// The frame `lb_xdp` sends for `frame` of `flow` (protocol `proto`) to backend id `backend`,
+/// plainly encapsulated (no GUE, no second chance), with the flow's own hash.
+pub fn encap_to(flow: &Flow, proto: u8, frame: &[u8], backend: u32) -> Vec<u8> {
+    let hash = lb_common::flow_hash(&flow.key(proto), SEED);
+    expected_encap(frame, backend_addr(backend), hash, false)
+}
+
 /// The exact frame `lb_xdp` makes of `input` when it sends it to `backend` with flow hash
 /// `hash`: outer Ethernet (VLAN kept), IPv6 (+ UDP for GUE), then the input's IP packet.
 pub fn expected_encap(input: &[u8], backend: Ipv6Addr, hash: u32, gue: bool) -> Vec<u8> {

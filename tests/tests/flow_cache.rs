@@ -41,11 +41,6 @@ fn lb(flags: u16) -> (Lb, Installed, Installed) {
     (lb, v4, v6)
 }
 
-fn to(flow: &Flow, frame: &[u8], backend: u32) -> Vec<u8> {
-    let hash = flow_hash(&flow.key(PROTO_TCP), SEED);
-    expected_encap(frame, backend_addr(backend), hash, false)
-}
-
 /// (lru_hit, flow_cache_hit) so far.
 fn hits(lb: &mut Lb) -> (u64, u64) {
     (
@@ -83,14 +78,14 @@ fn an_established_flow_is_answered_from_the_cache_with_the_tables_frame() {
     let b = t.backend_for(&flow.key(PROTO_TCP));
     let ack = flow.tcp(Tcp::Ack, b"");
     // The first packet makes the entry, the second reads it from the table (and caches it).
-    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     assert_eq!(lb.counter(Counter::LruMissNonSyn), 1);
     let data = flow.tcp(Tcp::Ack, b"data");
-    assert_eq!(lb.run(&data).out, to(&flow, &data, b));
+    assert_eq!(lb.run(&data).out, encap_to(&flow, PROTO_TCP, &data, b));
     assert_eq!(hits(&mut lb), (1, 0));
     for i in 0..10 {
         let data = flow.tcp(Tcp::Ack, format!("data {i}").as_bytes());
-        assert_eq!(lb.run(&data).out, to(&flow, &data, b));
+        assert_eq!(lb.run(&data).out, encap_to(&flow, PROTO_TCP, &data, b));
     }
     let (table, cache) = hits(&mut lb);
     assert_eq!(table + cache, 11);
@@ -108,21 +103,21 @@ fn an_entry_userspace_writes_is_followed_by_the_next_packet() {
     let b = t.backend_for(&flow.key(PROTO_TCP));
     let ack = flow.tcp(Tcp::Ack, b"");
     for _ in 0..3 {
-        assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+        assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     }
     assert_eq!(hits(&mut lb), (1, 1), "cached");
     // A peer says the flow is on another backend.
     let moved = other(b);
     install(&lb, &flow, moved);
-    assert_eq!(lb.run(&ack).out, to(&flow, &ack, moved));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, moved));
     assert_eq!(hits(&mut lb), (2, 1), "read from the table, not the cache");
-    assert_eq!(lb.run(&ack).out, to(&flow, &ack, moved));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, moved));
     assert_eq!(hits(&mut lb), (2, 2), "cached again");
 
     // Deleted by the agent: the next packet is a miss, pinned by Maglev again.
     let removed = lb.dp.flow_table().unwrap().remove_to(VIP.parse().unwrap());
     assert_eq!(removed.unwrap(), 1);
-    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     assert_eq!(lb.counter(Counter::LruMissNonSyn), 2);
     assert_eq!(hits(&mut lb), (2, 2));
 }
@@ -138,16 +133,16 @@ fn a_syn_that_replaces_an_entry_retires_the_cache() {
     install(&lb, &flow, old);
     let ack = flow.tcp(Tcp::Ack, b"");
     for _ in 0..3 {
-        assert_eq!(lb.run(&ack).out, to(&flow, &ack, old));
+        assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, old));
     }
     assert_eq!(hits(&mut lb), (1, 2), "the old connection is cached");
     // A new connection on the same 5-tuple: Maglev's backend, and its entry replaces the old.
     let syn = flow.tcp(Tcp::Syn, b"");
-    assert_eq!(lb.run(&syn).out, to(&flow, &syn, b));
+    assert_eq!(lb.run(&syn).out, encap_to(&flow, PROTO_TCP, &syn, b));
     assert_eq!(lb.counter(Counter::SynPinned), 1);
     assert_eq!(
         lb.run(&ack).out,
-        to(&flow, &ack, b),
+        encap_to(&flow, PROTO_TCP, &ack, b),
         "the new connection went to the cached old backend"
     );
     assert_eq!(hits(&mut lb), (2, 2));
@@ -160,7 +155,7 @@ fn a_removed_or_reused_backend_is_seen_by_the_next_packet() {
     let b = t.backend_for(&flow.key(PROTO_TCP));
     let ack = flow.tcp(Tcp::Ack, b"");
     for _ in 0..3 {
-        assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+        assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     }
     assert_eq!(hits(&mut lb), (1, 1));
     // The backend id is handed to another backend (a new generation): the entry is stale.
@@ -170,7 +165,7 @@ fn a_removed_or_reused_backend_is_seen_by_the_next_packet() {
     assert_eq!(lb.counter(Counter::LruMissNonSyn), 2);
     assert_eq!(
         run.out,
-        to(&flow, &ack, b),
+        encap_to(&flow, PROTO_TCP, &ack, b),
         "re-pinned by Maglev to the same slot"
     );
     assert_eq!(hits(&mut lb), (1, 1));
@@ -193,7 +188,7 @@ fn syn_fin_rst_ipv6_and_a_cache_switched_off_read_the_table() {
     // FIN and RST change the entry (the closing timeout): the table, every time.
     for flags in [Tcp::Fin, Tcp::Rst] {
         let frame = flow.tcp(flags, b"");
-        assert_eq!(lb.run(&frame).out, to(&flow, &frame, b));
+        assert_eq!(lb.run(&frame).out, encap_to(&flow, PROTO_TCP, &frame, b));
     }
     assert_eq!(hits(&mut lb), (3, 0));
 
@@ -201,7 +196,7 @@ fn syn_fin_rst_ipv6_and_a_cache_switched_off_read_the_table() {
     let b6 = v6.backend_for(&f6.key(PROTO_TCP));
     let ack6 = f6.tcp(Tcp::Ack, b"");
     for _ in 0..4 {
-        assert_eq!(lb.run(&ack6).out, to(&f6, &ack6, b6));
+        assert_eq!(lb.run(&ack6).out, encap_to(&f6, PROTO_TCP, &ack6, b6));
     }
     assert_eq!(hits(&mut lb), (6, 0), "IPv6 flows are not cached");
 
@@ -228,7 +223,7 @@ fn a_cached_flow_reads_the_table_again_after_64_jiffies() {
     assert_eq!(hits(&mut lb), (1, 1));
     // Past 64 jiffies and past the 1 s an entry's idle time may lag.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(lb.run(&ack).out, to(&flow, &ack, b));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     assert_eq!(
         hits(&mut lb),
         (2, 1),
@@ -258,12 +253,7 @@ fn an_entry_close_to_its_timeout_is_not_cached() {
     let flow = Flow::new("198.51.100.7", 40007, "192.0.2.11", 53);
     let b = t.backend_for(&flow.key(lb_common::PROTO_UDP));
     let query = flow.udp(b"query");
-    let want = expected_encap(
-        &query,
-        backend_addr(b),
-        flow_hash(&flow.key(lb_common::PROTO_UDP), SEED),
-        false,
-    );
+    let want = encap_to(&flow, lb_common::PROTO_UDP, &query, b);
     assert_eq!(lb.run(&query).out, want);
     assert_eq!(lb.counter(Counter::LruMissUdp), 1);
     // 900 ms later the entry has 100 ms to live: read from the table, not cached.

@@ -37,12 +37,6 @@ fn lb_with_prev(gue: bool, until: u32) -> (Lb, Installed, Installed) {
     (lb, v4, v6)
 }
 
-/// What `lb_xdp` sends for TCP `frame` of `flow` to `backend` without a second chance.
-fn plain(flow: &Flow, frame: &[u8], backend: u32) -> Vec<u8> {
-    let hash = flow_hash(&flow.key(PROTO_TCP), SEED);
-    expected_encap(frame, backend_addr(backend), hash, false)
-}
-
 /// Every encapsulation kind: IPv4 and IPv6 inside, plain and GUE, with and without VLAN.
 #[test]
 fn a_mid_flow_packet_without_an_entry_carries_the_previous_backend_exactly() {
@@ -89,7 +83,7 @@ fn a_syn_never_carries_it_and_its_entry_has_no_pair() {
         let frame = flow.tcp(flags, payload);
         let run = lb.run(&frame);
         assert_eq!(run.verdict, XDP_TX);
-        assert_eq!(run.out, plain(&flow, &frame, to));
+        assert_eq!(run.out, encap_to(&flow, PROTO_TCP, &frame, to));
     }
     assert_eq!(lb.counter(Counter::TxSecondChance), 0);
     assert_eq!(lb.counter(Counter::SecondChancePaired), 0);
@@ -133,7 +127,7 @@ fn the_entry_remembers_the_pair_after_the_slot_forgets_it() {
     let other = Flow::new("198.51.100.9", 42001, VIP4, 80);
     let frame = other.tcp(Tcp::Ack, b"x");
     let to = v4.backend_for(&other.key(PROTO_TCP));
-    assert_eq!(lb.run(&frame).out, plain(&other, &frame, to));
+    assert_eq!(lb.run(&frame).out, encap_to(&other, PROTO_TCP, &frame, to));
 }
 
 #[test]
@@ -143,19 +137,19 @@ fn an_expired_or_same_or_uninstalled_previous_backend_is_no_second_chance() {
     let flow = Flow::new("198.51.100.10", 43000, VIP4, 80);
     let frame = flow.tcp(Tcp::Ack, b"x");
     let to = v4.backend_for(&flow.key(PROTO_TCP));
-    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, to));
+    assert_eq!(lb.run(&frame).out, encap_to(&flow, PROTO_TCP, &frame, to));
     // The slot's own backend as previous (every slot: backend 1, previous 1): nothing to hand
     // on to.
     lb.set_ring_prev(0, &vec![1; RING as usize], 1, now_ticks() + 1000);
     let flow = Flow::new("198.51.100.10", 43001, VIP4, 80);
     let frame = flow.tcp(Tcp::Ack, b"x");
-    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, 1));
+    assert_eq!(lb.run(&frame).out, encap_to(&flow, PROTO_TCP, &frame, 1));
     // A previous backend whose entry is no longer valid (uninstalled): plain encapsulation.
     lb.set_ring_prev(0, &v4.slots, 200, now_ticks() + 1000);
     let flow = Flow::new("198.51.100.10", 43002, VIP4, 80);
     let frame = flow.tcp(Tcp::Ack, b"x");
     let to = v4.backend_for(&flow.key(PROTO_TCP));
-    assert_eq!(lb.run(&frame).out, plain(&flow, &frame, to));
+    assert_eq!(lb.run(&frame).out, encap_to(&flow, PROTO_TCP, &frame, to));
     assert_eq!(lb.counter(Counter::TxSecondChance), 0);
 }
 
@@ -173,7 +167,7 @@ fn the_header_counts_in_the_too_big_limit_only_when_carried() {
     let frame = pinned.tcp(Tcp::Ack, &payload);
     assert_eq!(ip_packet(&frame).len(), 1000);
     let to = v4.backend_for(&pinned.key(PROTO_TCP));
-    assert_eq!(lb.run(&frame).out, plain(&pinned, &frame, to));
+    assert_eq!(lb.run(&frame).out, encap_to(&pinned, PROTO_TCP, &frame, to));
     // A mid-flow packet with a second chance would be 1080 bytes: "too big" (IPv4 with DF),
     // advertising the MTU minus both headers.
     let moved = Flow::new("198.51.100.11", 44001, VIP4, 80);

@@ -38,11 +38,6 @@ fn lb(flags: u16) -> (Lb, Installed, RingBuf<MapData>) {
     (lb, t, events)
 }
 
-fn plain(flow: &Flow, frame: &[u8], backend: u32) -> Vec<u8> {
-    let hash = flow_hash(&flow.key(PROTO_TCP), SEED);
-    expected_encap(frame, backend_addr(backend), hash, false)
-}
-
 fn events(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
@@ -65,14 +60,14 @@ fn a_syn_writes_no_entry_and_the_first_packet_after_it_does() {
     let syn = flow.tcp(Tcp::Syn, b"");
     let run = lb.run(&syn);
     assert_eq!(run.verdict, XDP_TX);
-    assert_eq!(run.out, plain(&flow, &syn, to));
+    assert_eq!(run.out, encap_to(&flow, PROTO_TCP, &syn, to));
     assert_eq!(lb.dp.conn(&key).unwrap(), None, "the SYN wrote an entry");
     assert!(events(&mut ring).is_empty(), "the SYN exported a flow");
     assert_eq!(lb.counter(Counter::LruMissSyn), 1);
     assert_eq!(lb.counter(Counter::SynPinned), 0);
 
     let ack = flow.tcp(Tcp::Ack, b"");
-    assert_eq!(lb.run(&ack).out, plain(&flow, &ack, to));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, to));
     let entry = lb
         .dp
         .conn(&key)
@@ -87,7 +82,7 @@ fn a_syn_writes_no_entry_and_the_first_packet_after_it_does() {
     assert_eq!(ev[0].flags & FLOW_EVENT_F_SYN, 0);
 
     let data = flow.tcp(Tcp::Ack, b"data");
-    assert_eq!(lb.run(&data).out, plain(&flow, &data, to));
+    assert_eq!(lb.run(&data).out, encap_to(&flow, PROTO_TCP, &data, to));
     assert_eq!(lb.counter(Counter::LruHit), 1);
     assert_eq!(lb.counter(Counter::Tx), 3);
 }
@@ -105,7 +100,7 @@ fn a_syn_flood_writes_nothing_to_the_table() {
             assert_eq!(run.verdict, XDP_TX);
             assert_eq!(
                 run.out,
-                plain(&flow, &syn, t.backend_for(&flow.key(PROTO_TCP)))
+                encap_to(&flow, PROTO_TCP, &syn, t.backend_for(&flow.key(PROTO_TCP)))
             );
         }
         assert_eq!(entries(&lb), want, "flags {flags}");
@@ -128,7 +123,7 @@ fn a_syn_in_a_changed_slot_or_with_second_chance_off_writes_its_entry() {
         let key = flow.key(PROTO_TCP);
         let to = t.backend_for(&key);
         let syn = flow.tcp(Tcp::Syn, b"");
-        assert_eq!(lb.run(&syn).out, plain(&flow, &syn, to));
+        assert_eq!(lb.run(&syn).out, encap_to(&flow, PROTO_TCP, &syn, to));
         let entry = lb.dp.conn(&key).unwrap().expect("the SYN pinned its flow");
         assert_eq!((entry.backend, entry.prev), (to, 0));
         let ev = events(&mut ring);
@@ -139,7 +134,7 @@ fn a_syn_in_a_changed_slot_or_with_second_chance_off_writes_its_entry() {
             let ack = flow.tcp(Tcp::Ack, payload);
             assert_eq!(
                 lb.run(&ack).out,
-                plain(&flow, &ack, to),
+                encap_to(&flow, PROTO_TCP, &ack, to),
                 "changed {changed}"
             );
         }
@@ -160,7 +155,7 @@ fn a_table_change_between_syn_and_ack_gives_the_ack_a_second_chance() {
     let hash = flow_hash(&key, SEED);
     let before = t.backend_for(&key);
     let syn = flow.tcp(Tcp::Syn, b"");
-    assert_eq!(lb.run(&syn).out, plain(&flow, &syn, before));
+    assert_eq!(lb.run(&syn).out, encap_to(&flow, PROTO_TCP, &syn, before));
     // The agent moves every slot to backend 4 and remembers the previous owner, as it does
     // after a change.
     lb.install_backend_of(4, 1, 0);

@@ -180,21 +180,19 @@ impl FlowTable {
         })
     }
 
-    /// Retires every CPU's flow cache (lb-common/src/flow_cache.rs): called after each change
-    /// to the tables, never before it. The epoch is fresh: CLOCK_MONOTONIC, or one past the
-    /// last this process wrote.
+    /// Retires every CPU's flow cache (lb-common/src/flow_cache.rs, IPv4 flows only): called
+    /// after each change to `CONNS4`, never before it. The epoch is fresh: CLOCK_MONOTONIC, or
+    /// one past the last this process wrote.
     fn retire_cached_flows(&mut self) -> Result<()> {
-        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        static LAST: AtomicU64 = AtomicU64::new(0);
         let now = monotonic_ns();
-        let prev = LAST
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |last| Some(now.max(last + 1)),
-            )
+        let fresh = |last: u64| now.max(last + 1);
+        let last = LAST
+            .fetch_update(SeqCst, SeqCst, |last| Some(fresh(last)))
             .unwrap_or_else(|last| last);
         self.cache_epoch
-            .set(0, now.max(prev + 1), 0)
+            .set(0, fresh(last), 0)
             .context("writing the flow cache's epoch")
     }
 
@@ -226,7 +224,10 @@ impl FlowTable {
             self.conns.insert(key, entry, 0)
         };
         written.context("writing a connection entry")?;
-        self.retire_cached_flows()
+        if key.family == FAMILY_V4 {
+            self.retire_cached_flows()?;
+        }
+        Ok(())
     }
 
     /// Installs flows in batches (BPF_MAP_UPDATE_BATCH), each in its family's table. Returns
@@ -290,7 +291,9 @@ impl FlowTable {
         let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
         let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
         // Even after a partial delete: whatever went is retired from the caches.
-        self.retire_cached_flows()?;
+        if !keys4.is_empty() {
+            self.retire_cached_flows()?;
+        }
         Ok(n4.context("deleting connection entries")?
             + n6.context("deleting connection entries")?)
     }
