@@ -161,7 +161,7 @@ fn main() -> Result<()> {
             println!(
                 "usage: lb-bench [--object <lb-xdp object>] [--fib-object <egress-fib build>] [section...]\n       \
                  lb-bench conntrack <flows per CPU> <label=object>...\n       \
-                 lb-bench compare <label=lb-xdp object>...\n\
+                 lb-bench compare <label=lb-xdp object>...   (LB_BENCH_ROUNDS: rounds, default 5)\n\
                  sections: {} (default: all)",
                 SECTIONS.join(", ")
             );
