@@ -5,7 +5,7 @@
 //! step's (`egress`), which then sends the frame.
 
 use core::mem::offset_of;
-use core::ptr::{read_unaligned, write as store};
+use core::ptr::write as store;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -25,9 +25,12 @@ use crate::packet::{Parsed, Target};
 use crate::stats;
 
 const UDP_HLEN: u16 = lb_common::headers::UDP_HLEN as u16;
-/// Where the MACs lie in `IfaceConfig`, for the word reads below.
+/// Where the MACs lie in `IfaceConfig`, for the u16 reads below (even offsets).
 const SRC_MAC: usize = offset_of!(IfaceConfig, src_mac);
 const DST_MAC: usize = offset_of!(IfaceConfig, dst_mac);
+const _: () = assert!(
+    SRC_MAC.is_multiple_of(2) && DST_MAC.is_multiple_of(2) && align_of::<IfaceConfig>() >= 2
+);
 
 #[inline(always)]
 pub fn encapsulate(
@@ -115,21 +118,16 @@ fn write_outer<const L3: usize, const GUE: bool, const SRH: bool>(
         tunnel_header
     };
     // SAFETY: the new headers are in the frame (checked above); the MAC reads stay inside
-    // `*iface` (two 6-byte arrays, read as 2 + 4 and 4 + 2 bytes).
+    // `*iface` (two 6-byte arrays at even offsets of the 2-aligned IfaceConfig, read as three
+    // aligned u16 each: unaligned reads compile to byte loads and shifts in BPF).
     unsafe {
         // Word stores: an array store compiles to a byte-by-byte memmove call in BPF.
-        let cfg_bytes = iface as *const IfaceConfig as *const u8;
-        let (src, dst) = (cfg_bytes.add(SRC_MAC), cfg_bytes.add(DST_MAC));
-        store(data as *mut u16, read_unaligned(dst as *const u16));
-        store(
-            (data + 2) as *mut u32,
-            read_unaligned(dst.add(2) as *const u32),
-        );
-        store((data + 6) as *mut u32, read_unaligned(src as *const u32));
-        store(
-            (data + 10) as *mut u16,
-            read_unaligned(src.add(4) as *const u16),
-        );
+        let link = iface as *const IfaceConfig as *const u16;
+        let (src, dst) = (link.add(SRC_MAC / 2), link.add(DST_MAC / 2));
+        for i in 0..3 {
+            store((data + 2 * i) as *mut u16, *dst.add(i));
+            store((data + 6 + 2 * i) as *mut u16, *src.add(i));
+        }
         if L3 == 18 {
             store((data + 12) as *mut u16, ETH_P_8021Q);
             store((data + 14) as *mut u16, pkt.vlan_tci);
