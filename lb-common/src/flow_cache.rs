@@ -7,9 +7,12 @@
 //! second chance) is therefore kept per CPU in a plain array slot chosen by a cheap hash of the
 //! key, which the verifier inlines to a few loads. A slot counts only while all of these hold:
 //! - its key is the packet's own (four word compares);
-//! - its `epoch` is the current `FLOW_CACHE_EPOCH`: userspace writes a new epoch after every
-//!   change it makes to the connection tables (peers' flows, deletions), so nothing the agent
-//!   wrote is shadowed;
+//! - its `epoch` is the current epoch of its slot index (`FLOW_CACHE_EPOCHS`, one u64 per index,
+//!   shared by every CPU's slot of that index). Whoever changes a flow's entry writes a new
+//!   epoch for the flow's index afterwards, so nothing the agent wrote is shadowed. A change
+//!   retires the slots of its own index only: peers' flows arrive every few milliseconds in a
+//!   fleet with flow sync, and one epoch for the whole cache would retire every flow each time;
+//!   one flow in 16,384 shares an index with a changed one;
 //! - it was read from the table less than `FLOW_CACHE_RECHECK_JIFFIES` ago: a busy flow still
 //!   reads (and refreshes) its entry a few times a second, so its idle time, the LRU's order and
 //!   peer sync see it as before, and an expired or evicted entry is noticed as before;
@@ -17,11 +20,13 @@
 //!   every hit, as for a table hit).
 //!
 //! The XDP program's own writes keep it coherent too: a SYN's entry that replaces another one
-//! (a reused 5-tuple) writes a new epoch, which retires every CPU's slots at once. Other
-//! packets only write an entry where the flow's was missing, expired or stale: a slot never
-//! answers for those (it is filled only while its entry has at least `FLOW_CACHE_MAX_LIFE_NS`
-//! to live, and it checks the backend's generation). SYNs, FINs and RSTs never use the cache (they change the
-//! entry), nor do IPv6 flows and ICMP errors (they read the table).
+//! (a reused 5-tuple) writes a new epoch for its index. Other packets only write an entry where
+//! the flow's was missing, expired or stale: a slot never answers for those (it is filled only
+//! while its entry has at least `FLOW_CACHE_MAX_LIFE_NS` to live, and it checks the backend's
+//! generation). SYNs, FINs and RSTs never use the cache (they change the entry), nor do IPv6
+//! flows and ICMP errors (they read the table). A slot is filled with the epoch its index had
+//! before the table was read, so a change that lands between the read and the fill still
+//! retires it.
 //!
 //! Every epoch is CLOCK_MONOTONIC in ns when it is written (userspace: or one more than the last
 //! it wrote, if that is later), so no epoch comes back: a slot is never mistaken for a fresh one.
@@ -53,7 +58,7 @@ pub struct CachedFlow {
     /// `ConnEntry::prev`.
     pub prev: u16,
     pub _pad: u16,
-    /// `FLOW_CACHE_EPOCH` when the entry was read.
+    /// The epoch of the slot's index (`FLOW_CACHE_EPOCHS`) before the entry was read.
     pub epoch: u64,
     /// `bpf_jiffies64` when the entry was read.
     pub read_jiffies: u64,

@@ -19,10 +19,11 @@ pub const CONNS4: &str = "CONNS4";
 /// Per CPU, the established IPv4 flows last read from `CONNS4` (`CachedFlow`). Not pinned:
 /// each program load starts with an empty cache.
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
-/// One u64, the flow cache's epoch: written by userspace after every change it makes to the
-/// connection tables, which retires every cached flow. Pinned with the tables it guards, so
-/// any process that writes them (through their pins) can find it.
-pub const FLOW_CACHE_EPOCH: &str = "FLOW_CACHE_EPOCH";
+/// The flow cache's epochs, a u64 per slot index (`FLOW_CACHE_SLOTS`, shared by every CPU's
+/// slot of that index): written after a change to the entry of any flow of that index, which
+/// retires those slots only. Pinned with the tables it guards, so any process that writes them
+/// (through their pins) can find it.
+pub const FLOW_CACHE_EPOCHS: &str = "FLOW_CACHE_EPOCHS";
 pub const STATS: &str = "STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -54,7 +55,7 @@ pub const PINNED: &[&str] = &[
     RINGS,
     CONNS,
     CONNS4,
-    FLOW_CACHE_EPOCH,
+    FLOW_CACHE_EPOCHS,
     STATS,
     VIP_STATS,
     BACKEND_STATS,

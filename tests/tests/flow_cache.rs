@@ -8,7 +8,10 @@
 
 use std::net::IpAddr;
 
-use lb_common::{ConnEntry, Counter, LB_F_FLOW_CACHE, PROTO_TCP, flow_hash};
+use lb_common::{
+    CONN_F_PEER, ConnEntry, Counter, FlowKey, LB_F_FLOW_CACHE, PROTO_TCP, flow_cache_slot,
+    flow_hash,
+};
 use lb_userspace::dataplane::monotonic_ns;
 use tests::*;
 
@@ -54,21 +57,29 @@ fn other(than: u32) -> u32 {
     if than == 1 { 2 } else { 1 }
 }
 
-/// Pins `flow` to `backend` as the agent would install a peer's entry.
-fn install(lb: &Lb, flow: &Flow, backend: u32) {
+/// The entry the agent would install for a peer's flow `flow` on `backend`.
+fn peer_entry(flow: &Flow, backend: u32) -> (FlowKey, ConnEntry) {
+    let key = flow.key(PROTO_TCP);
     let entry = ConnEntry {
         backend,
-        hash: flow_hash(&flow.key(PROTO_TCP), SEED),
+        hash: flow_hash(&key, SEED),
         atime_ns: monotonic_ns(),
         generation: 1,
-        flags: 0,
+        flags: CONN_F_PEER,
         prev: 0,
     };
-    lb.dp
-        .flow_table()
-        .unwrap()
-        .insert(&flow.key(PROTO_TCP), &entry)
-        .unwrap();
+    (key, entry)
+}
+
+/// Pins `flow` to `backend` as the agent would install a peer's entry.
+fn install(lb: &Lb, flow: &Flow, backend: u32) {
+    let (key, entry) = peer_entry(flow, backend);
+    lb.dp.flow_table().unwrap().insert(&key, &entry).unwrap();
+}
+
+/// The flow cache's slot index of `flow` (the same on every CPU).
+fn slot_of(flow: &Flow) -> u32 {
+    flow_cache_slot(&flow.key(PROTO_TCP).v4())
 }
 
 #[test]
@@ -120,6 +131,60 @@ fn an_entry_userspace_writes_is_followed_by_the_next_packet() {
     assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     assert_eq!(lb.counter(Counter::LruMissNonSyn), 2);
     assert_eq!(hits(&mut lb), (2, 2));
+}
+
+/// Peers' flows arrive every few milliseconds in a fleet with flow sync. Each change retires
+/// the slots of its own flows' index only: with one epoch for the whole cache, every flow on
+/// every CPU would read the table again after each batch.
+#[test]
+fn a_change_retires_only_the_slots_of_its_own_flows() {
+    let (mut lb, t, _) = lb(LB_F_FLOW_CACHE);
+    let flow = Flow::new("198.51.100.7", 40010, VIP, 80);
+    let b = t.backend_for(&flow.key(PROTO_TCP));
+    let ack = flow.tcp(Tcp::Ack, b"");
+    for _ in 0..3 {
+        assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
+    }
+    assert_eq!(hits(&mut lb), (1, 1), "cached");
+
+    // A batch of peers' flows (the importer's path), none in the flow's slot index.
+    let others: Vec<Flow> = (0..64u16)
+        .map(|i| Flow::new("198.51.100.8", 41000 + i, VIP, 80))
+        .filter(|f| slot_of(f) != slot_of(&flow))
+        .collect();
+    assert!(others.len() > 60);
+    let batch: Vec<_> = others.iter().map(|f| peer_entry(f, 3)).collect();
+    let written = lb.dp.flow_table().unwrap().insert_batch(&batch).unwrap();
+    assert_eq!(written, batch.len());
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
+    assert_eq!(
+        hits(&mut lb),
+        (1, 2),
+        "an unrelated batch retired the flow's slot"
+    );
+    // The batch's own flows go where the peer said.
+    let theirs = others[0].tcp(Tcp::Ack, b"");
+    assert_eq!(
+        lb.run(&theirs).out,
+        encap_to(&others[0], PROTO_TCP, &theirs, 3)
+    );
+    assert_eq!(hits(&mut lb), (2, 2));
+
+    // A flow of the same slot index: that index's slots are retired on every CPU, and the
+    // cached flow reads its (unchanged) entry from the table once.
+    let twin = (0..u16::MAX)
+        .map(|p| Flow::new("203.0.113.9", p, VIP, 80))
+        .find(|f| slot_of(f) == slot_of(&flow))
+        .expect("some port shares the slot index");
+    install(&lb, &twin, other(b));
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
+    assert_eq!(
+        hits(&mut lb),
+        (3, 2),
+        "read from the table after its index was retired"
+    );
+    assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
+    assert_eq!(hits(&mut lb), (3, 3), "cached again");
 }
 
 /// With second chance off every SYN writes its entry; a SYN of a reused 5-tuple replaces the

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
-use lb_common::{ConnEntry, FAMILY_V4, FlowKey, FlowKey4, LbConfig, names};
+use lb_common::{ConnEntry, FAMILY_V4, FlowKey, FlowKey4, LbConfig, flow_cache_slot, names};
 
 use super::batch;
 use super::handle::Dataplane;
@@ -49,7 +49,7 @@ impl Dataplane {
             dup(names::CONNS)?,
             dup(names::CONNS4)?,
             dup(names::CONFIG)?,
-            dup(names::FLOW_CACHE_EPOCH)?,
+            dup(names::FLOW_CACHE_EPOCHS)?,
         )
     }
 
@@ -129,9 +129,11 @@ pub struct FlowTable {
     conns_fd: OwnedFd,
     conns4_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
-    /// `FLOW_CACHE_EPOCH`: written after every change to the tables, so no CPU's flow cache
-    /// keeps answering for an entry changed here.
-    cache_epoch: Array<MapData, u64>,
+    /// `FLOW_CACHE_EPOCHS` (by slot index), and its fd for batch writes: the indexes of the
+    /// IPv4 flows changed here get new epochs after each change, so no CPU's flow cache keeps
+    /// answering for an entry changed here.
+    cache_epochs: Array<MapData, u64>,
+    cache_epochs_fd: OwnedFd,
 }
 
 impl FlowTable {
@@ -145,7 +147,7 @@ impl FlowTable {
             open(names::CONNS)?,
             open(names::CONNS4)?,
             open(names::CONFIG)?,
-            open(names::FLOW_CACHE_EPOCH)?,
+            open(names::FLOW_CACHE_EPOCHS)?,
         )
     }
 
@@ -153,7 +155,7 @@ impl FlowTable {
         conns: MapData,
         conns4: MapData,
         config: MapData,
-        cache_epoch: MapData,
+        cache_epochs: MapData,
     ) -> Result<Self> {
         let fd = |m: &MapData| {
             m.fd()
@@ -161,14 +163,15 @@ impl FlowTable {
                 .try_clone_to_owned()
                 .context("duplicating a connection table's fd")
         };
-        let (conns_fd, conns4_fd) = (fd(&conns)?, fd(&conns4)?);
+        let (conns_fd, conns4_fd, cache_epochs_fd) =
+            (fd(&conns)?, fd(&conns4)?, fd(&cache_epochs)?);
         let conns = HashMap::try_from(Map::from_map_data(conns)?)
             .context("CONNS is not a (shared LRU) hash map of IPv6 flows")?;
         let conns4 = HashMap::try_from(Map::from_map_data(conns4)?)
             .context("CONNS4 is not a (shared LRU) hash map of IPv4 flows")?;
         let config = Array::try_from(Map::from_map_data(config)?)
             .context("the config map is not an array")?;
-        let cache_epoch = Array::try_from(Map::from_map_data(cache_epoch)?)
+        let cache_epochs = Array::try_from(Map::from_map_data(cache_epochs)?)
             .context("the flow cache's epoch map is not an array")?;
         Ok(Self {
             conns,
@@ -176,24 +179,44 @@ impl FlowTable {
             conns_fd,
             conns4_fd,
             config,
-            cache_epoch,
+            cache_epochs,
+            cache_epochs_fd,
         })
     }
 
-    /// Retires every CPU's flow cache (lb-common/src/flow_cache.rs, IPv4 flows only): called
-    /// after each change to `CONNS4`, never before it. The epoch is fresh: CLOCK_MONOTONIC, or
-    /// one past the last this process wrote.
-    fn retire_cached_flows(&mut self) -> Result<()> {
+    /// Retires every CPU's flow-cache slots of these IPv4 flows (lb-common/src/flow_cache.rs):
+    /// called after a change to their entries in `CONNS4`, never before it. Each of their slot
+    /// indexes gets a fresh epoch: CLOCK_MONOTONIC, or one past the last this process wrote.
+    fn retire_cached_flows(&mut self, keys: &[FlowKey4]) -> Result<()> {
         use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
         static LAST: AtomicU64 = AtomicU64::new(0);
+        let mut slots: Vec<u32> = keys.iter().map(flow_cache_slot).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        if slots.is_empty() {
+            return Ok(());
+        }
         let now = monotonic_ns();
         let fresh = |last: u64| now.max(last + 1);
         let last = LAST
             .fetch_update(SeqCst, SeqCst, |last| Some(fresh(last)))
             .unwrap_or_else(|last| last);
-        self.cache_epoch
-            .set(0, fresh(last), 0)
-            .context("writing the flow cache's epoch")
+        let epoch = fresh(last);
+        if let [slot] = slots[..] {
+            return self
+                .cache_epochs
+                .set(slot, epoch, 0)
+                .context("writing a flow cache epoch");
+        }
+        let epochs = vec![epoch; slots.len()];
+        match batch::update_all(self.cache_epochs_fd.as_fd(), &slots, &epochs) {
+            (n, _) if n == slots.len() => Ok(()),
+            (n, e) => Err(anyhow!(
+                "writing flow cache epochs: {n} of {} written ({})",
+                slots.len(),
+                e.map_or_else(|| "no error given".to_string(), |e| e.to_string())
+            )),
+        }
     }
 
     /// The load balancer's current settings (`LB_CONFIG[0]`), for `live`'s timeouts.
@@ -225,7 +248,7 @@ impl FlowTable {
         };
         written.context("writing a connection entry")?;
         if key.family == FAMILY_V4 {
-            self.retire_cached_flows()?;
+            self.retire_cached_flows(&[key.v4()])?;
         }
         Ok(())
     }
@@ -248,7 +271,8 @@ impl FlowTable {
         let (n4, e4) = batch::update_all(self.conns4_fd.as_fd(), &keys4, &values4);
         let (n6, e6) = batch::update_all(self.conns_fd.as_fd(), &keys, &values);
         if n4 != 0 {
-            self.retire_cached_flows()?;
+            // Refused entries too: which ones the kernel took is not known.
+            self.retire_cached_flows(&keys4)?;
         }
         match (n4 + n6, e4.or(e6)) {
             (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
@@ -291,9 +315,7 @@ impl FlowTable {
         let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
         let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
         // Even after a partial delete: whatever went is retired from the caches.
-        if !keys4.is_empty() {
-            self.retire_cached_flows()?;
-        }
+        self.retire_cached_flows(&keys4)?;
         Ok(n4.context("deleting connection entries")?
             + n6.context("deleting connection entries")?)
     }

@@ -123,7 +123,7 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<ConnEntry>(),
             limits.max_conns,
         ),
-        (names::FLOW_CACHE_EPOCH, 4, 8, 1),
+        (names::FLOW_CACHE_EPOCHS, 4, 8, lb_common::FLOW_CACHE_SLOTS),
         (
             names::STATS,
             4,

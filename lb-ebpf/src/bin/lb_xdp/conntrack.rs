@@ -47,6 +47,7 @@ use lb_common::{
 };
 
 use crate::conns::Written;
+use crate::flowcache::Slot;
 use crate::maps::BACKENDS;
 use crate::packet::{Kind, Target};
 use crate::{clock::now_ns, conns, flowcache, flowsync, maglev, ratelimit, stats, vip};
@@ -66,9 +67,9 @@ pub enum Found {
 pub enum Cached {
     /// The flow's cached entry, its backend and VIP still installed: the table is not read.
     Hit(&'static VipMeta, Target),
-    /// Not cached: the table decides. `Some(epoch)`: the entry it finds may be cached (with
-    /// the epoch read before the lookup).
-    Miss(Option<u64>),
+    /// Not cached: the table decides. `Some(slot)`: the entry it finds may be cached there
+    /// (under the epoch read before the lookup).
+    Miss(Option<Slot>),
 }
 
 /// Step 0, for a client packet: this CPU's flow cache (flowcache.rs), for established IPv4
@@ -80,9 +81,10 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     if cfg.flags & LB_F_FLOW_CACHE == 0 || key.family != FAMILY_V4 || event.syn || event.closing {
         return Cached::Miss(None);
     }
-    let epoch = flowcache::epoch();
-    let Some(c) = flowcache::lookup(&key.v4(), epoch) else {
-        return Cached::Miss(Some(epoch));
+    let key = key.v4();
+    let slot = flowcache::slot(&key);
+    let Some(c) = flowcache::lookup(&key, slot) else {
+        return Cached::Miss(Some(slot));
     };
     let vip = match maglev::backend(c.backend) {
         Some(b) if b.generation == c.generation => vip::by_id(b.vip).map(|vip| (vip, b)),
@@ -90,7 +92,7 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     };
     let Some((vip, b)) = vip else {
         // The table says why (stale backend, VIP removed) and counts it.
-        return Cached::Miss(Some(epoch));
+        return Cached::Miss(Some(slot));
     };
     stats::count(Counter::FlowCacheHit);
     Cached::Hit(
@@ -105,10 +107,10 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
 }
 
 /// Step 1 of the backend choice: the flow's connection entry, refreshed. One hash lookup (the
-/// entry) and array reads (backend, VIP by id) for an established flow. `cache`: the epoch to
-/// cache a live entry under (see `Cached::Miss`).
+/// entry) and array reads (backend, VIP by id) for an established flow. `cache`: the flow
+/// cache's slot to keep a live entry in (see `Cached::Miss`).
 #[inline(always)]
-pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Option<u64>) -> Found {
+pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Option<Slot>) -> Found {
     if flow.syn {
         return Found::Miss;
     }
@@ -143,10 +145,10 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Opti
     };
     // Cached only if the entry outlives the slot: no cache ever answers for an expired entry,
     // so replacing one needs no retiring (`pin`).
-    if let Some(epoch) = cache
+    if let Some(slot) = cache
         && idle + FLOW_CACHE_MAX_LIFE_NS <= cfg.idle_timeout_ns(flow.is_tcp, entry.flags)
     {
-        flowcache::fill(&key.v4(), entry, epoch);
+        flowcache::fill(&key.v4(), entry, slot);
     }
     let target = Target {
         id: entry.backend,
@@ -281,12 +283,12 @@ fn pin(
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         // A SYN may replace a live entry (a reused 5-tuple) that any CPU's flow cache holds:
-        // then every cache is retired. Any other packet gets here only when its flow's entry
+        // then every CPU's slot of the flow is retired. Any other packet gets here only when its flow's entry
         // was missing, expired or stale, which no cache answers for (`established`).
         let cached = flow.syn && cfg.flags & LB_F_FLOW_CACHE != 0;
         let written = conns::insert(key, &entry, cached);
         if written == Written::Replaced {
-            flowcache::retire_all();
+            flowcache::retire(&key.v4());
         }
         let inserted = written != Written::Refused;
         // Exported: a flow's start, by its SYN or (second chance on) by its first packet after

@@ -1,39 +1,49 @@
 //! The per-CPU flow cache in front of `CONNS4` (lb-common/src/flow_cache.rs says when a slot
-//! counts): `epoch` before the table is read, `lookup` for an established IPv4 packet, `fill`
-//! after its entry was read from the table, `retire_all` when an entry replaced another.
+//! counts): `slot` (the flow's index and its epoch) before the table is read, `lookup` for an
+//! established IPv4 packet, `fill` after its entry was read from the table, `retire` when an
+//! entry replaced another.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
 use lb_common::{
     CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FLOW_CACHE_SLOTS, FlowKey4, flow_cache_slot,
 };
 
-use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCH};
+use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS};
 
-/// The current epoch. Read before the connection table, so a fill can never tag an entry read
-/// before a change with the epoch written after it.
+/// A flow's slot index (the same on every CPU) and the index's epoch, read before the
+/// connection table: a fill can never tag an entry read before a change with the epoch written
+/// after it.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    index: u32,
+    epoch: u64,
+}
+
 #[inline(always)]
-pub fn epoch() -> u64 {
-    match FLOW_CACHE_EPOCH.get_ptr(0) {
-        // SAFETY: a valid pointer to the map's one u64; volatile, so the load stays here, ahead
+pub fn slot(key: &FlowKey4) -> Slot {
+    let index = flow_cache_slot(key);
+    let epoch = match FLOW_CACHE_EPOCHS.get_ptr(index) {
+        // SAFETY: a valid pointer to the index's u64; volatile, so the load stays here, ahead
         // of the table lookup.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
         None => 0,
-    }
+    };
+    Slot { index, epoch }
 }
 
-/// The index of this CPU's slot for `key`. Only this CPU reads or writes its slots, and a
+/// This CPU's slot of `slot`'s index in `FLOW_CACHE`. Only this CPU reads or writes it, and a
 /// program run is never moved to another CPU.
 #[inline(always)]
-fn index(key: &FlowKey4) -> u32 {
+fn this_cpu(slot: Slot) -> u32 {
     // SAFETY: a helper without arguments (the verifier inlines it).
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    cpu.wrapping_mul(FLOW_CACHE_SLOTS) | flow_cache_slot(key)
+    cpu.wrapping_mul(FLOW_CACHE_SLOTS) | slot.index
 }
 
-/// This CPU's slot for `key` if it holds `key`, of `epoch`, read recently enough.
+/// This CPU's slot if it holds `key`, of the index's current epoch, read recently enough.
 #[inline(always)]
-pub fn lookup(key: &FlowKey4, epoch: u64) -> Option<&'static CachedFlow> {
-    let c = FLOW_CACHE.get(index(key))?;
+pub fn lookup(key: &FlowKey4, slot: Slot) -> Option<&'static CachedFlow> {
+    let c = FLOW_CACHE.get(this_cpu(slot))?;
     // SAFETY: a helper without arguments (the verifier inlines it to a load).
     let now = unsafe { bpf_jiffies64() };
     let fresh = now.wrapping_sub(c.read_jiffies) < FLOW_CACHE_RECHECK_JIFFIES;
@@ -41,13 +51,13 @@ pub fn lookup(key: &FlowKey4, epoch: u64) -> Option<&'static CachedFlow> {
         && c.key.dst == key.dst
         && c.key.ports == key.ports
         && c.key.proto == key.proto;
-    (same && fresh && c.epoch == epoch).then_some(c)
+    (same && fresh && c.epoch == slot.epoch).then_some(c)
 }
 
 /// Remembers `entry`, just read from `CONNS4` for `key`, in this CPU's slot.
 #[inline(always)]
-pub fn fill(key: &FlowKey4, entry: &ConnEntry, epoch: u64) {
-    let Some(c) = FLOW_CACHE.get_ptr_mut(index(key)) else {
+pub fn fill(key: &FlowKey4, entry: &ConnEntry, slot: Slot) {
+    let Some(c) = FLOW_CACHE.get_ptr_mut(this_cpu(slot)) else {
         return;
     };
     // SAFETY: this CPU's slot, which no other CPU reads or writes; a helper without arguments.
@@ -57,17 +67,18 @@ pub fn fill(key: &FlowKey4, entry: &ConnEntry, epoch: u64) {
         (*c).generation = entry.generation;
         (*c).hash = entry.hash;
         (*c).prev = entry.prev;
-        (*c).epoch = epoch;
+        (*c).epoch = slot.epoch;
         (*c).read_jiffies = bpf_jiffies64();
     }
 }
 
-/// Retires every CPU's slots: the program replaced a connection entry that a cache may hold.
-/// The new epoch is CLOCK_MONOTONIC in ns, the clock userspace's epochs come from too.
+/// Retires every CPU's slot of `key`'s index: the program replaced a connection entry that a
+/// cache may hold. The new epoch is CLOCK_MONOTONIC in ns, the clock userspace's epochs come
+/// from too.
 #[inline(always)]
-pub fn retire_all() {
-    if let Some(p) = FLOW_CACHE_EPOCH.get_ptr_mut(0) {
-        // SAFETY: a valid, 8-byte aligned pointer to the map's one u64: one aligned store, which
+pub fn retire(key: &FlowKey4) {
+    if let Some(p) = FLOW_CACHE_EPOCHS.get_ptr_mut(flow_cache_slot(key)) {
+        // SAFETY: a valid, 8-byte aligned pointer to the index's u64: one aligned store, which
         // no reader can see torn; a helper without arguments.
         unsafe { core::ptr::write_volatile(p, bpf_ktime_get_ns()) };
     }

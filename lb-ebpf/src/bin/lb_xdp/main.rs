@@ -91,18 +91,13 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
         },
     };
     // The agent configures every NIC it attaches to; anything else is a misconfiguration.
-    let Some(iface) = maps::iface(ctx.ingress_ifindex() as u32) else {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let Some(iface) = maps::iface(ingress) else {
         return stats::drop(Counter::DropNoIface);
     };
     // The way out: the backend's route (another NIC: XDP_REDIRECT) or this NIC's next hop;
     // an unresolved next hop drops here, before anything is counted as sent.
-    let out = match egress::choose(
-        ctx,
-        target.id,
-        target.hash,
-        ctx.ingress_ifindex() as u32,
-        iface,
-    ) {
+    let out = match egress::choose(ctx, target.id, target.hash, ingress, iface) {
         Ok(out) => out,
         Err(verdict) => return verdict,
     };
@@ -128,14 +123,14 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
 
 /// The backend when the flow cache did not answer: the connection table (refreshed, or read
 /// only for an ICMP error), else the VIP by address and Maglev (pinning a client's new flow).
-/// `cache`: the epoch to cache a live IPv4 entry under. Err: the verdict (counted).
+/// `cache`: the flow cache's slot for a live IPv4 entry. Err: the verdict (counted).
 #[inline(always)]
 fn choose_backend(
     ctx: &XdpContext,
     pkt: &Parsed,
     cfg: &LbConfig,
     kind: Kind,
-    cache: Option<u64>,
+    cache: Option<flowcache::Slot>,
 ) -> Result<(&'static VipMeta, Target), u32> {
     let client = kind == Kind::Client;
     let flow = FlowPacket::new(pkt.key.proto == PROTO_TCP, pkt.tcp_flags);

@@ -108,9 +108,9 @@ pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
 #[map]
 pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
-/// The flow cache's epoch: a slot of another epoch does not count (flowcache.rs).
+/// The flow cache's epoch per slot index: a slot of another epoch does not count (flowcache.rs).
 #[map]
-pub static FLOW_CACHE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+pub static FLOW_CACHE_EPOCHS: Array<u64> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
 #[map]
