@@ -16,9 +16,11 @@ pub const RINGS: &str = "RINGS";
 pub const CONNS: &str = "CONNS";
 /// IPv4 flows' connection table (`FlowKey4`).
 pub const CONNS4: &str = "CONNS4";
-/// Per CPU, the established IPv4 flows last read from `CONNS4` (`CachedFlow`). Not pinned:
-/// each program load starts with an empty cache.
+/// Per CPU, the established IPv4 flows last read from `CONNS4` (`CachedFlow<FlowKey4>`). Not
+/// pinned: each program load starts with an empty cache.
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
+/// The same for IPv6 flows and `CONNS` (`CachedFlow<FlowKey>`). Not pinned.
+pub const FLOW_CACHE6: &str = "FLOW_CACHE6";
 /// The flow cache's epochs, a u64 per slot index (`FLOW_CACHE_SLOTS`, shared by every CPU's
 /// slot of that index): written after a change to the entry of any flow of that index, which
 /// retires those slots only. Pinned with the tables it guards, so any process that writes them

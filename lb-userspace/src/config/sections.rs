@@ -166,8 +166,8 @@ pub struct DataplaneConfig {
     /// timeout, the longest an idle connection keeps its entry.
     #[serde(default)]
     pub second_chance_secs: Option<u64>,
-    /// The per-CPU flow cache in front of the IPv4 connection table (docs/dataplane.md, "The
-    /// flow cache"): on by default; off, every established packet reads the table.
+    /// The per-CPU flow caches in front of the connection tables (docs/dataplane.md, "The flow
+    /// cache"): on by default; off, every established packet reads the table.
     #[serde(default = "yes")]
     pub flow_cache: bool,
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
-use lb_common::{ConnEntry, FAMILY_V4, FlowKey, FlowKey4, LbConfig, flow_cache_slot, names};
+use lb_common::{
+    ConnEntry, FAMILY_V4, FlowKey, FlowKey4, LbConfig, flow_cache_index, flow_cache_slot,
+    flow_cache_slot6, names,
+};
 
 use super::batch;
 use super::handle::Dataplane;
@@ -184,13 +187,13 @@ impl FlowTable {
         })
     }
 
-    /// Retires every CPU's flow-cache slots of these IPv4 flows (lb-common/src/flow_cache.rs):
-    /// called after a change to their entries in `CONNS4`, never before it. Each of their slot
-    /// indexes gets a fresh epoch: CLOCK_MONOTONIC, or one past the last this process wrote.
-    fn retire_cached_flows(&mut self, keys: &[FlowKey4]) -> Result<()> {
+    /// Retires every CPU's flow-cache slots of these slot indexes (lb-common/src/flow_cache.rs):
+    /// called after a change to their flows' entries, never before it. Each index gets a fresh
+    /// epoch: CLOCK_MONOTONIC, or one past the last this process wrote.
+    fn retire_cached_flows(&mut self, slots: impl Iterator<Item = u32>) -> Result<()> {
         use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
         static LAST: AtomicU64 = AtomicU64::new(0);
-        let mut slots: Vec<u32> = keys.iter().map(flow_cache_slot).collect();
+        let mut slots: Vec<u32> = slots.collect();
         slots.sort_unstable();
         slots.dedup();
         if slots.is_empty() {
@@ -247,10 +250,7 @@ impl FlowTable {
             self.conns.insert(key, entry, 0)
         };
         written.context("writing a connection entry")?;
-        if key.family == FAMILY_V4 {
-            self.retire_cached_flows(&[key.v4()])?;
-        }
-        Ok(())
+        self.retire_cached_flows(std::iter::once(flow_cache_index(key)))
     }
 
     /// Installs flows in batches (BPF_MAP_UPDATE_BATCH), each in its family's table. Returns
@@ -270,9 +270,9 @@ impl FlowTable {
         }
         let (n4, e4) = batch::update_all(self.conns4_fd.as_fd(), &keys4, &values4);
         let (n6, e6) = batch::update_all(self.conns_fd.as_fd(), &keys, &values);
-        if n4 != 0 {
+        if n4 + n6 != 0 {
             // Refused entries too: which ones the kernel took is not known.
-            self.retire_cached_flows(&keys4)?;
+            self.retire_cached_flows(flows.iter().map(|(k, _)| flow_cache_index(k)))?;
         }
         match (n4 + n6, e4.or(e6)) {
             (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
@@ -315,7 +315,8 @@ impl FlowTable {
         let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
         let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
         // Even after a partial delete: whatever went is retired from the caches.
-        self.retire_cached_flows(&keys4)?;
+        let slots = keys4.iter().map(flow_cache_slot);
+        self.retire_cached_flows(slots.chain(keys.iter().map(flow_cache_slot6)))?;
         Ok(n4.context("deleting connection entries")?
             + n6.context("deleting connection entries")?)
     }

@@ -159,7 +159,13 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
         (
             names::FLOW_CACHE,
             4,
-            size_of::<lb_common::CachedFlow>(),
+            size_of::<lb_common::CachedFlow<FlowKey4>>(),
+            lb_common::FLOW_CACHE_SLOTS * possible_cpus(),
+        ),
+        (
+            names::FLOW_CACHE6,
+            4,
+            size_of::<lb_common::CachedFlow<FlowKey>>(),
             lb_common::FLOW_CACHE_SLOTS * possible_cpus(),
         ),
     ]

@@ -253,7 +253,7 @@ pub fn run(lb_object: &[u8]) -> Result<Vec<Row>> {
             lb_scenario(
                 "TCP established, IPv6 VIP",
                 &ack6,
-                vec![LruHit, Tx],
+                vec![FlowCacheHit, Tx],
                 encap_of(&ack6, &f6.key(PROTO_TCP), &i6, false),
             ),
             Box::new(|lb, _| prime(lb, &ack6)),

@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{ConnEntry, FAMILY_V4, FlowKey};
 
-use crate::maps::{CONNS, CONNS4};
+use crate::maps::{CONNS, CONNS4, Table};
 
 /// The flow's entry, writable (see `conntrack::established` for why the pointer stays valid).
 #[inline(always)]
@@ -32,35 +32,37 @@ pub fn get(key: &FlowKey) -> Option<*const ConnEntry> {
 pub enum Written {
     /// The flow had no entry, or (without `tell_replaced`) had one and it was overwritten.
     New,
-    /// An IPv4 flow's entry replaced one (live or not) that a flow cache may hold.
+    /// The flow's entry replaced one (live or not) that a flow cache may hold.
     Replaced,
     /// The kernel refused the entry.
     Refused,
 }
 
 /// Writes the flow's entry (a full table evicts its least recently used one). With
-/// `tell_replaced`, an IPv4 entry is first added only if none exists (BPF_NOEXIST, the same cost
-/// as BPF_ANY when it is new), and replaces one otherwise, so the caller learns of it.
+/// `tell_replaced`, the entry is first added only if none exists (BPF_NOEXIST, the same cost as
+/// BPF_ANY when it is new), and replaces one otherwise, so the caller learns of it.
 #[inline(always)]
 pub fn insert(key: &FlowKey, entry: &ConnEntry, tell_replaced: bool) -> Written {
-    let written = if key.family == FAMILY_V4 {
-        let k = key.v4();
-        if tell_replaced {
-            if CONNS4.insert(&k, entry, BPF_NOEXIST as u64).is_ok() {
-                return Written::New;
-            }
-            return match CONNS4.insert(&k, entry, BPF_ANY as u64) {
-                Ok(()) => Written::Replaced,
-                Err(_) => Written::Refused,
-            };
+    if key.family == FAMILY_V4 {
+        write(&CONNS4, &key.v4(), entry, tell_replaced)
+    } else {
+        write(&CONNS, key, entry, tell_replaced)
+    }
+}
+
+#[inline(always)]
+fn write<K>(table: &Table<K>, key: &K, entry: &ConnEntry, tell_replaced: bool) -> Written {
+    if tell_replaced {
+        if table.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
+            return Written::New;
         }
-        CONNS4.insert(&k, entry, BPF_ANY as u64).is_ok()
-    } else {
-        CONNS.insert(key, entry, BPF_ANY as u64).is_ok()
-    };
-    if written {
-        Written::New
-    } else {
-        Written::Refused
+        return match table.insert(key, entry, BPF_ANY as u64) {
+            Ok(()) => Written::Replaced,
+            Err(_) => Written::Refused,
+        };
+    }
+    match table.insert(key, entry, BPF_ANY as u64) {
+        Ok(()) => Written::New,
+        Err(_) => Written::Refused,
     }
 }

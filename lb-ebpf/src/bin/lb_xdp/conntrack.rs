@@ -72,22 +72,31 @@ pub enum Cached {
     Miss(Option<Slot>),
 }
 
-/// Step 0, for a client packet: this CPU's flow cache (flowcache.rs), for established IPv4
-/// packets only (no SYN, FIN or RST: they change the entry). Array reads, no hash lookup, and
-/// not even the clock.
+/// Step 0, for a client packet: this CPU's flow cache (flowcache.rs), for established packets
+/// only (no SYN, FIN or RST: they change the entry). Array reads, no hash lookup, and not even
+/// the clock.
 #[inline(always)]
 pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     let event = TcpEvent::of(key.proto == PROTO_TCP, tcp_flags);
-    if cfg.flags & LB_F_FLOW_CACHE == 0 || key.family != FAMILY_V4 || event.syn || event.closing {
+    if cfg.flags & LB_F_FLOW_CACHE == 0 || event.syn || event.closing {
         return Cached::Miss(None);
     }
-    let key = key.v4();
-    let slot = flowcache::slot(&key);
-    let Some(c) = flowcache::lookup(&key, slot) else {
+    // (backend, generation, hash, prev) of the flow's slot, if it holds the flow.
+    let (slot, found) = if key.family == FAMILY_V4 {
+        let k = key.v4();
+        let slot = flowcache::slot(&k);
+        let c = flowcache::lookup(&k, slot).map(|c| (c.backend, c.generation, c.hash, c.prev));
+        (slot, c)
+    } else {
+        let slot = flowcache::slot(key);
+        let c = flowcache::lookup(key, slot).map(|c| (c.backend, c.generation, c.hash, c.prev));
+        (slot, c)
+    };
+    let Some((id, generation, hash, prev)) = found else {
         return Cached::Miss(Some(slot));
     };
-    let vip = match maglev::backend(c.backend) {
-        Some(b) if b.generation == c.generation => vip::by_id(b.vip).map(|vip| (vip, b)),
+    let vip = match maglev::backend(id) {
+        Some(b) if b.generation == generation => vip::by_id(b.vip).map(|vip| (vip, b)),
         _ => None,
     };
     let Some((vip, b)) = vip else {
@@ -98,10 +107,10 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     Cached::Hit(
         vip,
         Target {
-            id: c.backend,
+            id,
             addr: b.addr,
-            hash: c.hash,
-            prev: c.prev,
+            hash,
+            prev,
         },
     )
 }
@@ -148,7 +157,11 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Opti
     if let Some(slot) = cache
         && idle + FLOW_CACHE_MAX_LIFE_NS <= cfg.idle_timeout_ns(flow.is_tcp, entry.flags)
     {
-        flowcache::fill(&key.v4(), entry, slot);
+        if key.family == FAMILY_V4 {
+            flowcache::fill(&key.v4(), entry, slot);
+        } else {
+            flowcache::fill(key, entry, slot);
+        }
     }
     let target = Target {
         id: entry.backend,
@@ -288,7 +301,7 @@ fn pin(
         let cached = flow.syn && cfg.flags & LB_F_FLOW_CACHE != 0;
         let written = conns::insert(key, &entry, cached);
         if written == Written::Replaced {
-            flowcache::retire(&key.v4());
+            flowcache::retire(key);
         }
         let inserted = written != Written::Refused;
         // Exported: a flow's start, by its SYN or (second chance on) by its first packet after

@@ -1,14 +1,67 @@
-//! The per-CPU flow cache in front of `CONNS4` (lb-common/src/flow_cache.rs says when a slot
-//! counts): `slot` (the flow's index and its epoch) before the table is read, `lookup` for an
-//! established IPv4 packet, `fill` after its entry was read from the table, `retire` when an
-//! entry replaced another.
+//! The per-CPU flow caches in front of `CONNS4` and `CONNS` (lb-common/src/flow_cache.rs says
+//! when a slot counts): `slot` (the flow's index and its epoch) before the table is read,
+//! `lookup` for an established packet, `fill` after its entry was read from the table,
+//! `retire` when an entry replaced another. `FlowKey4` keys live in `FLOW_CACHE`, IPv6
+//! `FlowKey`s in `FLOW_CACHE6`.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
+use aya_ebpf::maps::Array;
 use lb_common::{
-    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FLOW_CACHE_SLOTS, FlowKey4, flow_cache_slot,
+    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FLOW_CACHE_SLOTS, FlowKey, FlowKey4,
+    flow_cache_index, flow_cache_slot, flow_cache_slot6,
 };
 
-use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS};
+use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS, FLOW_CACHE6};
+
+/// A table key the cache can hold: its slot index, its array, and a word-by-word compare (a
+/// derived `==` on arrays may become a `memcmp` call, which BPF does not have).
+pub trait CacheKey: Copy + 'static {
+    fn index(&self) -> u32;
+    fn cache() -> &'static Array<CachedFlow<Self>>;
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl CacheKey for FlowKey4 {
+    #[inline(always)]
+    fn index(&self) -> u32 {
+        flow_cache_slot(self)
+    }
+    #[inline(always)]
+    fn cache() -> &'static Array<CachedFlow<Self>> {
+        &FLOW_CACHE
+    }
+    #[inline(always)]
+    fn same(&self, o: &Self) -> bool {
+        self.src == o.src && self.dst == o.dst && self.ports == o.ports && self.proto == o.proto
+    }
+}
+
+impl CacheKey for FlowKey {
+    #[inline(always)]
+    fn index(&self) -> u32 {
+        flow_cache_slot6(self)
+    }
+    #[inline(always)]
+    fn cache() -> &'static Array<CachedFlow<Self>> {
+        &FLOW_CACHE6
+    }
+    #[inline(always)]
+    fn same(&self, o: &Self) -> bool {
+        // The key's last word: ports. Then protocol and family (the padding is always zero).
+        self.src_port == o.src_port
+            && self.dst_port == o.dst_port
+            && self.src[3] == o.src[3]
+            && self.src[2] == o.src[2]
+            && self.src[1] == o.src[1]
+            && self.src[0] == o.src[0]
+            && self.dst[3] == o.dst[3]
+            && self.dst[2] == o.dst[2]
+            && self.dst[1] == o.dst[1]
+            && self.dst[0] == o.dst[0]
+            && self.proto == o.proto
+            && self.family == o.family
+    }
+}
 
 /// A flow's slot index (the same on every CPU) and the index's epoch, read before the
 /// connection table: a fill can never tag an entry read before a change with the epoch written
@@ -20,8 +73,8 @@ pub struct Slot {
 }
 
 #[inline(always)]
-pub fn slot(key: &FlowKey4) -> Slot {
-    let index = flow_cache_slot(key);
+pub fn slot<K: CacheKey>(key: &K) -> Slot {
+    let index = key.index();
     let epoch = match FLOW_CACHE_EPOCHS.get_ptr(index) {
         // SAFETY: a valid pointer to the index's u64; volatile, so the load stays here, ahead
         // of the table lookup.
@@ -31,8 +84,8 @@ pub fn slot(key: &FlowKey4) -> Slot {
     Slot { index, epoch }
 }
 
-/// This CPU's slot of `slot`'s index in `FLOW_CACHE`. Only this CPU reads or writes it, and a
-/// program run is never moved to another CPU.
+/// This CPU's slot of `slot`'s index. Only this CPU reads or writes it, and a program run is
+/// never moved to another CPU.
 #[inline(always)]
 fn this_cpu(slot: Slot) -> u32 {
     // SAFETY: a helper without arguments (the verifier inlines it).
@@ -42,22 +95,18 @@ fn this_cpu(slot: Slot) -> u32 {
 
 /// This CPU's slot if it holds `key`, of the index's current epoch, read recently enough.
 #[inline(always)]
-pub fn lookup(key: &FlowKey4, slot: Slot) -> Option<&'static CachedFlow> {
-    let c = FLOW_CACHE.get(this_cpu(slot))?;
+pub fn lookup<K: CacheKey>(key: &K, slot: Slot) -> Option<&'static CachedFlow<K>> {
+    let c = K::cache().get(this_cpu(slot))?;
     // SAFETY: a helper without arguments (the verifier inlines it to a load).
     let now = unsafe { bpf_jiffies64() };
     let fresh = now.wrapping_sub(c.read_jiffies) < FLOW_CACHE_RECHECK_JIFFIES;
-    let same = c.key.src == key.src
-        && c.key.dst == key.dst
-        && c.key.ports == key.ports
-        && c.key.proto == key.proto;
-    (same && fresh && c.epoch == slot.epoch).then_some(c)
+    (c.key.same(key) && fresh && c.epoch == slot.epoch).then_some(c)
 }
 
-/// Remembers `entry`, just read from `CONNS4` for `key`, in this CPU's slot.
+/// Remembers `entry`, just read from the table for `key`, in this CPU's slot.
 #[inline(always)]
-pub fn fill(key: &FlowKey4, entry: &ConnEntry, slot: Slot) {
-    let Some(c) = FLOW_CACHE.get_ptr_mut(this_cpu(slot)) else {
+pub fn fill<K: CacheKey>(key: &K, entry: &ConnEntry, slot: Slot) {
+    let Some(c) = K::cache().get_ptr_mut(this_cpu(slot)) else {
         return;
     };
     // SAFETY: this CPU's slot, which no other CPU reads or writes; a helper without arguments.
@@ -76,8 +125,8 @@ pub fn fill(key: &FlowKey4, entry: &ConnEntry, slot: Slot) {
 /// cache may hold. The new epoch is CLOCK_MONOTONIC in ns, the clock userspace's epochs come
 /// from too.
 #[inline(always)]
-pub fn retire(key: &FlowKey4) {
-    if let Some(p) = FLOW_CACHE_EPOCHS.get_ptr_mut(flow_cache_slot(key)) {
+pub fn retire(key: &FlowKey) {
+    if let Some(p) = FLOW_CACHE_EPOCHS.get_ptr_mut(flow_cache_index(key)) {
         // SAFETY: a valid, 8-byte aligned pointer to the index's u64: one aligned store, which
         // no reader can see torn; a helper without arguments.
         unsafe { core::ptr::write_volatile(p, bpf_ktime_get_ns()) };

@@ -72,6 +72,12 @@ pub static RINGS: Array<RingSlot> =
 /// flow is found whichever CPU receives it (RSS changes, flows installed by the agent). `cargo
 /// xtask bench` compares them with per-CPU LRU lists and per-CPU tables; see docs/dataplane.md
 /// for the figures.
+/// The type of both connection tables (conns.rs writes either through it).
+#[cfg(not(feature = "conns-percpu-lru"))]
+pub type Table<K> = aya_ebpf::maps::LruHashMap<K, ConnEntry>;
+#[cfg(feature = "conns-percpu-lru")]
+pub type Table<K> = aya_ebpf::maps::LruPerCpuHashMap<K, ConnEntry>;
+
 #[cfg(not(any(feature = "conns-no-common-lru", feature = "conns-percpu-lru")))]
 #[map]
 pub static CONNS: aya_ebpf::maps::LruHashMap<FlowKey, ConnEntry> =
@@ -106,7 +112,11 @@ pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
 /// one: a per-CPU array allocates each element apart, so a slot costs two dependent reads
 /// (its pointer, then the element) where this costs one.
 #[map]
-pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static FLOW_CACHE: Array<CachedFlow<FlowKey4>> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// Established IPv6 flows as last read from `CONNS`, laid out as `FLOW_CACHE`.
+#[map]
+pub static FLOW_CACHE6: Array<CachedFlow<FlowKey>> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// The flow cache's epoch per slot index: a slot of another epoch does not count (flowcache.rs).
 #[map]
