@@ -38,6 +38,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "dataplane",
         "machine: one dependent load at a random place in 96 MiB (a cold 1M-flow table)",
     ),
+    (
+        "dataplane",
+        "machine: one dependent load at a random place in 16 MiB (the least 1M flows can take)",
+    ),
     ("scale", "SYN, 1 VIP, 10 backends"),
     ("scale", "established, 1 VIP, 10 backends"),
     ("scale", "SYN, 100 VIPs, 10 backends"),

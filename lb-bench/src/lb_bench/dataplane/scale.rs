@@ -11,6 +11,27 @@ use crate::report::{Figure, Row};
 use super::harness::*;
 use super::{FLOOR, basic_scenarios, lb_with_one_vip};
 
+/// An established IPv6 flow (its own VIP), for `compare`: counted as a table or a cache hit,
+/// so builds with and without an IPv6 flow cache both pass.
+fn established_ipv6(lb: &mut Lb) -> (Scenario, Prep<'static>) {
+    let vip: IpAddr = "2001:db8:10::10".parse().unwrap();
+    let installed = lb.add_vip(vip, 80, PROTO_TCP, 1, false, &[(4, 1), (5, 1), (6, 1)]);
+    let flow = Flow::new("2001:db8:c::7", 40000, "2001:db8:10::10", 80);
+    let ack = flow.tcp(Tcp::Ack, PAYLOAD);
+    let scenario = Scenario {
+        name: "established, IPv6",
+        prog: Prog::Lb,
+        harness: true,
+        frame: ack.clone(),
+        flows: 0,
+        verdict: XDP_TX,
+        counters: vec![lb_common::Counter::LruHit, lb_common::Counter::Tx],
+        expected: encap_of(&ack, &flow.key(PROTO_TCP), &installed, false),
+        fresh_table: None,
+    };
+    (scenario, Box::new(move |lb, _| prime(lb, &ack)))
+}
+
 /// `lb-bench compare label=object...`: builds of lb_xdp side by side (before/after figures,
 /// profiling experiments). Rounds interleave the builds, so machine noise hits them alike.
 pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
@@ -26,8 +47,9 @@ pub fn compare(objects: &[(String, Vec<u8>)]) -> Result<Vec<Row>> {
     }
     let mut builds = Vec::new();
     for (label, object) in objects {
-        let (lb, installed) = lb_with_one_vip(object)?;
-        let scenarios = basic_scenarios(&installed, true);
+        let (mut lb, installed) = lb_with_one_vip(object)?;
+        let mut scenarios = basic_scenarios(&installed, true);
+        scenarios.push(established_ipv6(&mut lb));
         let n = scenarios.len();
         builds.push(Build {
             label: label.clone(),
