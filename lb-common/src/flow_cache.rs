@@ -34,12 +34,16 @@
 use crate::addr::FAMILY_V4;
 use crate::conn::{FlowKey, FlowKey4};
 
-/// Slots per CPU and family: 48 bytes each for IPv4 (768 KiB per CPU), 72 for IPv6 (1.1 MiB).
-/// `FLOW_CACHE` and `FLOW_CACHE6` hold every possible CPU's slots back to back (the loader
-/// sizes them), CPU n's from `n * FLOW_CACHE_SLOTS`. An IPv4 and an IPv6 flow may share a slot
-/// index (and its epoch), not a slot.
-pub const FLOW_CACHE_SLOTS: u32 = 16_384;
-const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+/// Slots per CPU and family by default (`[dataplane] flow_cache_slots`): 48 bytes each for
+/// IPv4 (768 KiB per CPU), 72 for IPv6 (1.1 MiB). `FLOW_CACHE` and `FLOW_CACHE6` hold every
+/// possible CPU's slots back to back (the loader sizes them), CPU n's from `n << bits`, where
+/// the slot count is `1 << bits` (the program's global `FLOW_CACHE_BITS`). An IPv4 and an IPv6
+/// flow may share a slot index (and its epoch), not a slot.
+pub const DEFAULT_FLOW_CACHE_SLOTS: u32 = 16_384;
+/// The fewest and the most slots per CPU and family a load balancer may be given.
+pub const FLOW_CACHE_MIN_SLOTS: u32 = 256;
+pub const FLOW_CACHE_MAX_SLOTS: u32 = 1 << 20;
+const _: () = assert!(DEFAULT_FLOW_CACHE_SLOTS.is_power_of_two());
 
 /// A slot is used for at most this many jiffies after its flow's entry was read from the table:
 /// 64 ms at HZ=1000, 256 ms at HZ=250, 640 ms at HZ=100, below the shortest idle timeout (1 s).
@@ -81,48 +85,76 @@ unsafe impl aya::Pod for CachedFlow<FlowKey> {}
 const _: () = assert!(core::mem::size_of::<CachedFlow<FlowKey4>>() == 48);
 const _: () = assert!(core::mem::size_of::<CachedFlow<FlowKey>>() == 72);
 
-/// The slot index of an IPv4 flow among `FLOW_CACHE_SLOTS`: a multiplicative hash of its words
-/// (not the seeded flow hash: a slot only has to spread one CPU's flows, and this costs two
-/// multiplies).
+/// The slot index of an IPv4 flow among `1 << bits` slots (`bits` 8 to 20): a multiplicative
+/// hash of its words (not the seeded flow hash: a slot only has to spread one CPU's flows, and
+/// this costs two multiplies).
 #[inline(always)]
-pub const fn flow_cache_slot(key: &FlowKey4) -> u32 {
-    slot_of(key.src, key.dst, key.ports)
+pub const fn flow_cache_slot(key: &FlowKey4, bits: u32) -> u32 {
+    slot_of(key.src, key.dst, key.ports, bits)
 }
 
 /// The slot index of an IPv6 flow (`FlowKey`, family FAMILY_V6): each address folded to a
 /// word (rotated, so a client's /64 and interface id do not cancel out), then as for IPv4.
 #[inline(always)]
-pub const fn flow_cache_slot6(key: &FlowKey) -> u32 {
+pub const fn flow_cache_slot6(key: &FlowKey, bits: u32) -> u32 {
     const fn fold(a: &[u32; 4]) -> u32 {
         a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24)
     }
     let ports = key.src_port as u32 | (key.dst_port as u32) << 16;
-    slot_of(fold(&key.src), fold(&key.dst), ports)
+    slot_of(fold(&key.src), fold(&key.dst), ports, bits)
 }
 
 /// The slot index of any flow, by its family: what userspace retires after changing an entry.
 #[inline(always)]
-pub fn flow_cache_index(key: &FlowKey) -> u32 {
+pub fn flow_cache_index(key: &FlowKey, bits: u32) -> u32 {
     if key.family == FAMILY_V4 {
-        flow_cache_slot(&key.v4())
+        flow_cache_slot(&key.v4(), bits)
     } else {
-        flow_cache_slot6(key)
+        flow_cache_slot6(key, bits)
     }
 }
 
 #[inline(always)]
-const fn slot_of(src: u32, dst: u32, ports: u32) -> u32 {
+const fn slot_of(src: u32, dst: u32, ports: u32, bits: u32) -> u32 {
     let h = (src ^ ports.rotate_left(16) ^ dst.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B1);
-    h >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+    // `bits` is 8 to 20: the shift stays below 32 (masked, so the program needs no check).
+    h >> ((32 - bits) & 31)
+}
+
+/// `bits` for a slot count (a power of two).
+#[inline(always)]
+pub const fn flow_cache_bits(slots: u32) -> u32 {
+    slots.trailing_zeros()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const BITS: u32 = flow_cache_bits(DEFAULT_FLOW_CACHE_SLOTS);
+
+    #[test]
+    fn every_slot_count_keeps_indexes_in_range() {
+        let key = FlowKey4 {
+            src: 0xC633_6407u32.to_be(),
+            dst: 0xC000_020Au32.to_be(),
+            ports: 0xFFFF_FFFF,
+            proto: 6,
+        };
+        let mut slots = FLOW_CACHE_MIN_SLOTS;
+        while slots <= FLOW_CACHE_MAX_SLOTS {
+            let bits = flow_cache_bits(slots);
+            for src in 0..4096u32 {
+                let k = FlowKey4 { src, ..key };
+                assert!(flow_cache_slot(&k, bits) < slots);
+            }
+            slots <<= 1;
+        }
+    }
+
     #[test]
     fn slots_stay_in_range_and_spread_one_clients_ports() {
-        let mut hits = vec![0u32; FLOW_CACHE_SLOTS as usize];
+        let mut hits = vec![0u32; DEFAULT_FLOW_CACHE_SLOTS as usize];
         // One client, 32768 source ports, to one VIP: the case a weak hash folds together.
         for port in 1024..1024 + 32_768u16 {
             let ([s0, s1], [d0, d1]) = (port.to_be_bytes(), 80u16.to_be_bytes());
@@ -132,11 +164,14 @@ mod tests {
                 ports: u32::from_ne_bytes([s0, s1, d0, d1]),
                 proto: 6,
             };
-            hits[flow_cache_slot(&key) as usize] += 1;
+            hits[flow_cache_slot(&key, BITS) as usize] += 1;
         }
         let used = hits.iter().filter(|&&n| n > 0).count() as u32;
         // Two keys per slot on average: a uniform hash leaves about e^-2 = 13.5% slots empty.
-        assert!(used > FLOW_CACHE_SLOTS * 80 / 100, "{used} slots used");
+        assert!(
+            used > DEFAULT_FLOW_CACHE_SLOTS * 80 / 100,
+            "{used} slots used"
+        );
         assert!(hits.iter().all(|&n| n <= 12), "a slot holds too many keys");
     }
 
@@ -157,13 +192,16 @@ mod tests {
         let hosts =
             (0..32_768u32).map(|h| key([client[0], client[1], h.to_be(), 7u32.to_be()], 40000));
         for keys in [ports.collect::<Vec<_>>(), hosts.collect()] {
-            let mut hits = vec![0u32; FLOW_CACHE_SLOTS as usize];
+            let mut hits = vec![0u32; DEFAULT_FLOW_CACHE_SLOTS as usize];
             for k in &keys {
-                assert_eq!(flow_cache_index(k), flow_cache_slot6(k));
-                hits[flow_cache_slot6(k) as usize] += 1;
+                assert_eq!(flow_cache_index(k, BITS), flow_cache_slot6(k, BITS));
+                hits[flow_cache_slot6(k, BITS) as usize] += 1;
             }
             let used = hits.iter().filter(|&&n| n > 0).count() as u32;
-            assert!(used > FLOW_CACHE_SLOTS * 80 / 100, "{used} slots used");
+            assert!(
+                used > DEFAULT_FLOW_CACHE_SLOTS * 80 / 100,
+                "{used} slots used"
+            );
             assert!(hits.iter().all(|&n| n <= 12), "a slot holds too many keys");
         }
     }

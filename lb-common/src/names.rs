@@ -21,7 +21,7 @@ pub const CONNS4: &str = "CONNS4";
 pub const FLOW_CACHE: &str = "FLOW_CACHE";
 /// The same for IPv6 flows and `CONNS` (`CachedFlow<FlowKey>`). Not pinned.
 pub const FLOW_CACHE6: &str = "FLOW_CACHE6";
-/// The flow cache's epochs, a u64 per slot index (`FLOW_CACHE_SLOTS`, shared by every CPU's
+/// The flow cache's epochs, a u64 per slot index (`flow_cache_slots`, shared by every CPU's
 /// slot of that index): written after a change to the entry of any flow of that index, which
 /// retires those slots only. Pinned with the tables it guards, so any process that writes them
 /// (through their pins) can find it.
@@ -70,4 +70,6 @@ pub mod globals {
     pub const RING_SIZE: &str = "RING_SIZE";
     /// Slots of `VIP_INDEX` (a power of two).
     pub const VIP_INDEX_SIZE: &str = "VIP_INDEX_SIZE";
+    /// log2 of the flow cache's slots per CPU and family (`[dataplane] flow_cache_slots`).
+    pub const FLOW_CACHE_BITS: &str = "FLOW_CACHE_BITS";
 }

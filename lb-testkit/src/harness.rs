@@ -46,6 +46,7 @@ impl Lb {
                 max_rings: 8,
                 max_backends: 256,
                 max_conns,
+                ..Default::default()
             },
         )
     }

@@ -10,10 +10,10 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    CONN_F_PEER, ConnEntry, Counter, FlowKey, LB_F_FLOW_CACHE, PROTO_TCP, flow_cache_index,
-    flow_hash,
+    CONN_F_PEER, ConnEntry, Counter, DEFAULT_FLOW_CACHE_SLOTS, FlowKey, LB_F_FLOW_CACHE, PROTO_TCP,
+    flow_cache_bits, flow_cache_index, flow_hash,
 };
-use lb_userspace::dataplane::monotonic_ns;
+use lb_userspace::dataplane::{DataplaneLimits, monotonic_ns};
 use tests::*;
 
 const RING: u32 = 4099;
@@ -78,9 +78,14 @@ fn install(lb: &Lb, flow: &Flow, backend: u32) {
     lb.dp.flow_table().unwrap().insert(&key, &entry).unwrap();
 }
 
-/// The flow cache's slot index of `flow` (the same on every CPU).
+/// The flow cache's slot index of `flow` (the same on every CPU), with `slots` per CPU.
+fn slot_in(flow: &Flow, slots: u32) -> u32 {
+    flow_cache_index(&flow.key(PROTO_TCP), flow_cache_bits(slots))
+}
+
+/// The same with the default slot count.
 fn slot_of(flow: &Flow) -> u32 {
-    flow_cache_index(&flow.key(PROTO_TCP))
+    slot_in(flow, DEFAULT_FLOW_CACHE_SLOTS)
 }
 
 #[test]
@@ -186,6 +191,90 @@ fn a_change_retires_only_the_slots_of_its_own_flows() {
     );
     assert_eq!(lb.run(&ack).out, encap_to(&flow, PROTO_TCP, &ack, b));
     assert_eq!(hits(&mut lb), (3, 3), "cached again");
+}
+
+/// `[dataplane] flow_cache_slots` sizes the caches and the epochs at load (here 256 slots per
+/// CPU, the least): flows of different slot indexes are cached side by side, one of the same
+/// index takes the slot over, and a change retires that index only, as with the default size.
+#[test]
+fn a_smaller_cache_indexes_and_retires_by_its_own_size() {
+    const SLOTS: u32 = lb_common::FLOW_CACHE_MIN_SLOTS;
+    stay_on_this_cpu();
+    let mut lb = Lb::with_limits(
+        lb_objects::EBPF_OBJECT,
+        DataplaneLimits {
+            ring_size: RING,
+            max_vips: 16,
+            max_rings: 8,
+            max_backends: 256,
+            max_conns: 1 << 16,
+            flow_cache_slots: SLOTS,
+        },
+    )
+    .unwrap();
+    let t = lb.add_vip(
+        VIP.parse::<IpAddr>().unwrap(),
+        80,
+        PROTO_TCP,
+        0,
+        false,
+        &[(1, 1), (2, 1), (3, 1)],
+    );
+    lb.set_config(|c| c.flags = LB_F_FLOW_CACHE);
+    assert_eq!(lb.dp.limits().flow_cache_slots, SLOTS);
+    // Two flows of different indexes (of 256), and a third of the first one's index.
+    let flows: Vec<Flow> = (0..2000u16)
+        .map(|p| Flow::new("198.51.100.9", 20000 + p, VIP, 80))
+        .collect();
+    let a = flows[0].clone();
+    let b = flows
+        .iter()
+        .find(|f| slot_in(f, SLOTS) != slot_in(&a, SLOTS))
+        .unwrap()
+        .clone();
+    let c = flows[1..]
+        .iter()
+        .find(|f| slot_in(f, SLOTS) == slot_in(&a, SLOTS))
+        .expect("2000 ports fill every one of 256 indexes")
+        .clone();
+    let run = |lb: &mut Lb, f: &Flow| {
+        let ack = f.tcp(Tcp::Ack, b"");
+        let want = encap_to(f, PROTO_TCP, &ack, t.backend_for(&f.key(PROTO_TCP)));
+        assert_eq!(lb.run(&ack).out, want);
+    };
+    for f in [&a, &b, &a, &b] {
+        run(&mut lb, f);
+    }
+    assert_eq!(
+        hits(&mut lb),
+        (2, 0),
+        "each flow's second packet read the table"
+    );
+    for f in [&a, &b] {
+        run(&mut lb, f);
+    }
+    assert_eq!(hits(&mut lb), (2, 2), "both cached side by side");
+    // The third flow takes the first one's slot: each reads the table after the other.
+    for f in [&c, &c, &a, &a] {
+        run(&mut lb, f);
+    }
+    assert_eq!(hits(&mut lb), (4, 3));
+    // A peer's entry for the second flow retires its index only: the first stays cached.
+    install(&lb, &b, other(t.backend_for(&b.key(PROTO_TCP))));
+    run(&mut lb, &a);
+    assert_eq!(
+        hits(&mut lb),
+        (4, 4),
+        "another index's change retired this slot"
+    );
+    let ack = b.tcp(Tcp::Ack, b"");
+    let moved = other(t.backend_for(&b.key(PROTO_TCP)));
+    assert_eq!(lb.run(&ack).out, encap_to(&b, PROTO_TCP, &ack, moved));
+    assert_eq!(
+        hits(&mut lb),
+        (5, 4),
+        "read from the table after its index was retired"
+    );
 }
 
 /// With second chance off every SYN writes its entry; a SYN of a reused 5-tuple replaces the

@@ -324,6 +324,7 @@ fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
         max_rings: 8,
         max_backends: 256,
         max_conns: 1024,
+        ..Default::default()
     };
     let mut dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
     let mut table = FlowTable::open_pinned(&pins.0).unwrap();

@@ -32,6 +32,7 @@ fn lb_with_limits(max_vips: u32) -> Lb {
             max_rings: 2,
             max_backends: 16,
             max_conns: 1 << 16,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -244,6 +245,7 @@ fn a_vip_whose_entry_finds_no_index_slot_is_not_recorded_and_a_later_pass_instal
             max_rings: 9,
             max_backends: 32,
             max_conns: 1 << 16,
+            ..Default::default()
         },
     )
     .unwrap();

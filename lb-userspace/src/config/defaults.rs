@@ -55,6 +55,9 @@ pub(super) fn default_sync_max_connections() -> usize {
 pub(super) fn default_ring_size() -> u32 {
     lb_common::DEFAULT_RING_SIZE
 }
+pub(super) fn default_flow_cache_slots() -> u32 {
+    lb_common::DEFAULT_FLOW_CACHE_SLOTS
+}
 pub(super) fn default_max_vips() -> u32 {
     lb_common::DEFAULT_MAX_RINGS
 }

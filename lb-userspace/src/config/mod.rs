@@ -88,6 +88,7 @@ impl Config {
             max_rings: d.max_vips,
             max_backends: d.max_backends,
             max_conns: d.max_flows,
+            flow_cache_slots: d.flow_cache_slots,
         }
     }
 
@@ -175,6 +176,10 @@ impl Config {
             ("dataplane.max_vips", a.max_vips != b.max_vips),
             ("dataplane.max_backends", a.max_backends != b.max_backends),
             ("dataplane.max_flows", a.max_flows != b.max_flows),
+            (
+                "dataplane.flow_cache_slots",
+                a.flow_cache_slots != b.flow_cache_slots,
+            ),
             ("dataplane.seed", a.seed != b.seed),
             (
                 "agent.api_socket",

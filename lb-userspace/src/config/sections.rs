@@ -9,11 +9,11 @@ use serde::Deserialize;
 use super::checks::HealthOverride;
 use super::defaults::{
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_API_SOCKET, DEFAULT_METRICS_MAX_CONNECTIONS,
-    DEFAULT_PIN_DIR, default_changes_max, default_changes_rate, default_flow_queue,
-    default_gue_port, default_icmp_burst, default_icmp_rate, default_max_backends,
-    default_max_clock_jump, default_max_flows, default_max_vips, default_refresh_secs,
-    default_ring_size, default_startup_wait_secs, default_sync_max_connections,
-    default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
+    DEFAULT_PIN_DIR, default_changes_max, default_changes_rate, default_flow_cache_slots,
+    default_flow_queue, default_gue_port, default_icmp_burst, default_icmp_rate,
+    default_max_backends, default_max_clock_jump, default_max_flows, default_max_vips,
+    default_refresh_secs, default_ring_size, default_startup_wait_secs,
+    default_sync_max_connections, default_tcp_closing, default_tcp_idle, default_udp_idle, yes,
 };
 use super::flow_mode::FlowSync;
 use crate::state::BackendState;
@@ -170,6 +170,10 @@ pub struct DataplaneConfig {
     /// cache"): on by default; off, every established packet reads the table.
     #[serde(default = "yes")]
     pub flow_cache: bool,
+    /// Flow cache slots per CPU and family (a power of two, 256 to 1,048,576): 120 bytes per
+    /// slot and CPU for both families together. Fixed at load; a change needs `lb detach`.
+    #[serde(default = "default_flow_cache_slots")]
+    pub flow_cache_slots: u32,
 }
 
 impl DataplaneConfig {

@@ -202,6 +202,14 @@ address = "2001:db8:be::1"
     for (edit, why) in [
         (("seed = 7", "seed = -1"), "invalid value"),
         (("seed = 7", "seed = 7\nring_size = 65536"), "not a prime"),
+        (
+            ("seed = 7", "seed = 7\nflow_cache_slots = 1000"),
+            "flow_cache_slots 1000 must be a power of two from 256 to 1048576",
+        ),
+        (
+            ("seed = 7", "seed = 7\nflow_cache_slots = 128"),
+            "must be a power of two from 256",
+        ),
         (("\"192.0.2.10\"", "\"127.0.0.1\""), "loopback address"),
         (("\"192.0.2.10\"", "\"fe80::10\""), "link-local address"),
         (
@@ -329,4 +337,15 @@ fn the_flow_cache_is_on_unless_switched_off() {
     let off = EXAMPLE.replace("# flow_cache = true", "flow_cache = false");
     assert_ne!(off, EXAMPLE);
     assert!(!Config::parse(&off).unwrap().dataplane.flow_cache);
+    let c = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(c.limits().flow_cache_slots, 16_384);
+    let small = EXAMPLE.replace("# flow_cache_slots = 16384", "flow_cache_slots = 1024");
+    assert_ne!(small, EXAMPLE);
+    let small = Config::parse(&small).unwrap();
+    assert_eq!(small.limits().flow_cache_slots, 1024);
+    // The maps are sized at load: a reload cannot change it.
+    assert_eq!(
+        c.restart_only_difference(&small).as_deref(),
+        Some("dataplane.flow_cache_slots")
+    );
 }

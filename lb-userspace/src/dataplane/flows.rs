@@ -137,6 +137,8 @@ pub struct FlowTable {
     /// answering for an entry changed here.
     cache_epochs: Array<MapData, u64>,
     cache_epochs_fd: OwnedFd,
+    /// log2 of the slots per CPU (the epochs map has one per slot index).
+    cache_bits: u32,
 }
 
 impl FlowTable {
@@ -174,6 +176,14 @@ impl FlowTable {
             .context("CONNS4 is not a (shared LRU) hash map of IPv4 flows")?;
         let config = Array::try_from(Map::from_map_data(config)?)
             .context("the config map is not an array")?;
+        let slots = cache_epochs
+            .info()
+            .context("reading the flow cache's epoch map")?
+            .max_entries();
+        if !slots.is_power_of_two() {
+            bail!("the flow cache's epoch map has {slots} entries, not a power of two");
+        }
+        let cache_bits = lb_common::flow_cache_bits(slots);
         let cache_epochs = Array::try_from(Map::from_map_data(cache_epochs)?)
             .context("the flow cache's epoch map is not an array")?;
         Ok(Self {
@@ -184,6 +194,7 @@ impl FlowTable {
             config,
             cache_epochs,
             cache_epochs_fd,
+            cache_bits,
         })
     }
 
@@ -250,7 +261,7 @@ impl FlowTable {
             self.conns.insert(key, entry, 0)
         };
         written.context("writing a connection entry")?;
-        self.retire_cached_flows(std::iter::once(flow_cache_index(key)))
+        self.retire_cached_flows(std::iter::once(flow_cache_index(key, self.cache_bits)))
     }
 
     /// Installs flows in batches (BPF_MAP_UPDATE_BATCH), each in its family's table. Returns
@@ -272,7 +283,8 @@ impl FlowTable {
         let (n6, e6) = batch::update_all(self.conns_fd.as_fd(), &keys, &values);
         if n4 + n6 != 0 {
             // Refused entries too: which ones the kernel took is not known.
-            self.retire_cached_flows(flows.iter().map(|(k, _)| flow_cache_index(k)))?;
+            let bits = self.cache_bits;
+            self.retire_cached_flows(flows.iter().map(|(k, _)| flow_cache_index(k, bits)))?;
         }
         match (n4 + n6, e4.or(e6)) {
             (0, Some(e)) if !flows.is_empty() => Err(e).context("writing connection entries"),
@@ -315,8 +327,9 @@ impl FlowTable {
         let n4 = batch::delete_all(self.conns4_fd.as_fd(), &keys4);
         let n6 = batch::delete_all(self.conns_fd.as_fd(), &keys);
         // Even after a partial delete: whatever went is retired from the caches.
-        let slots = keys4.iter().map(flow_cache_slot);
-        self.retire_cached_flows(slots.chain(keys.iter().map(flow_cache_slot6)))?;
+        let bits = self.cache_bits;
+        let slots = keys4.iter().map(|k| flow_cache_slot(k, bits));
+        self.retire_cached_flows(slots.chain(keys.iter().map(|k| flow_cache_slot6(k, bits))))?;
         Ok(n4.context("deleting connection entries")?
             + n6.context("deleting connection entries")?)
     }

@@ -21,6 +21,9 @@ pub struct DataplaneLimits {
     pub max_rings: u32,
     pub max_backends: u32,
     pub max_conns: u32,
+    /// Flow cache slots per CPU and family (a power of two, `FLOW_CACHE_MIN_SLOTS` to
+    /// `FLOW_CACHE_MAX_SLOTS`).
+    pub flow_cache_slots: u32,
 }
 
 impl Default for DataplaneLimits {
@@ -31,6 +34,7 @@ impl Default for DataplaneLimits {
             max_rings: lb_common::DEFAULT_MAX_RINGS,
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             max_conns: lb_common::DEFAULT_MAX_CONNS,
+            flow_cache_slots: lb_common::DEFAULT_FLOW_CACHE_SLOTS,
         }
     }
 }
@@ -62,6 +66,24 @@ impl DataplaneLimits {
             bail!(
                 "max_vips {} is over the limit of {MAX_VIPS_LIMIT}",
                 self.max_vips
+            );
+        }
+        let (min, max) = (
+            lb_common::FLOW_CACHE_MIN_SLOTS,
+            lb_common::FLOW_CACHE_MAX_SLOTS,
+        );
+        if !self.flow_cache_slots.is_power_of_two() || !(min..=max).contains(&self.flow_cache_slots)
+        {
+            bail!(
+                "flow_cache_slots {} must be a power of two from {min} to {max} (16384 is the default)",
+                self.flow_cache_slots
+            );
+        }
+        if self.flow_cache_slots as u64 * possible_cpus() as u64 > u32::MAX as u64 / 2 {
+            bail!(
+                "flow_cache_slots {} for each of {} possible CPUs exceed the cache map's size limit",
+                self.flow_cache_slots,
+                possible_cpus()
             );
         }
         for (what, v) in [
@@ -123,7 +145,7 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             size_of::<ConnEntry>(),
             limits.max_conns,
         ),
-        (names::FLOW_CACHE_EPOCHS, 4, 8, lb_common::FLOW_CACHE_SLOTS),
+        (names::FLOW_CACHE_EPOCHS, 4, 8, limits.flow_cache_slots),
         (
             names::STATS,
             4,
@@ -160,13 +182,13 @@ pub(super) fn map_layout(limits: &DataplaneLimits) -> Vec<(&'static str, usize, 
             names::FLOW_CACHE,
             4,
             size_of::<lb_common::CachedFlow<FlowKey4>>(),
-            lb_common::FLOW_CACHE_SLOTS * possible_cpus(),
+            limits.flow_cache_slots * possible_cpus(),
         ),
         (
             names::FLOW_CACHE6,
             4,
             size_of::<lb_common::CachedFlow<FlowKey>>(),
-            lb_common::FLOW_CACHE_SLOTS * possible_cpus(),
+            limits.flow_cache_slots * possible_cpus(),
         ),
     ]
 }

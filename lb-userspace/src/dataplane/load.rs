@@ -53,6 +53,11 @@ impl Dataplane {
         loader.override_global(globals::RING_SIZE, &limits.ring_size, true);
         let vip_index_size = lb_common::vip_index_size(limits.max_vips);
         loader.override_global(globals::VIP_INDEX_SIZE, &vip_index_size, true);
+        // Required only for a size other than the default: an older build of the object
+        // (`lb-bench --object`, before and after figures) has no such global and its own size.
+        let cache_bits = lb_common::flow_cache_bits(limits.flow_cache_slots);
+        let required = limits.flow_cache_slots != lb_common::DEFAULT_FLOW_CACHE_SLOTS;
+        loader.override_global(globals::FLOW_CACHE_BITS, &cache_bits, required);
         for (name, _, _, entries) in &layout {
             loader.map_max_entries(name, *entries);
         }

@@ -143,6 +143,7 @@ pub fn scale(lb_object: &[u8]) -> Result<Vec<Row>> {
             max_rings: 1,
             max_backends: backends + 1,
             max_conns: 1 << 16,
+            ..Default::default()
         };
         let mut lb = match Lb::with_limits(lb_object, limits) {
             Ok(lb) => lb,

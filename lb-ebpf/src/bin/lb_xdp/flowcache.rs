@@ -7,24 +7,25 @@
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
 use aya_ebpf::maps::Array;
 use lb_common::{
-    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FLOW_CACHE_SLOTS, FlowKey, FlowKey4,
-    flow_cache_index, flow_cache_slot, flow_cache_slot6,
+    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FlowKey, FlowKey4, flow_cache_index,
+    flow_cache_slot, flow_cache_slot6,
 };
 
-use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS, FLOW_CACHE6};
+use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS, FLOW_CACHE6, cache_bits};
 
-/// A table key the cache can hold: its slot index, its array, and a word-by-word compare (a
-/// derived `==` on arrays may become a `memcmp` call, which BPF does not have).
+/// A table key the cache can hold: its slot index (of `1 << bits`), its array, and a
+/// word-by-word compare (a derived `==` on arrays may become a `memcmp` call, which BPF does
+/// not have).
 pub trait CacheKey: Copy + 'static {
-    fn index(&self) -> u32;
+    fn index(&self, bits: u32) -> u32;
     fn cache() -> &'static Array<CachedFlow<Self>>;
     fn same(&self, other: &Self) -> bool;
 }
 
 impl CacheKey for FlowKey4 {
     #[inline(always)]
-    fn index(&self) -> u32 {
-        flow_cache_slot(self)
+    fn index(&self, bits: u32) -> u32 {
+        flow_cache_slot(self, bits)
     }
     #[inline(always)]
     fn cache() -> &'static Array<CachedFlow<Self>> {
@@ -38,8 +39,8 @@ impl CacheKey for FlowKey4 {
 
 impl CacheKey for FlowKey {
     #[inline(always)]
-    fn index(&self) -> u32 {
-        flow_cache_slot6(self)
+    fn index(&self, bits: u32) -> u32 {
+        flow_cache_slot6(self, bits)
     }
     #[inline(always)]
     fn cache() -> &'static Array<CachedFlow<Self>> {
@@ -69,19 +70,21 @@ impl CacheKey for FlowKey {
 #[derive(Clone, Copy)]
 pub struct Slot {
     index: u32,
+    bits: u32,
     epoch: u64,
 }
 
 #[inline(always)]
 pub fn slot<K: CacheKey>(key: &K) -> Slot {
-    let index = key.index();
+    let bits = cache_bits();
+    let index = key.index(bits);
     let epoch = match FLOW_CACHE_EPOCHS.get_ptr(index) {
         // SAFETY: a valid pointer to the index's u64; volatile, so the load stays here, ahead
         // of the table lookup.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
         None => 0,
     };
-    Slot { index, epoch }
+    Slot { index, bits, epoch }
 }
 
 /// This CPU's slot of `slot`'s index. Only this CPU reads or writes it, and a program run is
@@ -90,7 +93,7 @@ pub fn slot<K: CacheKey>(key: &K) -> Slot {
 fn this_cpu(slot: Slot) -> u32 {
     // SAFETY: a helper without arguments (the verifier inlines it).
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    cpu.wrapping_mul(FLOW_CACHE_SLOTS) | slot.index
+    (cpu << (slot.bits & 31)) | slot.index
 }
 
 /// This CPU's slot if it holds `key`, of the index's current epoch, read recently enough.
@@ -126,7 +129,7 @@ pub fn fill<K: CacheKey>(key: &K, entry: &ConnEntry, slot: Slot) {
 /// from too.
 #[inline(always)]
 pub fn retire(key: &FlowKey) {
-    if let Some(p) = FLOW_CACHE_EPOCHS.get_ptr_mut(flow_cache_index(key)) {
+    if let Some(p) = FLOW_CACHE_EPOCHS.get_ptr_mut(flow_cache_index(key, cache_bits())) {
         // SAFETY: a valid, 8-byte aligned pointer to the index's u64: one aligned store, which
         // no reader can see torn; a helper without arguments.
         unsafe { core::ptr::write_volatile(p, bpf_ktime_get_ns()) };

@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    Backend, CachedFlow, ConnEntry, CounterValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNS,
-    DEFAULT_MAX_IFACES, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, EGRESS_MAX_DEVS,
-    EGRESS_STATS_SLOTS, Egress, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FlowKey, FlowKey4,
+    Backend, CachedFlow, ConnEntry, CounterValue, DEFAULT_FLOW_CACHE_SLOTS, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_IFACES, DEFAULT_MAX_RINGS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE,
+    EGRESS_MAX_DEVS, EGRESS_STATS_SLOTS, Egress, FLOW_EVENTS_BYTES, FlowKey, FlowKey4,
     IFACE_PROBES, IfaceConfig, IfaceSlot, LbConfig, RingSlot, STATS_SLOTS, VipFilter, VipKey,
-    VipMeta, VipSlot, iface_slot, vip_index_size,
+    VipMeta, VipSlot, flow_cache_bits, iface_slot, vip_index_size,
 };
 
 /// Bench variant flag: a separate LRU list per CPU over the shared table.
@@ -34,6 +34,16 @@ static VIP_INDEX_SIZE: u32 = vip_index_size(DEFAULT_MAX_VIPS);
 pub fn vip_index_slots() -> u32 {
     // SAFETY: a read of a plain u32 static; volatile so the loader's value is used.
     unsafe { core::ptr::read_volatile(&VIP_INDEX_SIZE) }
+}
+
+/// log2 of the flow cache's slots per CPU and family, set by the loader.
+#[unsafe(no_mangle)]
+static FLOW_CACHE_BITS: u32 = flow_cache_bits(DEFAULT_FLOW_CACHE_SLOTS);
+
+#[inline(always)]
+pub fn cache_bits() -> u32 {
+    // SAFETY: a read of a plain u32 static; volatile so the loader's value is used.
+    unsafe { core::ptr::read_volatile(&FLOW_CACHE_BITS) }
 }
 
 #[map]
@@ -107,20 +117,22 @@ pub static CONNS: aya_ebpf::maps::LruPerCpuHashMap<FlowKey, ConnEntry> =
 pub static CONNS4: aya_ebpf::maps::LruPerCpuHashMap<FlowKey4, ConnEntry> =
     aya_ebpf::maps::LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
-/// Established IPv4 flows as last read from `CONNS4` (flowcache.rs): `FLOW_CACHE_SLOTS` per
+/// Established IPv4 flows as last read from `CONNS4` (flowcache.rs): the slot count per
 /// CPU, CPU after CPU (the loader sizes it for every possible CPU). One array, not a per-CPU
 /// one: a per-CPU array allocates each element apart, so a slot costs two dependent reads
 /// (its pointer, then the element) where this costs one.
 #[map]
-pub static FLOW_CACHE: Array<CachedFlow<FlowKey4>> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static FLOW_CACHE: Array<CachedFlow<FlowKey4>> =
+    Array::with_max_entries(DEFAULT_FLOW_CACHE_SLOTS, 0);
 
 /// Established IPv6 flows as last read from `CONNS`, laid out as `FLOW_CACHE`.
 #[map]
-pub static FLOW_CACHE6: Array<CachedFlow<FlowKey>> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static FLOW_CACHE6: Array<CachedFlow<FlowKey>> =
+    Array::with_max_entries(DEFAULT_FLOW_CACHE_SLOTS, 0);
 
 /// The flow cache's epoch per slot index: a slot of another epoch does not count (flowcache.rs).
 #[map]
-pub static FLOW_CACHE_EPOCHS: Array<u64> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+pub static FLOW_CACHE_EPOCHS: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CACHE_SLOTS, 0);
 
 /// New TCP flows (`FlowEvent`) for peer flow sync, when `LB_F_FLOW_EVENTS` is set.
 #[map]
