@@ -203,7 +203,7 @@ fn main() -> Result<()> {
         });
     }
     println!("{}", report::table(&rows));
-    for line in dataplane::targets(&rows) {
+    for line in dataplane::targets::targets(&rows) {
         println!("{line}");
     }
     Ok(())
