@@ -339,6 +339,49 @@ fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
     assert!(dp.take_flow_events().is_err(), "taken once");
 }
 
+/// `flow_cache_slots` sizes the pinned epochs: an agent with another size is refused with the
+/// way out (`lb detach`), and the pins stay as they were for the agent of the right size.
+#[test]
+fn a_pinned_flow_cache_of_another_size_is_refused_and_kept() {
+    require_root();
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/lbt-cachesize-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&pins.0);
+    lb_userspace::dataplane::ensure_bpffs(&pins.0).unwrap();
+    let limits = DataplaneLimits {
+        ring_size: RING,
+        max_vips: 16,
+        max_rings: 8,
+        max_backends: 256,
+        max_conns: 1024,
+        flow_cache_slots: 1024,
+    };
+    let mut dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
+    let key = Flow::new("198.51.100.7", 40021, VIP4, 80).key(PROTO_TCP);
+    let entry = peer_entry(7, monotonic_ns());
+    dp.flow_table().unwrap().insert(&key, &entry).unwrap();
+    drop(dp);
+    let bigger = DataplaneLimits {
+        flow_cache_slots: 4096,
+        ..limits
+    };
+    let Err(e) = Dataplane::load_pinned(bigger, &pins.0) else {
+        panic!("an agent with another cache size adopted the pins");
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(lb_common::names::FLOW_CACHE_EPOCHS) && e.contains("lb detach"),
+        "{e}"
+    );
+    // The agent of the right size adopts the pins, the flow's entry with them, and its flow
+    // table retires by the same index width as the program.
+    let mut dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
+    assert_eq!(dp.conn(&key).unwrap(), Some(entry));
+    assert_eq!(dp.limits().flow_cache_slots, 1024);
+}
+
 #[test]
 fn a_full_ring_loses_exports_not_packets() {
     let (mut lb, _, mut events) = lb(true);
