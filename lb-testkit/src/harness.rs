@@ -38,17 +38,19 @@ impl Lb {
 
     /// A load balancer from a given build of the XDP object.
     pub fn with_object(object: &[u8], ring_size: u32, max_conns: u32) -> Result<Self> {
-        Self::with_limits(
-            object,
-            DataplaneLimits {
-                ring_size,
-                max_vips: 16,
-                max_rings: 8,
-                max_backends: 256,
-                max_conns,
-                ..Default::default()
-            },
-        )
+        Self::with_limits(object, Self::limits(ring_size, max_conns))
+    }
+
+    /// The packet tests' map sizes: 16 VIPs, 8 rings, 256 backends, `max_conns` flows.
+    pub fn limits(ring_size: u32, max_conns: u32) -> DataplaneLimits {
+        DataplaneLimits {
+            ring_size,
+            max_vips: 16,
+            max_rings: 8,
+            max_backends: 256,
+            max_conns,
+            ..Default::default()
+        }
     }
 
     /// A load balancer with the given map sizes (the bench's scale runs).

@@ -23,8 +23,17 @@ const VIP6: &str = "2001:db8:10::10";
 /// VIP 0 (192.0.2.10:80) over backends 1, 2, 3, VIP 1 ([2001:db8:10::10]:80) over 4, 5, 6,
 /// config flags `flags`; the calling thread pinned to its CPU.
 fn lb(flags: u16) -> (Lb, Installed, Installed) {
+    lb_sized(flags, DEFAULT_FLOW_CACHE_SLOTS)
+}
+
+/// The same with `slots` flow cache slots per CPU and family.
+fn lb_sized(flags: u16, slots: u32) -> (Lb, Installed, Installed) {
     stay_on_this_cpu();
-    let mut lb = Lb::new(RING);
+    let limits = DataplaneLimits {
+        flow_cache_slots: slots,
+        ..Lb::limits(RING, 200_000)
+    };
+    let mut lb = Lb::with_limits(lb_objects::EBPF_OBJECT, limits).unwrap();
     let v4 = lb.add_vip(
         VIP.parse::<IpAddr>().unwrap(),
         80,
@@ -199,28 +208,7 @@ fn a_change_retires_only_the_slots_of_its_own_flows() {
 #[test]
 fn a_smaller_cache_indexes_and_retires_by_its_own_size() {
     const SLOTS: u32 = lb_common::FLOW_CACHE_MIN_SLOTS;
-    stay_on_this_cpu();
-    let mut lb = Lb::with_limits(
-        lb_objects::EBPF_OBJECT,
-        DataplaneLimits {
-            ring_size: RING,
-            max_vips: 16,
-            max_rings: 8,
-            max_backends: 256,
-            max_conns: 1 << 16,
-            flow_cache_slots: SLOTS,
-        },
-    )
-    .unwrap();
-    let t = lb.add_vip(
-        VIP.parse::<IpAddr>().unwrap(),
-        80,
-        PROTO_TCP,
-        0,
-        false,
-        &[(1, 1), (2, 1), (3, 1)],
-    );
-    lb.set_config(|c| c.flags = LB_F_FLOW_CACHE);
+    let (mut lb, t, _) = lb_sized(LB_F_FLOW_CACHE, SLOTS);
     assert_eq!(lb.dp.limits().flow_cache_slots, SLOTS);
     // Two flows of different indexes (of 256), and a third of the first one's index.
     let flows: Vec<Flow> = (0..2000u16)

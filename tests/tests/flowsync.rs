@@ -308,24 +308,25 @@ impl Drop for PinDir {
     }
 }
 
+impl PinDir {
+    /// A fresh, empty pin directory `/sys/fs/bpf/lbt-<name>-<pid>`.
+    fn new(name: &str) -> Self {
+        require_root();
+        let pins = PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/lbt-{name}-{}",
+            std::process::id()
+        )));
+        let _ = std::fs::remove_dir_all(&pins.0);
+        // bpffs may not be mounted yet on a fresh machine (the agent mounts it when it starts).
+        lb_userspace::dataplane::ensure_bpffs(&pins.0).unwrap();
+        pins
+    }
+}
+
 #[test]
 fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
-    require_root();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/lbt-flowsync-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&pins.0);
-    // bpffs may not be mounted yet on a fresh machine (the agent mounts it when it starts).
-    lb_userspace::dataplane::ensure_bpffs(&pins.0).unwrap();
-    let limits = DataplaneLimits {
-        ring_size: RING,
-        max_vips: 16,
-        max_rings: 8,
-        max_backends: 256,
-        max_conns: 1024,
-        ..Default::default()
-    };
+    let pins = PinDir::new("flowsync");
+    let limits = Lb::limits(RING, 1024);
     let mut dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
     let mut table = FlowTable::open_pinned(&pins.0).unwrap();
     let key = Flow::new("198.51.100.7", 40020, VIP4, 80).key(PROTO_TCP);
@@ -343,22 +344,12 @@ fn a_flow_table_opened_from_the_pins_writes_the_programs_table() {
 /// way out (`lb detach`), and the pins stay as they were for the agent of the right size.
 #[test]
 fn a_pinned_flow_cache_of_another_size_is_refused_and_kept() {
-    require_root();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/lbt-cachesize-{}",
-        std::process::id()
-    )));
-    let _ = std::fs::remove_dir_all(&pins.0);
-    lb_userspace::dataplane::ensure_bpffs(&pins.0).unwrap();
+    let pins = PinDir::new("cachesize");
     let limits = DataplaneLimits {
-        ring_size: RING,
-        max_vips: 16,
-        max_rings: 8,
-        max_backends: 256,
-        max_conns: 1024,
         flow_cache_slots: 1024,
+        ..Lb::limits(RING, 1024)
     };
-    let mut dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
+    let dp = Dataplane::load_pinned(limits, &pins.0).unwrap();
     let key = Flow::new("198.51.100.7", 40021, VIP4, 80).key(PROTO_TCP);
     let entry = peer_entry(7, monotonic_ns());
     dp.flow_table().unwrap().insert(&key, &entry).unwrap();

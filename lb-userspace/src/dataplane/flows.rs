@@ -132,10 +132,9 @@ pub struct FlowTable {
     conns_fd: OwnedFd,
     conns4_fd: OwnedFd,
     config: Array<MapData, LbConfig>,
-    /// `FLOW_CACHE_EPOCHS` (by slot index), and its fd for batch writes: the indexes of the
-    /// IPv4 flows changed here get new epochs after each change, so no CPU's flow cache keeps
-    /// answering for an entry changed here.
-    cache_epochs: Array<MapData, u64>,
+    /// `FLOW_CACHE_EPOCHS` (by slot index), written in batches: the indexes of the flows
+    /// changed here get new epochs after each change, so no CPU's flow cache keeps answering
+    /// for an entry changed here.
     cache_epochs_fd: OwnedFd,
     /// log2 of the slots per CPU (the epochs map has one per slot index).
     cache_bits: u32,
@@ -184,15 +183,14 @@ impl FlowTable {
             bail!("the flow cache's epoch map has {slots} entries, not a power of two");
         }
         let cache_bits = lb_common::flow_cache_bits(slots);
-        let cache_epochs = Array::try_from(Map::from_map_data(cache_epochs)?)
-            .context("the flow cache's epoch map is not an array")?;
+        Array::<_, u64>::try_from(Map::from_map_data(cache_epochs)?)
+            .context("the flow cache's epoch map is not an array of u64")?;
         Ok(Self {
             conns,
             conns4,
             conns_fd,
             conns4_fd,
             config,
-            cache_epochs,
             cache_epochs_fd,
             cache_bits,
         })
@@ -215,14 +213,7 @@ impl FlowTable {
         let last = LAST
             .fetch_update(SeqCst, SeqCst, |last| Some(fresh(last)))
             .unwrap_or_else(|last| last);
-        let epoch = fresh(last);
-        if let [slot] = slots[..] {
-            return self
-                .cache_epochs
-                .set(slot, epoch, 0)
-                .context("writing a flow cache epoch");
-        }
-        let epochs = vec![epoch; slots.len()];
+        let epochs = vec![fresh(last); slots.len()];
         match batch::update_all(self.cache_epochs_fd.as_fd(), &slots, &epochs) {
             (n, _) if n == slots.len() => Ok(()),
             (n, e) => Err(anyhow!(

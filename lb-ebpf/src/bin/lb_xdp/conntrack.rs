@@ -5,8 +5,8 @@
 //! An established flow needs one hash lookup here: its entry names the backend, and the
 //! backend names its VIP (`VIPS_BY_ID`), so the `VIPS` lookup by address is skipped
 //! (`established`). Everything else finds its VIP by address first (`new_flow`). An established
-//! IPv4 flow whose entry this CPU read moments ago needs not even that lookup: its CPU's flow
-//! cache answers (`cached`, flowcache.rs, lb-common/src/flow_cache.rs).
+//! flow whose entry this CPU read moments ago needs not even that lookup: its CPU's flow cache
+//! answers (`cached`, flowcache.rs, lb-common/src/flow_cache.rs).
 //!
 //! SYN: always through Maglev. With second chance on (`LB_F_SECOND_CHANCE`) a SYN writes no
 //! entry unless its ring slot changed recently (has a live previous backend): the flow's entry
@@ -41,7 +41,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 use lb_common::{
     ATIME_GRANULARITY_NS, BACKEND_F_VALID, Backend, CONN_F_CLOSING, CONN_F_PEER, ConnEntry,
-    Counter, FAMILY_V4, FLOW_CACHE_MAX_LIFE_NS, FlowKey, LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS,
+    Counter, FLOW_CACHE_MAX_LIFE_NS, FlowKey, LB_F_FLOW_CACHE, LB_F_FLOW_EVENTS,
     LB_F_SECOND_CHANCE, LbConfig, PROTO_TCP, RING_TICK_SHIFT, TcpEvent, VipMeta, decode_id,
     encode_id, flow_hash,
 };
@@ -81,22 +81,12 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     if cfg.flags & LB_F_FLOW_CACHE == 0 || event.syn || event.closing {
         return Cached::Miss(None);
     }
-    // (backend, generation, hash, prev) of the flow's slot, if it holds the flow.
-    let (slot, found) = if key.family == FAMILY_V4 {
-        let k = key.v4();
-        let slot = flowcache::slot(&k);
-        let c = flowcache::lookup(&k, slot).map(|c| (c.backend, c.generation, c.hash, c.prev));
-        (slot, c)
-    } else {
-        let slot = flowcache::slot(key);
-        let c = flowcache::lookup(key, slot).map(|c| (c.backend, c.generation, c.hash, c.prev));
-        (slot, c)
-    };
-    let Some((id, generation, hash, prev)) = found else {
+    let (slot, answer) = flowcache::probe(key);
+    let Some(c) = answer else {
         return Cached::Miss(Some(slot));
     };
-    let vip = match maglev::backend(id) {
-        Some(b) if b.generation == generation => vip::by_id(b.vip).map(|vip| (vip, b)),
+    let vip = match maglev::backend(c.backend) {
+        Some(b) if b.generation == c.generation => vip::by_id(b.vip).map(|vip| (vip, b)),
         _ => None,
     };
     let Some((vip, b)) = vip else {
@@ -107,10 +97,10 @@ pub fn cached(key: &FlowKey, tcp_flags: u8, cfg: &LbConfig) -> Cached {
     Cached::Hit(
         vip,
         Target {
-            id,
+            id: c.backend,
             addr: b.addr,
-            hash,
-            prev,
+            hash: c.hash,
+            prev: c.prev,
         },
     )
 }
@@ -157,11 +147,7 @@ pub fn established(key: &FlowKey, flow: &FlowPacket, cfg: &LbConfig, cache: Opti
     if let Some(slot) = cache
         && idle + FLOW_CACHE_MAX_LIFE_NS <= cfg.idle_timeout_ns(flow.is_tcp, entry.flags)
     {
-        if key.family == FAMILY_V4 {
-            flowcache::fill(&key.v4(), entry, slot);
-        } else {
-            flowcache::fill(key, entry, slot);
-        }
+        flowcache::fill(key, entry, slot);
     }
     let target = Target {
         id: entry.backend,
@@ -296,8 +282,9 @@ fn pin(
         };
         // A full table evicts its least recently used entry; insert cannot fail otherwise.
         // A SYN may replace a live entry (a reused 5-tuple) that any CPU's flow cache holds:
-        // then every CPU's slot of the flow is retired. Any other packet gets here only when its flow's entry
-        // was missing, expired or stale, which no cache answers for (`established`).
+        // then every CPU's slot of the flow is retired. Any other packet gets here only when
+        // its flow's entry was missing, expired or stale, which no cache answers for
+        // (`established`).
         let cached = flow.syn && cfg.flags & LB_F_FLOW_CACHE != 0;
         let written = conns::insert(key, &entry, cached);
         if written == Written::Replaced {

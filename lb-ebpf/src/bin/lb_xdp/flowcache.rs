@@ -1,14 +1,15 @@
 //! The per-CPU flow caches in front of `CONNS4` and `CONNS` (lb-common/src/flow_cache.rs says
-//! when a slot counts): `slot` (the flow's index and its epoch) before the table is read,
-//! `lookup` for an established packet, `fill` after its entry was read from the table,
-//! `retire` when an entry replaced another. `FlowKey4` keys live in `FLOW_CACHE`, IPv6
-//! `FlowKey`s in `FLOW_CACHE6`.
+//! when a slot counts): `probe` for an established packet (the flow's slot index and its
+//! epoch, read before the table, and what the slot holds), `fill` after its entry was read
+//! from the table, `retire` when an entry replaced another. Each takes the packet's `FlowKey`
+//! and picks the family's cache: `FlowKey4` keys in `FLOW_CACHE`, IPv6 `FlowKey`s in
+//! `FLOW_CACHE6`.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
 use aya_ebpf::maps::Array;
 use lb_common::{
-    CachedFlow, ConnEntry, FLOW_CACHE_RECHECK_JIFFIES, FlowKey, FlowKey4, flow_cache_index,
-    flow_cache_slot, flow_cache_slot6,
+    CachedFlow, ConnEntry, FAMILY_V4, FLOW_CACHE_RECHECK_JIFFIES, FlowKey, FlowKey4,
+    flow_cache_index, flow_cache_slot, flow_cache_slot6,
 };
 
 use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS, FLOW_CACHE6, cache_bits};
@@ -16,7 +17,7 @@ use crate::maps::{FLOW_CACHE, FLOW_CACHE_EPOCHS, FLOW_CACHE6, cache_bits};
 /// A table key the cache can hold: its slot index (of `1 << bits`), its array, and a
 /// word-by-word compare (a derived `==` on arrays may become a `memcmp` call, which BPF does
 /// not have).
-pub trait CacheKey: Copy + 'static {
+trait CacheKey: Copy + 'static {
     fn index(&self, bits: u32) -> u32;
     fn cache() -> &'static Array<CachedFlow<Self>>;
     fn same(&self, other: &Self) -> bool;
@@ -74,8 +75,40 @@ pub struct Slot {
     epoch: u64,
 }
 
+/// What a slot that holds the flow says: its backend id, that backend's generation, the flow
+/// hash and the second chance (`ConnEntry`'s fields).
+pub struct Answer {
+    pub backend: u32,
+    pub generation: u32,
+    pub hash: u32,
+    pub prev: u16,
+}
+
+/// The flow's slot (index and epoch) and, if this CPU's slot holds the flow, of the index's
+/// current epoch and read recently enough, what it says.
 #[inline(always)]
-pub fn slot<K: CacheKey>(key: &K) -> Slot {
+pub fn probe(key: &FlowKey) -> (Slot, Option<Answer>) {
+    if key.family == FAMILY_V4 {
+        probe_in(&key.v4())
+    } else {
+        probe_in(key)
+    }
+}
+
+#[inline(always)]
+fn probe_in<K: CacheKey>(key: &K) -> (Slot, Option<Answer>) {
+    let slot = slot(key);
+    let answer = lookup(key, slot).map(|c| Answer {
+        backend: c.backend,
+        generation: c.generation,
+        hash: c.hash,
+        prev: c.prev,
+    });
+    (slot, answer)
+}
+
+#[inline(always)]
+fn slot<K: CacheKey>(key: &K) -> Slot {
     let bits = cache_bits();
     let index = key.index(bits);
     let epoch = match FLOW_CACHE_EPOCHS.get_ptr(index) {
@@ -98,7 +131,7 @@ fn this_cpu(slot: Slot) -> u32 {
 
 /// This CPU's slot if it holds `key`, of the index's current epoch, read recently enough.
 #[inline(always)]
-pub fn lookup<K: CacheKey>(key: &K, slot: Slot) -> Option<&'static CachedFlow<K>> {
+fn lookup<K: CacheKey>(key: &K, slot: Slot) -> Option<&'static CachedFlow<K>> {
     let c = K::cache().get(this_cpu(slot))?;
     // SAFETY: a helper without arguments (the verifier inlines it to a load).
     let now = unsafe { bpf_jiffies64() };
@@ -108,7 +141,16 @@ pub fn lookup<K: CacheKey>(key: &K, slot: Slot) -> Option<&'static CachedFlow<K>
 
 /// Remembers `entry`, just read from the table for `key`, in this CPU's slot.
 #[inline(always)]
-pub fn fill<K: CacheKey>(key: &K, entry: &ConnEntry, slot: Slot) {
+pub fn fill(key: &FlowKey, entry: &ConnEntry, slot: Slot) {
+    if key.family == FAMILY_V4 {
+        fill_in(&key.v4(), entry, slot);
+    } else {
+        fill_in(key, entry, slot);
+    }
+}
+
+#[inline(always)]
+fn fill_in<K: CacheKey>(key: &K, entry: &ConnEntry, slot: Slot) {
     let Some(c) = K::cache().get_ptr_mut(this_cpu(slot)) else {
         return;
     };

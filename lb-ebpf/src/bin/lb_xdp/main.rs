@@ -5,7 +5,8 @@
 //! `parse` reads and checks the headers. ICMP to a VIP address goes to `icmp`, which answers
 //! echo requests itself and hands an error back as the flow it quotes. Every packet that is
 //! forwarded then takes the one tail below, `forward`: `flowcache` may know an established
-//! flow's backend; otherwise `vip` finds the service and `conntrack` and `maglev` pick the backend, `egress` its way out (this NIC or another, and the MACs),
+//! flow's backend; otherwise `vip` finds the service and `conntrack` and `maglev` pick the
+//! backend; `egress` picks its way out (this NIC or another, and the MACs),
 //! `toobig` answers a client packet that would not fit once encapsulated, `encap` rewrites the
 //! frame into IPv6 (or IPv6 + UDP for GUE) and `egress` sends it (XDP_TX or XDP_REDIRECT).
 //! `stats` counts every outcome.
@@ -76,8 +77,8 @@ fn forward(ctx: &XdpContext, pkt: &Parsed, kind: Kind) -> u32 {
         return stats::drop(Counter::DropEncap);
     };
     let client = kind == Kind::Client;
-    // This CPU's flow cache first (established IPv4 client packets); the table and Maglev if
-    // it does not know the flow.
+    // This CPU's flow cache first (established client packets); the table and Maglev if it
+    // does not know the flow.
     let cached = if client {
         conntrack::cached(&pkt.key, pkt.tcp_flags, cfg)
     } else {
